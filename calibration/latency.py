@@ -1,0 +1,72 @@
+"""Latency models: pure functions of (work, profile) that the simulator times items with.
+
+These are the model forms the calibration fits (DESIGN §7). They never read a clock or a
+file; `LatencyModel` binds a profile and precomputes the IVF list sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calibration.profile import Profile
+
+
+def gen_step_s(profile: Profile, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+    """One engine step: fixed cost (weights streamed once) + prefill compute + per-sequence
+    decode compute + attention over the KV context read this step."""
+    m = profile.gen_step
+    return (m.base_s + m.prefill_token_s * prefill_tokens + m.decode_seq_s * decode_seqs
+            + m.context_token_s * context_tokens)
+
+
+def cpu_search_s(profile: Profile, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
+    """One CPU search call. The (query, list) pairs spread over the threads; the scan runs at
+    the per-thread rate times the threads in use, capped by the memory system's rate."""
+    m = profile.cpu_search
+    threads = min(profile.hardware.cpu_threads, max(pairs, 1))
+    rate = min(m.memory_bytes_per_s, m.thread_bytes_per_s * threads)
+    scan = scanned_vectors * profile.index.bytes_per_vector / rate
+    return m.call_s + m.query_s * queries + m.new_query_s * new_queries + scan
+
+
+def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
+    """A PCIe copy or a GPU-resident scan of `nbytes`."""
+    return latency_s + nbytes / bytes_per_s if nbytes else 0.0
+
+
+def ivf_list_sizes(profile: Profile) -> np.ndarray:
+    """Vectors per IVF list: measured sizes if the profile has them, else a seeded
+    lognormal draw (real k-means lists are skewed) scaled to sum to ntotal."""
+    idx = profile.index
+    if idx.list_sizes is not None:
+        return np.asarray(idx.list_sizes, dtype=np.int64)
+    rng = np.random.default_rng(idx.list_size_seed)
+    w = rng.lognormal(0.0, idx.list_size_sigma, idx.nlist)
+    sizes = np.floor(w / w.sum() * idx.ntotal).astype(np.int64)
+    sizes[np.argsort(-w)[: idx.ntotal - int(sizes.sum())]] += 1  # hand out the rounding remainder
+    return sizes
+
+
+class LatencyModel:
+    """A profile's latency models, bound; also the policies' `SearchCostModel`."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()
+
+    def cluster_vectors(self, cluster: int) -> int:
+        return self.list_sizes[cluster]
+
+    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
+        return cpu_search_s(self.profile, queries, new_queries, pairs, scanned_vectors)
+
+    def gen_step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+        return gen_step_s(self.profile, prefill_tokens, decode_seqs, context_tokens)
+
+    def pcie_s(self, nbytes: int) -> float:
+        p = self.profile.pcie
+        return transfer_s(p.latency_s, p.bytes_per_s, nbytes)
+
+    def gpu_search_s(self, nbytes: int) -> float:
+        g = self.profile.gpu_search
+        return transfer_s(g.latency_s, g.bytes_per_s, nbytes)

@@ -1,0 +1,156 @@
+"""Hardware profiles: the versioned file every simulated duration comes from (DESIGN §7).
+
+A profile names its hardware, model, index and software, says whether it was measured or
+derived on paper (`kind: analytic`), and holds the coefficients of the latency models in
+`calibration.latency`. It is validated with pydantic, and checked for consistency (the
+weights and the index cache must fit the GPU, KV capacity must be positive...). Errors
+name the file and the field. Profiles are loaded only when asked for, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PROFILE = "analytic-h100-llama8b-ivf4096"
+GIB = 1024**3
+
+
+class ProfileError(ValueError):
+    """A missing, malformed or inconsistent profile (message names file and field)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(_Strict):
+    gpu: str
+    gpu_memory_gib: float = Field(gt=0)
+    cpu: str
+    cpu_threads: int = Field(gt=0)  # threads the retrieval lane's search calls use
+
+
+class LLM(_Strict):
+    name: str
+    weights_gib: float = Field(gt=0)
+    layers: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    kv_dtype_bytes: int = Field(gt=0)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_dtype_bytes
+
+
+class Index(_Strict):
+    name: str  # FAISS factory string, e.g. IVF4096,Flat
+    nlist: int = Field(gt=0)
+    ntotal: int = Field(gt=0)
+    dim: int = Field(gt=0)
+    bytes_per_vector: int = Field(gt=0)
+    list_size_sigma: float = Field(ge=0)  # lognormal sigma of IVF list sizes (skew)
+    list_size_seed: int = 0  # seed of the synthetic list sizes
+    list_sizes: list[int] | None = None  # measured list sizes; overrides the synthetic ones
+
+
+class Engine(_Strict):
+    """vLLM engine settings the generation model needs."""
+
+    block_size: int = Field(gt=0)
+    max_num_batched_tokens: int = Field(gt=0)  # token budget per step (chunked prefill)
+    max_num_seqs: int = Field(gt=0)
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    activation_reserve_gib: float = Field(ge=0)  # activations, CUDA graphs, allocator slack
+    index_cache_gib: float = Field(default=0.0, ge=0)  # GPU memory given to the cluster cache
+
+
+class GenStepModel(_Strict):
+    """step_s = base_s + prefill_token_s*prefill + decode_seq_s*decodes + context_token_s*context."""
+
+    base_s: float = Field(gt=0)
+    prefill_token_s: float = Field(ge=0)
+    decode_seq_s: float = Field(ge=0)
+    context_token_s: float = Field(ge=0)
+
+
+class SearchModel(_Strict):
+    """CPU IVF search call (see calibration.latency.cpu_search_s)."""
+
+    call_s: float = Field(ge=0)  # fixed cost of one call (Python, OpenMP fork/join)
+    query_s: float = Field(ge=0)  # per query in the call (heap setup and merge)
+    new_query_s: float = Field(ge=0)  # per query embedded and coarse-assigned in the call
+    thread_bytes_per_s: float = Field(gt=0)  # scan rate of one thread
+    memory_bytes_per_s: float = Field(gt=0)  # scan rate of all threads together (DRAM bound)
+
+
+class TransferModel(_Strict):
+    """A copy or a GPU scan: latency_s + bytes / bytes_per_s."""
+
+    latency_s: float = Field(ge=0)
+    bytes_per_s: float = Field(gt=0)
+
+
+class Profile(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    kind: Literal["analytic", "measured"]
+    description: str = ""
+    software: dict[str, str] = Field(default_factory=dict)
+    hardware: Hardware
+    model: LLM
+    index: Index
+    engine: Engine
+    gen_step: GenStepModel
+    cpu_search: SearchModel
+    gpu_search: TransferModel
+    pcie: TransferModel
+    measurements: list[dict[str, float | int | str]] = Field(default_factory=list)  # raw data (measured)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if self.kv_capacity_blocks() < 1:
+            raise ValueError("engine: no GPU memory left for the KV cache after weights, activations"
+                             " and index cache")
+        sizes = self.index.list_sizes
+        if sizes is not None and (len(sizes) != self.index.nlist or sum(sizes) != self.index.ntotal):
+            raise ValueError("index.list_sizes: must have nlist entries summing to ntotal")
+        if self.index.ntotal < self.index.nlist:
+            raise ValueError("index.ntotal: fewer vectors than lists")
+        return self
+
+    def kv_capacity_blocks(self) -> int:
+        """KV-cache blocks: GPU memory x utilisation - weights - activations - index cache."""
+        e = self.engine
+        free = (self.hardware.gpu_memory_gib * e.gpu_memory_utilization - self.model.weights_gib
+                - e.activation_reserve_gib - e.index_cache_gib) * GIB
+        return int(free // (self.model.kv_bytes_per_token * e.block_size))
+
+
+def _field_path(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+
+
+def load_profile(name_or_path: str | Path | None = None) -> Profile:
+    """Load a shipped profile by name, or a profile file by path; raises ProfileError."""
+    ref = str(name_or_path or DEFAULT_PROFILE)
+    path = Path(ref)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{ref}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.json")))
+        raise ProfileError(f"{ref}: no such profile file (shipped profiles: {shipped})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ProfileError(f"{path}: field {_field_path(err)}: {err['msg']}") from None

@@ -1,0 +1,324 @@
+"""The scheduler core: a deterministic, sans-IO state machine over requests and lanes.
+
+Theory of operation
+-------------------
+Both bodies drive the core with three calls and nothing else::
+
+    sched.submit(request, now)            # a request arrives
+    item = sched.next_work(lane, now)     # an idle lane asks what to do (None: nothing)
+    sched.complete(item, result, now)     # the lane finished that item
+
+The core owns the run state of every active request (`ragraph.runtime`) and moves nodes
+through the transition table of `ragraph.state`. *What* to run is the policy's decision
+(`ragraph.policies`): `next_work` asks the policy's planner for that lane and records the
+dispatch. The core knows no clock (time is passed in), runs no threads and does no I/O;
+the same calls, in the same order, give the same decisions.
+
+Invariants the core enforces: a lane holds at most one item (asking a busy lane raises);
+a result must match the lane's current item; every submitted request ends COMPLETED or
+FAILED with a reason, and appears once in `finished()`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ragraph.graph import Generate, NodeKey, Request, Retrieve
+from ragraph.records import RequestRecord, record_of
+from ragraph.runtime import NodeRun, RequestRun, generate_spec, retrieve_spec
+from ragraph.state import NodeEvent, NodeState, RequestEvent, RequestState, advance_request
+from ragraph.work import (
+    LANES,
+    CacheLoad,
+    CacheLoadResult,
+    GenStep,
+    GenStepResult,
+    GenTask,
+    Lane,
+    Result,
+    ScanTask,
+    SearchBatch,
+    SearchResult,
+    WorkItem,
+)
+
+if TYPE_CHECKING:
+    from ragraph.policies.base import Policy
+
+
+class LaneBusy(RuntimeError):
+    """next_work was called for a lane that still holds an item."""
+
+
+class SchedulerError(ValueError):
+    """A call that contradicts the core's state (unknown item, duplicate request id...)."""
+
+
+GEN_STEP_EMA = 0.2  # weight of the newest generation-step duration in its moving average
+
+
+class Scheduler:
+    """Owns request state; asks the policy what each idle lane should run."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.requests: dict[str, RequestRun] = {}  # active requests by id
+        # Generate nodes READY (or SPECULATIVE) and not yet handed to the engine, oldest first
+        self.gen_ready: dict[NodeKey, NodeRun] = {}
+        # Generate nodes handed to the engine and not finished
+        self.gen_in_engine: dict[NodeKey, NodeRun] = {}
+        # Retrieve nodes with clusters not yet dispatched, oldest first (the retrieval wavefront)
+        self.retr_waiting: dict[NodeKey, NodeRun] = {}
+        self.gpu_cache: set[int] = set()  # clusters resident in the GPU index cache
+        self.gen_step_s: float | None = None  # moving average of engine step durations
+        self.kv_used_blocks = 0  # as last reported by the engine
+        self.kv_total_blocks = 0
+        self.engine_waiting = 0  # sequences the engine reports as queued
+        self._aborts: list[NodeKey] = []  # speculative sequences to drop at the next step
+        self._busy: dict[Lane, WorkItem | None] = dict.fromkeys(LANES)
+        self._dispatched_s: dict[Lane, float] = dict.fromkeys(LANES, 0.0)
+        self._finished: list[RequestRecord] = []
+        self._submitted = 0
+
+    # --- the three calls ------------------------------------------------------------------
+
+    def submit(self, request: Request, now: float) -> None:
+        """Called by a body when `request` arrives; its source nodes become READY.
+
+        Raises SchedulerError for a duplicate id (state unchanged)."""
+        if request.id in self.requests:
+            raise SchedulerError(f"request id {request.id!r} is already active")
+        run = RequestRun.start(request)
+        self.requests[request.id] = run
+        self._submitted += 1
+        self.policy.on_submit(self, run, now)
+        for node in run.nodes:
+            if node.deps_left == 0:
+                self._make_ready(node, now)
+
+    def next_work(self, lane: Lane, now: float) -> WorkItem | None:
+        """Called by a body when `lane` is idle: the item it should run now, or None.
+
+        The lane is busy with the returned item until `complete` (or `fail_item`)."""
+        if self._busy[lane] is not None:
+            raise LaneBusy(f"lane {lane.value} is still running an item")
+        self._now = now
+        if lane is Lane.GPU_GEN:
+            item: WorkItem | None = self._plan_gen(now)
+        elif lane is Lane.PCIE:
+            item = self.policy.plan_pcie(self, now)
+        else:
+            item = self.policy.plan_search(self, lane, now)
+        if item is not None:
+            self._busy[lane] = item
+            self._dispatched_s[lane] = now
+        return item
+
+    def complete(self, item: WorkItem, result: Result, now: float) -> None:
+        """Called by a body when `item` finished on its lane, with what it produced."""
+        self._release_lane(item)
+        self._now = now
+        if isinstance(item, GenStep):
+            assert isinstance(result, GenStepResult)
+            self._complete_gen(item, result, now)
+        elif isinstance(item, SearchBatch):
+            assert isinstance(result, SearchResult)
+            self._complete_search(item, result, now)
+        else:
+            assert isinstance(result, CacheLoadResult)
+            self.gpu_cache.difference_update(item.evict)
+            self.gpu_cache.update(result.loaded)
+
+    def fail_item(self, item: WorkItem, reason: str, now: float) -> None:
+        """Called by a body when running `item` raised: every request it touched fails."""
+        self._release_lane(item)
+        if isinstance(item, GenStep):
+            keys = [*self.gen_in_engine, *(t.key for t in item.admit)]
+        elif isinstance(item, SearchBatch):
+            keys = [t.key for t in item.tasks]
+        else:
+            return
+        for rid in dict.fromkeys(k[0] for k in keys):
+            if rid in self.requests:
+                self.fail_request(rid, reason, now)
+
+    def finished(self) -> list[RequestRecord]:
+        """Records of every request that ended, in the order they ended."""
+        return self._finished
+
+    # --- queries for bodies and policies ----------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Requests submitted and not yet ended."""
+        return len(self.requests)
+
+    def busy(self, lane: Lane) -> bool:
+        return self._busy[lane] is not None
+
+    # --- actions for policies ---------------------------------------------------------------
+
+    def take_clusters(self, node: NodeRun, count: int) -> ScanTask:
+        """Dispatch the next `count` clusters of a waiting Retrieve node as one scan."""
+        spec = retrieve_spec(node)
+        if count <= 0 or count > node.remaining:
+            raise SchedulerError(f"{node.key}: cannot take {count} of {node.remaining} clusters")
+        first = node.next_pos == 0
+        if node.state is NodeState.READY:
+            node.fire(NodeEvent.DISPATCH)
+            node.start_s = self._now
+        clusters = tuple(node.order[node.next_pos:node.next_pos + count])
+        node.next_pos += count
+        node.in_flight += 1
+        node.substages += 1
+        if node.remaining == 0:
+            del self.retr_waiting[node.key]
+        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0)
+
+    def reorder(self, node: NodeRun, remaining: list[int]) -> None:
+        """Replace the not-yet-dispatched clusters of `node` with a permutation of them."""
+        if sorted(remaining) != sorted(node.order[node.next_pos:]):
+            raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
+        node.order[node.next_pos:] = remaining
+
+    def speculate(self, node: NodeRun, now: float) -> None:
+        """Start a BLOCKED Generate node early on partial inputs (edge addition)."""
+        generate_spec(node)
+        node.fire(NodeEvent.SPECULATE)
+        node.speculated = True
+        node.ready_s = node.ready_s if node.ready_s is not None else now
+        self.gen_ready[node.key] = node
+
+    def fail_request(self, request_id: str, reason: str, now: float) -> None:
+        """End an active request as FAILED; its unfinished nodes are cancelled."""
+        run = self.requests.pop(request_id)
+        for node in run.nodes:
+            if node.state in (NodeState.DONE, NodeState.FAILED):
+                continue
+            node.fire(NodeEvent.FAIL)
+            self.gen_ready.pop(node.key, None)
+            self.retr_waiting.pop(node.key, None)
+            if self.gen_in_engine.pop(node.key, None) is not None:
+                self._aborts.append(node.key)
+        run.state = advance_request(run.state, RequestEvent.FAIL)
+        run.reason = reason
+        self._end(run, now)
+
+    def fail_all(self, reason: str, now: float) -> None:
+        """End every active request as FAILED (shutdown, horizon reached, Ctrl-C)."""
+        for rid in list(self.requests):
+            self.fail_request(rid, reason, now)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    _now = 0.0  # time of the call being served, for timestamps set by policy actions
+
+    def _release_lane(self, item: WorkItem) -> None:
+        lane = item.lane
+        if self._busy[lane] is not item:
+            raise SchedulerError(f"lane {lane.value} is not running that item")
+        self._busy[lane] = None
+
+    def _node(self, key: NodeKey) -> NodeRun | None:
+        run = self.requests.get(key[0])
+        return run.nodes[key[1]] if run is not None else None
+
+    def _make_ready(self, node: NodeRun, now: float) -> None:
+        node.fire(NodeEvent.DEPS_DONE)
+        node.ready_s = now
+        if isinstance(node.spec, Retrieve):
+            self.retr_waiting[node.key] = node
+            self.policy.on_retrieve_ready(self, node, now)
+        else:
+            self.gen_ready[node.key] = node
+
+    def _plan_gen(self, now: float) -> GenStep | None:
+        admit_nodes = self.policy.admit_generations(self, now)
+        admit: list[GenTask] = []
+        for node in admit_nodes:
+            spec: Generate = generate_spec(node)
+            del self.gen_ready[node.key]
+            if node.state is NodeState.READY:
+                node.fire(NodeEvent.DISPATCH)
+            if node.start_s is None:
+                node.start_s = now
+            self.gen_in_engine[node.key] = node
+            admit.append(GenTask(node.key, spec.prompt_tokens, spec.output_tokens, spec.prefix,
+                                 spec.prefix_tokens, node.state is NodeState.SPECULATIVE))
+        if not admit and not self.gen_in_engine and not self._aborts:
+            return None
+        step = GenStep(tuple(admit), tuple(self._aborts))
+        self._aborts.clear()
+        return step
+
+    def _complete_gen(self, step: GenStep, res: GenStepResult, now: float) -> None:
+        took = now - self._dispatched_s[Lane.GPU_GEN]
+        if res.running:
+            ema = self.gen_step_s
+            self.gen_step_s = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
+        self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
+        self.engine_waiting = res.waiting
+        for key, reason in res.rejected:
+            self.gen_in_engine.pop(key, None)
+            if key[0] in self.requests:
+                self.fail_request(key[0], reason, now)
+        for key in res.finished:
+            node = self.gen_in_engine.pop(key, None)
+            if node is None:  # aborted or failed after the step was dispatched
+                continue
+            node.fire(NodeEvent.FINISH)
+            if node.state is NodeState.DONE:
+                self._finish_node(node, now)
+
+    def _complete_search(self, batch: SearchBatch, res: SearchResult, now: float) -> None:
+        for task in batch.tasks:
+            node = self._node(task.key)
+            if node is None or node.state is NodeState.FAILED:
+                continue
+            node.in_flight -= 1
+            node.topk = res.topk.get(task.key, node.topk)
+            if batch.lane is Lane.GPU_RETRIEVAL:
+                node.gpu_clusters += len(task.clusters)
+            if node.remaining == 0 and node.in_flight == 0:
+                node.fire(NodeEvent.FINISH)
+                self._finish_node(node, now)
+            else:
+                self.policy.on_search_progress(self, node, now)
+
+    def _finish_node(self, node: NodeRun, now: float) -> None:
+        node.end_s = now
+        run = self.requests[node.key[0]]
+        run.done += 1
+        for ci in node.children:
+            child = run.nodes[ci]
+            child.deps_left -= 1
+            if child.deps_left:
+                continue
+            if child.state is NodeState.BLOCKED:
+                self._make_ready(child, now)
+            else:  # it was started speculatively: the policy keeps or redoes it
+                self._resolve_speculation(child, now)
+        if run.done == len(run.nodes):
+            run.state = advance_request(run.state, RequestEvent.ALL_DONE)
+            del self.requests[run.request.id]
+            self._end(run, now)
+
+    def _resolve_speculation(self, node: NodeRun, now: float) -> None:
+        if self.policy.keep_speculation(self, node, now):
+            node.fire(NodeEvent.CONFIRM)
+            if node.state is NodeState.DONE:
+                self._finish_node(node, now)
+            return
+        if node.state is NodeState.SPECULATIVE and self.gen_in_engine.pop(node.key, None) is not None:
+            self._aborts.append(node.key)
+        self.gen_ready.pop(node.key, None)
+        node.fire(NodeEvent.ABORT)
+        node.aborted += 1
+        node.ready_s = now
+        self.gen_ready[node.key] = node
+
+    def _end(self, run: RequestRun, now: float) -> None:
+        run.finish_s = now
+        assert run.state is not RequestState.ACTIVE
+        self._finished.append(record_of(run, self.policy.name))
+        self.policy.on_request_end(self, run, now)

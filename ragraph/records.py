@@ -1,0 +1,71 @@
+"""Per-request records: what metrics and output files are made of."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ragraph.runtime import RequestRun
+
+TimelineEvent = tuple[str, str, float, float, dict[str, int]]
+"""One slice of a run's timeline: (lane, item name, start s, duration s, args)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request, completed or failed."""
+
+    id: str
+    workflow: str
+    policy: str
+    status: str  # "completed" or "failed"
+    reason: str  # why it failed; "" when completed
+    arrival_s: float  # arrival time (trace clock)
+    finish_s: float  # completion or failure time
+    latency_s: float  # finish_s - arrival_s
+    generate_nodes: int
+    retrieve_nodes: int
+    prompt_tokens: int  # summed over its Generate nodes
+    output_tokens: int
+    generation_s: float  # summed ready->done time of its Generate nodes
+    retrieval_s: float  # summed ready->done time of its Retrieve nodes
+    retrieval_wait_s: float  # summed ready->first-dispatch time of its Retrieve nodes
+    clusters_searched: int  # IVF lists scanned over all its retrievals
+    substages: int  # retrieval sub-stages over all its retrievals
+    spec_started: int  # Generate nodes started speculatively
+    spec_aborted: int  # speculative runs thrown away
+    gpu_cluster_hits: int  # clusters served from the GPU index cache
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def record_of(run: RequestRun, policy: str) -> RequestRecord:
+    """Summarise a request that has just completed or failed."""
+    req = run.request
+    assert run.finish_s is not None
+    gen_s = ret_s = wait_s = 0.0
+    gens = rets = prompt = out = clusters = substages = spec = aborted = hits = 0
+    for n in run.nodes:
+        span = (n.end_s - n.ready_s) if (n.end_s is not None and n.ready_s is not None) else 0.0
+        if n.is_retrieve:
+            rets += 1
+            ret_s += span
+            if n.start_s is not None and n.ready_s is not None:
+                wait_s += n.start_s - n.ready_s
+            clusters += n.next_pos
+            substages += n.substages
+            hits += n.gpu_clusters
+        else:
+            gens += 1
+            gen_s += span
+            prompt += n.spec.prompt_tokens  # type: ignore[union-attr]
+            out += n.spec.output_tokens  # type: ignore[union-attr]
+            spec += int(n.speculated)
+            aborted += n.aborted
+    return RequestRecord(
+        id=req.id, workflow=req.workflow, policy=policy, status=run.state.value, reason=run.reason,
+        arrival_s=req.arrival_s, finish_s=run.finish_s, latency_s=run.finish_s - req.arrival_s,
+        generate_nodes=gens, retrieve_nodes=rets, prompt_tokens=prompt, output_tokens=out,
+        generation_s=gen_s, retrieval_s=ret_s, retrieval_wait_s=wait_s, clusters_searched=clusters,
+        substages=substages, spec_started=spec, spec_aborted=aborted, gpu_cluster_hits=hits,
+    )

@@ -1,0 +1,86 @@
+"""Mutable run state of requests and nodes, owned by the scheduler core.
+
+Policies read these objects (through `SchedulerView`) but change them only through the
+scheduler's methods, so every state change goes through `ragraph.state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ragraph.graph import Generate, NodeKey, NodeSpec, Request, Retrieve
+from ragraph.state import NodeEvent, NodeState, RequestState, advance
+
+
+@dataclass(slots=True, eq=False)  # identity equality: usable as a dict key
+class NodeRun:
+    """One node of one active request."""
+
+    key: NodeKey
+    spec: NodeSpec
+    deps_left: int  # dependencies not yet DONE
+    children: list[int] = field(default_factory=list)  # indices of nodes that depend on this one
+    state: NodeState = NodeState.BLOCKED
+    ready_s: float | None = None  # when it became READY (or started speculatively)
+    start_s: float | None = None  # first dispatch to a lane
+    end_s: float | None = None  # when it finished
+    # retrieval progress (Retrieve nodes only)
+    order: list[int] = field(default_factory=list)  # clusters in the order they will be scanned
+    next_pos: int = 0  # clusters order[:next_pos] are scanned or in flight
+    in_flight: int = 0  # sub-stages dispatched and not yet complete
+    substages: int = 0  # sub-stages dispatched so far
+    topk: tuple[int, ...] = ()  # running top-k ids, as last reported by a lane
+    gpu_clusters: int = 0  # clusters of this query scanned on the GPU cache
+    # speculation (Generate nodes only)
+    speculated: bool = False  # a speculative run was started at least once
+    aborted: int = 0  # speculative runs thrown away
+
+    def fire(self, event: NodeEvent) -> None:
+        self.state = advance(self.state, event)
+
+    @property
+    def is_retrieve(self) -> bool:
+        return isinstance(self.spec, Retrieve)
+
+    @property
+    def remaining(self) -> int:
+        """Clusters not yet dispatched (Retrieve nodes)."""
+        return len(self.order) - self.next_pos
+
+
+@dataclass(slots=True, eq=False)
+class RequestRun:
+    """One submitted request and its nodes."""
+
+    request: Request
+    nodes: list[NodeRun]
+    state: RequestState = RequestState.ACTIVE
+    done: int = 0  # nodes DONE
+    finish_s: float | None = None
+    reason: str = ""  # why it failed ("" when it completed)
+
+    @classmethod
+    def start(cls, request: Request) -> RequestRun:
+        nodes = [
+            NodeRun(
+                key=(request.id, i),
+                spec=spec,
+                deps_left=len(request.deps[i]),
+                order=list(spec.clusters) if isinstance(spec, Retrieve) else [],
+            )
+            for i, spec in enumerate(request.nodes)
+        ]
+        for i, deps in enumerate(request.deps):
+            for d in deps:
+                nodes[d].children.append(i)
+        return cls(request, nodes)
+
+
+def generate_spec(node: NodeRun) -> Generate:
+    assert isinstance(node.spec, Generate), node.key
+    return node.spec
+
+
+def retrieve_spec(node: NodeRun) -> Retrieve:
+    assert isinstance(node.spec, Retrieve), node.key
+    return node.spec

@@ -1,0 +1,114 @@
+"""Work items the scheduler hands to lanes, and the results lanes hand back.
+
+Both bodies (the SimPy model and the real vLLM + FAISS backend) execute exactly these
+items: `Scheduler.next_work(lane)` returns one, the body runs it, and
+`Scheduler.complete(item, result)` takes the matching result. All are frozen: an item
+is a decision that has been made, a result a fact that has happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ragraph.graph import NodeKey
+
+
+class Lane(StrEnum):
+    """An executor that runs one work item at a time (DESIGN §3)."""
+
+    GPU_GEN = "gpu_gen"  # LLM engine steps
+    CPU_RETRIEVAL = "cpu_retrieval"  # IVF cluster scans on the host's cores
+    GPU_RETRIEVAL = "gpu_retrieval"  # scans of GPU-resident clusters
+    PCIE = "pcie"  # host-to-device copies of clusters into the GPU cache
+
+
+LANES: tuple[Lane, ...] = tuple(Lane)
+
+
+# --- generation -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class GenTask:
+    """A Generate node handed to the LLM engine (the engine may queue it)."""
+
+    key: NodeKey  # node identity
+    prompt_tokens: int  # whole prompt
+    output_tokens: int  # exact tokens to decode
+    prefix: str  # shared-prefix identity ("" = none)
+    prefix_tokens: int  # tokens of that shared prefix
+    speculative: bool = False  # started before its inputs were final (may be aborted)
+
+
+@dataclass(frozen=True, slots=True)
+class GenStep:
+    """One engine step on `gpu_gen`: first add `admit` and drop `abort`, then step once."""
+
+    admit: tuple[GenTask, ...] = ()  # new sequences for the engine's waiting queue
+    abort: tuple[NodeKey, ...] = ()  # sequences to drop (failed speculation)
+    lane: Lane = field(default=Lane.GPU_GEN, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GenStepResult:
+    """What one engine step did."""
+
+    finished: tuple[NodeKey, ...] = ()  # sequences that produced their last token
+    rejected: tuple[tuple[NodeKey, str], ...] = ()  # sequences the engine can never run, with why
+    kv_used_blocks: int = 0  # KV-cache blocks in use after the step
+    kv_total_blocks: int = 0  # KV-cache capacity in blocks
+    running: int = 0  # sequences scheduled in this step
+    waiting: int = 0  # sequences queued in the engine (e.g. KV cache full)
+    prefill_tokens: int = 0  # prompt tokens computed in this step
+    decode_tokens: int = 0  # tokens decoded in this step
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache in this step
+
+
+# --- retrieval --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ScanTask:
+    """Scan some IVF clusters for one query, merging into its running top-k."""
+
+    key: NodeKey  # the Retrieve node
+    clusters: tuple[int, ...]  # cluster ids to scan in this sub-stage
+    k: int  # neighbours kept
+    first: bool  # first sub-stage of this query: the query must be embedded/assigned first
+    last: bool  # the query's top-k is final after this sub-stage
+
+
+@dataclass(frozen=True, slots=True)
+class SearchBatch:
+    """One retrieval sub-stage: a batch of scans run as one search call."""
+
+    tasks: tuple[ScanTask, ...]
+    lane: Lane = Lane.CPU_RETRIEVAL  # cpu_retrieval, or gpu_retrieval for cached clusters
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """What a search call found. `topk` may be empty where nobody needs the ids."""
+
+    topk: dict[NodeKey, tuple[int, ...]] = field(default_factory=dict)  # running top-k ids per query
+
+
+# --- GPU index cache ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CacheLoad:
+    """Copy clusters host-to-device on `pcie`; `evict` are dropped from the cache first."""
+
+    load: tuple[int, ...]  # cluster ids to copy into the GPU cache
+    evict: tuple[int, ...] = ()  # cluster ids to drop before loading
+    lane: Lane = field(default=Lane.PCIE, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLoadResult:
+    """Clusters now resident on the GPU after the copy."""
+
+    loaded: tuple[int, ...] = ()
+
+
+WorkItem = GenStep | SearchBatch | CacheLoad
+Result = GenStepResult | SearchResult | CacheLoadResult

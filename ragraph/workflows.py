@@ -1,0 +1,115 @@
+"""Workflows: declarative shapes of RAG requests, and their unrolling into graphs.
+
+A workflow is a `head` of steps, a `loop` body repeated `iterations + extra_iterations`
+times, and a `tail`; every step depends on the one before it (all five workflows of the
+HedraRAG evaluation are such chains). The trace pins `iterations` per request, so a
+dynamic workflow is unrolled iteration by iteration into a fixed graph that the
+simulated and the real body both execute.
+
+Users add workflows without touching the core: a TOML or JSON table with the same fields
+(see docs/workflows.md, e.g. FLARE's "draft, retrieve if unsure, rewrite" loop).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragraph.graph import NodeSpec, Op, Request, chain
+
+
+class WorkflowError(ValueError):
+    """Unknown workflow, or stages that do not fit a workflow's shape."""
+
+
+class Step(BaseModel):
+    """One node template: what it does and its role (its prompt template, for generation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    op: Op
+    role: str = Field(default="", description="e.g. answer, hypothesis, compress, reason, retrieve")
+
+
+class WorkflowSpec(BaseModel):
+    """A workflow's shape: head, then loop x (iterations + extra_iterations), then tail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    description: str = ""
+    dataset: str = ""  # the dataset the HedraRAG paper pairs it with (token-length source)
+    head: tuple[Step, ...] = ()
+    loop: tuple[Step, ...] = ()
+    tail: tuple[Step, ...] = ()
+    extra_iterations: int = Field(default=0, ge=0)
+    default_iterations: int = Field(default=0, ge=0)
+    max_iterations: int = Field(default=0, ge=0)  # largest iteration count a trace may ask for
+
+    def unroll(self, iterations: int) -> list[Step]:
+        """The chain of steps for a request with `iterations` loop iterations."""
+        if iterations < 0 or (iterations and not self.loop) or (self.max_iterations and iterations > self.max_iterations):
+            raise WorkflowError(f"workflow {self.name!r}: {iterations} iterations not allowed"
+                                f" (max {self.max_iterations if self.loop else 0})")
+        reps = iterations + self.extra_iterations if self.loop else 0
+        return [*self.head, *(s for _ in range(reps) for s in self.loop), *self.tail]
+
+
+def _steps(*ops: str) -> tuple[Step, ...]:
+    out = []
+    for text in ops:
+        op, _, role = text.partition(":")
+        out.append(Step(op=Op.RETRIEVE if op == "R" else Op.GENERATE, role=role or ("retrieve" if op == "R" else "answer")))
+    return tuple(out)
+
+
+BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
+    w.name: w
+    for w in (
+        WorkflowSpec(name="one-shot", description="R -> G (sequential RAG)", dataset="nq",
+                     head=_steps("R", "G:answer")),
+        WorkflowSpec(name="hyde", description="G(hypothetical doc) -> R(on it) -> G(answer)", dataset="hotpotqa",
+                     head=_steps("G:hypothesis", "R", "G:answer")),
+        WorkflowSpec(name="recomp", description="R -> G(compress) -> G(answer)", dataset="hotpotqa",
+                     head=_steps("R", "G:compress", "G:answer")),
+        WorkflowSpec(name="multistep", description="G(reason) -> [R -> G(answer) -> G(reason)] x n",
+                     dataset="2wikimultihopqa", head=_steps("G:reason"), loop=_steps("R", "G:answer", "G:reason"),
+                     default_iterations=2, max_iterations=8),
+        WorkflowSpec(name="irg", description="[R -> G] x (n+1), each R on the last G's text",
+                     dataset="2wikimultihopqa", loop=_steps("R", "G:answer"), extra_iterations=1,
+                     default_iterations=2, max_iterations=8),
+    )
+}
+
+
+class WorkflowRegistry:
+    """Built-in workflows plus any the user registers."""
+
+    def __init__(self, extra: list[WorkflowSpec] | None = None) -> None:
+        self._specs = dict(BUILTIN_WORKFLOWS)
+        for spec in extra or []:
+            self.register(spec)
+
+    def register(self, spec: WorkflowSpec) -> None:
+        if not (spec.head or spec.loop or spec.tail):
+            raise WorkflowError(f"workflow {spec.name!r} has no steps")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> WorkflowSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise WorkflowError(f"unknown workflow {name!r} (known: {', '.join(self._specs)})") from None
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+
+def build_request(spec: WorkflowSpec, request_id: str, arrival_s: float, iterations: int,
+                  stages: list[NodeSpec], question: str = "") -> Request:
+    """The request graph for `stages`, checked against the workflow's unrolled shape."""
+    steps = spec.unroll(iterations)
+    if len(steps) != len(stages):
+        raise WorkflowError(f"workflow {spec.name!r} with {iterations} iterations has {len(steps)} stages,"
+                            f" got {len(stages)}")
+    for i, (step, stage) in enumerate(zip(steps, stages, strict=True)):
+        if stage.op is not step.op:
+            raise WorkflowError(f"stage {i} must be {step.op.value} ({step.role}), got {stage.op.value}")
+    return chain(request_id, arrival_s, spec.name, stages, question)

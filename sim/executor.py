@@ -1,0 +1,142 @@
+"""The simulated body: SimPy processes that run the scheduler core's lanes.
+
+One process per lane and one for arrivals. A lane process asks the core for work, waits
+the modelled duration (from the profile's latency models), hands the result back, and
+wakes the other lanes; when the core has nothing for it, it sleeps on a shared wake-up
+event. The processes hold no policy. Same trace, profile, policy and seed: same result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import simpy
+
+from calibration.latency import LatencyModel
+from ragraph.core import Scheduler
+from ragraph.graph import Request
+from ragraph.policies.base import Policy
+from ragraph.records import RequestRecord, TimelineEvent
+from ragraph.work import (
+    CacheLoad,
+    CacheLoadResult,
+    GenStep,
+    Lane,
+    SearchBatch,
+    SearchResult,
+    WorkItem,
+)
+from sim.gen_engine import GenEngineModel
+
+
+@dataclass
+class SimResult:
+    """Everything a simulated run produced."""
+
+    records: list[RequestRecord]  # one per request, in the order they ended
+    sim_s: float  # simulated seconds from time 0 to the last request's end
+    wall_s: float  # wall-clock seconds the simulation took
+    lane_busy_s: dict[str, float]  # busy seconds per lane
+    timeline: list[TimelineEvent] = field(default_factory=list)  # one slice per lane item
+    kv_peak_blocks: int = 0  # most KV blocks in use after any step
+    kv_total_blocks: int = 0
+
+
+class Simulation:
+    """Runs `requests` through `policy` on the hardware described by `latency`."""
+
+    def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
+                 seed: int = 0, timeline: bool = True, max_sim_s: float | None = None) -> None:
+        self.requests = sorted(requests, key=lambda r: r.arrival_s)
+        self.sched = Scheduler(policy)
+        self.latency = latency
+        self.seed = seed  # feeds stochastic result models; the analytic models use none
+        self.max_sim_s = max_sim_s
+        self.engine = GenEngineModel(latency)
+        self.env = simpy.Environment()
+        self._wake = self.env.event()
+        self._keep_timeline = timeline
+        self._timeline: list[TimelineEvent] = []
+        self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
+        self._kv_peak = 0
+        self._arrived = False
+
+    def run(self) -> SimResult:
+        start = time.perf_counter()
+        env = self.env
+        done = env.event()
+        env.process(self._arrivals(done))
+        for lane in Lane:
+            env.process(self._lane(lane, done))
+        try:
+            env.run(until=done if self.max_sim_s is None else env.any_of([done, env.timeout(self.max_sim_s)]))
+        except RuntimeError:  # nothing left to happen while requests are still active
+            self.sched.fail_all("stalled: no lane had work for this request", env.now)
+        if self.sched.active:
+            self.sched.fail_all(f"simulation horizon reached at {env.now:.3f} s", env.now)
+        records = self.sched.finished()
+        end = max((r.finish_s for r in records), default=0.0)
+        return SimResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
+                         self._kv_peak, self.engine.total_blocks)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._wake.succeed()
+        self._wake = self.env.event()
+
+    def _check_done(self, done: simpy.Event) -> None:
+        if self._arrived and not self.sched.active and not done.triggered:
+            done.succeed()
+
+    def _arrivals(self, done: simpy.Event):
+        env = self.env
+        for req in self.requests:
+            if req.arrival_s > env.now:
+                yield env.timeout(req.arrival_s - env.now)
+            self.sched.submit(req, env.now)
+            self._notify()
+        self._arrived = True
+        self._check_done(done)
+
+    def _lane(self, lane: Lane, done: simpy.Event):
+        env, sched = self.env, self.sched
+        while True:
+            item = sched.next_work(lane, env.now)
+            if item is None:
+                yield self._wake
+                continue
+            seconds, result, args, changed = self._execute(item)
+            if seconds:
+                yield env.timeout(seconds)
+                self._busy_s[lane.value] += seconds
+                if self._keep_timeline:
+                    self._timeline.append((lane.value, type(item).__name__, env.now - seconds, seconds, args))
+            sched.complete(item, result, env.now)
+            if changed:
+                self._notify()
+                self._check_done(done)
+
+    def _execute(self, item: WorkItem):
+        """(seconds, result, timeline args, whether other lanes may have new work)."""
+        if isinstance(item, GenStep):
+            self.engine.apply(item)
+            seconds, res = self.engine.step()
+            self._kv_peak = max(self._kv_peak, res.kv_used_blocks)
+            args = {"running": res.running, "prefill_tokens": res.prefill_tokens, "decode_tokens": res.decode_tokens,
+                    "kv_used_blocks": res.kv_used_blocks, "waiting": res.waiting}
+            return seconds, res, args, bool(res.finished or res.rejected) or not seconds
+        sizes = self.latency.list_sizes
+        if isinstance(item, SearchBatch):
+            pairs = sum(len(t.clusters) for t in item.tasks)
+            scanned = sum(sizes[c] for t in item.tasks for c in t.clusters)
+            if item.lane is Lane.GPU_RETRIEVAL:
+                seconds = self.latency.gpu_search_s(scanned * self.latency.profile.index.bytes_per_vector)
+            else:
+                new = sum(t.first for t in item.tasks)
+                seconds = self.latency.search_s(len(item.tasks), new, pairs, scanned)
+            return seconds, SearchResult(), {"queries": len(item.tasks), "clusters": pairs, "vectors": scanned}, True
+        assert isinstance(item, CacheLoad)
+        nbytes = sum(sizes[c] for c in item.load) * self.latency.profile.index.bytes_per_vector
+        return self.latency.pcie_s(nbytes), CacheLoadResult(item.load), {"clusters": len(item.load)}, True

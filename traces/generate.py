@@ -1,0 +1,141 @@
+"""Synthetic trace generation: arrivals, workflow mixes, token lengths and probe lists.
+
+Arrivals are Poisson (exponential gaps, as the HedraRAG artifact drives its runs) or
+gamma-distributed gaps with a coefficient of variation `cv` (cv > 1: bursty). Token
+lengths and iteration counts follow `traces.datasets`; probe lists follow
+`traces.probes`. Independent random streams (arrivals, lengths, probes) are spawned from
+one seed, so the same seed and options give the same trace, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ragraph.graph import Op
+from ragraph.workflows import WorkflowRegistry, WorkflowSpec
+from traces.datasets import ANSWER_ROLE, DATASETS, ITERATIONS, OUTPUT_CAP, OUTPUT_SIGMA, PASSAGE_TOKENS, ROLES, TOKENS_PER_WORD
+from traces.probes import ProbeModel
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    workflows: tuple[str, ...]  # mixed in equal shares
+    rate: float  # mean arrivals per second
+    duration_s: float  # arrivals in [0, duration_s)
+    seed: int = 0
+    arrival: str = "poisson"  # poisson | gamma
+    cv: float = 1.0  # coefficient of variation of gaps (gamma)
+    nprobe: int = 256
+    k: int = 1
+    nlist: int = 4096
+    zipf: float = 0.8  # popularity exponent of IVF lists
+    overlap: float = 0.5  # fraction of a retrieval's lists its successor keeps
+    iterations: int | None = None  # fixed iteration count (default: per workflow)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.duration_s <= 0:
+            raise ValueError("rate and duration must be positive")
+        if self.arrival not in ("poisson", "gamma") or self.cv <= 0:
+            raise ValueError("arrival must be poisson or gamma, with cv > 0")
+        if not 1 <= self.nprobe <= self.nlist or self.k < 1:
+            raise ValueError(f"need 1 <= nprobe <= nlist ({self.nlist}) and k >= 1")
+
+
+def arrival_times(cfg: TraceConfig, rng: np.random.Generator) -> np.ndarray:
+    """Arrival instants in [0, duration): cumulative sums of random gaps."""
+    n = int(cfg.rate * cfg.duration_s * 1.5) + 16
+    out: list[np.ndarray] = []
+    t = 0.0
+    while t < cfg.duration_s:
+        if cfg.arrival == "poisson":
+            gaps = rng.exponential(1.0 / cfg.rate, n)
+        else:
+            shape = 1.0 / cfg.cv**2
+            gaps = rng.gamma(shape, 1.0 / (cfg.rate * shape), n)
+        times = t + np.cumsum(gaps)
+        out.append(times)
+        t = float(times[-1])
+    times = np.concatenate(out)
+    return times[times < cfg.duration_s]
+
+
+class _Lengths:
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def question(self, dataset: str) -> int:
+        words = DATASETS[dataset].question_words if dataset in DATASETS else 12.0
+        return max(3, round(self.rng.lognormal(np.log(words), 0.3) * TOKENS_PER_WORD))
+
+    def output(self, median: int) -> int:
+        return int(np.clip(round(self.rng.lognormal(np.log(median), OUTPUT_SIGMA)), 1, OUTPUT_CAP))
+
+
+def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, iters: int,
+             lengths: _Lengths, probes: ProbeModel) -> dict:
+    question = lengths.question(spec.dataset)
+    stages: list[dict] = []
+    carried = 0  # generated tokens the next prompt carries
+    passages = 0  # retrieved-passage tokens the next prompt carries
+    previous: list[int] | None = None
+    iterative = bool(spec.loop)
+    for step in spec.unroll(iters):
+        if step.op is Op.RETRIEVE:
+            previous = probes.probe(cfg.nprobe, previous)
+            stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": cfg.k, "clusters": previous})
+            passages = cfg.k * PASSAGE_TOKENS
+            if not iterative:
+                carried = 0
+            continue
+        role = ANSWER_ROLE.get(spec.name, step.role) if step.role == "answer" else step.role
+        template, median = ROLES.get(role, ROLES["answer"])
+        out = lengths.output(median)
+        stages.append({"op": "generate", "role": step.role, "prompt_tokens": template + question + passages + carried,
+                       "output_tokens": out, "prefix_tokens": template, "prefix": f"{spec.name}/{step.role}"})
+        carried = carried + out if iterative else out
+        passages = 0
+    return {"id": rid, "arrival_s": round(arrival, 6), "workflow": spec.name, "iterations": iters,
+            "dataset": spec.dataset, "stages": stages}
+
+
+def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -> list[dict]:
+    """The trace as a list of JSON-ready request dicts (see traces.schema.TraceRequest)."""
+    registry = registry or WorkflowRegistry()
+    specs = [registry.get(w) for w in cfg.workflows]
+    arrivals_rng, mix_rng, length_rng, probe_rng = (np.random.default_rng(s)
+                                                    for s in np.random.SeedSequence(cfg.seed).spawn(4))
+    probes = ProbeModel(cfg.nlist, cfg.zipf, cfg.overlap, probe_rng)
+    lengths = _Lengths(length_rng)
+    out = []
+    for i, t in enumerate(arrival_times(cfg, arrivals_rng)):
+        spec = specs[int(mix_rng.integers(len(specs)))]
+        if cfg.iterations is not None:
+            iters = cfg.iterations if spec.loop else 0
+        elif spec.name in ITERATIONS:
+            iters = int(mix_rng.choice(len(ITERATIONS[spec.name]), p=ITERATIONS[spec.name]))
+        else:
+            iters = spec.default_iterations
+        out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes))
+    return out
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    """Write rows as JSON Lines atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, separators=(",", ":")))
+                f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

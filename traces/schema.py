@@ -1,0 +1,131 @@
+"""The trace format: JSON Lines, one request per line, validated with pydantic.
+
+Each line is one `TraceRequest`; its `stages` list the workflow's unrolled nodes in order
+(docs/traces.md documents every field). Errors name the file, the line and the field, so
+a malformed trace is refused before anything runs. The same file replays unchanged on
+the simulator and, later, on the real backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ragraph.graph import Generate, NodeSpec, Request, Retrieve
+from ragraph.workflows import WorkflowError, WorkflowRegistry, build_request
+
+
+class TraceError(ValueError):
+    """A trace that cannot be read; the message names file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerateStage(_Strict):
+    op: Literal["generate"]
+    role: str = "answer"
+    prompt_tokens: int = Field(gt=0)
+    output_tokens: int = Field(gt=0)
+    prefix_tokens: int = Field(default=0, ge=0)
+    prefix: str = ""
+
+    @model_validator(mode="after")
+    def _prefix_fits(self) -> GenerateStage:
+        if self.prefix_tokens > self.prompt_tokens:
+            raise ValueError("prefix_tokens exceeds prompt_tokens")
+        return self
+
+
+class RetrieveStage(_Strict):
+    op: Literal["retrieve"]
+    role: str = "retrieve"
+    nprobe: int = Field(gt=0)
+    k: int = Field(gt=0)
+    clusters: list[int] = Field(default_factory=list)
+    query: str = ""
+
+    @model_validator(mode="after")
+    def _clusters_match(self) -> RetrieveStage:
+        if len(self.clusters) != self.nprobe:
+            raise ValueError(f"clusters has {len(self.clusters)} entries, nprobe is {self.nprobe}")
+        if len(set(self.clusters)) != len(self.clusters) or min(self.clusters, default=0) < 0:
+            raise ValueError("clusters must be distinct non-negative list ids")
+        return self
+
+
+Stage = Annotated[GenerateStage | RetrieveStage, Field(discriminator="op")]
+
+
+class TraceRequest(_Strict):
+    id: str = Field(min_length=1)
+    arrival_s: float = Field(ge=0)
+    workflow: str
+    iterations: int = Field(default=0, ge=0)
+    question: str = ""
+    dataset: str = ""
+    stages: list[Stage] = Field(min_length=1)
+
+    def node_specs(self) -> list[NodeSpec]:
+        out: list[NodeSpec] = []
+        for s in self.stages:
+            if isinstance(s, GenerateStage):
+                out.append(Generate(s.prompt_tokens, s.output_tokens, s.prefix_tokens, s.prefix, s.role))
+            else:
+                out.append(Retrieve(s.nprobe, s.k, tuple(s.clusters), s.role, s.query))
+        return out
+
+
+def to_request(tr: TraceRequest, registry: WorkflowRegistry) -> Request:
+    """The request graph of a validated trace line; raises WorkflowError."""
+    return build_request(registry.get(tr.workflow), tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question)
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"] if p not in ("generate", "retrieve")) or "(line)"
+
+
+def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None,
+               nlist: int | None = None) -> list[Request]:
+    """Read and validate a trace; raises TraceError naming file, line and field.
+
+    `nlist`, when given, bounds every cluster id (the index the trace will run against)."""
+    path = Path(path)
+    registry = workflows or WorkflowRegistry()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
+    requests: list[Request] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            tr = TraceRequest.model_validate_json(line)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise TraceError(f"{where}: field {_where(err)}: {err['msg']}") from None
+        if tr.id in seen:
+            raise TraceError(f"{where}: field id: duplicate request id {tr.id!r}")
+        seen.add(tr.id)
+        if nlist is not None:
+            for i, st in enumerate(tr.stages):
+                if isinstance(st, RetrieveStage) and max(st.clusters, default=0) >= nlist:
+                    raise TraceError(f"{where}: field stages.{i}.clusters: list id {max(st.clusters)}"
+                                     f" is outside the index's {nlist} lists")
+        try:
+            spec = registry.get(tr.workflow)
+        except WorkflowError as exc:
+            raise TraceError(f"{where}: field workflow: {exc}") from None
+        try:
+            requests.append(build_request(spec, tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question))
+        except WorkflowError as exc:
+            raise TraceError(f"{where}: field stages: {exc}") from None
+    if not requests:
+        raise TraceError(f"{path}: the trace has no requests")
+    return requests
