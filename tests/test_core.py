@@ -1,0 +1,185 @@
+"""The scheduler core driven by hand: submit / next_work / complete with built results."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragraph.core import LaneBusy, Scheduler, SchedulerError
+from ragraph.graph import Generate, Retrieve, chain
+from ragraph.policies import PolicyError, make_policy, parse_policy_spec
+from ragraph.policies.base import Policy
+from ragraph.policies.flashrag import FlashRAGPolicy
+from ragraph.policies.hedra import HedraPolicy
+from ragraph.state import IllegalTransition, NodeEvent, NodeState, advance
+from ragraph.work import GenStep, GenStepResult, Lane, SearchBatch, SearchResult
+
+ROOT = Path(__file__).resolve().parents[1]
+BANNED = {"simpy", "vllm", "faiss", "torch", "threading", "time", "asyncio", "socket", "multiprocessing",
+          "subprocess", "sentence_transformers", "sim", "backends", "calibration", "traces", "experiments"}
+
+
+class FlatCosts:
+    """Every list holds 1000 vectors; a call costs 1 ms + 1 us per vector."""
+
+    def cluster_vectors(self, cluster: int) -> int:
+        return 1000
+
+    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
+        return 1e-3 + 1e-6 * scanned_vectors
+
+
+def one_shot(rid: str, t: float = 0.0, clusters: tuple[int, ...] = tuple(range(8))):
+    return chain(rid, t, "one-shot", [Retrieve(len(clusters), 1, clusters), Generate(100, 5)])
+
+
+def test_ragraph_imports_no_io_or_bodies():
+    for path in (ROOT / "ragraph").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                assert name.split(".")[0] not in BANNED, f"{path.name} imports {name}"
+    out = subprocess.run([sys.executable, "-c", "import sys, ragraph.core, ragraph.policies, ragraph.workflows;"
+                          "print(','.join(m for m in ('simpy','vllm','faiss','torch','numpy') if m in sys.modules))"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_state_table_refuses_illegal_transitions():
+    assert advance(NodeState.BLOCKED, NodeEvent.DEPS_DONE) is NodeState.READY
+    with pytest.raises(IllegalTransition):
+        advance(NodeState.DONE, NodeEvent.DISPATCH)
+    with pytest.raises(IllegalTransition):
+        advance(NodeState.READY, NodeEvent.CONFIRM)
+
+
+def test_one_request_runs_retrieve_then_generate():
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(one_shot("a"), 0.0)
+    assert s.next_work(Lane.GPU_GEN, 0.0) is None  # nothing to generate before the retrieval
+    batch = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert isinstance(batch, SearchBatch) and batch.tasks[0].clusters == tuple(range(8))
+    assert batch.tasks[0].first and batch.tasks[0].last
+    with pytest.raises(LaneBusy):
+        s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    s.complete(batch, SearchResult(), 0.01)
+    step = s.next_work(Lane.GPU_GEN, 0.01)
+    assert isinstance(step, GenStep) and [t.key for t in step.admit] == [("a", 1)]
+    s.complete(step, GenStepResult(finished=(("a", 1),), running=1), 0.02)
+    (rec,) = s.finished()
+    assert rec.status == "completed" and rec.latency_s == pytest.approx(0.02)
+    assert rec.clusters_searched == 8 and rec.substages == 1
+    assert s.active == 0 and s.next_work(Lane.GPU_GEN, 0.03) is None
+
+
+def test_complete_refuses_an_item_the_lane_does_not_hold():
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(one_shot("a"), 0.0)
+    with pytest.raises(SchedulerError):
+        s.complete(GenStep(), GenStepResult(), 0.0)
+    with pytest.raises(SchedulerError):
+        s.submit(one_shot("a"), 0.0)
+
+
+def test_hedra_splits_a_retrieval_into_substages_that_cover_its_clusters():
+    policy = HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0)  # 1 ms + 4 lists x 1 ms fit
+    s = Scheduler(policy)
+    s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
+    seen: list[int] = []
+    t = 0.0
+    while s.active and (batch := s.next_work(Lane.CPU_RETRIEVAL, t)) is not None:
+        assert len(batch.tasks) == 1
+        seen += batch.tasks[0].clusters
+        t += 0.003
+        s.complete(batch, SearchResult(), t)
+    assert seen == list(range(16))
+    node = s.requests["a"].nodes[0]
+    assert node.substages == 4 and node.state is NodeState.DONE
+
+
+def test_wavefront_lets_a_late_query_join_the_next_substage():
+    for wavefront, joins in ((True, True), (False, False)):
+        s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0, wavefront=wavefront))
+        s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
+        first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+        s.submit(one_shot("b", clusters=tuple(range(16, 32))), 0.001)
+        s.complete(first, SearchResult(), 0.004)
+        second = s.next_work(Lane.CPU_RETRIEVAL, 0.004)
+        assert any(t.key[0] == "b" for t in second.tasks) is joins
+
+
+class SpeculateAfterFirstSubstage(HedraPolicy):
+    """Test policy: start the Generate after the first sub-stage; keep it iff `keep`."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__(FlatCosts(), chunk=4, max_budget_ms=5.0)
+        self.keep = keep
+
+    def on_search_progress(self, s, node, now):
+        child = s.requests[node.key[0]].nodes[node.key[1] + 1]
+        if child.state is NodeState.BLOCKED:
+            s.speculate(child, now)
+
+    def keep_speculation(self, s, node, now):
+        return self.keep
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_speculative_generation_is_confirmed_or_aborted(keep: bool):
+    s = Scheduler(SpeculateAfterFirstSubstage(keep))
+    s.submit(one_shot("a"), 0.0)
+    b1 = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert not b1.tasks[0].last
+    s.complete(b1, SearchResult(topk={("a", 0): (7,)}), 0.005)
+    step = s.next_work(Lane.GPU_GEN, 0.005)
+    assert step.admit[0].speculative and step.admit[0].key == ("a", 1)
+    b2 = s.next_work(Lane.CPU_RETRIEVAL, 0.005)
+    s.complete(step, GenStepResult(running=1), 0.006)
+    s.complete(b2, SearchResult(topk={("a", 0): (7,)}), 0.01)  # retrieval done: resolve
+    step2 = s.next_work(Lane.GPU_GEN, 0.01)
+    if keep:
+        assert step2.admit == () and step2.abort == ()
+        s.complete(step2, GenStepResult(finished=(("a", 1),), running=1), 0.02)
+        (rec,) = s.finished()
+        assert rec.spec_started == 1 and rec.spec_aborted == 0
+    else:
+        assert step2.abort == (("a", 1),) and [t.key for t in step2.admit] == [("a", 1)]
+        assert not step2.admit[0].speculative
+        s.complete(step2, GenStepResult(finished=(("a", 1),), running=1), 0.02)
+        (rec,) = s.finished()
+        assert rec.spec_started == 1 and rec.spec_aborted == 1
+    assert rec.status == "completed"
+
+
+def test_engine_rejection_fails_the_request_with_its_reason():
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(chain("a", 0.0, "x", [Generate(10, 5), Generate(10, 5)]), 0.0)
+    step = s.next_work(Lane.GPU_GEN, 0.0)
+    s.complete(step, GenStepResult(rejected=((("a", 0), "needs 9 KV blocks"),)), 0.0)
+    (rec,) = s.finished()
+    assert rec.status == "failed" and "KV" in rec.reason
+
+
+def test_fail_item_fails_every_request_it_touched():
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(one_shot("a"), 0.0)
+    s.submit(one_shot("b"), 0.0)
+    batch = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    s.fail_item(batch, "faiss raised", 0.1)
+    assert {r.id: r.reason for r in s.finished()} == {"a": "faiss raised", "b": "faiss raised"}
+    assert not s.busy(Lane.CPU_RETRIEVAL)
+
+
+def test_policy_specs():
+    assert parse_policy_spec("hedra:no-wavefront,substages=fixed,chunk=4") == (
+        "hedra", {"wavefront": False, "substages": "fixed", "chunk": 4})
+    for bad in ("nosuch", "hedra:no-nosuch", "flashrag:no-wavefront", "hedra:substages=weird", "hedra:bogus=1"):
+        with pytest.raises(PolicyError):
+            make_policy(bad, FlatCosts())
+    assert isinstance(make_policy("langchain", FlatCosts()), Policy)

@@ -1,0 +1,143 @@
+"""Scheduler invariants, checked on random workloads through the simulated body."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sim.executor as executor
+from calibration.latency import LatencyModel
+from calibration.profile import load_profile
+from ragraph.core import Scheduler
+from ragraph.graph import Generate, Retrieve, chain
+from ragraph.policies import make_policy
+from ragraph.work import GenStep, GenStepResult, SearchBatch
+from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from traces.generate import TraceConfig, generate_trace
+from traces.schema import TraceRequest, to_request
+
+POLICIES = ["langchain", "flashrag", "hedra", "hedra:no-wavefront", "hedra:substages=fixed", "hedra:substages=off"]
+PROFILE = load_profile()
+
+
+def small_kv_profile(blocks: int):
+    """The default profile with GPU memory cut so that about `blocks` KV blocks remain."""
+    e, m = PROFILE.engine, PROFILE.model
+    block_gib = m.kv_bytes_per_token * e.block_size / 1024**3
+    gpu = (m.weights_gib + e.activation_reserve_gib + blocks * block_gib + block_gib / 2) / e.gpu_memory_utilization
+    return PROFILE.model_copy(update={"hardware": PROFILE.hardware.model_copy(update={"gpu_memory_gib": gpu})})
+
+
+class Recorder(Scheduler):
+    """A scheduler that logs every item with its lane, start and end."""
+
+    log: list = []
+
+    def next_work(self, lane, now):
+        item = super().next_work(lane, now)
+        if item is not None:
+            Recorder.log.append(["start", lane, item, now, None])
+        return item
+
+    def complete(self, item, result, now):
+        Recorder.log.append(["end", item.lane, item, now, result])
+        super().complete(item, result, now)
+
+
+def run(requests, policy: str, profile=PROFILE, monkeypatch=None):
+    Recorder.log = []
+    latency = LatencyModel(profile)
+    if monkeypatch is not None:
+        monkeypatch.setattr(executor, "Scheduler", Recorder)
+    result = executor.Simulation(requests, make_policy(policy, latency), latency, timeline=False).run()
+    return result, list(Recorder.log)
+
+
+def requests_for(workflows, rate, duration, seed, nprobe):
+    cfg = TraceConfig(tuple(workflows), rate, duration, seed=seed, nprobe=nprobe)
+    reg = WorkflowRegistry()
+    return [to_request(TraceRequest.model_validate(r), reg) for r in generate_trace(cfg, reg)]
+
+
+def check_invariants(requests, result, log, kv_total):
+    assert log, "the recorder saw no work"
+    # every request ends exactly once, completed or failed with a reason
+    ids = [r.id for r in result.records]
+    assert sorted(ids) == sorted(r.id for r in requests)
+    assert all(r.status == "completed" or (r.status == "failed" and r.reason) for r in result.records)
+    # no lane runs two items at once
+    open_item = {}
+    for kind, lane, item, _now, _res in log:
+        if kind == "start":
+            assert open_item.get(lane) is None, f"{lane} started an item while busy"
+            open_item[lane] = item
+        else:
+            assert open_item.get(lane) is item
+            open_item[lane] = None
+    # KV use never exceeds capacity
+    for kind, _lane, item, _now, res in log:
+        if kind == "end" and isinstance(item, GenStep):
+            assert isinstance(res, GenStepResult) and 0 <= res.kv_used_blocks <= kv_total
+    # the sub-stages of each retrieval cover exactly its nprobe clusters, each once
+    scanned = defaultdict(list)
+    for kind, _lane, item, _now, _res in log:
+        if kind == "start" and isinstance(item, SearchBatch):
+            for t in item.tasks:
+                scanned[t.key].extend(t.clusters)
+    by_key = {(r.id, i): n for r in requests for i, n in enumerate(r.nodes) if isinstance(n, Retrieve)}
+    completed = {r.id for r in result.records if r.status == "completed"}
+    for key, node in by_key.items():
+        if key[0] in completed:
+            assert sorted(scanned[key]) == sorted(node.clusters)
+            assert len(scanned[key]) == node.nprobe
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    workflows=st.lists(st.sampled_from(sorted(BUILTIN_WORKFLOWS)), min_size=1, max_size=3, unique=True),
+    rate=st.floats(0.5, 12.0),
+    seed=st.integers(0, 2**16),
+    nprobe=st.sampled_from([1, 7, 64, 256]),
+    policy=st.sampled_from(POLICIES),
+)
+def test_invariants_on_random_workloads(monkeypatch, workflows, rate, seed, nprobe, policy):
+    requests = requests_for(workflows, rate, 6.0, seed, nprobe)
+    if not requests:
+        return
+    result, log = run(requests, policy, monkeypatch=monkeypatch)
+    check_invariants(requests, result, log, result.kv_total_blocks)
+    assert all(r.status == "completed" for r in result.records)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_kv_pressure_queues_and_oversized_requests_fail(monkeypatch, policy):
+    profile = small_kv_profile(60)
+    assert 55 <= profile.kv_capacity_blocks() <= 65
+    requests = requests_for(["irg", "hyde"], 8.0, 5.0, 3, 16)
+    huge = chain("huge", 0.5, "one-shot", [Retrieve(4, 1, (1, 2, 3, 4)), Generate(4000, 100)])
+    result, log = run([*requests, huge], policy, profile, monkeypatch)
+    check_invariants([*requests, huge], result, log, profile.kv_capacity_blocks())
+    status = {r.id: r for r in result.records}
+    assert status["huge"].status == "failed" and "KV blocks" in status["huge"].reason
+    assert all(r.status == "completed" for r in result.records if r.id != "huge")
+    assert max(r.kv_used_blocks for k, _l, i, _n, r in log if k == "end" and isinstance(i, GenStep)) > 40
+    assert any(r.waiting for k, _l, i, _n, r in log if k == "end" and isinstance(i, GenStep))
+
+
+@pytest.mark.parametrize("policy", ["flashrag", "hedra"])
+def test_same_seed_same_inputs_same_results(policy):
+    requests = requests_for(["irg", "recomp"], 6.0, 20.0, 7, 256)
+    a, _ = run(requests, policy)
+    b, _ = run(requests, policy)
+    assert [r.as_dict() for r in a.records] == [r.as_dict() for r in b.records]
+    assert a.sim_s == b.sim_s and a.lane_busy_s == b.lane_busy_s
+
+
+def test_prefix_caching_serves_shared_templates(monkeypatch):
+    requests = requests_for(["one-shot"], 4.0, 10.0, 1, 16)
+    _, log = run(requests, "hedra", monkeypatch=monkeypatch)
+    cached = sum(r.cached_prompt_tokens for k, _l, i, _n, r in log if k == "end" and isinstance(i, GenStep))
+    assert cached >= 48 * (len(requests) - 1)  # all but the first reuse the 60-token template's 3 full blocks
