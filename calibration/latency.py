@@ -53,12 +53,18 @@ class LatencyModel:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()
+        m = profile.cpu_search  # hot path: the policy prices every candidate sub-stage
+        self._search = (m.call_s, m.query_s, m.new_query_s, m.thread_bytes_per_s, m.memory_bytes_per_s,
+                        profile.hardware.cpu_threads, profile.index.bytes_per_vector)
 
     def cluster_vectors(self, cluster: int) -> int:
         return self.list_sizes[cluster]
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
-        return cpu_search_s(self.profile, queries, new_queries, pairs, scanned_vectors)
+        """Same as `cpu_search_s` (a test holds them equal), with the profile unpacked."""
+        call, per_query, per_new, thread_rate, memory_rate, threads, vec_bytes = self._search
+        rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
+        return call + per_query * queries + per_new * new_queries + scanned_vectors * vec_bytes / rate
 
     def gen_step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
         return gen_step_s(self.profile, prefill_tokens, decode_seqs, context_tokens)

@@ -67,7 +67,7 @@ class Simulation:
         env = self.env
         done = env.event()
         env.process(self._arrivals(done))
-        for lane in Lane:
+        for lane in self.sched.policy.lanes:
             env.process(self._lane(lane, done))
         try:
             env.run(until=done if self.max_sim_s is None else env.any_of([done, env.timeout(self.max_sim_s)]))
@@ -130,7 +130,7 @@ class Simulation:
         sizes = self.latency.list_sizes
         if isinstance(item, SearchBatch):
             pairs = sum(len(t.clusters) for t in item.tasks)
-            scanned = sum(sizes[c] for t in item.tasks for c in t.clusters)
+            scanned = sum(sum(map(sizes.__getitem__, t.clusters)) for t in item.tasks)
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(scanned * self.latency.profile.index.bytes_per_vector)
             else:
@@ -138,5 +138,5 @@ class Simulation:
                 seconds = self.latency.search_s(len(item.tasks), new, pairs, scanned)
             return seconds, SearchResult(), {"queries": len(item.tasks), "clusters": pairs, "vectors": scanned}, True
         assert isinstance(item, CacheLoad)
-        nbytes = sum(sizes[c] for c in item.load) * self.latency.profile.index.bytes_per_vector
+        nbytes = sum(map(sizes.__getitem__, item.load)) * self.latency.profile.index.bytes_per_vector
         return self.latency.pcie_s(nbytes), CacheLoadResult(item.load), {"clusters": len(item.load)}, True

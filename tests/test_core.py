@@ -105,13 +105,24 @@ def test_hedra_splits_a_retrieval_into_substages_that_cover_its_clusters():
 
 def test_wavefront_lets_a_late_query_join_the_next_substage():
     for wavefront, joins in ((True, True), (False, False)):
-        s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0, wavefront=wavefront))
+        s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0, wavefront=wavefront, fill="round_robin"))
         s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
         first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
         s.submit(one_shot("b", clusters=tuple(range(16, 32))), 0.001)
         s.complete(first, SearchResult(), 0.004)
         second = s.next_work(Lane.CPU_RETRIEVAL, 0.004)
         assert any(t.key[0] == "b" for t in second.tasks) is joins
+
+
+def test_fifo_fill_finishes_the_oldest_query_first():
+    s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=9.5))  # 8 lists a call
+    s.submit(one_shot("a", clusters=tuple(range(12))), 0.0)
+    s.submit(one_shot("b", clusters=tuple(range(12, 24))), 0.0)
+    first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert [(t.key[0], len(t.clusters)) for t in first.tasks] == [("a", 8)]
+    s.complete(first, SearchResult(), 0.009)
+    second = s.next_work(Lane.CPU_RETRIEVAL, 0.009)
+    assert [(t.key[0], len(t.clusters), t.last) for t in second.tasks] == [("a", 4, True), ("b", 4, False)]
 
 
 class SpeculateAfterFirstSubstage(HedraPolicy):

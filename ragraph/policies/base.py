@@ -26,6 +26,7 @@ class Policy(ABC):
     """Base class: continuous admission of generations, no speculation, no cache."""
 
     name: ClassVar[str]
+    lanes: tuple[Lane, ...] = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL)  # lanes this policy gives work to
 
     # --- planning (called from Scheduler.next_work) -------------------------------------------
 

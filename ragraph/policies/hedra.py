@@ -25,7 +25,6 @@ from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from ragraph.costs import SearchCostModel
-from ragraph.graph import NodeKey
 from ragraph.policies.base import Policy, PolicyError
 from ragraph.work import Lane, ScanTask, SearchBatch
 
@@ -43,9 +42,11 @@ class HedraPolicy(Policy):
 
     def __init__(self, costs: SearchCostModel, substages: str = "dynamic", wavefront: bool = True,
                  budget_factor: float = 1.0, min_budget_ms: float = 2.0, max_budget_ms: float = 100.0,
-                 chunk: int = 8, max_queries: int = 32) -> None:
+                 chunk: int = 8, max_queries: int = 32, fill: str = "fifo") -> None:
         if substages not in SUBSTAGE_MODES:
             raise PolicyError(f"hedra: substages must be one of {', '.join(SUBSTAGE_MODES)}, not {substages!r}")
+        if fill not in ("fifo", "round_robin"):
+            raise PolicyError(f"hedra: fill must be fifo or round_robin, not {fill!r}")
         if budget_factor <= 0 or min_budget_ms <= 0 or max_budget_ms < min_budget_ms or chunk < 1 or max_queries < 1:
             raise PolicyError("hedra: budgets, chunk and max_queries must be positive (min_budget <= max_budget)")
         self.costs = costs
@@ -55,9 +56,10 @@ class HedraPolicy(Policy):
         self.min_budget_s = min_budget_ms / 1e3
         self.max_budget_s = max_budget_ms / 1e3
         self.chunk = chunk
+        self.fill = fill
         self.max_queries = max_queries
         self._cohort: list[NodeRun] = []  # queries of the running cohort (wavefront off)
-        self._cums: dict[NodeKey, list[int]] = {}  # per waiting query: prefix sums of list sizes
+        self._cums: dict[NodeRun, list[int]] = {}  # per waiting query: prefix sums of list sizes
 
     def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
         if lane is not Lane.CPU_RETRIEVAL:
@@ -92,47 +94,52 @@ class HedraPolicy(Policy):
         return ARTIFACT_MINIBATCH.get(nprobe, max(1, nprobe // 4))
 
     def _fill_budget(self, s: Scheduler, queries: list[NodeRun], budget: float) -> list[ScanTask]:
-        """Round-robin `chunk` clusters per query, oldest query first, until the predicted
-        call time would pass `budget` (at least one chunk is always taken)."""
+        """Add `chunk` clusters at a time until the predicted call time would pass `budget`
+        (at least one chunk is always taken). `fill=fifo`: the oldest query takes all it can
+        before the next one starts, so queries leave the search one by one as they finish
+        (continuous batching of retrieval). `fill=round_robin`: every query takes one chunk
+        per round, as the artifact's fixed sub-stages do."""
         search_s = self.costs.search_s
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
         n_new = pairs = scanned = 0
+        per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
             for node in queries:
                 have = taken.get(node, 0)
-                start = node.next_pos + have
                 cum = self._cumulative(node)
-                end = min(start + self.chunk, len(cum) - 1)
-                if end == start:
-                    continue
-                vectors = cum[end] - cum[start]
-                fresh = node.next_pos == 0 and not have
-                t = search_s(len(taken) + (not have), n_new + fresh, pairs + end - start, scanned + vectors)
-                if t > budget and scanned:
-                    return self._take(s, taken)
-                taken[node] = have + end - start
-                n_new += fresh
-                pairs += end - start
-                scanned += vectors
-                progressed = True
+                limit = min(len(cum) - 1, node.next_pos + have + per_visit)
+                start = node.next_pos + have
+                while start < limit:
+                    end = min(start + self.chunk, limit)
+                    vectors = cum[end] - cum[start]
+                    fresh = node.next_pos == 0 and not have
+                    t = search_s(len(taken) + (not have), n_new + fresh, pairs + end - start, scanned + vectors)
+                    if t > budget and scanned:
+                        return self._take(s, taken)
+                    have = taken[node] = have + end - start
+                    n_new += fresh
+                    pairs += end - start
+                    scanned += vectors
+                    start = end
+                    progressed = True
             if not progressed:
                 return self._take(s, taken)
 
     def on_request_end(self, s: Scheduler, run: RequestRun, now: float) -> None:
         for node in run.nodes:
-            self._cums.pop(node.key, None)
+            self._cums.pop(node, None)
 
     def _cumulative(self, node: NodeRun) -> list[int]:
         """Prefix sums of list sizes along the node's scan order (cached per node)."""
-        cum = self._cums.get(node.key)
+        cum = self._cums.get(node)
         if cum is None:
-            cum = self._cums[node.key] = [0, *accumulate(map(self.costs.cluster_vectors, node.order))]
+            cum = self._cums[node] = [0, *accumulate(map(self.costs.cluster_vectors, node.order))]
         return cum
 
     def _take(self, s: Scheduler, taken: dict[NodeRun, int]) -> list[ScanTask]:
         tasks = [s.take_clusters(n, count) for n, count in taken.items()]
         for n in taken:
             if n.remaining == 0:
-                del self._cums[n.key]
+                del self._cums[n]
         return tasks
