@@ -50,7 +50,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 res = Simulation(requests, make_policy(policy, latency), latency, timeline=False).run()
                 runs.append((res.sim_s / res.wall_s, res.wall_s, res.sim_s))
-            speed, wall, sim_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+            speed, wall, sim_s = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+                                  runs[0][2])
             speeds[policy] = speed
             print(f"{policy:9s} {sim_s:7.1f} simulated s in {wall:.3f} wall s (median of {args.repeats}):"
                   f" {speed:7.0f}x real time")

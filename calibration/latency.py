@@ -52,13 +52,10 @@ class LatencyModel:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()
+        self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
         m = profile.cpu_search  # hot path: the policy prices every candidate sub-stage
         self._search = (m.call_s, m.query_s, m.new_query_s, m.thread_bytes_per_s, m.memory_bytes_per_s,
                         profile.hardware.cpu_threads, profile.index.bytes_per_vector)
-
-    def cluster_vectors(self, cluster: int) -> int:
-        return self.list_sizes[cluster]
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
         """Same as `cpu_search_s` (a test holds them equal), with the profile unpacked."""

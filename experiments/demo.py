@@ -20,10 +20,10 @@ from calibration.profile import Profile
 from experiments.outdir import atomic_dir
 from experiments.plots import latency_vs_rate
 from experiments.simulate import simulate
-from traces.generate import TraceConfig, generate_trace
-from traces.schema import TraceRequest, to_request
 from ragraph.graph import Request
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from traces.generate import TraceConfig, generate_trace
+from traces.schema import TraceRequest, to_request
 
 POLICIES = ("langchain", "flashrag", "hedra")
 # request rates per workflow, spanning the baselines' knee up to hedra's (nprobe 256)

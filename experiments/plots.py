@@ -7,8 +7,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 POLICY_STYLE = {"langchain": "tab:gray", "flashrag": "tab:blue", "hedra": "tab:red"}
 

@@ -29,7 +29,6 @@ from ragraph.runtime import NodeRun, RequestRun, generate_spec, retrieve_spec
 from ragraph.state import NodeEvent, NodeState, RequestEvent, RequestState, advance_request
 from ragraph.work import (
     LANES,
-    CacheLoad,
     CacheLoadResult,
     GenStep,
     GenStepResult,

@@ -7,14 +7,16 @@ methods (the simulator and the real backend both build it from a calibration pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
 class SearchCostModel(Protocol):
     """Predicts the duration of one retrieval search call."""
 
-    def cluster_vectors(self, cluster: int) -> int:
-        """Vectors stored in IVF list `cluster`."""
+    @property
+    def list_sizes(self) -> Sequence[int]:
+        """Vectors stored in each IVF list, indexed by list id."""
         ...
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:

@@ -45,7 +45,8 @@ class WorkflowSpec(BaseModel):
 
     def unroll(self, iterations: int) -> list[Step]:
         """The chain of steps for a request with `iterations` loop iterations."""
-        if iterations < 0 or (iterations and not self.loop) or (self.max_iterations and iterations > self.max_iterations):
+        too_many = bool(self.max_iterations) and iterations > self.max_iterations
+        if iterations < 0 or (iterations and not self.loop) or too_many:
             raise WorkflowError(f"workflow {self.name!r}: {iterations} iterations not allowed"
                                 f" (max {self.max_iterations if self.loop else 0})")
         reps = iterations + self.extra_iterations if self.loop else 0
@@ -56,7 +57,9 @@ def _steps(*ops: str) -> tuple[Step, ...]:
     out = []
     for text in ops:
         op, _, role = text.partition(":")
-        out.append(Step(op=Op.RETRIEVE if op == "R" else Op.GENERATE, role=role or ("retrieve" if op == "R" else "answer")))
+        retrieve = op == "R"
+        default_role = "retrieve" if retrieve else "answer"
+        out.append(Step(op=Op.RETRIEVE if retrieve else Op.GENERATE, role=role or default_role))
     return tuple(out)
 
 

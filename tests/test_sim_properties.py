@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,7 +35,7 @@ def small_kv_profile(blocks: int):
 class Recorder(Scheduler):
     """A scheduler that logs every item with its lane, start and end."""
 
-    log: list = []
+    log: ClassVar[list] = []
 
     def next_work(self, lane, now):
         item = super().next_work(lane, now)

@@ -19,7 +19,16 @@ import numpy as np
 
 from ragraph.graph import Op
 from ragraph.workflows import WorkflowRegistry, WorkflowSpec
-from traces.datasets import ANSWER_ROLE, DATASETS, ITERATIONS, OUTPUT_CAP, OUTPUT_SIGMA, PASSAGE_TOKENS, ROLES, TOKENS_PER_WORD
+from traces.datasets import (
+    ANSWER_ROLE,
+    DATASETS,
+    ITERATIONS,
+    OUTPUT_CAP,
+    OUTPUT_SIGMA,
+    PASSAGE_TOKENS,
+    ROLES,
+    TOKENS_PER_WORD,
+)
 from traces.probes import ProbeModel
 
 

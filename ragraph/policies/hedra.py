@@ -94,35 +94,50 @@ class HedraPolicy(Policy):
         return ARTIFACT_MINIBATCH.get(nprobe, max(1, nprobe // 4))
 
     def _fill_budget(self, s: Scheduler, queries: list[NodeRun], budget: float) -> list[ScanTask]:
-        """Add `chunk` clusters at a time until the predicted call time would pass `budget`
-        (at least one chunk is always taken). `fill=fifo`: the oldest query takes all it can
-        before the next one starts, so queries leave the search one by one as they finish
-        (continuous batching of retrieval). `fill=round_robin`: every query takes one chunk
-        per round, as the artifact's fixed sub-stages do."""
+        """Take clusters, `chunk` at a time, until the predicted call time would pass
+        `budget` (at least one chunk is always taken). `fill=fifo`: the oldest query takes
+        all it can before the next one starts, so queries leave the search one by one as
+        they finish (continuous batching of retrieval). `fill=round_robin`: every query
+        takes one chunk per round, as the artifact's fixed sub-stages do."""
         search_s = self.costs.search_s
+        chunk = self.chunk
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
         n_new = pairs = scanned = 0
-        per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
+        per_visit = 1 if self.fill == "round_robin" else 1 << 30  # chunks per query per round
         while True:
             progressed = False
             for node in queries:
                 have = taken.get(node, 0)
                 cum = self._cumulative(node)
-                limit = min(len(cum) - 1, node.next_pos + have + per_visit)
                 start = node.next_pos + have
-                while start < limit:
-                    end = min(start + self.chunk, limit)
-                    vectors = cum[end] - cum[start]
-                    fresh = node.next_pos == 0 and not have
-                    t = search_s(len(taken) + (not have), n_new + fresh, pairs + end - start, scanned + vectors)
-                    if t > budget and scanned:
-                        return self._take(s, taken)
-                    have = taken[node] = have + end - start
+                limit = len(cum) - 1
+                if start == limit:
+                    continue
+                fresh = node.next_pos == 0 and not have
+                q, new = len(taken) + (not have), n_new + fresh
+
+                def cost(chunks: int, start: int = start, limit: int = limit, cum: list[int] = cum,
+                         q: int = q, new: int = new, pairs: int = pairs, scanned: int = scanned) -> float:
+                    end = min(start + chunks * chunk, limit)
+                    return search_s(q, new, pairs + end - start, scanned + cum[end] - cum[start])
+
+                wanted = min(per_visit, -(-(limit - start) // chunk))
+                fits = wanted
+                if cost(wanted) > budget:  # the largest count within budget (cost grows with it)
+                    lo, hi = 0, wanted
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+                    fits = lo if (lo or scanned) else 1  # always make progress
+                if fits:
+                    end = min(start + fits * chunk, limit)
+                    taken[node] = have + end - start
                     n_new += fresh
                     pairs += end - start
-                    scanned += vectors
-                    start = end
+                    scanned += cum[end] - cum[start]
                     progressed = True
+                if fits < wanted:  # the budget is spent
+                    return self._take(s, taken)
             if not progressed:
                 return self._take(s, taken)
 
@@ -134,7 +149,7 @@ class HedraPolicy(Policy):
         """Prefix sums of list sizes along the node's scan order (cached per node)."""
         cum = self._cums.get(node)
         if cum is None:
-            cum = self._cums[node] = [0, *accumulate(map(self.costs.cluster_vectors, node.order))]
+            cum = self._cums[node] = [0, *accumulate(map(self.costs.list_sizes.__getitem__, node.order))]
         return cum
 
     def _take(self, s: Scheduler, taken: dict[NodeRun, int]) -> list[ScanTask]:
