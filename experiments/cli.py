@@ -144,7 +144,10 @@ def demo(
         prof = load_profile(profile)
         with console.status("simulating...") as status:
             table = run_demo(out, prof, duration_s=duration, seed=seed, progress=lambda m: status.update(m))
-    Console().print(demo_table(table, prof.name))
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console.width = 132
+    out_console.print(demo_table(table, prof.name))
     typer.echo(f"table, summary and plots in {out}/")
 
 

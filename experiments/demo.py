@@ -28,11 +28,11 @@ from traces.schema import TraceRequest, to_request
 POLICIES = ("langchain", "flashrag", "hedra")
 # request rates per workflow, spanning the baselines' knee up to hedra's (nprobe 256)
 RATES: dict[str, tuple[float, ...]] = {
-    "one-shot": (2, 4, 8, 12, 16, 20),
-    "hyde": (2, 4, 8, 12, 16, 20),
-    "recomp": (2, 4, 8, 12, 16, 20),
-    "multistep": (1, 2, 4, 6, 8, 10),
-    "irg": (1, 2, 4, 6, 8, 10),
+    "one-shot": (4, 8, 16, 24, 32),
+    "hyde": (4, 8, 16, 24, 32),
+    "recomp": (4, 8, 16, 24, 32),
+    "multistep": (2, 4, 8, 12, 16, 20),
+    "irg": (1, 2, 4, 6, 8, 10, 12),
 }
 
 

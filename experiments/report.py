@@ -5,27 +5,29 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+SHORT = {"langchain": "LC", "flashrag": "FR", "hedra": "HD"}
+
 
 def demo_table(table: pd.DataFrame, profile: str) -> Table:
-    """P50/P99 per workflow, rate and policy, with hedra's speedup over each baseline."""
-    t = Table(title=f"Simulated latency (s) on {profile}; speedup = baseline / hedra", show_lines=False)
-    for col in ("workflow", "req/s"):
-        t.add_column(col)
-    for policy in ("langchain", "flashrag", "hedra"):
-        t.add_column(f"{policy}\nP50", justify="right")
-        t.add_column(f"{policy}\nP99", justify="right")
-    t.add_column("x vs langchain\nP50 / P99", justify="right")
-    t.add_column("x vs flashrag\nP50 / P99", justify="right")
-    wide = table.pivot_table(index=["workflow", "rate"], columns="policy", values=["p50_s", "p99_s"], sort=False)
-    hedra = table[table["policy"] == "hedra"].set_index(["workflow", "rate"])
-    last = None
-    for (wf, rate), row in wide.iterrows():
-        cells = [wf if wf != last else "", f"{rate:g}"]
-        last = wf
-        for policy in ("langchain", "flashrag", "hedra"):
-            cells += [f"{row[('p50_s', policy)]:.2f}", f"{row[('p99_s', policy)]:.2f}"]
-        h = hedra.loc[(wf, rate)]
-        for base in ("langchain", "flashrag"):
-            cells.append(f"{h[f'p50_x_vs_{base}']:.1f} / {h[f'p99_x_vs_{base}']:.1f}")
-        t.add_row(*cells)
+    """P50/P99 latency per workflow, rate and policy, with hedra's speedup over each baseline."""
+    t = Table(title=f"Simulated latency in seconds ({profile}); LC langchain, FR flashrag, HD hedra;"
+                    " speedup = baseline / hedra", title_justify="left")
+    t.add_column("workflow")
+    t.add_column("req/s", justify="right")
+    for q in ("P50", "P99"):
+        for policy in SHORT.values():
+            t.add_column(f"{q} {policy}", justify="right")
+    t.add_column("HD speedup P50\nvs LC / FR", justify="right")
+    t.add_column("HD speedup P99\nvs LC / FR", justify="right")
+    by = table.set_index(["workflow", "rate", "policy"])
+    for wf in dict.fromkeys(table["workflow"]):
+        for i, rate in enumerate(sorted(set(table.loc[table["workflow"] == wf, "rate"]))):
+            cells = [wf if i == 0 else "", f"{rate:g}"]
+            for q in ("p50_s", "p99_s"):
+                cells += [f"{by.loc[(wf, rate, p), q]:.2f}" for p in SHORT]
+            h = by.loc[(wf, rate, "hedra")]
+            for q in ("p50", "p99"):
+                cells.append(f"{h[f'{q}_x_vs_langchain']:.1f} / {h[f'{q}_x_vs_flashrag']:.1f}")
+            t.add_row(*cells)
+        t.add_section()
     return t
