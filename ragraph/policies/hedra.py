@@ -21,6 +21,8 @@ Similarity-aware reordering, speculation and the GPU index cache come in later m
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -41,7 +43,7 @@ class HedraPolicy(Policy):
     techniques = ("substages", "wavefront")
 
     def __init__(self, costs: SearchCostModel, substages: str = "dynamic", wavefront: bool = True,
-                 budget_factor: float = 1.0, min_budget_ms: float = 2.0, max_budget_ms: float = 100.0,
+                 budget_factor: float = 2.0, min_budget_ms: float = 2.0, max_budget_ms: float = 100.0,
                  chunk: int = 8, max_queries: int = 32, fill: str = "fifo") -> None:
         if substages not in SUBSTAGE_MODES:
             raise PolicyError(f"hedra: substages must be one of {', '.join(SUBSTAGE_MODES)}, not {substages!r}")
@@ -94,49 +96,40 @@ class HedraPolicy(Policy):
         return ARTIFACT_MINIBATCH.get(nprobe, max(1, nprobe // 4))
 
     def _fill_budget(self, s: Scheduler, queries: list[NodeRun], budget: float) -> list[ScanTask]:
-        """Take clusters, `chunk` at a time, until the predicted call time would pass
-        `budget` (at least one chunk is always taken). `fill=fifo`: the oldest query takes
-        all it can before the next one starts, so queries leave the search one by one as
-        they finish (continuous batching of retrieval). `fill=round_robin`: every query
-        takes one chunk per round, as the artifact's fixed sub-stages do."""
+        """Take clusters until the predicted call time would pass `budget` (at least one
+        cluster is always taken). `fill=fifo`: the oldest query takes all it can before the
+        next one starts, so queries leave the search one by one as they finish (continuous
+        batching of retrieval). `fill=round_robin`: every query takes `chunk` clusters per
+        round, as the artifact's fixed sub-stages do."""
         search_s = self.costs.search_s
-        chunk = self.chunk
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
         n_new = pairs = scanned = 0
-        per_visit = 1 if self.fill == "round_robin" else 1 << 30  # chunks per query per round
+        per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
             for node in queries:
                 have = taken.get(node, 0)
                 cum = self._cumulative(node)
                 start = node.next_pos + have
-                limit = len(cum) - 1
+                limit = min(len(cum) - 1, start + per_visit)
                 if start == limit:
                     continue
                 fresh = node.next_pos == 0 and not have
-                q, new = len(taken) + (not have), n_new + fresh
+                q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
 
-                def cost(chunks: int, start: int = start, limit: int = limit, cum: list[int] = cum,
-                         q: int = q, new: int = new, pairs: int = pairs, scanned: int = scanned) -> float:
-                    end = min(start + chunks * chunk, limit)
-                    return search_s(q, new, pairs + end - start, scanned + cum[end] - cum[start])
+                def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0) -> float:
+                    return search_s(q, new, p0 + end, v0 + c0[end])
 
-                wanted = min(per_visit, -(-(limit - start) // chunk))
-                fits = wanted
-                if cost(wanted) > budget:  # the largest count within budget (cost grows with it)
-                    lo, hi = 0, wanted
-                    while hi - lo > 1:
-                        mid = (lo + hi) // 2
-                        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
-                    fits = lo if (lo or scanned) else 1  # always make progress
-                if fits:
-                    end = min(start + fits * chunk, limit)
+                end = _fit(cost, cum, start, limit, budget)
+                if end == start and not scanned:
+                    end = start + 1  # always make progress
+                if end > start:
                     taken[node] = have + end - start
                     n_new += fresh
                     pairs += end - start
                     scanned += cum[end] - cum[start]
                     progressed = True
-                if fits < wanted:  # the budget is spent
+                if end < limit:  # the budget is spent
                     return self._take(s, taken)
             if not progressed:
                 return self._take(s, taken)
@@ -158,3 +151,25 @@ class HedraPolicy(Policy):
             if n.remaining == 0:
                 del self._cums[n]
         return tasks
+
+
+def _fit(cost: Callable[[int], float], cum: list[int], start: int, limit: int, budget: float) -> int:
+    """The largest end in [start, limit] with cost(end) <= budget, for a cost that grows with
+    end (start if even that is over). The cost is close to affine in the vectors scanned
+    (`cum`), so the end interpolated on `cum` is tried first; bisection finishes the job."""
+    hi_cost = cost(limit)
+    if hi_cost <= budget:
+        return limit
+    lo_cost = cost(start)
+    if lo_cost > budget:
+        return start
+    lo, hi = start, limit  # cost(lo) <= budget < cost(hi)
+    target = cum[start] + (cum[limit] - cum[start]) * (budget - lo_cost) / (hi_cost - lo_cost)
+    guess = bisect_right(cum, target, start, limit + 1) - 1
+    for probe in (guess, guess + 1):
+        if lo < probe < hi:
+            lo, hi = (probe, hi) if cost(probe) <= budget else (lo, probe)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid)
+    return lo
