@@ -54,6 +54,7 @@ class SchedulerError(ValueError):
 
 
 GEN_STEP_EMA = 0.2  # weight of the newest generation-step duration in its moving average
+_CONTINUE = GenStep()  # an engine step with nothing to add or drop
 
 
 class Scheduler:
@@ -232,6 +233,8 @@ class Scheduler:
             self.gen_ready[node.key] = node
 
     def _plan_gen(self, now: float) -> GenStep | None:
+        if not self.gen_ready and not self._aborts:  # the common case: keep stepping
+            return _CONTINUE if self.gen_in_engine else None
         admit_nodes = self.policy.admit_generations(self, now)
         admit: list[GenTask] = []
         for node in admit_nodes:

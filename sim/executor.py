@@ -29,6 +29,8 @@ from ragraph.work import (
 )
 from sim.gen_engine import GenEngineModel
 
+_NO_TOPK = SearchResult()  # the analytic models synthesize no neighbour ids
+
 
 @dataclass
 class SimResult:
@@ -101,7 +103,7 @@ class Simulation:
         self._check_done(done)
 
     def _lane(self, lane: Lane, done: simpy.Event):
-        env, sched = self.env, self.sched
+        env, sched, name = self.env, self.sched, lane.value
         while True:
             item = sched.next_work(lane, env.now)
             if item is None:
@@ -110,9 +112,9 @@ class Simulation:
             seconds, result, args, changed = self._execute(item)
             if seconds:
                 yield env.timeout(seconds)
-                self._busy_s[lane.value] += seconds
+                self._busy_s[name] += seconds
                 if self._keep_timeline:
-                    self._timeline.append((lane.value, type(item).__name__, env.now - seconds, seconds, args))
+                    self._timeline.append((name, type(item).__name__, env.now - seconds, seconds, args))
             sched.complete(item, result, env.now)
             if changed:
                 self._notify()
@@ -123,20 +125,23 @@ class Simulation:
         if isinstance(item, GenStep):
             self.engine.apply(item)
             seconds, res = self.engine.step()
-            self._kv_peak = max(self._kv_peak, res.kv_used_blocks)
+            if res.kv_used_blocks > self._kv_peak:
+                self._kv_peak = res.kv_used_blocks
             args = {"running": res.running, "prefill_tokens": res.prefill_tokens, "decode_tokens": res.decode_tokens,
-                    "kv_used_blocks": res.kv_used_blocks, "waiting": res.waiting}
+                    "kv_used_blocks": res.kv_used_blocks, "waiting": res.waiting} if self._keep_timeline else {}
             return seconds, res, args, bool(res.finished or res.rejected) or not seconds
         sizes = self.latency.list_sizes
         if isinstance(item, SearchBatch):
-            pairs = sum(len(t.clusters) for t in item.tasks)
-            scanned = sum(sum(map(sizes.__getitem__, t.clusters)) for t in item.tasks)
+            pairs = scanned = new = 0
+            for t in item.tasks:
+                pairs += len(t.clusters)
+                scanned += sum(map(sizes.__getitem__, t.clusters))
+                new += t.first
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(scanned * self.latency.profile.index.bytes_per_vector)
             else:
-                new = sum(t.first for t in item.tasks)
                 seconds = self.latency.search_s(len(item.tasks), new, pairs, scanned)
-            return seconds, SearchResult(), {"queries": len(item.tasks), "clusters": pairs, "vectors": scanned}, True
+            return seconds, _NO_TOPK, {"queries": len(item.tasks), "clusters": pairs, "vectors": scanned}, True
         assert isinstance(item, CacheLoad)
         nbytes = sum(map(sizes.__getitem__, item.load)) * self.latency.profile.index.bytes_per_vector
         return self.latency.pcie_s(nbytes), CacheLoadResult(item.load), {"clusters": len(item.load)}, True
