@@ -41,6 +41,10 @@ def user_errors() -> Iterator[None]:
     except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError) as exc:
         typer.echo(f"hedra: error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. an output path under a regular file, or no permission
+        where = exc.filename or ""
+        typer.echo(f"hedra: error: {where}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def load_workflows(path: Path | None) -> WorkflowRegistry:
@@ -53,7 +57,10 @@ def load_workflows(path: Path | None) -> WorkflowRegistry:
         data = tomllib.loads(text) if path.suffix == ".toml" else __import__("json").loads(text)
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"{path}: cannot read workflows ({exc})") from None
-    for i, raw in enumerate(data.get("workflow", [])):
+    tables = data.get("workflow") if isinstance(data, dict) else None
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise WorkflowError(f"{path}: field workflow: expected a list of workflow tables ([[workflow]])")
+    for i, raw in enumerate(tables):
         try:
             registry.register(WorkflowSpec.model_validate(raw))
         except ValidationError as exc:
@@ -87,6 +94,8 @@ def trace_gen(
     with user_errors():
         registry = load_workflows(workflows)
         names = tuple(w.strip() for w in workflow.split(",") if w.strip())
+        if not names:
+            raise UsageError("--workflow names no workflow")
         for name in names:
             registry.get(name)
         try:
@@ -122,8 +131,9 @@ def sim(
         write_run(out, run.result.records, run.summary, run.result.timeline)
     s = run.summary
     lat = s["latency_s"]
-    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; latency P50 {lat['p50']:.3f} s,"
-               f" P99 {lat['p99']:.3f} s; {s['sim_s']:.1f} simulated s in {s['wall_s']:.2f} s -> {out}")
+    latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
+    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
+               f" {s['sim_s']:.1f} simulated s in {s['wall_s']:.2f} s -> {out}")
 
 
 @app.command("demo")

@@ -12,7 +12,7 @@ Users add workflows without touching the core: a TOML or JSON table with the sam
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragraph.graph import NodeSpec, Op, Request, chain
 
@@ -27,6 +27,12 @@ class Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     op: Op
     role: str = Field(default="", description="e.g. answer, hypothesis, compress, reason, retrieve")
+
+    @model_validator(mode="after")
+    def _default_role(self) -> Step:
+        if not self.role:
+            object.__setattr__(self, "role", "retrieve" if self.op is Op.RETRIEVE else "answer")
+        return self
 
 
 class WorkflowSpec(BaseModel):
@@ -93,6 +99,8 @@ class WorkflowRegistry:
     def register(self, spec: WorkflowSpec) -> None:
         if not (spec.head or spec.loop or spec.tail):
             raise WorkflowError(f"workflow {spec.name!r} has no steps")
+        if spec.name in self._specs:
+            raise WorkflowError(f"workflow {spec.name!r} is already defined")
         self._specs[spec.name] = spec
 
     def get(self, name: str) -> WorkflowSpec:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ragraph.graph import Generate, NodeSpec, Request, Retrieve
 from ragraph.workflows import WorkflowError, WorkflowRegistry, build_request
@@ -48,13 +48,15 @@ class RetrieveStage(_Strict):
     clusters: list[int] = Field(default_factory=list)
     query: str = ""
 
-    @model_validator(mode="after")
-    def _clusters_match(self) -> RetrieveStage:
-        if len(self.clusters) != self.nprobe:
-            raise ValueError(f"clusters has {len(self.clusters)} entries, nprobe is {self.nprobe}")
-        if len(set(self.clusters)) != len(self.clusters) or min(self.clusters, default=0) < 0:
+    @field_validator("clusters")
+    @classmethod
+    def _clusters_match(cls, clusters: list[int], info: ValidationInfo) -> list[int]:
+        nprobe = info.data.get("nprobe")
+        if nprobe is not None and len(clusters) != nprobe:
+            raise ValueError(f"clusters has {len(clusters)} entries, nprobe is {nprobe}")
+        if len(set(clusters)) != len(clusters) or min(clusters, default=0) < 0:
             raise ValueError("clusters must be distinct non-negative list ids")
-        return self
+        return clusters
 
 
 Stage = Annotated[GenerateStage | RetrieveStage, Field(discriminator="op")]
