@@ -15,7 +15,8 @@ from calibration.profile import load_profile
 from ragraph.core import Scheduler
 from ragraph.graph import Generate, Retrieve, chain
 from ragraph.policies import make_policy
-from ragraph.work import GenStep, GenStepResult, SearchBatch
+from ragraph.policies.hedra import HedraPolicy
+from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, SearchBatch
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, to_request
@@ -142,3 +143,46 @@ def test_prefix_caching_serves_shared_templates(monkeypatch):
     _, log = run(requests, "hedra", monkeypatch=monkeypatch)
     cached = sum(r.cached_prompt_tokens for k, _l, i, _n, r in log if k == "end" and isinstance(i, GenStep))
     assert cached >= 48 * (len(requests) - 1)  # all but the first reuse the 60-token template's 3 full blocks
+
+
+class CachingPolicy(HedraPolicy):
+    """Test policy: hedra plus a one-off load of 64 lists into the GPU cache; queries scan
+    their cached lists on `gpu_retrieval` and the rest on `cpu_retrieval`."""
+
+    lanes = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL, Lane.GPU_RETRIEVAL, Lane.PCIE)
+    loaded = False
+
+    def plan_pcie(self, s, now):
+        if self.loaded:
+            return None
+        self.loaded = True
+        return CacheLoad(load=tuple(range(64)))
+
+    def plan_search(self, s, lane, now):
+        if lane is not Lane.GPU_RETRIEVAL:
+            return super().plan_search(s, lane, now)
+        tasks = []
+        for node in list(s.retr_waiting.values()):
+            rest = node.order[node.next_pos:]
+            hot = [c for c in rest if c in s.gpu_cache]
+            if hot:
+                s.reorder(node, hot + [c for c in rest if c not in s.gpu_cache])
+                tasks.append(s.take_clusters(node, len(hot)))
+        return SearchBatch(tuple(tasks), lane=Lane.GPU_RETRIEVAL) if tasks else None
+
+
+def test_gpu_cache_lanes_carry_cache_loads_and_gpu_scans():
+    requests = requests_for(["irg"], 4.0, 10.0, 5, 256)
+    latency = LatencyModel(PROFILE)
+    sim = executor.Simulation(requests, CachingPolicy(latency), latency)
+    result = sim.run()
+    assert all(r.status == "completed" for r in result.records)
+    assert sum(r.gpu_cluster_hits for r in result.records) > 0
+    pcie = [e for e in result.timeline if e[0] == "pcie"]
+    gpu = [e for e in result.timeline if e[0] == "gpu_retrieval"]
+    assert len(pcie) == 1 and gpu
+    vec = PROFILE.index.bytes_per_vector
+    assert pcie[0][3] == pytest.approx(latency.pcie_s(sum(latency.list_sizes[:64]) * vec))
+    for _lane, _name, _start, dur, args in gpu:
+        assert dur == pytest.approx(latency.gpu_search_s(args["vectors"] * vec))
+    assert sim.sched.gpu_cache == set(range(64))
