@@ -22,7 +22,7 @@ from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: deque.remove must find this very sequence
 class _Seq:
     task: GenTask
     blocks: int = 0  # KV blocks reserved (shared prefix blocks excluded)

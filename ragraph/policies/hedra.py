@@ -5,10 +5,12 @@ name for ablations (`hedra:no-wavefront`, `hedra:substages=fixed`, ...):
 
 - `substages` (node splitting): a retrieval is split into sub-stages of a few clusters,
   its top-k carried from one to the next.
-  `dynamic` (default): each sub-stage takes clusters, round-robin over the waiting
-  queries `chunk` at a time, until its predicted duration reaches a budget of
-  `budget_factor` x the current generation step (the paper's retrieval-centric time
-  budget; with no generation running the budget is `max_budget_ms`).
+  `dynamic` (default): each sub-stage takes clusters from the waiting queries until its
+  predicted duration reaches a budget of `budget_factor` x the current generation step
+  (the paper's retrieval-centric time budget; with no generation running the budget is
+  `max_budget_ms`). `fill=fifo` (default) serves the oldest query first, so queries
+  leave the search one by one; `fill=round_robin` gives each query `chunk` clusters a
+  round.
   `fixed`: the released artifact's pairs: each of at most `max_queries` queries scans its
   next nprobe/minibatch clusters (128/32, 256/32, 512/64).
   `off`: every query's full nprobe in one call.
@@ -78,12 +80,13 @@ class HedraPolicy(Policy):
         return SearchBatch(tuple(tasks))
 
     def budget_s(self, s: Scheduler) -> float:
-        """Time budget of the next sub-stage: one generation step, clamped."""
+        """Time budget of the next sub-stage: `budget_factor` generation steps, clamped."""
         if not s.gen_in_engine or s.gen_step_s is None:
             return self.max_budget_s
         return min(self.max_budget_s, max(self.min_budget_s, self.budget_factor * s.gen_step_s))
 
     def _candidates(self, s: Scheduler) -> list[NodeRun]:
+        """The queries this sub-stage may draw from, oldest first."""
         if self.wavefront:
             return list(s.retr_waiting.values())
         self._cohort = [n for n in self._cohort if n.key in s.retr_waiting]

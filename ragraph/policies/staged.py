@@ -35,7 +35,7 @@ class StagedPolicy(Policy):
         return True
 
     def admit_generations(self, s: Scheduler, now: float) -> list[NodeRun]:
-        if s.gen_in_engine or s.busy(Lane.CPU_RETRIEVAL) or self._stage_queries:
+        if s.gen_in_engine or s.busy(Lane.CPU_RETRIEVAL) or self._stage_left(s):
             return []
         if self._last_stage == "generate" and self._waiting_queries(s):
             return []
@@ -47,7 +47,7 @@ class StagedPolicy(Policy):
     def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
         if lane is not Lane.CPU_RETRIEVAL or s.gen_in_engine or s.busy(Lane.GPU_GEN):
             return None
-        if not self._stage_queries:
+        if not self._stage_left(s):
             if self._last_stage == "retrieve" and any(self.eligible(s, n) for n in s.gen_ready.values()):
                 return None
             self._stage_queries.extend(self._waiting_queries(s))
@@ -55,11 +55,17 @@ class StagedPolicy(Policy):
                 return None
             self._last_stage = "retrieve"
         tasks = []
-        while self._stage_queries and len(tasks) < self.chunk:
+        while self._stage_left(s) and len(tasks) < self.chunk:
             node = self._stage_queries.popleft()
-            if node.key in s.retr_waiting:  # its request may have failed meanwhile
-                tasks.append(s.take_clusters(node, node.remaining))
-        return SearchBatch(tuple(tasks)) if tasks else None
+            tasks.append(s.take_clusters(node, node.remaining))
+        return SearchBatch(tuple(tasks))
+
+    def _stage_left(self, s: Scheduler) -> bool:
+        """Whether the retrieval stage still has queries (dropping those whose request failed)."""
+        queue = self._stage_queries
+        while queue and queue[0].key not in s.retr_waiting:
+            queue.popleft()
+        return bool(queue)
 
     def _waiting_queries(self, s: Scheduler) -> list[NodeRun]:
         return [n for n in s.retr_waiting.values() if self.eligible(s, n)]
