@@ -21,10 +21,18 @@ def task(rid: str, prompt: int, out: int, prefix: str = "", prefix_tokens: int =
     return GenTask((rid, 0), prompt, out, prefix, prefix_tokens)
 
 
+def assert_blocks_add_up(e: GenEngineModel) -> None:
+    """Blocks in use = blocks of admitted sequences + blocks of cached prefixes."""
+    admitted = [s for s in e.seqs.values() if s not in e.waiting]
+    assert e.kv_used_blocks == sum(s.blocks for s in admitted) + sum(p.blocks for p in e.prefixes.values())
+    assert 0 <= e.kv_used_blocks <= e.total_blocks
+
+
 def run_to_end(e: GenEngineModel, limit: int = 10_000) -> list[tuple[float, object]]:
     steps = []
     for _ in range(limit):
         seconds, res = e.step()
+        assert_blocks_add_up(e)
         if not res.running:
             return steps
         steps.append((seconds, res))
@@ -104,3 +112,17 @@ def test_abort_frees_the_sequence_and_drops_its_tokens():
     rest = run_to_end(e)
     assert all(("a", 0) not in r.finished for _, r in rest)
     assert e.kv_used_blocks == 0 and e.context == 0
+
+
+def test_a_reused_prefix_is_not_evicted_to_make_room_for_its_own_user():
+    e = engine(gpu_memory_utilization=0.1895, activation_reserve_gib=0.0)
+    cap = e.total_blocks
+    e.apply(GenStep(admit=(task("a", 64, 1, "wf/p", 64),)))  # P: least recently used
+    run_to_end(e)
+    e.apply(GenStep(admit=(task("d", 64, 1, "wf/q", 64),)))
+    run_to_end(e)
+    assert e.kv_used_blocks == 8  # two idle prefixes
+    e.apply(GenStep(admit=(task("b", 16 * (cap - 3), 16, "wf/p", 64),)))  # needs room: Q must go, not P
+    _, res = e.step()
+    assert_blocks_add_up(e)
+    assert res.cached_prompt_tokens == 64 and "wf/p" in e.prefixes and "wf/q" not in e.prefixes
