@@ -156,10 +156,6 @@ class Scheduler:
     def busy(self, lane: Lane) -> bool:
         return self._busy[lane] is not None
 
-    def gen_work_pending(self) -> bool:
-        """Whether the next engine step would have something to add or drop."""
-        return bool(self.gen_ready or self._aborts)
-
     # --- actions for policies ---------------------------------------------------------------
 
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask:
@@ -258,11 +254,10 @@ class Scheduler:
         return step
 
     def _complete_gen(self, step: GenStep, res: GenStepResult, now: float) -> None:
-        took = (now - self._dispatched_s[Lane.GPU_GEN]) / res.steps
+        took = now - self._dispatched_s[Lane.GPU_GEN]
         if res.running:
             ema = self.gen_step_s
-            weight = GEN_STEP_EMA if res.steps == 1 else 1.0 - (1.0 - GEN_STEP_EMA) ** res.steps
-            self.gen_step_s = took if ema is None else ema + weight * (took - ema)
+            self.gen_step_s = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
         self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
         self.engine_waiting = res.waiting
         for key, reason in res.rejected:

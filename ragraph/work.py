@@ -51,7 +51,7 @@ class GenStep:
 
 @dataclass(frozen=True, slots=True)
 class GenStepResult:
-    """What one engine step did (or a run of `steps` identical decode-only steps)."""
+    """What one engine step did."""
 
     finished: tuple[NodeKey, ...] = ()  # sequences that produced their last token
     rejected: tuple[tuple[NodeKey, str], ...] = ()  # sequences the engine can never run, with why
@@ -62,7 +62,6 @@ class GenStepResult:
     prefill_tokens: int = 0  # prompt tokens computed in this step
     decode_tokens: int = 0  # tokens decoded in this step
     cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache in this step
-    steps: int = 1  # engine steps this result covers (a simulated run of pure decode steps; real: 1)
 
 
 # --- retrieval --------------------------------------------------------------------------

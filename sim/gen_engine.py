@@ -116,32 +116,6 @@ class GenEngineModel:
             kv_total_blocks=self.total_blocks, running=running, waiting=len(self.waiting),
             prefill_tokens=prefill, decode_tokens=decodes + len(done_prefill), cached_prompt_tokens=cached)
 
-    def decode_run(self) -> list[float]:
-        """Durations of the coming steps up to the next one that ends a sequence, when every
-        one of them only decodes (nothing to prefill, admit or report); [] otherwise. Lets the
-        simulator wait out such a run as one event; `advance_decodes` then applies it."""
-        if self.prefilling or self._rejected or not self.n_decoding:
-            return []
-        d = self.n_decoding
-        if self.waiting and d < self.token_budget and d < self.max_seqs and self._fits(self.waiting[0]):
-            return []
-        heap = self.decoding
-        while heap[0][2].gone:
-            heapq.heappop(heap)
-        steps = heap[0][0] - self.step_no
-        c = self.context
-        return [self.latency.gen_step_s(0, d, c + i * d) for i in range(steps)]
-
-    def advance_decodes(self, steps: int) -> GenStepResult:
-        """Apply `steps` steps of a `decode_run` (the last may end sequences)."""
-        d = self.n_decoding
-        self.step_no += steps
-        self.context += steps * d
-        finished = self._advance([])
-        return GenStepResult(finished=tuple(finished), kv_used_blocks=self.total_blocks - self.free_blocks,
-                             kv_total_blocks=self.total_blocks, running=d, waiting=len(self.waiting),
-                             decode_tokens=steps * d, steps=steps)
-
     @property
     def kv_used_blocks(self) -> int:
         return self.total_blocks - self.free_blocks
@@ -153,13 +127,6 @@ class GenEngineModel:
 
     def _running(self) -> int:
         return self.n_decoding + len(self.prefilling)
-
-    def _fits(self, seq: _Seq) -> bool:
-        """Whether `_admit` would succeed now (without evicting anything)."""
-        t = seq.task
-        shared = t.prefix_tokens // self.block if t.prefix in self.prefixes else 0
-        idle = sum(p.blocks for name, p in self.prefixes.items() if p.refs == 0 and name != t.prefix)
-        return self._blocks(t.prompt_tokens + t.output_tokens) - shared <= self.free_blocks + idle
 
     def _admit(self, seq: _Seq) -> bool:
         """Reserve KV for `seq` (using a cached prefix where there is one); False if full."""
