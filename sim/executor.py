@@ -85,8 +85,9 @@ class Simulation:
     # --- processes ------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        self._wake.succeed()
-        self._wake = self.env.event()
+        if self._wake.callbacks:  # some lane sleeps on it
+            self._wake.succeed()
+            self._wake = self.env.event()
 
     def _check_done(self, done: simpy.Event) -> None:
         if self._arrived and not self.sched.active and not done.triggered:
