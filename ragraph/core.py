@@ -99,7 +99,8 @@ class Scheduler:
     def next_work(self, lane: Lane, now: float) -> WorkItem | None:
         """Called by a body when `lane` is idle: the item it should run now, or None.
 
-        The lane is busy with the returned item until `complete` (or `fail_item`)."""
+        The lane is busy with the returned item until `complete` (or `fail_item`). Raises
+        LaneBusy, with nothing changed, if the lane still holds an item."""
         if self._busy[lane] is not None:
             raise LaneBusy(f"lane {lane.value} is still running an item")
         self._now = now
@@ -110,12 +111,16 @@ class Scheduler:
         else:
             item = self.policy.plan_search(self, lane, now)
         if item is not None:
+            if item.lane is not lane:
+                raise SchedulerError(f"{type(self.policy).__name__} planned a {item.lane.value} item"
+                                     f" when {lane.value} asked")
             self._busy[lane] = item
             self._dispatched_s[lane] = now
         return item
 
     def complete(self, item: WorkItem, result: Result, now: float) -> None:
-        """Called by a body when `item` finished on its lane, with what it produced."""
+        """Called by a body when `item` finished on its lane, with what it produced. Raises
+        SchedulerError, with nothing changed, if the lane does not hold `item`."""
         self._release_lane(item)
         self._now = now
         if isinstance(item, GenStep):
