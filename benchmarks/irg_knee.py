@@ -48,7 +48,8 @@ def main() -> None:
         print(f"\nirg at {rate:g} req/s, {len(requests)} requests ({args.duration:.0f} s, seed 1, nprobe 256)")
         print(f"{'policy':34s} {'P50 s':>7s} {'P99 s':>7s} {'FR/x P50':>9s} {'FR/x P99':>9s} {'gpu':>5s} {'cpu':>5s}  ")
         for spec, what, p50, p99, gpu, cpu in rows:
-            print(f"{spec:34s} {p50:7.3f} {p99:7.3f} {ref[2] / p50:9.2f} {ref[3] / p99:9.2f} {gpu:5.2f} {cpu:5.2f}  {what}")
+            ratios = f"{ref[2] / p50:9.2f} {ref[3] / p99:9.2f}"
+            print(f"{spec:34s} {p50:7.3f} {p99:7.3f} {ratios} {gpu:5.2f} {cpu:5.2f}  {what}")
 
 
 if __name__ == "__main__":
