@@ -7,6 +7,7 @@ there is one, exits with code 2 and writes nothing.
 
 from __future__ import annotations
 
+import json
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def load_workflows(path: Path | None) -> WorkflowRegistry:
         return registry
     try:
         text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else __import__("json").loads(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"{path}: cannot read workflows ({exc})") from None
     tables = data.get("workflow") if isinstance(data, dict) else None
@@ -107,6 +108,19 @@ def trace_gen(
             raise UsageError(f"no arrivals in {duration} s at {rate} req/s; raise --rate or --duration")
         write_jsonl(rows, out)
     typer.echo(f"wrote {len(rows)} requests to {out}")
+
+
+@trace_app.command("stats")
+def trace_stats(
+    trace: Annotated[Path, typer.Argument(help="Trace file (JSON Lines).")],
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Print a trace's counts, arrival rate and burstiness, token means and list skew (JSON)."""
+    from traces.stats import trace_stats as stats_of
+
+    with user_errors():
+        requests = load_trace(trace, load_workflows(workflows))
+    typer.echo(json.dumps(stats_of(requests), indent=2))
 
 
 @app.command("sim")
