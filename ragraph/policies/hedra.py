@@ -24,7 +24,7 @@ Similarity-aware reordering, speculation and the GPU index cache come in later m
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -66,18 +66,15 @@ class HedraPolicy(Policy):
         self._cums: dict[NodeRun, list[int]] = {}  # per waiting query: prefix sums of list sizes
 
     def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
-        if lane is not Lane.CPU_RETRIEVAL:
+        if lane is not Lane.CPU_RETRIEVAL or not s.retr_waiting:
             return None
-        queries = self._candidates(s)
-        if not queries:
-            return None
-        if self.substages == "off":
-            tasks = [s.take_clusters(n, n.remaining) for n in queries]
-        elif self.substages == "fixed":
-            tasks = [s.take_clusters(n, min(n.remaining, self._fixed_step(n))) for n in queries[: self.max_queries]]
-        else:
-            tasks = self._fill_budget(s, queries, self.budget_s(s))
-        return SearchBatch(tuple(tasks))
+        if self.substages == "dynamic":  # reads the queue only; clusters are taken at the end
+            queries = s.retr_waiting.values() if self.wavefront else self._cohort_of(s)
+            return SearchBatch(tuple(self._fill_budget(s, queries, self.budget_s(s))))
+        queries = list(s.retr_waiting.values()) if self.wavefront else self._cohort_of(s)
+        if self.substages == "fixed":
+            queries = queries[: self.max_queries]
+        return SearchBatch(tuple(s.take_clusters(n, min(n.remaining, self._step_of(n))) for n in queries))
 
     def budget_s(self, s: Scheduler) -> float:
         """Time budget of the next sub-stage: `budget_factor` generation steps, clamped."""
@@ -85,20 +82,21 @@ class HedraPolicy(Policy):
             return self.max_budget_s
         return min(self.max_budget_s, max(self.min_budget_s, self.budget_factor * s.gen_step_s))
 
-    def _candidates(self, s: Scheduler) -> list[NodeRun]:
-        """The queries this sub-stage may draw from, oldest first."""
-        if self.wavefront:
-            return list(s.retr_waiting.values())
+    def _cohort_of(self, s: Scheduler) -> list[NodeRun]:
+        """Without wavefront: the queries of the running cohort, or a new cohort of all waiting."""
         self._cohort = [n for n in self._cohort if n.key in s.retr_waiting]
         if not self._cohort:
             self._cohort = list(s.retr_waiting.values())
-        return self._cohort
+        return list(self._cohort)
 
-    def _fixed_step(self, node: NodeRun) -> int:
+    def _step_of(self, node: NodeRun) -> int:
+        """Clusters per sub-stage in `fixed` mode (all of them with `substages=off`)."""
+        if self.substages == "off":
+            return node.remaining
         nprobe = len(node.order)
         return ARTIFACT_MINIBATCH.get(nprobe, max(1, nprobe // 4))
 
-    def _fill_budget(self, s: Scheduler, queries: list[NodeRun], budget: float) -> list[ScanTask]:
+    def _fill_budget(self, s: Scheduler, queries: Iterable[NodeRun], budget: float) -> list[ScanTask]:
         """Take clusters until the predicted call time would pass `budget` (at least one
         cluster is always taken). `fill=fifo`: the oldest query takes all it can before the
         next one starts, so queries leave the search one by one as they finish (continuous
