@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from calibration.profile import DEFAULT_PROFILE, ProfileError, load_profile
+from experiments.outdir import OutputError, check_output_dir
 from ragraph.policies import PolicyError, make_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from traces.generate import TraceConfig, generate_trace, write_jsonl
@@ -39,7 +40,7 @@ def user_errors() -> Iterator[None]:
     """Turn input errors into one stderr line and exit code 2."""
     try:
         yield
-    except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError) as exc:
+    except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError) as exc:
         typer.echo(f"hedra: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. an output path under a regular file, or no permission
@@ -138,6 +139,7 @@ def sim(
     from experiments.simulate import simulate
 
     with user_errors():
+        check_output_dir(out)
         prof = load_profile(profile)
         requests = load_trace(trace, load_workflows(workflows), nlist=prof.index.nlist)
         make_policy(policy, LatencyModel(prof))  # refuse a bad spec before running
@@ -165,6 +167,7 @@ def demo(
 
     console = Console(stderr=True)
     with user_errors():
+        check_output_dir(out)
         prof = load_profile(profile)
         with console.status("simulating...") as status:
             table = run_demo(out, prof, duration_s=duration, seed=seed, progress=lambda m: status.update(m))

@@ -1,4 +1,8 @@
-"""Output folders that appear whole or not at all."""
+"""Output folders that appear whole or not at all, and never replace anything else.
+
+Every folder Hedra writes holds a marker file; an existing `--out` is replaced only if it
+has that marker (an earlier Hedra output), so a mistyped `--out` cannot delete user data.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+MARKER = ".hedra-output"
+
+
+class OutputError(ValueError):
+    """An output path that Hedra will not write to."""
+
+
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Refuse an `out_dir` that exists and is not an earlier Hedra output folder."""
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (out / MARKER).is_file()):
+        raise OutputError(f"{out}: exists and is not a hedra output folder (remove it or choose another --out)")
+    return out
+
 
 @contextmanager
 def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`,
-    on any error it is removed and `out_dir` is left as it was."""
-    out = Path(out_dir)
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` (which must
+    be absent or an earlier Hedra output), on any error it is removed and `out_dir` is left
+    as it was."""
+    out = check_output_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     umask = os.umask(0)
@@ -22,6 +41,8 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a result folder is not
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by hedra; this folder is replaced by the next run with the same --out\n")
+        check_output_dir(out)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

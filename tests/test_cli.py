@@ -74,7 +74,7 @@ def test_sim_end_to_end(tmp_path, trace, policy):
     proc = sim(trace, policy, out)
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout
-    assert {p.name for p in out.iterdir()} == {"requests.parquet", "summary.json", "timeline.json"}
+    assert {p.name for p in out.iterdir()} == {"requests.parquet", "summary.json", "timeline.json", ".hedra-output"}
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     n = len(trace_lines(trace))
@@ -126,11 +126,11 @@ def test_sim_is_deterministic(tmp_path, trace):
 
 def test_sim_replaces_an_older_run(tmp_path, trace):
     out = tmp_path / "run"
-    out.mkdir()
+    assert sim(trace, "hedra", out).returncode == 0
     (out / "stale.txt").write_text("old")
     proc = sim(trace, "langchain", out)
     assert proc.returncode == 0, proc.stderr
-    assert {p.name for p in out.iterdir()} == {"requests.parquet", "summary.json", "timeline.json"}
+    assert {p.name for p in out.iterdir()} == {"requests.parquet", "summary.json", "timeline.json", ".hedra-output"}
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -281,3 +281,13 @@ def test_out_under_a_regular_file(tmp_path, trace, command):
     out = blocker / "run"
     proc = sim(trace, "hedra", out) if command == "sim" else trace_gen(out)
     assert_usage_error(proc, out)
+
+
+def test_out_never_replaces_a_folder_hedra_did_not_write(tmp_path, trace):
+    mine = tmp_path / "data"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = sim(trace, "hedra", mine)
+    assert proc.returncode == 2 and "not a hedra output folder" in proc.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
