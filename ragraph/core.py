@@ -305,7 +305,8 @@ class Scheduler:
                 self._make_ready(child, now)
             else:  # it was started speculatively: the policy keeps or redoes it
                 self._resolve_speculation(child, now)
-        if run.done == len(run.nodes):
+        # a confirmed speculative child may have finished the request already, recursively
+        if run.done == len(run.nodes) and run.state is RequestState.ACTIVE:
             run.state = advance_request(run.state, RequestEvent.ALL_DONE)
             del self.requests[run.request.id]
             self._end(run, now)

@@ -49,12 +49,11 @@ class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
-                 seed: int = 0, timeline: bool = True, max_sim_s: float | None = None) -> None:
+                 seed: int = 0, timeline: bool = True) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.sched = Scheduler(policy)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
-        self.max_sim_s = max_sim_s
         self.engine = GenEngineModel(latency)
         self.env = simpy.Environment()
         self._wake = self.env.event()
@@ -72,11 +71,11 @@ class Simulation:
         for lane in self.sched.policy.lanes:
             env.process(self._lane(lane, done))
         try:
-            env.run(until=done if self.max_sim_s is None else env.any_of([done, env.timeout(self.max_sim_s)]))
-        except RuntimeError:  # nothing left to happen while requests are still active
+            env.run(until=done)
+        except RuntimeError as exc:  # SimPy's own "nothing left to happen"; core errors propagate
+            if type(exc) is not RuntimeError or env.peek() != simpy.core.Infinity:
+                raise
             self.sched.fail_all("stalled: no lane had work for this request", env.now)
-        if self.sched.active:
-            self.sched.fail_all(f"simulation horizon reached at {env.now:.3f} s", env.now)
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return SimResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,

@@ -193,3 +193,17 @@ def test_policy_specs():
         with pytest.raises(PolicyError):
             make_policy(bad, FlatCosts())
     assert isinstance(make_policy("langchain", FlatCosts()), Policy)
+
+
+def test_speculation_that_finished_first_completes_the_request_once():
+    s = Scheduler(SpeculateAfterFirstSubstage(keep=True))
+    s.submit(one_shot("a"), 0.0)
+    b1 = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    s.complete(b1, SearchResult(), 0.005)
+    step = s.next_work(Lane.GPU_GEN, 0.005)
+    s.complete(step, GenStepResult(finished=(("a", 1),), running=1), 0.006)  # done before its input
+    assert s.requests["a"].nodes[1].state is NodeState.SPEC_DONE
+    b2 = s.next_work(Lane.CPU_RETRIEVAL, 0.006)
+    s.complete(b2, SearchResult(), 0.01)  # the retrieval ends: the speculation is kept
+    (rec,) = s.finished()
+    assert rec.status == "completed" and rec.finish_s == 0.01 and s.active == 0

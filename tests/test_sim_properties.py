@@ -186,3 +186,16 @@ def test_gpu_cache_lanes_carry_cache_loads_and_gpu_scans():
     for _lane, _name, _start, dur, args in gpu:
         assert dur == pytest.approx(latency.gpu_search_s(args["vectors"] * vec))
     assert sim.sched.gpu_cache == set(range(64))
+
+
+class NeverRetrieves(HedraPolicy):
+    def plan_search(self, s, lane, now):
+        return None
+
+
+def test_a_policy_that_stalls_fails_every_request_instead_of_losing_it():
+    requests = requests_for(["irg", "hyde"], 4.0, 5.0, 2, 16)
+    latency = LatencyModel(PROFILE)
+    result = executor.Simulation(requests, NeverRetrieves(latency), latency).run()
+    assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
+    assert all(r.status == "failed" and r.reason.startswith("stalled") for r in result.records)
