@@ -56,7 +56,7 @@ class GenEngineModel:
         self.n_decoding = 0
         self.context = 0  # tokens in the KV cache of running sequences
         self.seqs: dict[NodeKey, _Seq] = {}
-        self.prefixes: dict[str, _Prefix] = {}
+        self.prefixes: dict[tuple[str, int], _Prefix] = {}  # (prefix id, full blocks) -> cached blocks
         self.step_no = 0
         self._tiebreak = 0
         self._rejected: list[tuple[NodeKey, str]] = []
@@ -103,6 +103,8 @@ class GenEngineModel:
             if seq.prefill_left == 0:
                 done_prefill.append(seq)
         running = decodes + len(self.prefilling)
+        if not running and self.waiting:  # an empty engine admits its queue head; anything else is a bug
+            raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
         rejected, self._rejected = tuple(self._rejected), []
         if running == 0:
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.total_blocks - self.free_blocks,
@@ -131,17 +133,18 @@ class GenEngineModel:
     def _admit(self, seq: _Seq) -> bool:
         """Reserve KV for `seq` (using a cached prefix where there is one); False if full."""
         t = seq.task
-        prefix = self.prefixes.get(t.prefix) if t.prefix else None
-        prefix_blocks = t.prefix_tokens // self.block if t.prefix else 0
+        key = self._prefix_key(t)
+        prefix = self.prefixes.get(key) if key else None
+        prefix_blocks = key[1] if key else 0
         shared = prefix_blocks if prefix is not None else 0
         need = self._blocks(t.prompt_tokens + t.output_tokens) - shared
-        if need > self.free_blocks and not self._evict_prefixes(need, keep=t.prefix):
+        if need > self.free_blocks and not self._evict_prefixes(need, keep=key):
             return False
         self.free_blocks -= need
         seq.blocks = need
-        if t.prefix and prefix_blocks:
+        if key:
             if prefix is None:  # this sequence computes the prefix; its blocks become shared
-                prefix = self.prefixes[t.prefix] = _Prefix(prefix_blocks)
+                prefix = self.prefixes[key] = _Prefix(prefix_blocks)
                 seq.blocks -= prefix_blocks
             else:
                 seq.cached = min(prefix_blocks * self.block, t.prompt_tokens - 1)
@@ -150,7 +153,13 @@ class GenEngineModel:
         seq.prefill_left = t.prompt_tokens - seq.cached
         return True
 
-    def _evict_prefixes(self, need: int, keep: str) -> bool:
+    def _prefix_key(self, t: GenTask) -> tuple[str, int] | None:
+        """Cache identity of a task's shared prefix: its id and its number of full blocks
+        (only full blocks are shared, as in vLLM); None when it has none."""
+        blocks = t.prefix_tokens // self.block if t.prefix else 0
+        return (t.prefix, blocks) if blocks else None
+
+    def _evict_prefixes(self, need: int, keep: tuple[str, int] | None) -> bool:
         """Free unreferenced cached prefixes (except `keep`, the one about to be reused), least
         recently used first, until `need` fits."""
         idle = sorted((p.last_used, name) for name, p in self.prefixes.items() if p.refs == 0 and name != keep)
@@ -186,8 +195,9 @@ class GenEngineModel:
         t = seq.task
         self.context -= t.prompt_tokens + t.output_tokens
         self.free_blocks += seq.blocks
-        if t.prefix and t.prefix in self.prefixes and t.prefix_tokens // self.block:
-            self.prefixes[t.prefix].refs -= 1
+        key = self._prefix_key(t)
+        if key:
+            self.prefixes[key].refs -= 1
         del self.seqs[t.key]
 
     def _abort(self, key: NodeKey) -> None:

@@ -125,4 +125,15 @@ def test_a_reused_prefix_is_not_evicted_to_make_room_for_its_own_user():
     e.apply(GenStep(admit=(task("b", 16 * (cap - 3), 16, "wf/p", 64),)))  # needs room: Q must go, not P
     _, res = e.step()
     assert_blocks_add_up(e)
-    assert res.cached_prompt_tokens == 64 and "wf/p" in e.prefixes and "wf/q" not in e.prefixes
+    assert res.cached_prompt_tokens == 64 and ("wf/p", 4) in e.prefixes and ("wf/q", 4) not in e.prefixes
+
+
+def test_one_prefix_id_with_different_lengths_is_cached_separately():
+    e = engine()
+    e.apply(GenStep(admit=(task("a", 200, 2, "p", 160),)))
+    run_to_end(e)
+    e.apply(GenStep(admit=(task("b", 300, 2, "p", 16),)))  # same id, 1 block instead of 10
+    _, res = e.step()
+    assert_blocks_add_up(e)
+    assert res.cached_prompt_tokens == 0 and set(e.prefixes) == {("p", 10), ("p", 1)}
+    run_to_end(e)
