@@ -207,3 +207,11 @@ def test_speculation_that_finished_first_completes_the_request_once():
     s.complete(b2, SearchResult(), 0.01)  # the retrieval ends: the speculation is kept
     (rec,) = s.finished()
     assert rec.status == "completed" and rec.finish_s == 0.01 and s.active == 0
+
+
+@pytest.mark.parametrize("spec", ["hedra:fill=round_robin,chunk=1.5", "hedra:wavefront=maybe", "flashrag:chunk=0",
+                                  "flashrag:chunk=2.5", "hedra:budget_factor=inf", "hedra:max_queries=0",
+                                  "hedra:min_budget_ms=50,max_budget_ms=10", "langchain:chunk=3"])
+def test_policy_options_are_validated(spec):
+    with pytest.raises(PolicyError, match=r"policy '\w+'"):
+        make_policy(spec, FlatCosts())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from ragraph.costs import SearchCostModel
 from ragraph.policies.base import Policy, PolicyError
 from ragraph.policies.flashrag import FlashRAGPolicy
@@ -58,5 +60,9 @@ def make_policy(spec: str, costs: SearchCostModel) -> Policy:
     name, options = parse_policy_spec(spec)
     try:
         return POLICIES[name](costs, **options)
-    except TypeError as exc:
-        raise PolicyError(f"policy {name!r}: bad option ({exc})") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = f"option {'.'.join(str(p) for p in err['loc'])}" if err["loc"] else "options"
+        raise PolicyError(f"policy {name!r}: {where}: {err['msg']}") from None
+    except TypeError:
+        raise PolicyError(f"policy {name!r} takes no options {sorted(options)}") from None

@@ -9,12 +9,20 @@ HedraRAG artifact (SOSP 2025).
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ragraph.policies.staged import StagedPolicy
+
+
+class FlashRAGOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    chunk: int = Field(default=32, ge=1)  # most queries in one search call
 
 
 class FlashRAGPolicy(StagedPolicy):
     name = "flashrag"
 
-    def __init__(self, chunk: int = 32) -> None:
+    def __init__(self, **options: object) -> None:
+        """`options`: the fields of `FlashRAGOptions`; raises pydantic's ValidationError."""
         super().__init__()
-        self.chunk = chunk
+        self.chunk = FlashRAGOptions(**options).chunk

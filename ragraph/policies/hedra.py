@@ -26,10 +26,12 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragraph.costs import SearchCostModel
-from ragraph.policies.base import Policy, PolicyError
+from ragraph.policies.base import Policy
 from ragraph.work import Lane, ScanTask, SearchBatch
 
 if TYPE_CHECKING:
@@ -37,31 +39,41 @@ if TYPE_CHECKING:
     from ragraph.runtime import NodeRun, RequestRun
 
 ARTIFACT_MINIBATCH = {128: 32, 256: 32, 512: 64}  # nprobe -> clusters per sub-stage (artifact)
-SUBSTAGE_MODES = ("dynamic", "fixed", "off")
+FiniteMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class HedraOptions(BaseModel):
+    """hedra's options, as `hedra:KEY=VALUE` or `no-TECH` in a policy spec (validated strictly)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    substages: Literal["dynamic", "fixed", "off"] = "dynamic"  # node splitting mode
+    wavefront: bool = True  # sub-stages draw from all concurrent requests (else cohorts)
+    budget_factor: FiniteMs = 2.0  # sub-stage budget in moving-average engine steps
+    min_budget_ms: FiniteMs = 2.0  # budget clamp
+    max_budget_ms: FiniteMs = 100.0  # budget clamp; the budget when no generation runs
+    chunk: int = Field(default=8, ge=1)  # clusters per query per round (fill=round_robin)
+    max_queries: int = Field(default=32, ge=1)  # queries per sub-stage (substages=fixed)
+    fill: Literal["fifo", "round_robin"] = "fifo"  # order in which a sub-stage takes clusters
+
+    @model_validator(mode="after")
+    def _budgets_ordered(self) -> HedraOptions:
+        if self.min_budget_ms > self.max_budget_ms:
+            raise ValueError("min_budget_ms exceeds max_budget_ms")
+        return self
 
 
 class HedraPolicy(Policy):
     name = "hedra"
     techniques = ("substages", "wavefront")
 
-    def __init__(self, costs: SearchCostModel, substages: str = "dynamic", wavefront: bool = True,
-                 budget_factor: float = 2.0, min_budget_ms: float = 2.0, max_budget_ms: float = 100.0,
-                 chunk: int = 8, max_queries: int = 32, fill: str = "fifo") -> None:
-        if substages not in SUBSTAGE_MODES:
-            raise PolicyError(f"hedra: substages must be one of {', '.join(SUBSTAGE_MODES)}, not {substages!r}")
-        if fill not in ("fifo", "round_robin"):
-            raise PolicyError(f"hedra: fill must be fifo or round_robin, not {fill!r}")
-        if budget_factor <= 0 or min_budget_ms <= 0 or max_budget_ms < min_budget_ms or chunk < 1 or max_queries < 1:
-            raise PolicyError("hedra: budgets, chunk and max_queries must be positive (min_budget <= max_budget)")
+    def __init__(self, costs: SearchCostModel, **options: object) -> None:
+        """`options`: the fields of `HedraOptions`; raises pydantic's ValidationError."""
+        o = self.options = HedraOptions(**options)
         self.costs = costs
-        self.substages = substages
-        self.wavefront = wavefront
-        self.budget_factor = budget_factor
-        self.min_budget_s = min_budget_ms / 1e3
-        self.max_budget_s = max_budget_ms / 1e3
-        self.chunk = chunk
-        self.fill = fill
-        self.max_queries = max_queries
+        self.substages, self.wavefront, self.fill = o.substages, o.wavefront, o.fill
+        self.budget_factor, self.chunk, self.max_queries = o.budget_factor, o.chunk, o.max_queries
+        self.min_budget_s = o.min_budget_ms / 1e3
+        self.max_budget_s = o.max_budget_ms / 1e3
         self._cohort: list[NodeRun] = []  # queries of the running cohort (wavefront off)
         self._cums: dict[NodeRun, list[int]] = {}  # per waiting query: prefix sums of list sizes
 
