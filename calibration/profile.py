@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,7 +25,7 @@ class ProfileError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # no "79.6" for 79.6, no true for 1
 
 
 class Hardware(_Strict):
@@ -54,9 +54,9 @@ class Index(_Strict):
     ntotal: int = Field(gt=0)
     dim: int = Field(gt=0)
     bytes_per_vector: int = Field(gt=0)
-    list_size_sigma: float = Field(ge=0)  # lognormal sigma of IVF list sizes (skew)
-    list_size_seed: int = 0  # seed of the synthetic list sizes
-    list_sizes: list[int] | None = None  # measured list sizes; overrides the synthetic ones
+    list_size_sigma: float = Field(ge=0, le=4)  # lognormal sigma of IVF list sizes (skew)
+    list_size_seed: int = Field(default=0, ge=0)  # seed of the synthetic list sizes
+    list_sizes: list[Annotated[int, Field(ge=0)]] | None = None  # measured list sizes; override the synthetic
 
 
 class Engine(_Strict):
@@ -138,6 +138,8 @@ def _field_path(err: dict) -> str:
 
 def load_profile(name_or_path: str | Path | None = None) -> Profile:
     """Load a shipped profile by name, or a profile file by path; raises ProfileError."""
+    if name_or_path is not None and not str(name_or_path).strip():
+        raise ProfileError("--profile: empty profile name")
     ref = str(name_or_path or DEFAULT_PROFILE)
     path = Path(ref)
     if not path.suffix:

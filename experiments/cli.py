@@ -167,6 +167,8 @@ def demo(
 
     console = Console(stderr=True)
     with user_errors():
+        if not (10 <= duration <= 3600):
+            raise UsageError(f"--duration {duration}: the demo needs between 10 and 3600 s of arrivals")
         check_output_dir(out)
         prof = load_profile(profile)
         with console.status("simulating...") as status:

@@ -42,7 +42,8 @@ class GenTask:
 
 @dataclass(frozen=True, slots=True)
 class GenStep:
-    """One engine step on `gpu_gen`: first add `admit` and drop `abort`, then step once."""
+    """One engine step on `gpu_gen`: first drop `abort`, then add `admit`, then step once
+    (a key may be in both: an aborted speculation that runs again)."""
 
     admit: tuple[GenTask, ...] = ()  # new sequences for the engine's waiting queue
     abort: tuple[NodeKey, ...] = ()  # sequences to drop (failed speculation)

@@ -49,10 +49,17 @@ class WorkflowSpec(BaseModel):
     default_iterations: int = Field(default=0, ge=0)
     max_iterations: int = Field(default=0, ge=0)  # largest iteration count a trace may ask for
 
+    @model_validator(mode="after")
+    def _has_steps(self) -> WorkflowSpec:
+        if not self.head and not self.tail and not (self.loop and self.default_iterations + self.extra_iterations):
+            raise ValueError("a workflow needs steps at its default iterations (head, tail, or a loop that runs)")
+        return self
+
     def unroll(self, iterations: int) -> list[Step]:
         """The chain of steps for a request with `iterations` loop iterations."""
         too_many = bool(self.max_iterations) and iterations > self.max_iterations
-        if iterations < 0 or (iterations and not self.loop) or too_many:
+        empty = not self.head and not self.tail and iterations + self.extra_iterations == 0
+        if iterations < 0 or (iterations and not self.loop) or too_many or empty:
             raise WorkflowError(f"workflow {self.name!r}: {iterations} iterations not allowed"
                                 f" (max {self.max_iterations if self.loop else 0})")
         reps = iterations + self.extra_iterations if self.loop else 0
@@ -97,8 +104,6 @@ class WorkflowRegistry:
             self.register(spec)
 
     def register(self, spec: WorkflowSpec) -> None:
-        if not (spec.head or spec.loop or spec.tail):
-            raise WorkflowError(f"workflow {spec.name!r} has no steps")
         if spec.name in self._specs:
             raise WorkflowError(f"workflow {spec.name!r} is already defined")
         self._specs[spec.name] = spec

@@ -291,3 +291,56 @@ def test_out_never_replaces_a_folder_hedra_did_not_write(tmp_path, trace):
     assert proc.returncode == 2 and "not a hedra output folder" in proc.stderr
     assert (mine / "notes.txt").read_text() == "keep me"
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("extra", [("--rate", "inf"), ("--duration", "nan"), ("--arrival", "gamma", "--cv", "inf"),
+                                   ("--zipf", "nan"), ("--overlap", "1.5"), ("--rate", "1e9", "--duration", "1e3")])
+def test_impossible_trace_options(tmp_path, extra):
+    out = tmp_path / "t.jsonl"
+    proc = hedra("trace", "gen", "--workflow", "irg", "--rate", 2, "--duration", 10, "--out", out, *extra)
+    assert_usage_error(proc, out)
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda r: r.update(arrival_s="0.5"), "arrival_s"),
+    (lambda r: r.update(arrival_s=float("inf")), "arrival_s"),
+    (lambda r: r["stages"][1].update(prompt_tokens=10**30), "prompt_tokens"),
+    (lambda r: r["stages"][0].update(clusters=[True] * r["stages"][0]["nprobe"]), "clusters"),
+])
+def test_mistyped_trace_values(tmp_path, trace, edit, field):
+    rows = trace_lines(trace)
+    edit(rows[0])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "run"
+    line = assert_usage_error(sim(bad, "hedra", out), out)
+    assert f"{bad}:1" in line and field in line
+
+
+def test_trace_that_is_not_text(tmp_path):
+    bad = tmp_path / "bin.jsonl"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    out = tmp_path / "run"
+    assert "UTF-8" in assert_usage_error(sim(bad, "hedra", out), out)
+
+
+@pytest.mark.parametrize(("field", "value"), [("list_size_sigma", 1e6), ("gpu_memory_gib", "79.6"),
+                                              ("max_num_seqs", True)])
+def test_mistyped_profile_values(tmp_path, trace, field, value):
+    data = json.loads((PROFILE_DIR / f"{DEFAULT_PROFILE}.json").read_text())
+    for part in data.values():
+        if isinstance(part, dict) and field in part:
+            part[field] = value
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    line = assert_usage_error(sim(trace, "hedra", out, "--profile", path), out)
+    assert field in line
+
+
+@pytest.mark.parametrize("args", [("demo", "--duration", "0"), ("demo", "--duration", "nan"),
+                                  ("sim", "--profile", "")])
+def test_impossible_run_options(tmp_path, trace, args):
+    out = tmp_path / "run"
+    extra = ("--trace", trace, "--policy", "hedra") if args[0] == "sim" else ()
+    assert_usage_error(hedra(*args, *extra, "--out", out), out)

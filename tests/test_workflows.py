@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from ragraph.graph import Generate, Op, Request, Retrieve
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError, WorkflowRegistry, WorkflowSpec, build_request
@@ -128,8 +129,9 @@ def test_registry_unknown_and_empty_workflows():
     reg = WorkflowRegistry()
     with pytest.raises(WorkflowError, match="unknown workflow 'nosuch'"):
         reg.get("nosuch")
-    with pytest.raises(WorkflowError, match="no steps"):
-        reg.register(WorkflowSpec(name="empty"))
+    for empty in ({"name": "empty"}, {"name": "idle-loop", "loop": [{"op": "retrieve"}]}):
+        with pytest.raises(ValidationError, match="needs steps"):
+            WorkflowSpec.model_validate(empty)
     assert "empty" not in reg.names()
 
 

@@ -10,6 +10,7 @@ one seed, so the same seed and options give the same trace, byte for byte.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from traces.datasets import (
 )
 from traces.probes import ProbeModel
 
+MAX_REQUESTS = 5_000_000  # one trace file; beyond it, generate several
+
 
 @dataclass(frozen=True)
 class TraceConfig:
@@ -48,6 +51,13 @@ class TraceConfig:
     iterations: int | None = None  # fixed iteration count (default: per workflow)
 
     def __post_init__(self) -> None:
+        for name in ("rate", "duration_s", "cv", "zipf", "overlap"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
+        if self.rate * self.duration_s > MAX_REQUESTS:
+            raise ValueError(f"rate x duration asks for over {MAX_REQUESTS:,} requests; split the trace")
+        if not self.workflows:
+            raise ValueError("no workflow named")
         if self.rate <= 0 or self.duration_s <= 0:
             raise ValueError("rate and duration must be positive")
         if self.arrival not in ("poisson", "gamma") or self.cv <= 0:

@@ -22,15 +22,18 @@ class TraceError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # no "0.5" for 0.5, no true for 1
+
+
+Count = Annotated[int, Field(gt=0, lt=2**31)]
 
 
 class GenerateStage(_Strict):
     op: Literal["generate"]
     role: str = "answer"
-    prompt_tokens: int = Field(gt=0)
-    output_tokens: int = Field(gt=0)
-    prefix_tokens: int = Field(default=0, ge=0)
+    prompt_tokens: Count
+    output_tokens: Count
+    prefix_tokens: int = Field(default=0, ge=0, lt=2**31)
     prefix: str = ""
 
     @model_validator(mode="after")
@@ -43,8 +46,8 @@ class GenerateStage(_Strict):
 class RetrieveStage(_Strict):
     op: Literal["retrieve"]
     role: str = "retrieve"
-    nprobe: int = Field(gt=0)
-    k: int = Field(gt=0)
+    nprobe: Count
+    k: Count
     clusters: list[int] = Field(default_factory=list)
     query: str = ""
 
@@ -64,9 +67,9 @@ Stage = Annotated[GenerateStage | RetrieveStage, Field(discriminator="op")]
 
 class TraceRequest(_Strict):
     id: str = Field(min_length=1)
-    arrival_s: float = Field(ge=0)
+    arrival_s: float = Field(ge=0, allow_inf_nan=False)
     workflow: str
-    iterations: int = Field(default=0, ge=0)
+    iterations: int = Field(default=0, ge=0, lt=2**31)
     question: str = ""
     dataset: str = ""
     stages: list[Stage] = Field(min_length=1)
@@ -98,9 +101,11 @@ def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None,
     path = Path(path)
     registry = workflows or WorkflowRegistry()
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     requests: list[Request] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines, start=1):
