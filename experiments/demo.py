@@ -60,7 +60,8 @@ def run_demo(out_dir: Path, profile: Profile, *, duration_s: float = 60.0, seed:
                 rows.append({"workflow": wf, "rate": rate, "policy": policy, "requests": s["requests"],
                              "completed": s["completed"], "failed": s["failed"], "mean_s": lat["mean"],
                              "p50_s": lat["p50"], "p99_s": lat["p99"], "sim_s": s["sim_s"], "wall_s": s["wall_s"]})
-                progress(f"{wf} @ {rate:g} req/s {policy}: P50 {lat['p50']:.2f} s, P99 {lat['p99']:.2f} s")
+                if s["completed"]:
+                    progress(f"{wf} @ {rate:g} req/s {policy}: P50 {lat['p50']:.2f} s, P99 {lat['p99']:.2f} s")
     table = with_speedups(pd.DataFrame(rows))
     _write(out_dir, table, profile, workflows, time.perf_counter() - started, duration_s, seed)
     return table
