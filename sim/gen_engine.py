@@ -78,6 +78,8 @@ class GenEngineModel:
 
     def step(self) -> tuple[float, GenStepResult]:
         """Run one engine step: the modelled seconds and what it produced."""
+        if not (self.prefilling or self.waiting or self._rejected) and self.n_decoding:
+            return self._decode_step()
         decodes = self.n_decoding
         budget = self.token_budget - decodes
         prefill = 0
@@ -117,6 +119,16 @@ class GenEngineModel:
             finished=tuple(finished), rejected=rejected, kv_used_blocks=self.total_blocks - self.free_blocks,
             kv_total_blocks=self.total_blocks, running=running, waiting=len(self.waiting),
             prefill_tokens=prefill, decode_tokens=decodes + len(done_prefill), cached_prompt_tokens=cached)
+
+    def _decode_step(self) -> tuple[float, GenStepResult]:
+        """`step()` when every running sequence decodes and nothing waits (the common case)."""
+        decodes = self.n_decoding
+        seconds = self.latency.gen_step_s(0, decodes, self.context)
+        self.step_no += 1
+        self.context += decodes
+        finished = self._advance(())
+        return seconds, GenStepResult(finished=tuple(finished), kv_used_blocks=self.total_blocks - self.free_blocks,
+                                      kv_total_blocks=self.total_blocks, running=decodes, decode_tokens=decodes)
 
     @property
     def kv_used_blocks(self) -> int:
@@ -169,7 +181,7 @@ class GenEngineModel:
             self.free_blocks += self.prefixes.pop(name).blocks
         return need <= self.free_blocks
 
-    def _advance(self, done_prefill: list[_Seq]) -> list[NodeKey]:
+    def _advance(self, done_prefill: list[_Seq] | tuple[()]) -> list[NodeKey]:
         finished: list[NodeKey] = []
         for seq in done_prefill:
             self.prefilling.remove(seq)

@@ -155,7 +155,7 @@ class HedraPolicy(Policy):
         """Prefix sums of list sizes along the node's scan order (cached per node)."""
         cum = self._cums.get(node)
         if cum is None:
-            cum = self._cums[node] = [0, *accumulate(map(self.costs.list_sizes.__getitem__, node.order))]
+            cum = self._cums[node] = list(accumulate(map(self.costs.list_sizes.__getitem__, node.order), initial=0))
         return cum
 
     def _take(self, s: Scheduler, taken: dict[NodeRun, int]) -> list[ScanTask]:
