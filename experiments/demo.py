@@ -28,10 +28,10 @@ from traces.schema import TraceRequest, to_request
 POLICIES = ("langchain", "flashrag", "hedra")
 # request rates per workflow, spanning the baselines' knee up to hedra's (nprobe 256)
 RATES: dict[str, tuple[float, ...]] = {
-    "one-shot": (4, 8, 16, 24, 32),
-    "hyde": (4, 8, 16, 24, 32),
-    "recomp": (4, 8, 16, 24, 32),
-    "multistep": (2, 4, 8, 12, 16, 20),
+    "one-shot": (4, 8, 16, 24, 32, 36),
+    "hyde": (4, 8, 16, 24, 32, 36),
+    "recomp": (4, 8, 16, 24, 32, 36),
+    "multistep": (2, 4, 8, 12, 16, 20, 24),
     "irg": (1, 2, 4, 6, 8, 10, 12),
 }
 
