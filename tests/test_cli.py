@@ -206,15 +206,21 @@ def test_shipped_profile_by_name_and_path(tmp_path, trace):
         assert json.loads((out / "summary.json").read_text())["profile"] == DEFAULT_PROFILE
 
 
+def too_big(tmp_path: Path, rows: list[dict], n: int) -> Path:
+    """A trace of `rows` whose first `n` requests need more KV blocks than the engine has."""
+    for row in rows[:n]:
+        for st in row["stages"]:
+            if st["op"] == "generate":
+                st["prompt_tokens"] = 10_000_000
+    path = tmp_path / "too-big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def test_failed_requests_are_counted(tmp_path, trace):
     rows = trace_lines(trace)
-    for st in rows[0]["stages"]:
-        if st["op"] == "generate":
-            st["prompt_tokens"] = 10_000_000  # more KV blocks than the engine has: the request fails
-    path = tmp_path / "one-too-big.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    proc = sim(path, "hedra", out)
+    proc = sim(too_big(tmp_path, rows, 1), "hedra", out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == 1
@@ -224,15 +230,8 @@ def test_failed_requests_are_counted(tmp_path, trace):
 
 
 def test_all_requests_failed(tmp_path, trace):
-    rows = trace_lines(trace)[:2]
-    for row in rows:
-        for st in row["stages"]:
-            if st["op"] == "generate":
-                st["prompt_tokens"] = 10_000_000
-    path = tmp_path / "too-big.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    proc = sim(path, "hedra", out)
+    proc = sim(too_big(tmp_path, trace_lines(trace)[:2], 2), "hedra", out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == 0 and summary["failed"] == 2
