@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from calibration.latency import LatencyModel
 from calibration.profile import Profile
-from experiments.results import summarize, write_run
+from experiments.results import summarize
 from ragraph.graph import Request
 from ragraph.policies import make_policy
 from sim.executor import SimResult, Simulation
@@ -31,11 +30,3 @@ def simulate(requests: list[Request], policy: str, profile: Profile, *, seed: in
                               "profile_kind": profile.kind, "seed": seed, **(meta or {}),
                               "kv_peak_blocks": result.kv_peak_blocks, "kv_total_blocks": result.kv_total_blocks})
     return SimRun(result, summary)
-
-
-def simulate_to(out_dir: str | Path, requests: list[Request], policy: str, profile: Profile, *,
-                seed: int = 0, meta: dict[str, object] | None = None) -> SimRun:
-    """Simulate and write the run's output folder."""
-    run = simulate(requests, policy, profile, seed=seed, meta=meta)
-    write_run(out_dir, run.result.records, run.summary, run.result.timeline)
-    return run
