@@ -172,7 +172,7 @@ class Scheduler:
         if node.state is NodeState.READY:
             node.fire(NodeEvent.DISPATCH)
             node.start_s = self._now
-        clusters = tuple(node.order[node.next_pos:node.next_pos + count])
+        clusters = node.order[node.next_pos:node.next_pos + count]
         node.next_pos += count
         node.in_flight += 1
         node.substages += 1
@@ -181,10 +181,11 @@ class Scheduler:
         return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0)
 
     def reorder(self, node: NodeRun, remaining: list[int]) -> None:
-        """Replace the not-yet-dispatched clusters of `node` with a permutation of them."""
+        """Replace the not-yet-dispatched clusters of `node` with a permutation of them
+        (`node.order` becomes a new tuple, so caches keyed on it see the change)."""
         if sorted(remaining) != sorted(node.order[node.next_pos:]):
             raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
-        node.order[node.next_pos:] = remaining
+        node.order = node.order[:node.next_pos] + tuple(remaining)
 
     def speculate(self, node: NodeRun, now: float) -> None:
         """Start a BLOCKED Generate node early on partial inputs (edge addition)."""

@@ -25,7 +25,7 @@ class NodeRun:
     start_s: float | None = None  # first dispatch to a lane
     end_s: float | None = None  # when it finished
     # retrieval progress (Retrieve nodes only)
-    order: list[int] = field(default_factory=list)  # clusters in the order they will be scanned
+    order: tuple[int, ...] = ()  # clusters in the order they will be scanned (replaced on reorder)
     next_pos: int = 0  # clusters order[:next_pos] are scanned or in flight
     in_flight: int = 0  # sub-stages dispatched and not yet complete
     substages: int = 0  # sub-stages dispatched so far
@@ -66,7 +66,7 @@ class RequestRun:
                 key=(request.id, i),
                 spec=spec,
                 deps_left=len(request.deps[i]),
-                order=list(spec.clusters) if isinstance(spec, Retrieve) else [],
+                order=spec.clusters if isinstance(spec, Retrieve) else (),
             )
             for i, spec in enumerate(request.nodes)
         ]

@@ -215,3 +215,16 @@ def test_speculation_that_finished_first_completes_the_request_once():
 def test_policy_options_are_validated(spec):
     with pytest.raises(PolicyError, match=r"policy '\w+'"):
         make_policy(spec, FlatCosts())
+
+
+def test_hedra_reprices_a_query_after_its_clusters_are_reordered():
+    costs = FlatCosts()
+    costs.list_sizes = [1000] * 8 + [9000] * 8  # lists 8..15 are nine times larger
+    policy = HedraPolicy(costs, max_budget_ms=5.0)  # 1 ms + 4000 vectors
+    s = Scheduler(policy)
+    s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
+    node = s.requests["a"].nodes[0]
+    assert policy._cumulative(node)[4] == 4000
+    s.reorder(node, list(range(8, 16)) + list(range(8)))
+    first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert first.tasks[0].clusters == (8,)  # one big list fits the budget, not four small ones

@@ -75,7 +75,7 @@ class HedraPolicy(Policy):
         self.min_budget_s = o.min_budget_ms / 1e3
         self.max_budget_s = o.max_budget_ms / 1e3
         self._cohort: list[NodeRun] = []  # queries of the running cohort (wavefront off)
-        self._cums: dict[NodeRun, list[int]] = {}  # per waiting query: prefix sums of list sizes
+        self._cums: dict[NodeRun, tuple[tuple[int, ...], list[int]]] = {}  # query -> (order, prefix sums)
 
     def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
         if lane is not Lane.CPU_RETRIEVAL or not s.retr_waiting:
@@ -152,10 +152,12 @@ class HedraPolicy(Policy):
             self._cums.pop(node, None)
 
     def _cumulative(self, node: NodeRun) -> list[int]:
-        """Prefix sums of list sizes along the node's scan order (cached per node)."""
-        cum = self._cums.get(node)
-        if cum is None:
-            cum = self._cums[node] = list(accumulate(map(self.costs.list_sizes.__getitem__, node.order), initial=0))
+        """Prefix sums of list sizes along the node's scan order (cached until it is reordered)."""
+        cached = self._cums.get(node)
+        if cached is not None and cached[0] is node.order:
+            return cached[1]
+        cum = list(accumulate(map(self.costs.list_sizes.__getitem__, node.order), initial=0))
+        self._cums[node] = (node.order, cum)
         return cum
 
     def _take(self, s: Scheduler, taken: dict[NodeRun, int]) -> list[ScanTask]:
