@@ -19,16 +19,6 @@ def gen_step_s(profile: Profile, prefill_tokens: int, decode_seqs: int, context_
             + m.context_token_s * context_tokens)
 
 
-def cpu_search_s(profile: Profile, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
-    """One CPU search call. The (query, list) pairs spread over the threads; the scan runs at
-    the per-thread rate times the threads in use, capped by the memory system's rate."""
-    m = profile.cpu_search
-    threads = min(profile.hardware.cpu_threads, max(pairs, 1))
-    rate = min(m.memory_bytes_per_s, m.thread_bytes_per_s * threads)
-    scan = scanned_vectors * profile.index.bytes_per_vector / rate
-    return m.call_s + m.query_s * queries + m.new_query_s * new_queries + scan
-
-
 def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
     """A PCIe copy or a GPU-resident scan of `nbytes`."""
     return latency_s + nbytes / bytes_per_s if nbytes else 0.0
@@ -53,12 +43,14 @@ class LatencyModel:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
-        m = profile.cpu_search  # hot path: the policy prices every candidate sub-stage
+        m = profile.cpu_search
         self._search = (m.call_s, m.query_s, m.new_query_s, m.thread_bytes_per_s, m.memory_bytes_per_s,
                         profile.hardware.cpu_threads, profile.index.bytes_per_vector)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
-        """Same as `cpu_search_s` (a test holds them equal), with the profile unpacked."""
+        """One CPU search call. The (query, list) pairs spread over the threads; the scan runs
+        at the per-thread rate times the threads in use, capped by the memory system's rate.
+        (The profile is unpacked once in __init__: policies price every candidate sub-stage.)"""
         call, per_query, per_new, thread_rate, memory_rate, threads, vec_bytes = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
         return call + per_query * queries + per_new * new_queries + scanned_vectors * vec_bytes / rate

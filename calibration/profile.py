@@ -80,7 +80,7 @@ class GenStepModel(_Strict):
 
 
 class SearchModel(_Strict):
-    """CPU IVF search call (see calibration.latency.cpu_search_s)."""
+    """CPU IVF search call (see calibration.latency.LatencyModel.search_s)."""
 
     call_s: float = Field(ge=0)  # fixed cost of one call (Python, OpenMP fork/join)
     query_s: float = Field(ge=0)  # per query in the call (heap setup and merge)
