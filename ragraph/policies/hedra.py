@@ -68,42 +68,40 @@ class HedraPolicy(Policy):
 
     def __init__(self, costs: SearchCostModel, **options: object) -> None:
         """`options`: the fields of `HedraOptions`; raises pydantic's ValidationError."""
-        o = self.options = HedraOptions(**options)
+        self.options = HedraOptions(**options)
         self.costs = costs
-        self.substages, self.wavefront, self.fill = o.substages, o.wavefront, o.fill
-        self.budget_factor, self.chunk, self.max_queries = o.budget_factor, o.chunk, o.max_queries
-        self.min_budget_s = o.min_budget_ms / 1e3
-        self.max_budget_s = o.max_budget_ms / 1e3
         self._cohort: list[NodeRun] = []  # queries of the running cohort (wavefront off)
         self._cums: dict[NodeRun, tuple[tuple[int, ...], list[int]]] = {}  # query -> (order, prefix sums)
 
     def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
         if lane is not Lane.CPU_RETRIEVAL or not s.retr_waiting:
             return None
-        if self.substages == "dynamic":  # reads the queue only; clusters are taken at the end
-            queries = s.retr_waiting.values() if self.wavefront else self._cohort_of(s)
+        o = self.options
+        if o.substages == "dynamic":  # reads the queue only; clusters are taken at the end
+            queries = s.retr_waiting.values() if o.wavefront else self._cohort_of(s)
             return SearchBatch(tuple(self._fill_budget(s, queries, self.budget_s(s))))
-        queries = list(s.retr_waiting.values()) if self.wavefront else self._cohort_of(s)
-        if self.substages == "fixed":
-            queries = queries[: self.max_queries]
+        queries = list(s.retr_waiting.values()) if o.wavefront else self._cohort_of(s)
+        if o.substages == "fixed":
+            queries = queries[: o.max_queries]
         return SearchBatch(tuple(s.take_clusters(n, min(n.remaining, self._step_of(n))) for n in queries))
 
     def budget_s(self, s: Scheduler) -> float:
         """Time budget of the next sub-stage: `budget_factor` generation steps, clamped."""
+        o = self.options
         if not s.gen_in_engine or s.gen_step_s is None:
-            return self.max_budget_s
-        return min(self.max_budget_s, max(self.min_budget_s, self.budget_factor * s.gen_step_s))
+            return o.max_budget_ms / 1e3
+        return min(o.max_budget_ms, max(o.min_budget_ms, o.budget_factor * s.gen_step_s * 1e3)) / 1e3
 
     def _cohort_of(self, s: Scheduler) -> list[NodeRun]:
         """Without wavefront: the queries of the running cohort, or a new cohort of all waiting."""
         self._cohort = [n for n in self._cohort if n.key in s.retr_waiting]
         if not self._cohort:
             self._cohort = list(s.retr_waiting.values())
-        return list(self._cohort)
+        return self._cohort
 
     def _step_of(self, node: NodeRun) -> int:
         """Clusters per sub-stage in `fixed` mode (all of them with `substages=off`)."""
-        if self.substages == "off":
+        if self.options.substages == "off":
             return node.remaining
         nprobe = len(node.order)
         return ARTIFACT_MINIBATCH.get(nprobe, max(1, nprobe // 4))
@@ -114,10 +112,10 @@ class HedraPolicy(Policy):
         next one starts, so queries leave the search one by one as they finish (continuous
         batching of retrieval). `fill=round_robin`: every query takes `chunk` clusters per
         round, as the artifact's fixed sub-stages do."""
-        search_s = self.costs.search_s
+        search_s, chunk = self.costs.search_s, self.options.chunk
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
         n_new = pairs = scanned = 0
-        per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
+        per_visit = chunk if self.options.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
             for node in queries:
