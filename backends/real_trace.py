@@ -1,0 +1,191 @@
+"""Real questions, real queries and real probe lists for a generated trace.
+
+`realize_trace` takes a trace (from `traces.generate`: arrivals, workflows, token counts,
+synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
+
+- `question`: a question about a seeded-random article of the corpus, from templates on its
+  title, description and topic ("Who was Albert Camus?", "Where is Dakar?", "What is
+  Integral, the operation in calculus?"), or, with a FlashRAG dataset, the dataset's
+  questions in file order (cycled when the trace has more requests);
+- each retrieve stage's `query`, following the workflow's shape: the first retrieval of a
+  request searches the question, unless a `hypothesis` generation precedes it (HyDE), which
+  searches a hypothetical document (the question followed by the article's title and
+  description, or by the golden answers of a dataset question); every later retrieval of
+  the request (IRG, multistep) searches the question followed by the text of the top passage
+  that the request's previous retrieval really finds (same nprobe, searched in its lists),
+  skipping passages an earlier query of the request already carried: an iterative workflow
+  moves on to new text (IRG's next query is its new sentence), so successive queries of one
+  request differ instead of repeating once the search converges;
+- each retrieve stage's `clusters`: the index's coarse assignment of the embedded query,
+  `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
+  thus replays the true list skew and the real backend searches exactly those lists.
+
+Token counts, arrivals and everything else stay as the generator drew them. The same seed,
+trace and corpus give the same output (the embedder runs the same batches).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backends.corpus import Corpus, CorpusError, Question
+from traces.schema import TraceRequest
+
+if TYPE_CHECKING:
+    from backends.embedder import Embedder
+
+SEED_STREAM = 4  # child 4 of SeedSequence(seed): the generator uses children 0-3
+_ORDER = ("id", "arrival_s", "workflow", "iterations", "question", "dataset", "stages")
+
+_LIFESPAN = re.compile(r"\([^()]*\d[^()]*[–-]\s*(?:c\.\s*)?\d[^()]*\)")  # (1913–1960), (c. 1200 – 1270)
+_BORN = re.compile(r"\((?:born|b\.)\s")
+_PAREN = re.compile(r"^(.*\S)\s+\(([^()]+)\)$")
+
+PERSON_PAST = ("Who was {t}?", "What is {t} known for?", "What did {t} do?", "Why is {t} remembered?")
+PERSON_LIVING = ("Who is {t}?", "What is {t} known for?", "What has {t} done?")
+PLACE = ("Where is {t}?", "What is {t}?", "What is {t} known for?", "Tell me about {t}.")
+THING = ("What is {t}?", "What is {t} known for?", "Tell me about {t}.", "Can you explain {t}?")
+THING_DESCRIBED = "What is {t}, the {d}?"
+
+
+def question_for(title: str, description: str, topic: str, rng: np.random.Generator) -> str:
+    """A natural question about an article, from its title, description and topic."""
+    m = _PAREN.match(title)
+    person = topic == "People" or bool(_LIFESPAN.search(description) or _BORN.search(description))
+    if person:
+        name = m.group(1) if m else title
+        living = bool(_BORN.search(description)) or not _LIFESPAN.search(description)
+        templates = PERSON_LIVING if living else PERSON_PAST
+        return templates[int(rng.integers(len(templates)))].format(t=name)
+    name = f"{m.group(1)} in {m.group(2)}" if m else title
+    templates = PLACE if topic == "Geography" else THING
+    desc = description.strip().rstrip(".")
+    if topic != "Geography" and desc and len(desc.split()) <= 8:
+        templates = (*templates, THING_DESCRIBED)
+    choice = templates[int(rng.integers(len(templates)))]
+    return choice.format(t=name, d=desc[:1].lower() + desc[1:])
+
+
+@dataclass
+class _Plan:
+    row: dict
+    question: str
+    hint: str  # what a hypothetical document states beyond the question
+    retrievals: list[tuple[int, str]] = field(default_factory=list)  # (stage index, "question"|"hyde"|"follow")
+
+
+def _rows(requests: Sequence[TraceRequest | dict]) -> list[dict]:
+    rows = []
+    for r in requests:
+        if isinstance(r, TraceRequest):
+            rows.append(r.model_dump(mode="json"))
+        elif isinstance(r, dict):
+            rows.append(json.loads(json.dumps(r)))  # a deep copy; the input stays as it was
+        else:
+            raise TypeError(f"expected TraceRequest or dict, got {type(r).__name__}")
+    return rows
+
+
+def _plan(row: dict, question: str, hint: str, nlist: int) -> _Plan:
+    plan = _Plan(row, question, hint)
+    hypothesis = False
+    stages = row.get("stages") or []
+    for i, st in enumerate(stages):
+        if st.get("op") == "generate":
+            hypothesis = hypothesis or st.get("role") == "hypothesis"
+            continue
+        nprobe = st.get("nprobe")
+        if not isinstance(nprobe, int) or not 1 <= nprobe <= nlist:
+            raise CorpusError(f"request {row.get('id')}: field stages.{i}.nprobe: {nprobe} must be between 1 and"
+                              f" the corpus index's nlist ({nlist})")
+        kind = "follow" if plan.retrievals else ("hyde" if hypothesis else "question")
+        plan.retrievals.append((i, kind))
+    return plan
+
+
+def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embedder: Embedder, *, seed: int = 0,
+                  questions: Sequence[Question] | None = None, progress: bool = False) -> list:
+    """The trace with real questions, queries and probe lists (see the module docstring).
+
+    Returns the same kind of items it was given (TraceRequest objects or JSON-ready dicts);
+    raises CorpusError for a stage whose nprobe exceeds the index's nlist, or an embedder
+    whose dimension is not the index's."""
+    if embedder.dim != corpus.dim:
+        raise CorpusError(f"{corpus.path}: field embedder.dim: the index has {corpus.dim} dimensions,"
+                          f" embedder {embedder.name} gives {embedder.dim}")
+    if questions is not None and not questions:
+        raise CorpusError("the question list is empty")
+    rows = _rows(requests)
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(SEED_STREAM + 1)[SEED_STREAM])
+    arts = corpus.articles
+    plans: list[_Plan] = []
+    for i, row in enumerate(rows):
+        if questions is not None:
+            q = questions[i % len(questions)]
+            plans.append(_plan(row, q.question, " ".join(q.golden_answers), corpus.nlist))
+            continue
+        a = arts.iloc[int(rng.integers(len(arts)))]
+        question = question_for(str(a.title), str(a.description), str(a.topic), rng)
+        hint = f"{a.title}: {(a.description or a.topic or a.title).strip()}."
+        plans.append(_plan(row, question, hint, corpus.nlist))
+
+    index = corpus.index
+    texts = corpus.passages["text"]
+    previous_top: dict[int, int] = {}  # request -> top new passage of its latest retrieval (-1: none)
+    used: dict[int, set[int]] = {i: set() for i in range(len(plans))}  # passages a request's queries carried
+    rounds = max((len(p.retrievals) for p in plans), default=0)
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(len(p.retrievals) for p in plans), desc="realizing queries", unit="q",
+               disable=not progress, leave=False)
+    saved_nprobe = index.nprobe
+    try:
+        for r in range(rounds):
+            active = [i for i, p in enumerate(plans) if len(p.retrievals) > r]
+            queries = [_query(plans[i], plans[i].retrievals[r][1], previous_top.get(i, -1), texts) for i in active]
+            vecs = embedder.encode(queries)
+            nprobes = np.array([plans[i].row["stages"][plans[i].retrievals[r][0]]["nprobe"] for i in active])
+            for nprobe in sorted(set(nprobes.tolist())):
+                sel = np.flatnonzero(nprobes == nprobe)
+                x = vecs[sel]
+                dq, iq = index.quantizer.search(x, nprobe)
+                for j, pos in enumerate(sel):
+                    plan = plans[active[pos]]
+                    stage = plan.row["stages"][plan.retrievals[r][0]]
+                    stage["clusters"] = [int(c) for c in iq[j]]
+                    stage["query"] = queries[pos]
+                more = np.array([len(plans[active[pos]].retrievals) > r + 1 for pos in sel], dtype=bool)
+                if more.any():  # the top new passage feeds the request's next query
+                    index.nprobe = nprobe
+                    _, top = index.search_preassigned(x[more], r + 1, iq[more], dq[more])
+                    for pos, found in zip(sel[more], top, strict=True):
+                        i = active[pos]
+                        pid = next((int(p) for p in found if p >= 0 and int(p) not in used[i]), -1)
+                        previous_top[i] = pid
+                        used[i].add(pid)
+            bar.update(len(active))
+    finally:
+        index.nprobe = saved_nprobe
+        bar.close()
+
+    out: list[Any] = []
+    for plan, original in zip(plans, requests, strict=True):
+        row = plan.row
+        row["question"] = plan.question
+        row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
+        out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)
+    return out
+
+
+def _query(plan: _Plan, kind: str, top: int, texts: Any) -> str:
+    if kind == "hyde":
+        return f"{plan.question} {plan.hint}".strip()
+    if kind == "follow" and top >= 0:
+        return f"{plan.question} {texts.iloc[top]}"
+    return plan.question

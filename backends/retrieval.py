@@ -1,0 +1,106 @@
+"""The retrieval lanes' real work: embed, assign and scan queries sub-stage by sub-stage.
+
+`RetrievalService` turns the core's `SearchBatch` items into FAISS calls (cpu_retrieval)
+or GPU-cache scans (gpu_retrieval), and `CacheLoad` items into cluster copies (pcie). It
+keeps each query's running top-k between sub-stages (HedraRAG's node splitting): the
+first sub-stage of a query embeds its text and starts its heap, every later one continues
+it, whichever lane runs it. The clusters each sub-stage scans are the core's choice (the
+trace's probe list, in the policy's order); nothing here decides what to search.
+
+Query text: the Retrieve node's own `query` (what `hedra trace gen --corpus` writes), else
+the request's question. A trace without text (a synthetic what-if trace) is searched with
+the centroid of the query's first probe list as its vector, so the work is still real.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ragraph.graph import NodeKey, Request, Retrieve
+from ragraph.work import CacheLoad, CacheLoadResult, Lane, ScanTask, SearchBatch, SearchResult
+
+if TYPE_CHECKING:
+    from backends.gpu_cache import ClusterCache
+    from backends.ivf import IVFRetriever, QueryTopK
+
+
+class RetrievalService:
+    """Runs search and cache items for one replay; `requests` gives each query its text."""
+
+    def __init__(self, retriever: IVFRetriever, encode: Callable[[list[str]], np.ndarray],
+                 requests: Sequence[Request], cache: ClusterCache | None = None) -> None:
+        self.retriever = retriever
+        self.encode = encode
+        self.cache = cache
+        self._requests = {r.id: r for r in requests}
+        self._topk: dict[NodeKey, QueryTopK] = {}
+        self._locks: dict[NodeKey, threading.Lock] = {}  # a query may have sub-stages on two lanes at once
+        self._state_lock = threading.Lock()
+        self._encode_lock = threading.Lock()  # one embedding model, shared by the retrieval lanes
+
+    # --- lane items ------------------------------------------------------------------------
+
+    def search(self, batch: SearchBatch) -> SearchResult:
+        self._start_new([t for t in batch.tasks if t.first])
+        states = [self._topk[t.key] for t in batch.tasks]
+        clusters = [t.clusters for t in batch.tasks]
+        locks = [self._locks[t.key] for t in sorted(batch.tasks, key=lambda t: t.key)]
+        for lock in locks:
+            lock.acquire()
+        try:
+            if batch.lane is Lane.GPU_RETRIEVAL:
+                if self.cache is None:
+                    raise RuntimeError("a gpu_retrieval item but no GPU cluster cache is configured")
+                self.cache.search(states, clusters)
+            else:
+                self.retriever.scan(states, clusters)
+            return SearchResult({t.key: tuple(int(i) for i in s.result()[1] if i >= 0)
+                                 for t, s in zip(batch.tasks, states, strict=True)})
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def load(self, item: CacheLoad) -> CacheLoadResult:
+        if self.cache is None:
+            raise RuntimeError("a pcie item but no GPU cluster cache is configured")
+        return CacheLoadResult(self.cache.load(item.load, item.evict))
+
+    def forget(self, request_id: str) -> None:
+        """Drop the per-query state of a request that ended."""
+        with self._state_lock:
+            for key in [k for k in self._topk if k[0] == request_id]:
+                del self._topk[key]
+                del self._locks[key]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _start_new(self, tasks: list[ScanTask]) -> None:
+        """Embed (one batched call) and start the heaps of queries in their first sub-stage."""
+        if not tasks:
+            return
+        vectors: dict[NodeKey, np.ndarray] = {}
+        texts: dict[NodeKey, str] = {}
+        for t in tasks:
+            text = self._text(t.key)
+            if text:
+                texts[t.key] = text
+            else:
+                vectors[t.key] = self.retriever.centroid(t.clusters[0])
+        if texts:
+            with self._encode_lock:
+                emb = self.encode(list(texts.values()))
+            vectors.update(zip(texts, emb, strict=True))
+        with self._state_lock:
+            for t in tasks:
+                self._topk[t.key] = self.retriever.start(np.asarray(vectors[t.key], dtype=np.float32), t.k)
+                self._locks[t.key] = threading.Lock()
+
+    def _text(self, key: NodeKey) -> str:
+        req = self._requests[key[0]]
+        spec = req.nodes[key[1]]
+        assert isinstance(spec, Retrieve), key
+        return spec.query or req.question

