@@ -106,6 +106,7 @@ class RealExecutor:
         self._stop = threading.Event()
         self._stopped = ""
         self._arrived = False
+        self._submitted = 0  # requests[:_submitted] were handed to the core
         self._idle: set[Lane] = set()
         self._t0 = 0.0
         self._timeline: list[TimelineEvent] = []
@@ -151,10 +152,15 @@ class RealExecutor:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
+            now = self.now()
             if self.sched.active:
                 reason = {"stalled": "stalled: no lane had work for this request",
                           "interrupted": "interrupted before it finished"}.get(self._stopped, self._stopped)
-                self.sched.fail_all(reason, self.now())
+                self.sched.fail_all(reason, now)
+            for req in self.requests[self._submitted:]:  # stopped before they arrived: they end too
+                at = max(now, req.arrival_s)
+                self.sched.submit(req, at)
+                self.sched.fail_request(req.id, f"{self._stopped}: the run stopped before it arrived", at)
             self._forget_ended()
         with contextlib.suppress(Exception):  # leave the engine empty for the next run
             self.gen.abort_all()
@@ -181,10 +187,11 @@ class RealExecutor:
             wait = req.arrival_s - self.now()
             if wait > 0 and self._stop.wait(wait):
                 return
-            if self._stop.is_set():
-                return
             with self._cond:
+                if self._stop.is_set():
+                    return
                 self.sched.submit(req, self.now())
+                self._submitted += 1
                 self._idle.clear()
                 self._cond.notify_all()
         with self._cond:

@@ -28,6 +28,7 @@ relative to that scale.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class ClusterCache:
         self._capacity = int(capacity_vectors)
         self._used = 0
         self._entries: dict[int, _Resident] = {}
+        self._lock = threading.Lock()  # the pcie lane loads while the gpu_retrieval lane searches
         self._copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
 
     # --- state
@@ -110,18 +112,27 @@ class ClusterCache:
 
     def ready(self, cluster: int) -> bool:
         """Whether a resident cluster's copy has finished (always True on cpu)."""
-        e = self._entries[cluster]
+        with self._lock:
+            e = self._entries[cluster]
         return e.ready is None or bool(e.ready.query())
 
     def synchronize(self) -> None:
         """Block the host until every pending copy has finished."""
-        for e in self._entries.values():
+        with self._lock:
+            entries = list(self._entries.values())
+        for e in entries:
             if e.ready is not None:
                 e.ready.synchronize()
 
     # --- refresh
 
     def evict(self, clusters: Sequence[int]) -> None:
+        """Drop clusters from the cache (ids not resident are ignored). A search already running
+        keeps its own references to the tensors, so evicting under it is safe."""
+        with self._lock:
+            self._evict(clusters)
+
+    def _evict(self, clusters: Sequence[int]) -> None:
         for c in clusters:
             e = self._entries.pop(int(c), None)
             if e is not None:
@@ -133,7 +144,11 @@ class ClusterCache:
         now. On CUDA the copies are asynchronous: `ready`/`synchronize` tell when they are done,
         and `search` orders itself after them on the GPU."""
         torch = _torch()
-        self.evict(evict)
+        with self._lock:
+            return self._load(torch, load, evict)
+
+    def _load(self, torch: Any, load: Sequence[int], evict: Sequence[int]) -> tuple[int, ...]:
+        self._evict(evict)
         nlist = int(self.index.nlist)
         resident: list[int] = []
         for raw in load:

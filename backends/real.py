@@ -67,8 +67,6 @@ class RealOptions(BaseModel):
 
     @model_validator(mode="after")
     def _cores(self) -> RealOptions:
-        if self.backend == "gpu" and (self.gen_cores or self.retrieval_cores):
-            return self
         cores = set(usable_cores())
         for name in ("gen_cores", "retrieval_cores"):
             bad = set(getattr(self, name) or ()) - cores
@@ -89,7 +87,7 @@ class RealOptions(BaseModel):
 class RealBackend:
     """vLLM + FAISS + embedder (+ GPU cluster cache), built once, replayed many times."""
 
-    def __init__(self, options: RealOptions, engine, retriever, embedder, corpus, cache,  # noqa: ANN001
+    def __init__(self, options: RealOptions, engine, retriever, embedder, corpus, cache,
                  cost: MeasuredSearchCost, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
         self.options = options
         self.engine, self.retriever, self.embedder, self.corpus, self.cache = engine, retriever, embedder, corpus, cache
@@ -98,20 +96,19 @@ class RealBackend:
 
     @classmethod
     def open(cls, options: RealOptions, progress: Callable[[str], None] = lambda msg: None) -> RealBackend:
-        from backends.corpus import ensure_wiki_corpus, load_corpus
-        from backends.embedder import Embedder
+        from backends.corpus import embedder_for, ensure_wiki_corpus, load_corpus
         from backends.ivf import IVFRetriever
         from backends.vllm_engine import VLLMEngine
 
         gpu = options.backend == "gpu"
         if gpu:
             _require_cuda()
-        gen_cores, ret_cores = options.core_split() if not gpu else (options.gen_cores or (), options.retrieval_cores or ())
-        threads = max(1, len(ret_cores)) if not gpu else max(1, len(usable_cores()) - 1)
+        gen_cores, ret_cores = options.core_split()  # on a GPU machine the engine thread only drives the GPU
+        threads = len(ret_cores)
+        progress("loading the corpus and its index (built on first use)")
+        corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus()
         progress("loading the embedder")
-        embedder = Embedder(device="cuda" if gpu else "cpu")
-        progress("loading the corpus and its index")
-        corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus(embedder=embedder)
+        embedder = embedder_for(corpus, device="cuda" if gpu else "cpu")
         retriever = IVFRetriever(corpus.index, threads=threads)
         cache = None
         if gpu and options.cache_vectors:
@@ -120,8 +117,7 @@ class RealBackend:
             cache = ClusterCache(corpus.index, device="cuda", capacity_vectors=options.cache_vectors)
         model = options.model or ensure_tiny_model(progress)
         progress(f"starting vLLM on {model}")
-        if not gpu:
-            pin_current_thread(gen_cores)  # vLLM binds its CPU threads at start-up from the calling thread
+        pin_current_thread(gen_cores)  # vLLM-CPU binds its threads at start-up from the calling thread
         engine = VLLMEngine(model, device="cuda" if gpu else "cpu", max_model_len=options.max_model_len,
                             max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
                             kv_cache_gib=None if gpu else options.kv_cache_gib,
@@ -139,9 +135,8 @@ class RealBackend:
         `executor_hook` sees the executor before it starts (tests use it to inject faults)."""
         service = RetrievalService(self.retriever, self.embedder.encode, requests, self.cache)
         gen_cores, ret_cores, threads = self.gen_cores, self.retrieval_cores, self.cost.threads
-        # torch's intra-op pool size is process-wide: the engine's cores set it; FAISS's is per thread
-        setup = {Lane.GPU_GEN: lambda: _thread_setup(gen_cores, len(gen_cores) or None),
-                 Lane.CPU_RETRIEVAL: lambda: _thread_setup(ret_cores, None, search_threads=threads)}
+        setup = {Lane.GPU_GEN: lambda: _thread_setup(gen_cores),
+                 Lane.CPU_RETRIEVAL: lambda: _thread_setup(ret_cores, search_threads=threads)}
         executor = RealExecutor(requests, make_policy(policy, self.cost), self.engine, service,
                                 lane_setup=setup, timeline=timeline)
         if executor_hook is not None:
@@ -184,12 +179,15 @@ def _set_search_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def _thread_setup(cores: tuple[int, ...], torch_threads: int | None, search_threads: int | None = None) -> None:
-    """First thing in a lane thread: pin it, and size the OpenMP pools it will start."""
-    pin_current_thread(cores)
-    if torch_threads is not None:
-        import torch
+def _thread_setup(cores: tuple[int, ...], search_threads: int | None = None) -> None:
+    """First thing in a lane thread: pin it, and size the OpenMP teams it will start.
 
-        torch.set_num_threads(torch_threads)
+    OpenMP's thread count is per calling thread, so each lane sets its own: torch's (the
+    engine's kernels, the embedder) through `torch._C._set_num_threads`, because vLLM-CPU
+    replaces `torch.set_num_threads` with a no-op once it has started; FAISS's likewise."""
+    pin_current_thread(cores)
+    import torch
+
+    torch._C._set_num_threads(max(1, len(cores)))
     if search_threads is not None:
         _set_search_threads(search_threads)

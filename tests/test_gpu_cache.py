@@ -83,7 +83,7 @@ def assert_close_topk(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray,
             assert abs(exact - D0[j]) <= 2 * tol, (j, exact, D0[j])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_cache_plus_cpu_scans_equal_full_search(setup, data) -> None:
     metric, x, index, xq = setup

@@ -1,0 +1,188 @@
+"""The real body end to end: vLLM (CPU build) + FAISS + the embedder, driven by the same policies.
+
+A short trace (20 requests of each of the five workflows, real questions, real probe lists
+from the test corpus) replays under langchain, flashrag and hedra on one warm backend;
+every request must end completed, with exactly the work its trace pins. Then faults: an
+engine error fails only the requests it touched and the run goes on; a stop (what Ctrl-C
+does) ends every request, arrived or not; `hedra run` interrupted by SIGINT writes its
+outputs and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from traces.generate import TraceConfig, generate_trace, write_jsonl
+from traces.schema import TraceRequest, to_request
+
+WORKFLOWS = tuple(BUILTIN_WORKFLOWS)
+PER_WORKFLOW = 20
+HERE = Path(__file__).resolve().parent.parent
+
+
+def _require_real() -> None:
+    for mod in ("vllm", "faiss", "sentence_transformers", "torch"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (pip install -e '.[real]'): real backend skipped")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    _require_real()
+    from backends.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir, wiki_corpus):
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from backends.real import RealBackend, RealOptions
+
+    body = RealBackend.open(RealOptions(model=tiny_model_dir, corpus=wiki_corpus.path, kv_cache_gib=1.0))
+    yield body
+    body.close()
+
+
+def real_trace(corpus, embedder, *, per_workflow: int, rate: float, seed: int = 7) -> list[dict]:
+    """Rows of a trace with `per_workflow` requests of each workflow, real text and probe lists."""
+    from backends.real_trace import realize_trace
+
+    rows: list[dict] = []
+    for i, wf in enumerate(WORKFLOWS):
+        cfg = TraceConfig((wf,), rate, per_workflow / rate * 4, seed=seed + i, nprobe=4, nlist=corpus.nlist)
+        part = generate_trace(cfg)[:per_workflow]
+        assert len(part) == per_workflow
+        for row in part:
+            row["id"] = f"{wf}-{row['id']}"
+        rows += part
+    rows.sort(key=lambda r: r["arrival_s"])
+    return realize_trace(rows, corpus, embedder, seed=seed)
+
+
+def requests_of(rows: list[dict]):
+    registry = WorkflowRegistry()
+    return [to_request(TraceRequest.model_validate(r), registry) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def trace_rows(wiki_corpus, embedder) -> list[dict]:
+    return real_trace(wiki_corpus, embedder, per_workflow=PER_WORKFLOW, rate=4.0)
+
+
+@pytest.mark.parametrize("policy", ["langchain", "flashrag", "hedra"])
+def test_replay_accounts_for_every_request(backend, trace_rows, policy):
+    from experiments.realrun import run_real
+
+    requests = requests_of(trace_rows)
+    run = run_real(backend, requests, policy)
+    records = {r.id: r for r in run.result.records}
+    assert len(run.result.records) == len(requests) == len(records)
+    failed = {r.id: r.reason for r in run.result.records if r.status != "completed"}
+    assert not failed, failed
+    assert run.result.stopped == ""
+    for req in requests:  # the real body did exactly the work the trace pins
+        rec = records[req.id]
+        assert rec.output_tokens == sum(n.output_tokens for n in req.nodes if n.op == "generate")
+        assert rec.clusters_searched == sum(n.nprobe for n in req.nodes if n.op == "retrieve")
+        assert rec.finish_s >= req.arrival_s
+    s = run.summary
+    assert s["body"] == "real" and s["completed"] == len(requests)
+    assert set(s["per_workflow"]) == set(WORKFLOWS)
+    assert 0 < s["lane_utilization"]["gpu_gen"] <= 1 and 0 < s["lane_utilization"]["cpu_retrieval"] <= 1
+    assert s["kv_peak_blocks"] > 0
+
+
+def test_same_summary_keys_as_the_simulator(backend, trace_rows):
+    from calibration.profile import load_profile
+    from experiments.realrun import run_real
+    from experiments.simulate import simulate
+
+    requests = requests_of(trace_rows[:10])
+    real = run_real(backend, requests, "hedra").summary
+    sim = simulate(requests, "hedra", load_profile()).summary
+    assert set(sim) - {"profile", "profile_kind", "seed"} <= set(real)
+
+
+def test_engine_error_fails_only_the_requests_it_touched(backend, trace_rows, monkeypatch):
+    requests = requests_of(trace_rows[:30])
+    engine = backend.engine
+    real_step = engine.step
+    calls = {"n": 0}
+
+    def flaky_step():
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise RuntimeError("injected engine fault")
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", flaky_step)
+    result = backend.replay(requests, "hedra")
+    assert len(result.records) == len(requests)
+    failed = [r for r in result.records if r.status != "completed"]
+    assert failed and all(r.reason == "gpu_gen error: RuntimeError: injected engine fault" for r in failed)
+    assert len(failed) < len(requests)  # the lane carried on after the fault
+    monkeypatch.undo()
+    again = backend.replay(requests[:5], "flashrag")  # the engine was left clean
+    assert all(r.status == "completed" for r in again.records)
+
+
+def test_stop_ends_every_request_arrived_or_not(backend, wiki_corpus, embedder):
+    rows = real_trace(wiki_corpus, embedder, per_workflow=6, rate=1.0, seed=11)  # ~30 s of arrivals
+    requests = requests_of(rows)
+    hook = lambda ex: threading.Timer(2.0, ex.stop).start()  # noqa: E731
+    t0 = time.monotonic()
+    result = backend.replay(requests, "hedra", executor_hook=hook)
+    assert time.monotonic() - t0 < 20
+    assert result.stopped == "interrupted"
+    assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
+    not_done = [r for r in result.records if r.status != "completed"]
+    assert not_done and all(r.reason.startswith("interrupted") for r in not_done)
+    assert not backend.engine.has_unfinished()
+
+
+def test_cli_run_and_ctrl_c(tmp_path, tiny_model_dir, wiki_corpus, embedder):
+    rows = real_trace(wiki_corpus, embedder, per_workflow=4, rate=0.5, seed=3)  # ~40 s of arrivals
+    trace = tmp_path / "trace.jsonl"
+    write_jsonl(rows, trace)
+    out = tmp_path / "run"
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "experiments.cli", "run", "--trace", str(trace), "--policy", "hedra",
+           "--out", str(out), "--model", str(tiny_model_dir), "--corpus", str(wiki_corpus.path)]
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    replaying = threading.Event()
+    err_lines: list[str] = []
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            err_lines.append(line)
+            if line.startswith("replaying"):
+                replaying.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert replaying.wait(300), "".join(err_lines)[-2000:]
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(10)
+    err = "".join(err_lines)
+    assert proc.returncode == 130, err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    frame = pd.read_parquet(out / "requests.parquet")
+    assert summary["requests"] == len(rows) == len(frame)
+    assert summary["stopped"] == "interrupted"
+    assert set(frame["status"]) <= {"completed", "failed"}
+    assert (out / "timeline.json").is_file()
+
