@@ -94,8 +94,7 @@ class Corpus:
 
     def contents(self, pid: int) -> str:
         """Passage `pid` in FlashRAG form: `"Title"\\ntext`."""
-        row = self.passages.iloc[pid]
-        return f'"{row.title}"\n{row.text}'
+        return _flashrag_contents(str(self.passages["title"].iat[pid]), str(self.passages["text"].iat[pid]))
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,8 @@ class Embedder:
     """Texts -> L2-normalised float32 vectors, shape (n, dim).
 
     `model`: a sentence-transformers model name or folder; None means the bundled
-    all-MiniLM-L6-v2 (offline). `name` is what the corpus manifest records and what
-    `for_manifest` resolves back to a model.
+    all-MiniLM-L6-v2 (offline). `name` is what the corpus manifest records;
+    `backends.corpus.embedder_for` makes the embedder a corpus was built with from it.
     """
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", batch_size: int = 64) -> None:
@@ -65,7 +66,8 @@ class Embedder:
             self.name = model
             self.source = model
         try:
-            self._model: Any = SentenceTransformer(path, device=device)
+            with _quiet_loading():
+                self._model: Any = SentenceTransformer(path, device=device)
         except (OSError, ValueError) as exc:
             raise EmbedderUnavailable(f"cannot load embedder {self.name!r}: {exc}") from None
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
@@ -88,6 +90,23 @@ class Embedder:
     def describe(self) -> dict:
         """The manifest's record of this embedder."""
         return {"name": self.name, "source": self.source, "dim": self.dim, "normalized": True}
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar from transformers while the model loads (restored after)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _version(dist: str) -> str:

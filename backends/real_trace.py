@@ -130,9 +130,10 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
             q = questions[i % len(questions)]
             plans.append(_plan(row, q.question, " ".join(q.golden_answers), corpus.nlist))
             continue
-        a = arts.iloc[int(rng.integers(len(arts)))]
-        question = question_for(str(a.title), str(a.description), str(a.topic), rng)
-        hint = f"{a.title}: {(a.description or a.topic or a.title).strip()}."
+        j = int(rng.integers(len(arts)))
+        title, desc, topic = (str(arts[c].iat[j]) for c in ("title", "description", "topic"))
+        question = question_for(title, desc, topic, rng)
+        hint = f"{title}: {(desc or topic or title).strip()}."
         plans.append(_plan(row, question, hint, corpus.nlist))
 
     index = corpus.index

@@ -31,6 +31,18 @@ NLIST = 128
 RTOL = 1e-5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """faiss and torch single-threaded outside the code under test: on a 2-core machine shared with
+    other work, 2-thread OpenMP regions stall for scheduler ticks (torch CPU ops take ~10 ms)."""
+    before = faiss.omp_get_max_threads(), torch.get_num_threads()
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before[0])
+    torch.set_num_threads(before[1])
+
+
 def make_data(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((200, D_DIM)).astype(np.float32)

@@ -28,6 +28,16 @@ N_DUP = 40  # ids N_BASE.. are copies of ids 0..N_DUP-1
 NLIST = 128
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_omp_thread():
+    """Build indexes single-threaded: on a 2-core machine shared with other work, OpenMP regions
+    with 2 threads stall for scheduler ticks. The retrievers still use the threads they are given."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 def make_data(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((200, D_DIM)).astype(np.float32)
