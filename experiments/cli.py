@@ -115,9 +115,17 @@ def trace_gen(
             raise UsageError("--questions needs --corpus (the probe lists come from the corpus index)")
         real, asked = None, None
         if corpus is not None:
-            from backends.corpus import ensure_wiki_corpus, load_corpus, load_flashrag_dataset
+            from backends.corpus import (
+                FILES,
+                default_corpus_dir,
+                ensure_wiki_corpus,
+                load_corpus,
+                load_flashrag_dataset,
+            )
 
             asked = load_flashrag_dataset(questions) if questions is not None else None
+            if corpus == "wiki" and not (default_corpus_dir() / FILES["manifest"]).exists():
+                typer.echo(f"building the Wikipedia corpus into {default_corpus_dir()} (once; minutes)", err=True)
             real = ensure_wiki_corpus(progress=sys.stderr.isatty()) if corpus == "wiki" else load_corpus(corpus)
             if nlist is not None and nlist != real.nlist:
                 raise UsageError(f"--nlist {nlist}: the corpus index at {real.path} has {real.nlist} lists;"
