@@ -14,18 +14,25 @@ a GPU server.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backends.embed_worker import EmbedderProcess
 from backends.executor import RealExecutor, RealResult, pin_current_thread
 from backends.retrieval import RetrievalService
 from backends.search_cost import MeasuredSearchCost, measure_search_cost
 from ragraph.graph import Request
 from ragraph.policies import make_policy
 from ragraph.work import Lane
+
+# The GIL switch interval during a replay (Python's default is 5 ms). A lane returning from
+# FAISS or from the embedding worker must take the GIL back from the engine thread, which on a
+# small model runs Python most of the time; it waits up to one interval each time.
+SWITCH_INTERVAL_S = 0.0005
 
 
 class BackendError(ValueError):
@@ -87,10 +94,12 @@ class RealOptions(BaseModel):
 class RealBackend:
     """vLLM + FAISS + embedder (+ GPU cluster cache), built once, replayed many times."""
 
-    def __init__(self, options: RealOptions, engine, retriever, embedder, corpus, cache,
+    def __init__(self, options: RealOptions, engine, retriever, embedder, encoder, corpus, cache,
                  cost: MeasuredSearchCost, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
         self.options = options
-        self.engine, self.retriever, self.embedder, self.corpus, self.cache = engine, retriever, embedder, corpus, cache
+        self.engine, self.retriever, self.corpus, self.cache = engine, retriever, corpus, cache
+        self.embedder = embedder  # in this process: for making traces
+        self.encoder = encoder  # what the retrieval lane embeds queries with
         self.cost = cost
         self.gen_cores, self.retrieval_cores = cores
 
@@ -108,7 +117,10 @@ class RealBackend:
         progress("loading the corpus and its index (built on first use)")
         corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus()
         progress("loading the embedder")
-        embedder = embedder_for(corpus, device="cuda" if gpu else "cpu")
+        embedder = embedder_for(corpus, device="cuda" if gpu else "cpu")  # for trace making and checks
+        # queries are embedded by a worker process on the retrieval cores (GIL: see embed_worker.py)
+        encoder = embedder if gpu else EmbedderProcess(corpus.manifest["embedder"]["name"], cores=ret_cores,
+                                                       threads=threads)
         retriever = IVFRetriever(corpus.index, threads=threads)
         cache = None
         if gpu and options.cache_vectors:
@@ -125,15 +137,19 @@ class RealBackend:
         progress("measuring the retrieval cost model")
         pin_current_thread(ret_cores)
         _set_search_threads(threads)
-        cost = measure_search_cost(retriever, threads=threads, seed=options.seed, encode=embedder.encode)
+        # embedding time grows with text length: time it on the corpus's questions-plus-passage sized texts
+        probe_texts = [corpus.contents(i) for i in range(0, corpus.ntotal, max(1, corpus.ntotal // 16))][:16]
+        cost = measure_search_cost(retriever, threads=threads, seed=options.seed, encode=encoder.encode,
+                                   texts=probe_texts)
         pin_current_thread(usable_cores())
-        return cls(options, engine, retriever, embedder, corpus, cache, cost, (tuple(gen_cores), tuple(ret_cores)))
+        return cls(options, engine, retriever, embedder, encoder, corpus, cache, cost,
+                   (tuple(gen_cores), tuple(ret_cores)))
 
     def replay(self, requests: list[Request], policy: str, *, timeline: bool = True,
                executor_hook: Callable[[RealExecutor], None] | None = None) -> RealResult:
         """Run `requests` under the policy spec `policy`; every request ends in the records.
         `executor_hook` sees the executor before it starts (tests use it to inject faults)."""
-        service = RetrievalService(self.retriever, self.embedder.encode, requests, self.cache)
+        service = RetrievalService(self.retriever, self.encoder.encode, requests, self.cache)
         gen_cores, ret_cores, threads = self.gen_cores, self.retrieval_cores, self.cost.threads
         setup = {Lane.GPU_GEN: lambda: _thread_setup(gen_cores),
                  Lane.CPU_RETRIEVAL: lambda: _thread_setup(ret_cores, search_threads=threads)}
@@ -141,7 +157,12 @@ class RealBackend:
                                 lane_setup=setup, timeline=timeline)
         if executor_hook is not None:
             executor_hook(executor)
-        return executor.run()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            return executor.run()
+        finally:
+            sys.setswitchinterval(switch)
 
     def describe(self) -> dict[str, object]:
         """What this body is made of, for a run's summary."""
@@ -151,6 +172,8 @@ class RealBackend:
 
     def close(self) -> None:
         self.engine.close()
+        if self.encoder is not self.embedder:
+            self.encoder.close()
 
 
 def ensure_tiny_model(progress: Callable[[str], None] = lambda msg: None) -> Path:

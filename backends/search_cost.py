@@ -47,8 +47,12 @@ class MeasuredSearchCost:
 
 
 def measure_search_cost(retriever: IVFRetriever, *, threads: int, seed: int = 0,
-                        encode: Callable[[list[str]], np.ndarray] | None = None) -> MeasuredSearchCost:
-    """Time the probe grid on `retriever` (with `threads` search threads) and fit the model."""
+                        encode: Callable[[list[str]], np.ndarray] | None = None,
+                        texts: Sequence[str] = ()) -> MeasuredSearchCost:
+    """Time the probe grid on `retriever` (with `threads` search threads) and fit the model.
+
+    `texts`: sample query texts for timing `encode` (embedding cost grows with text length:
+    pass texts like the trace's queries, e.g. corpus passages for iterative workflows)."""
     rng = np.random.default_rng(seed)
     sizes = retriever.list_sizes()
     rows: list[tuple[float, float, float]] = []  # (queries, scanned vectors, seconds)
@@ -68,11 +72,11 @@ def measure_search_cost(retriever: IVFRetriever, *, threads: int, seed: int = 0,
     call, per_query, per_vector = _nonnegative_lstsq(a, y)
     new_query = 0.0
     if encode is not None:
-        texts = [f"probe question number {i} about a topic" for i in range(16)]
-        encode(texts[:2])  # warm up
+        sample = list(texts[:16]) or [f"probe question number {i} about a topic" for i in range(16)]
+        encode(sample[:2])  # warm up
         t0 = time.perf_counter()
-        encode(texts)
-        new_query = (time.perf_counter() - t0) / len(texts)
+        encode(sample)
+        new_query = (time.perf_counter() - t0) / len(sample)
     return MeasuredSearchCost(sizes, call, per_query, new_query, 1.0 / max(per_vector, 1e-12), threads)
 
 

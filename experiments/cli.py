@@ -20,6 +20,9 @@ from pydantic import ValidationError
 
 from backends.corpus import CorpusError
 from backends.embedder import EmbedderUnavailable
+from backends.ivf import RetrieverUnavailable
+from backends.real import BackendError
+from backends.vllm_engine import EngineUnavailable, VLLMHandleError
 from calibration.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from experiments.outdir import OutputError, check_output_dir
 from ragraph.policies import PolicyError, make_policy
@@ -27,7 +30,7 @@ from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
-app = typer.Typer(help="Hedra: RAG serving policies, simulated (and later real).", no_args_is_help=True,
+app = typer.Typer(help="Hedra: RAG serving policies, simulated and real.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 trace_app = typer.Typer(help="Make and inspect workload traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
@@ -43,7 +46,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, CorpusError,
-            EmbedderUnavailable) as exc:
+            BackendError, EmbedderUnavailable, RetrieverUnavailable, EngineUnavailable, VLLMHandleError) as exc:
         typer.echo(f"hedra: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. an output path under a regular file, or no permission
@@ -306,7 +309,7 @@ def run(
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
     from rich.console import Console
 
-    from backends.real import BackendError, RealBackend, RealOptions
+    from backends.real import RealBackend, RealOptions
     from experiments.realrun import run_real
     from experiments.results import write_run
 
@@ -328,11 +331,8 @@ def run(
             raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
         registry = load_workflows(workflows)
         load_trace(trace, registry)  # refuse a malformed trace before loading the engines
-        try:
-            with console.status("starting the real backend...") as status:
-                body = RealBackend.open(options, progress=lambda m: status.update(m))
-        except BackendError as exc:
-            raise UsageError(str(exc)) from None
+        with console.status("starting the real backend...") as status:
+            body = RealBackend.open(options, progress=lambda m: status.update(m))
         requests = load_trace(trace, registry, nlist=body.retriever.nlist)
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
         run_ = run_real(body, requests, policy, timeline=timeline, meta={"trace": str(trace)})
