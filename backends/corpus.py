@@ -562,6 +562,16 @@ def _split_contents(contents: str) -> tuple[str, str]:
     return title, rest.strip()
 
 
+def _required_text(obj: dict, where: str, field: str) -> str:
+    """obj[field], which must be a non-empty string; CorpusError naming `where` and the field."""
+    value = obj.get(field)
+    if value is None:
+        raise CorpusError(f"{where}: field {field}: missing")
+    if not isinstance(value, str) or not value.strip():
+        raise CorpusError(f"{where}: field {field}: expected a non-empty string")
+    return value
+
+
 def load_flashrag_corpus(jsonl_path: str | Path) -> pd.DataFrame:
     """A FlashRAG corpus JSONL (`{"id": ..., "contents": "\\"Title\\"\\ntext"}` per line) as a
     passages table: id (row number, the FAISS label), source_id, title, article, text.
@@ -578,12 +588,7 @@ def load_flashrag_corpus(jsonl_path: str | Path) -> pd.DataFrame:
         if sid in seen:
             raise CorpusError(f"{where}: field id: duplicate id {sid!r}")
         seen.add(sid)
-        contents = obj.get("contents")
-        if contents is None:
-            raise CorpusError(f"{where}: field contents: missing")
-        if not isinstance(contents, str) or not contents.strip():
-            raise CorpusError(f"{where}: field contents: expected a non-empty string")
-        title, text = _split_contents(contents)
+        title, text = _split_contents(_required_text(obj, where, "contents"))
         if not text:
             raise CorpusError(f"{where}: field contents: no text after the title line")
         cols["id"].append(len(cols["id"]))
@@ -605,11 +610,7 @@ def load_flashrag_dataset(jsonl_path: str | Path) -> list[Question]:
         if qid in seen:
             raise CorpusError(f"{where}: field id: duplicate id {qid!r}")
         seen.add(qid)
-        question = obj.get("question")
-        if question is None:
-            raise CorpusError(f"{where}: field question: missing")
-        if not isinstance(question, str) or not question.strip():
-            raise CorpusError(f"{where}: field question: expected a non-empty string")
+        question = _required_text(obj, where, "question")
         answers = obj.get("golden_answers")
         if answers is None:
             raise CorpusError(f"{where}: field golden_answers: missing")
