@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from backends.corpus import CorpusError
+from backends.corpus import CorpusError, default_corpus_dir, read_manifest
 from backends.embedder import EmbedderUnavailable
 from backends.ivf import RetrieverUnavailable
 from backends.real import BackendError
@@ -330,7 +330,10 @@ def run(
         if model is not None and not (model / "config.json").is_file():
             raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
         registry = load_workflows(workflows)
-        load_trace(trace, registry)  # refuse a malformed trace before loading the engines
+        # refuse a malformed trace, or probe lists beyond the index, before loading the engines
+        corpus_dir = corpus or default_corpus_dir()
+        known = (corpus_dir / "manifest.json").is_file()
+        load_trace(trace, registry, nlist=read_manifest(corpus_dir)["index"]["nlist"] if known else None)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
         requests = load_trace(trace, registry, nlist=body.retriever.nlist)

@@ -225,3 +225,37 @@ def test_sub_stages_on_the_retrieval_lane_equal_one_full_search(backend, trace_r
         assert result.topk[key] == tuple(int(i) for i in ids[0] if i >= 0)
         compared += 1
     assert compared >= len(keys) // 2
+
+
+def _hedra(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=HERE, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_refuses_probe_lists_beyond_the_index_before_loading(tmp_path, wiki_corpus):
+    trace = tmp_path / "synthetic.jsonl"
+    rows = generate_trace(TraceConfig(("irg",), 4.0, 3.0, seed=1))  # lists of a 4096-list index
+    write_jsonl(rows, trace)
+    t0 = time.monotonic()
+    proc = _hedra("run", "--trace", str(trace), "--policy", "hedra", "--out", str(tmp_path / "out"),
+                  "--corpus", str(wiki_corpus.path))
+    assert proc.returncode == 2 and time.monotonic() - t0 < 30
+    [line] = proc.stderr.strip().splitlines()
+    assert f"{trace}:" in line and "clusters" in line and f"{wiki_corpus.nlist} lists" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_gpu_backend_without_cuda_is_one_line(tmp_path, wiki_corpus, trace_rows):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    trace = tmp_path / "t.jsonl"
+    write_jsonl(trace_rows[:3], trace)
+    proc = _hedra("run", "--trace", str(trace), "--policy", "hedra", "--out", str(tmp_path / "out"),
+                  "--corpus", str(wiki_corpus.path), "--backend", "gpu")
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert "--backend gpu" in line and "CUDA" in line
+    assert not (tmp_path / "out").exists()
