@@ -163,6 +163,18 @@ def _vllm_kv_blocks(pool: Any) -> tuple[int, int]:
     return total - int(pool.get_num_free_blocks()), total
 
 
+def _vllm_unfinished(engine: Any) -> int:
+    """Requests vLLM's output processor still tracks (0.32.0: `output_processor.request_states`)."""
+    return int(engine.output_processor.get_num_unfinished_requests())
+
+
+def _vllm_known_request_ids(engine: Any) -> set[str]:
+    """External ids of the requests vLLM still tracks (0.32.0: `output_processor.external_req_ids`,
+    external id -> the internal ids vLLM made for it)."""
+    op = engine.output_processor
+    return {ext for ext, internal in op.external_req_ids.items() if any(i in op.request_states for i in internal)}
+
+
 def _vllm_queue_lengths(scheduler: Any) -> tuple[int, int]:
     """(running, waiting) requests. vllm 0.32.0: `scheduler.get_request_counts()`; older: len() of the queues."""
     counts = getattr(scheduler, "get_request_counts", None)
@@ -405,12 +417,21 @@ class VLLMEngine:
                 cached += int(out.num_cached_tokens or 0)
             live.generated += new
             if out.finished:
-                if live.generated != live.task.output_tokens:
-                    raise RuntimeError(f"vLLM finished {key} after {live.generated} tokens, "
-                                       f"expected exactly {live.task.output_tokens}")
-                finished.append(key)
+                if live.generated == live.task.output_tokens:
+                    finished.append(key)
+                else:  # vLLM ended it on its own (an abort inside the engine, a stop it should not have made)
+                    reason = getattr(out.outputs[0], "finish_reason", None) if out.outputs else None
+                    self._rejected.append((key, f"the engine ended it after {live.generated} of"
+                                                f" {live.task.output_tokens} tokens (finish reason {reason})"))
                 del self._live[key]
                 del self._by_request[live.request_id]
+        if self._live and _vllm_unfinished(self._engine) < len(self._live):
+            known = _vllm_known_request_ids(self._engine)
+            for key, live in list(self._live.items()):  # dropped inside vLLM with no final output
+                if live.request_id not in known:
+                    self._rejected.append((key, "the engine dropped it (aborted inside vLLM)"))
+                    del self._live[key]
+                    del self._by_request[live.request_id]
         used, total = _vllm_kv_blocks(self._pool)
         _, waiting = _vllm_queue_lengths(self._scheduler)
         rejected, self._rejected = tuple(self._rejected), []

@@ -215,6 +215,20 @@ def test_aborted_speculation_runs_again_under_a_fresh_request(eng):
     assert [k for r in results for k in r.finished] == [rerun.key]
 
 
+def test_a_request_vllm_aborts_on_its_own_is_reported_not_lost(eng):
+    """An abort that comes from inside vLLM (not from the scheduler) ends that request only,
+    as a rejection with a reason; the other sequence finishes normally."""
+    a, b = task("inner-a", 40, 30), task("inner-b", 40, 5)
+    eng.apply(GenStep(admit=(a, b)))
+    eng.step()
+    vllm_id = next(rid for rid, key in eng._by_request.items() if key == a.key)
+    eng.llm_engine.abort_request([vllm_id])  # as vLLM would drop it itself
+    results = run_to_end(eng)
+    rejected = dict(kv for r in results for kv in r.rejected)
+    assert list(rejected) == [a.key] and "dropped" in rejected[a.key]
+    assert finish_step(results).keys() == {b.key}
+
+
 def test_kv_usage_rises_and_returns_to_zero(eng):
     tasks = [task(f"kv{i}", 250 + i, 20 + 5 * i) for i in range(8)]  # each grows into a 3rd block
     eng.apply(GenStep(admit=tuple(tasks)))
