@@ -216,6 +216,20 @@ def _train_index(vecs: np.ndarray, nlist: int, seed: int) -> tuple[Any, float]:
     return index, time.perf_counter() - t0
 
 
+def _embed_and_index(passages: pd.DataFrame, embedder: Embedder | None, nlist: int | None, seed: int,
+                     progress: bool) -> tuple[Any, Embedder, dict[str, float]]:
+    """Embed the passages and train their IVF index (nlist by `nlist_for` unless given; checked
+    before the embedder loads); returns the index, the embedder used and the manifest's timings."""
+    n_lists = nlist if nlist is not None else nlist_for(len(passages))
+    if not 1 <= n_lists <= len(passages):
+        raise CorpusError(f"nlist {n_lists}: need 1 <= nlist <= passages ({len(passages)})")
+    embedder = _default_embedder(embedder)
+    vecs, embed_s = _embed_passages(passages, embedder, progress)
+    index, index_s = _train_index(vecs, n_lists, seed)
+    return index, embedder, {"embed_s": round(embed_s, 3), "index_s": round(index_s, 3),
+                   "passages_per_s": round(len(passages) / max(embed_s, 1e-9), 1)}
+
+
 def _index_record(index: Any, nlist_given: bool, supplied: dict | None = None) -> dict:
     faiss = _faiss()
     metric = {faiss.METRIC_INNER_PRODUCT: "inner_product", faiss.METRIC_L2: "l2"}.get(index.metric_type,
@@ -346,12 +360,7 @@ def build_wiki_corpus(out_dir: str | Path, *, max_articles: int | None = None, p
     source, version = wiki_source()
     rows = read_wiki_articles(max_articles)
     passages, articles = _split_articles(rows, passage_words)
-    n_lists = nlist if nlist is not None else nlist_for(len(passages))
-    if not 1 <= n_lists <= len(passages):
-        raise CorpusError(f"nlist {n_lists}: need 1 <= nlist <= passages ({len(passages)})")
-    embedder = _default_embedder(embedder)
-    vecs, embed_s = _embed_passages(passages, embedder, progress)
-    index, index_s = _train_index(vecs, n_lists, seed)
+    index, embedder, timings = _embed_and_index(passages, embedder, nlist, seed, progress)
     manifest = {
         "format": FORMAT,
         "kind": "wiki",
@@ -364,8 +373,7 @@ def build_wiki_corpus(out_dir: str | Path, *, max_articles: int | None = None, p
         "index": _index_record(index, nlist is not None),
         "seed": seed,
         "build_s": 0.0,
-        "timings": {"embed_s": round(embed_s, 3), "index_s": round(index_s, 3),
-                    "passages_per_s": round(len(passages) / max(embed_s, 1e-9), 1)},
+        "timings": timings,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "hedra_version": _hedra_version(),
     }
@@ -662,14 +670,7 @@ def build_corpus_from_flashrag(jsonl: str | Path, out_dir: str | Path, index_pat
                               f" embedder {embedder.name} gives {embedder.dim}")
         supplied = {"file": str(ipath.resolve()), "sha256": _sha256(ipath)}
     else:
-        n_lists = nlist if nlist is not None else nlist_for(len(passages))
-        if not 1 <= n_lists <= len(passages):
-            raise CorpusError(f"nlist {n_lists}: need 1 <= nlist <= passages ({len(passages)})")
-        embedder = _default_embedder(embedder)
-        vecs, embed_s = _embed_passages(passages, embedder, progress)
-        index, index_s = _train_index(vecs, n_lists, seed)
-        timings = {"embed_s": round(embed_s, 3), "index_s": round(index_s, 3),
-                   "passages_per_s": round(len(passages) / max(embed_s, 1e-9), 1)}
+        index, embedder, timings = _embed_and_index(passages, embedder, nlist, seed, progress)
     manifest = {
         "format": FORMAT,
         "kind": "flashrag",
