@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.ivf import QueryTopK, RetrieverUnavailable, _faiss, cluster_vectors
+from backends.ivf import QueryTopK, RetrieverUnavailable, _faiss, cluster_vectors, scan_row
 
 if TYPE_CHECKING:  # pragma: no cover
     import faiss
@@ -196,17 +196,10 @@ class ClusterCache:
         by_cluster: dict[int, list[int]] = {}
         rows: list[list[int]] = []
         for i, (q, cs) in enumerate(zip(queries, clusters, strict=True)):
-            row = [int(c) for c in cs]
-            if q.inner_product != self.inner_product or q.vector.shape != (self.d,):
-                raise ValueError("query does not match the cache's index (metric or dimension differs)")
-            if len(set(row)) != len(row):
-                raise ValueError(f"cluster listed twice for one query: {row}")
+            row = scan_row(q, cs, inner_product=self.inner_product, d=self.d)
             missing = [c for c in row if c not in entries]
             if missing:
                 raise ValueError(f"clusters not resident in the cache: {missing}")
-            again = sorted(q.scanned.intersection(row))
-            if again:
-                raise ValueError(f"clusters already scanned for this query: {again}")
             rows.append(row)
             for c in row:
                 if entries[c].size:

@@ -156,6 +156,21 @@ class QueryTopK:
 # --- the retriever ------------------------------------------------------------------------------------
 
 
+def scan_row(q: QueryTopK, clusters: Sequence[int], *, inner_product: bool, d: int) -> list[int]:
+    """`clusters` as ints, checked for a scan of `q` by a searcher of metric `inner_product` and
+    dimension `d`: no cluster twice, none scanned for `q` before (the FAISS scan and the GPU cache
+    both merge into the same heap, so each cluster may reach it once)."""
+    row = [int(c) for c in clusters]
+    if q.inner_product != inner_product or q.vector.shape != (d,):
+        raise ValueError("query does not match this searcher's index (metric or dimension differs)")
+    if len(set(row)) != len(row):
+        raise ValueError(f"cluster listed twice for one query: {row}")
+    again = sorted(q.scanned.intersection(row))
+    if again:
+        raise ValueError(f"clusters already scanned for this query: {again}")
+    return row
+
+
 class IVFRetriever:
     """An `faiss.IndexIVF` (IVFFlat at least; L2 or inner product) searched cluster by cluster."""
 
@@ -266,17 +281,10 @@ class IVFRetriever:
             raise ValueError("a query appears twice in one batch: give it one row with all its clusters")
         rows: list[list[int]] = []
         for q, cs in zip(queries, clusters, strict=True):
-            row = [int(c) for c in cs]
-            if q.inner_product != self.inner_product or q.vector.shape != (self.d,):
-                raise ValueError("query was not started by this retriever (metric or dimension differs)")
-            if len(set(row)) != len(row):
-                raise ValueError(f"cluster listed twice for one query: {row}")
+            row = scan_row(q, cs, inner_product=self.inner_product, d=self.d)
             bad = [c for c in row if not 0 <= c < self.nlist]
             if bad:
                 raise ValueError(f"cluster ids out of range [0, {self.nlist}): {bad}")
-            again = sorted(q.scanned.intersection(row))
-            if again:
-                raise ValueError(f"clusters already scanned for this query: {again}")
             rows.append(row)
         return rows
 
