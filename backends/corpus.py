@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backends.paths import hedra_home
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -130,8 +132,7 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
 
 def default_corpus_dir() -> Path:
     """`$HEDRA_HOME/corpora/wiki`; HEDRA_HOME defaults to `~/.cache/hedra`."""
-    home = os.environ.get("HEDRA_HOME") or str(Path("~/.cache/hedra").expanduser())
-    return Path(home) / "corpora" / "wiki"
+    return hedra_home() / "corpora" / "wiki"
 
 
 def nlist_for(passages: int) -> int:

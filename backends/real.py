@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.embed_worker import EmbedderProcess
 from backends.executor import RealExecutor, RealResult, pin_current_thread
+from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
 from backends.search_cost import MeasuredSearchCost, measure_search_cost
 from ragraph.graph import Request
@@ -37,11 +38,6 @@ SWITCH_INTERVAL_S = 0.0005
 
 class BackendError(ValueError):
     """A real-backend option that cannot work (message names the option)."""
-
-
-def hedra_home() -> Path:
-    """Where built models and corpora are cached: $HEDRA_HOME, default ~/.cache/hedra."""
-    return Path(os.environ.get("HEDRA_HOME") or Path.home() / ".cache" / "hedra")
 
 
 def default_model_dir() -> Path:
