@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_cli import assert_usage_error, hedra  # the CLI as a subprocess, and the bad-input contract
 
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace, write_jsonl
@@ -227,23 +228,15 @@ def test_sub_stages_on_the_retrieval_lane_equal_one_full_search(backend, trace_r
     assert compared >= len(keys) // 2
 
 
-def _hedra(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=HERE, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_cli_refuses_probe_lists_beyond_the_index_before_loading(tmp_path, wiki_corpus):
     trace = tmp_path / "synthetic.jsonl"
     rows = generate_trace(TraceConfig(("irg",), 4.0, 3.0, seed=1))  # lists of a 4096-list index
     write_jsonl(rows, trace)
     t0 = time.monotonic()
-    proc = _hedra("run", "--trace", str(trace), "--policy", "hedra", "--out", str(tmp_path / "out"),
-                  "--corpus", str(wiki_corpus.path))
-    assert proc.returncode == 2 and time.monotonic() - t0 < 30
-    [line] = proc.stderr.strip().splitlines()
+    proc = hedra("run", "--trace", trace, "--policy", "hedra", "--out", tmp_path / "out", "--corpus", wiki_corpus.path)
+    assert time.monotonic() - t0 < 30
+    line = assert_usage_error(proc, tmp_path / "out")
     assert f"{trace}:" in line and "clusters" in line and f"{wiki_corpus.nlist} lists" in line
-    assert not (tmp_path / "out").exists()
 
 
 def test_cli_gpu_backend_without_cuda_is_one_line(tmp_path, wiki_corpus, trace_rows):
@@ -253,9 +246,7 @@ def test_cli_gpu_backend_without_cuda_is_one_line(tmp_path, wiki_corpus, trace_r
         pytest.skip("a CUDA device is visible")
     trace = tmp_path / "t.jsonl"
     write_jsonl(trace_rows[:3], trace)
-    proc = _hedra("run", "--trace", str(trace), "--policy", "hedra", "--out", str(tmp_path / "out"),
-                  "--corpus", str(wiki_corpus.path), "--backend", "gpu")
-    assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
+    proc = hedra("run", "--trace", trace, "--policy", "hedra", "--out", tmp_path / "out",
+                 "--corpus", wiki_corpus.path, "--backend", "gpu")
+    line = assert_usage_error(proc, tmp_path / "out")
     assert "--backend gpu" in line and "CUDA" in line
-    assert not (tmp_path / "out").exists()
