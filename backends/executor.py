@@ -249,9 +249,7 @@ class RealExecutor:
 
     def _args(self, item: WorkItem, result: Result | None) -> dict[str, int]:
         if isinstance(result, GenStepResult):
-            return {"running": result.running, "prefill_tokens": result.prefill_tokens,
-                    "decode_tokens": result.decode_tokens, "kv_used_blocks": result.kv_used_blocks,
-                    "waiting": result.waiting}
+            return result.timeline_args()
         if isinstance(item, SearchBatch):
             return {"queries": len(item.tasks), "clusters": sum(len(t.clusters) for t in item.tasks)}
         if isinstance(item, CacheLoad):

@@ -332,11 +332,12 @@ def run(
         registry = load_workflows(workflows)
         # refuse a malformed trace, or probe lists beyond the index, before loading the engines
         corpus_dir = corpus or default_corpus_dir()
-        known = (corpus_dir / "manifest.json").is_file()
-        load_trace(trace, registry, nlist=read_manifest(corpus_dir)["index"]["nlist"] if known else None)
+        nlist = read_manifest(corpus_dir)["index"]["nlist"] if (corpus_dir / "manifest.json").is_file() else None
+        requests = load_trace(trace, registry, nlist=nlist)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
-        requests = load_trace(trace, registry, nlist=body.retriever.nlist)
+        if nlist != body.retriever.nlist:  # the corpus was built just now: check the lists against it
+            requests = load_trace(trace, registry, nlist=body.retriever.nlist)
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
         run_ = run_real(body, requests, policy, timeline=timeline, meta={"trace": str(trace)})
         write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)

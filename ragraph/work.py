@@ -64,6 +64,11 @@ class GenStepResult:
     decode_tokens: int = 0  # tokens decoded in this step
     cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache in this step
 
+    def timeline_args(self) -> dict[str, int]:
+        """What a timeline slice of this step shows (both bodies write the same)."""
+        return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
+                "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting}
+
 
 # --- retrieval --------------------------------------------------------------------------
 

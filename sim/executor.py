@@ -127,8 +127,7 @@ class Simulation:
             seconds, res = self.engine.step()
             if res.kv_used_blocks > self._kv_peak:
                 self._kv_peak = res.kv_used_blocks
-            args = {"running": res.running, "prefill_tokens": res.prefill_tokens, "decode_tokens": res.decode_tokens,
-                    "kv_used_blocks": res.kv_used_blocks, "waiting": res.waiting} if self._keep_timeline else {}
+            args = res.timeline_args() if self._keep_timeline else {}
             return seconds, res, args, bool(res.finished or res.rejected) or not seconds
         sizes = self.latency.list_sizes
         if isinstance(item, SearchBatch):
