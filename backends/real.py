@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.embed_worker import EmbedderProcess
+from backends.embedder import Embedder
 from backends.executor import RealExecutor, RealResult, pin_current_thread
 from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
@@ -90,18 +92,17 @@ class RealOptions(BaseModel):
 class RealBackend:
     """vLLM + FAISS + embedder (+ GPU cluster cache), built once, replayed many times."""
 
-    def __init__(self, options: RealOptions, engine, retriever, embedder, encoder, corpus, cache,
+    def __init__(self, options: RealOptions, engine, retriever, encoder, corpus, cache,
                  cost: MeasuredSearchCost, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
         self.options = options
         self.engine, self.retriever, self.corpus, self.cache = engine, retriever, corpus, cache
-        self.embedder = embedder  # in this process: for making traces
         self.encoder = encoder  # what the retrieval lane embeds queries with
         self.cost = cost
         self.gen_cores, self.retrieval_cores = cores
 
     @classmethod
     def open(cls, options: RealOptions, progress: Callable[[str], None] = lambda msg: None) -> RealBackend:
-        from backends.corpus import embedder_for, ensure_wiki_corpus, load_corpus
+        from backends.corpus import CorpusError, embedder_for, ensure_wiki_corpus, load_corpus
         from backends.ivf import IVFRetriever
         from backends.vllm_engine import VLLMEngine
 
@@ -113,10 +114,12 @@ class RealBackend:
         progress("loading the corpus and its index (built on first use)")
         corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus()
         progress("loading the embedder")
-        embedder = embedder_for(corpus, device="cuda" if gpu else "cpu")  # for trace making and checks
-        # queries are embedded by a worker process on the retrieval cores (GIL: see embed_worker.py)
-        encoder = embedder if gpu else EmbedderProcess(corpus.manifest["embedder"]["name"], cores=ret_cores,
-                                                       threads=threads)
+        # on the CPU, queries are embedded by a worker process on the retrieval cores (GIL: see embed_worker.py)
+        encoder = embedder_for(corpus, device="cuda") if gpu else EmbedderProcess(
+            corpus.manifest["embedder"]["name"], cores=ret_cores, threads=threads)
+        if encoder.dim != corpus.dim:
+            raise CorpusError(f"{corpus.path}: field embedder.dim: the index has {corpus.dim} dimensions,"
+                              f" the embedder gives {encoder.dim}")
         retriever = IVFRetriever(corpus.index, threads=threads)
         cache = None
         if gpu and options.cache_vectors:
@@ -138,8 +141,15 @@ class RealBackend:
         cost = measure_search_cost(retriever, threads=threads, seed=options.seed, encode=encoder.encode,
                                    texts=probe_texts)
         pin_current_thread(usable_cores())
-        return cls(options, engine, retriever, embedder, encoder, corpus, cache, cost,
+        return cls(options, engine, retriever, encoder, corpus, cache, cost,
                    (tuple(gen_cores), tuple(ret_cores)))
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """The corpus's embedder in this process, loaded on first use (for making traces)."""
+        from backends.corpus import embedder_for
+
+        return self.encoder if isinstance(self.encoder, Embedder) else embedder_for(self.corpus)
 
     def replay(self, requests: list[Request], policy: str, *, timeline: bool = True,
                executor_hook: Callable[[RealExecutor], None] | None = None) -> RealResult:
@@ -168,7 +178,7 @@ class RealBackend:
 
     def close(self) -> None:
         self.engine.close()
-        if self.encoder is not self.embedder:
+        if isinstance(self.encoder, EmbedderProcess):
             self.encoder.close()
 
 
