@@ -4,7 +4,7 @@ Policies that size sub-stages by time (hedra's dynamic budget) ask a `SearchCost
 how long a search call will take. On the simulator that is the profile's model; on the
 real body it must describe *this* index on *these* cores, so `measure_search_cost` times a
 small grid of real `scan` calls before the replay and fits the same model form as
-`calibration.latency` (fixed cost per call, cost per query, cost per embedded query,
+`hwmodel.latency` (fixed cost per call, cost per query, cost per embedded query,
 vectors scanned at a rate), by least squares with non-negative coefficients.
 """
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from calibration.latency import LatencyModel
-from calibration.profile import load_profile
 from experiments.demo import trace_requests
 from experiments.simulate import simulate
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import load_profile
 from ragraph.workflows import WorkflowRegistry
 from traces.generate import TraceConfig
 

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from calibration.latency import LatencyModel
-from calibration.profile import load_profile
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import load_profile
 from ragraph.policies import make_policy
 from sim.executor import Simulation
 from traces.generate import TraceConfig, generate_trace, write_jsonl

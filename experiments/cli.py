@@ -23,8 +23,8 @@ from backends.embedder import EmbedderUnavailable
 from backends.ivf import RetrieverUnavailable
 from backends.real import BackendError
 from backends.vllm_engine import EngineUnavailable, VLLMHandleError
-from calibration.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from experiments.outdir import OutputError, check_output_dir
+from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from ragraph.policies import PolicyError, make_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from traces.generate import TraceConfig, generate_trace, write_jsonl
@@ -234,9 +234,9 @@ def sim(
     workflows: WorkflowsOpt = None,
 ) -> None:
     """Simulate a trace under a policy; write requests.parquet, summary.json, timeline.json."""
-    from calibration.latency import LatencyModel
     from experiments.results import write_run
     from experiments.simulate import simulate
+    from hwmodel.latency import LatencyModel
 
     with user_errors():
         check_output_dir(out)

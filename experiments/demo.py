@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from calibration.latency import LatencyModel
-from calibration.profile import Profile
 from experiments.outdir import atomic_dir
 from experiments.plots import latency_vs_rate
 from experiments.simulate import simulate
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import Profile
 from ragraph.graph import Request
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace

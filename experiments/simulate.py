@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calibration.latency import LatencyModel
-from calibration.profile import Profile
 from experiments.results import summarize
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import Profile
 from ragraph.graph import Request
 from ragraph.policies import make_policy
 from sim.executor import SimResult, Simulation

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from calibration.latency import LatencyModel
+from hwmodel.latency import LatencyModel
 from ragraph.core import Scheduler
 from ragraph.graph import Request
 from ragraph.policies.base import Policy

@@ -17,7 +17,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-from calibration.latency import LatencyModel
+from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from calibration.profile import DEFAULT_PROFILE, PROFILE_DIR
+from hwmodel.profile import DEFAULT_PROFILE, PROFILE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 LANES = {"gpu_gen", "cpu_retrieval", "gpu_retrieval", "pcie"}

@@ -20,7 +20,7 @@ from ragraph.work import GenStep, GenStepResult, Lane, SearchBatch, SearchResult
 
 ROOT = Path(__file__).resolve().parents[1]
 BANNED = {"simpy", "vllm", "faiss", "torch", "threading", "time", "asyncio", "socket", "multiprocessing",
-          "subprocess", "sentence_transformers", "sim", "backends", "calibration", "traces", "experiments"}
+          "subprocess", "sentence_transformers", "sim", "backends", "calibration", "hwmodel", "traces", "experiments"}
 
 
 class FlatCosts:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from calibration.latency import LatencyModel, gen_step_s
-from calibration.profile import load_profile
+from hwmodel.latency import LatencyModel, gen_step_s
+from hwmodel.profile import load_profile
 from ragraph.work import GenStep, GenTask
 from sim.gen_engine import GenEngineModel
 

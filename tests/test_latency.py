@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from calibration.latency import LatencyModel
-from calibration.profile import load_profile
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import load_profile
 
 PROFILE = load_profile()
 

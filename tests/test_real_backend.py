@@ -106,9 +106,9 @@ def test_replay_accounts_for_every_request(backend, trace_rows, policy):
 
 
 def test_same_summary_keys_as_the_simulator(backend, trace_rows):
-    from calibration.profile import load_profile
     from experiments.realrun import run_real
     from experiments.simulate import simulate
+    from hwmodel.profile import load_profile
 
     requests = requests_of(trace_rows[:10])
     real = run_real(backend, requests, "hedra").summary

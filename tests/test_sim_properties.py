@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sim.executor as executor
-from calibration.latency import LatencyModel
-from calibration.profile import load_profile
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import load_profile
 from ragraph.core import Scheduler
 from ragraph.graph import Generate, Retrieve, chain
 from ragraph.policies import make_policy

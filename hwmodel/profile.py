@@ -2,7 +2,7 @@
 
 A profile names its hardware, model, index and software, says whether it was measured or
 derived on paper (`kind: analytic`), and holds the coefficients of the latency models in
-`calibration.latency`. It is validated with pydantic, and checked for consistency (the
+`hwmodel.latency`. It is validated with pydantic, and checked for consistency (the
 weights and the index cache must fit the GPU, KV capacity must be positive...). Errors
 name the file and the field. Profiles are loaded only when asked for, never at import.
 """
@@ -80,7 +80,7 @@ class GenStepModel(_Strict):
 
 
 class SearchModel(_Strict):
-    """CPU IVF search call (see calibration.latency.LatencyModel.search_s)."""
+    """CPU IVF search call (see hwmodel.latency.LatencyModel.search_s)."""
 
     call_s: float = Field(ge=0)  # fixed cost of one call (Python, OpenMP fork/join)
     query_s: float = Field(ge=0)  # per query in the call (heap setup and merge)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.profile import Profile
+from hwmodel.profile import Profile
 
 
 def gen_step_s(profile: Profile, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
