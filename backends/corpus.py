@@ -16,6 +16,9 @@ A corpus folder, written once and atomically (built in a temporary sibling, then
 - `manifest.json`: source (package, version, file, sha256), counts, passage_words, embedder,
   index (type, nlist, metric, how nlist was chosen), seed, build time, hedra version.
 
+`index_identity(manifest)` names the index by a hash of the manifest fields that define it
+(`ivf256-3f9a0c1b2d4e`); real traces carry it, and the commands that replay them check it.
+
 nlist rule (`nlist_for`): the power of two nearest 4·sqrt(N) for N passages, halved until
 every list has at least 39 training points on average (N >= 39·nlist; FAISS's k-means warns
 below that), at least 1. For the full wiki corpus this gives 256 lists.
@@ -93,6 +96,11 @@ class Corpus:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def index_identity(self) -> str:
+        """The index's identity (`index_identity` of the manifest), which traces made on it carry."""
+        return index_identity(self.manifest)
 
     def contents(self, pid: int) -> str:
         """Passage `pid` in FlashRAG form: `"Title"\\ntext`."""
@@ -238,6 +246,34 @@ def _index_record(index: Any, nlist_given: bool, supplied: dict | None = None) -
     return {"type": type(index).__name__, "nlist": int(index.nlist), "metric": metric, "ntotal": int(index.ntotal),
             "dim": int(index.d), "nlist_rule": "given" if nlist_given or supplied else NLIST_RULE,
             "supplied": supplied}
+
+
+def index_identity(manifest: dict) -> str:
+    """A short, stable identity of a corpus's index, e.g. `ivf256-3f9a0c1b2d4e`.
+
+    `ivf<nlist>-` and 12 hex digits of a sha256 over the canonical JSON of what was indexed
+    and how: kind, source hash, article and passage counts, max_articles, passage_words,
+    embedder name and dim, index type, nlist, metric, ntotal, the k-means seed, and a supplied
+    index's hash. Never timings, build dates, paths or the hedra version: rebuilding the same
+    corpus gives the same identity. Traces record it (`TraceRequest.index`) so that a trace is
+    never replayed against the probe lists of another index."""
+    index = manifest.get("index") or {}
+    supplied = index.get("supplied") or {}
+    embedder = manifest.get("embedder") or {}
+    fields = {
+        "kind": manifest.get("kind"),
+        "source_sha256": (manifest.get("source") or {}).get("sha256"),
+        "articles": manifest.get("articles"),
+        "passages": manifest.get("passages"),
+        "max_articles": manifest.get("max_articles"),
+        "passage_words": manifest.get("passage_words"),
+        "embedder": [embedder.get("name"), embedder.get("dim")],
+        "index": [index.get("type"), index.get("nlist"), index.get("metric"), index.get("ntotal")],
+        "seed": None if supplied else manifest.get("seed"),  # a supplied index was not trained here
+        "supplied_sha256": supplied.get("sha256"),
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return f"ivf{index.get('nlist')}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
 def _write_corpus(out_dir: Path, passages: pd.DataFrame, articles: pd.DataFrame, index: Any,

@@ -18,7 +18,9 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   request differ instead of repeating once the search converges;
 - each retrieve stage's `clusters`: the index's coarse assignment of the embedded query,
   `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
-  thus replays the true list skew and the real backend searches exactly those lists.
+  thus replays the true list skew and the real backend searches exactly those lists;
+- `index`: the corpus's index identity (`Corpus.index_identity`), on every line, so that
+  `hedra sim` and `hedra run` refuse to replay the probe lists against another index.
 
 Token counts, arrivals and everything else stay as the generator drew them. The same seed,
 trace and corpus give the same output (the embedder runs the same batches).
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from backends.embedder import Embedder
 
 SEED_STREAM = 4  # child 4 of SeedSequence(seed): the generator uses children 0-3
-_ORDER = ("id", "arrival_s", "workflow", "iterations", "question", "dataset", "stages")
+_ORDER = ("id", "arrival_s", "workflow", "iterations", "question", "dataset", "index", "stages")
 
 _LIFESPAN = re.compile(r"\([^()]*\d[^()]*[–-]\s*(?:c\.\s*)?\d[^()]*\)")  # (1913–1960), (c. 1200 – 1270)
 _BORN = re.compile(r"\((?:born|b\.)\s")
@@ -176,9 +178,11 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
         bar.close()
 
     out: list[Any] = []
+    identity = corpus.index_identity
     for plan, original in zip(plans, requests, strict=True):
         row = plan.row
         row["question"] = plan.question
+        row["index"] = identity
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)
     return out

@@ -241,7 +241,10 @@ def sim(
     with user_errors():
         check_output_dir(out)
         prof = load_profile(profile)
-        requests = load_trace(trace, load_workflows(workflows), nlist=prof.index.nlist)
+        requests = load_trace(trace, load_workflows(workflows), nlist=prof.index.nlist, index=prof.index.identity,
+                              target=f"the profile {prof.name} describes index {prof.index.name}"
+                                     f" ({prof.index.identity or 'no identity'}); calibrate a profile on that index"
+                                     " (hedra calibrate) or regenerate the trace")
         make_policy(policy, LatencyModel(prof))  # refuse a bad spec before running
         run = simulate(requests, policy, prof, seed=seed, meta={"trace": str(trace)})
         write_run(out, run.result.records, run.summary, run.result.timeline)
@@ -309,6 +312,7 @@ def run(
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
     from rich.console import Console
 
+    from backends.corpus import index_identity
     from backends.real import RealBackend, RealOptions
     from experiments.realrun import run_real
     from experiments.results import write_run
@@ -330,14 +334,30 @@ def run(
         if model is not None and not (model / "config.json").is_file():
             raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
         registry = load_workflows(workflows)
-        # refuse a malformed trace, or probe lists beyond the index, before loading the engines
+        # refuse a malformed trace, or probe lists of another index, before loading the engines
         corpus_dir = corpus or default_corpus_dir()
-        nlist = read_manifest(corpus_dir)["index"]["nlist"] if (corpus_dir / "manifest.json").is_file() else None
-        requests = load_trace(trace, registry, nlist=nlist)
+
+        def against(ident: str) -> str:
+            return (f"the corpus at {corpus_dir} has index {ident}; replay the trace on the corpus it was made on"
+                    f" (--corpus) or regenerate it on this one (hedra trace gen --corpus {corpus_dir})")
+
+        identity = ""
+        if (corpus_dir / "manifest.json").is_file():
+            manifest = read_manifest(corpus_dir)
+            identity = index_identity(manifest)
+            requests = load_trace(trace, registry, nlist=manifest["index"]["nlist"], index=identity,
+                                  target=against(identity))
+        else:  # no corpus yet: RealBackend.open builds it, and the trace is checked against it then
+            requests = load_trace(trace, registry)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
-        if nlist != body.retriever.nlist:  # the corpus was built just now: check the lists against it
-            requests = load_trace(trace, registry, nlist=body.retriever.nlist)
+        if identity != body.corpus.index_identity:  # the corpus was built just now
+            try:
+                requests = load_trace(trace, registry, nlist=body.retriever.nlist, index=body.corpus.index_identity,
+                                      target=against(body.corpus.index_identity))
+            except TraceError:
+                body.close()
+                raise
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
         run_ = run_real(body, requests, policy, timeline=timeline, meta={"trace": str(trace)})
         write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)

@@ -57,6 +57,7 @@ class Index(_Strict):
     list_size_sigma: float = Field(ge=0, le=4)  # lognormal sigma of IVF list sizes (skew)
     list_size_seed: int = Field(default=0, ge=0)  # seed of the synthetic list sizes
     list_sizes: list[Annotated[int, Field(ge=0)]] | None = None  # measured list sizes; override the synthetic
+    identity: str | None = None  # corpus index identity a measured profile was fitted on (backends.corpus)
 
 
 class Engine(_Strict):

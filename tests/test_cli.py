@@ -206,6 +206,34 @@ def test_shipped_profile_by_name_and_path(tmp_path, trace):
         assert json.loads((out / "summary.json").read_text())["profile"] == DEFAULT_PROFILE
 
 
+def test_sim_refuses_a_trace_made_against_another_index(tmp_path, trace):
+    """Lines that carry an index identity run only on a profile of that identity; synthetic lines
+    (no identity, like the module's trace, which test_sim_end_to_end simulates) run on any."""
+    rows = trace_lines(trace)
+    assert not any("index" in r for r in rows)
+    made = "ivf4096-0123456789ab"
+    for row in rows[2:]:
+        row["index"] = made
+    path = tmp_path / "real.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = json.loads((PROFILE_DIR / f"{DEFAULT_PROFILE}.json").read_text())
+    out = tmp_path / "run"
+    line = assert_usage_error(sim(path, "hedra", out), out)  # the analytic default profile: no identity
+    assert f"{path}:3: field index: made against index {made}, but the profile {DEFAULT_PROFILE}" in line
+    assert f"index {data['index']['name']} (no identity)" in line
+    for identity, ok in (("ivf4096-ba9876543210", False), (made, True)):
+        data["index"]["identity"] = identity
+        prof = tmp_path / f"measured-{identity}.json"
+        prof.write_text(json.dumps(data))
+        proc = sim(path, "hedra", out, "--profile", prof)
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads((out / "summary.json").read_text())["requests"] == len(rows)
+        else:
+            assert f"{path}:3: field index: made against index {made}" in assert_usage_error(proc, out)
+            assert f"({identity})" in proc.stderr
+
+
 def too_big(tmp_path: Path, rows: list[dict], n: int) -> Path:
     """A trace of `rows` whose first `n` requests need more KV blocks than the engine has."""
     for row in rows[:n]:

@@ -32,17 +32,19 @@ from backends.corpus import (  # noqa: E402  (after the skips)
     build_wiki_corpus,
     default_corpus_dir,
     ensure_wiki_corpus,
+    index_identity,
     load_corpus,
     load_flashrag_corpus,
     load_flashrag_dataset,
     nlist_for,
+    read_manifest,
     read_wiki_articles,
     split_passages,
     wiki_source,
 )
 from backends.real_trace import question_for, realize_trace  # noqa: E402
 from traces.generate import TraceConfig, generate_trace, write_jsonl  # noqa: E402
-from traces.schema import RetrieveStage, TraceRequest, load_trace  # noqa: E402
+from traces.schema import RetrieveStage, TraceError, TraceRequest, load_trace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ("one-shot", "hyde", "recomp", "multistep", "irg")
@@ -161,8 +163,44 @@ def test_build_is_deterministic_for_a_seed(tmp_path, embedder):
     assert a.nlist == b.nlist == nlist_for(len(a.passages))
     assert a.passages.equals(b.passages)
     assert np.array_equal(a.index.quantizer.reconstruct_n(0, a.nlist), b.index.quantizer.reconstruct_n(0, b.nlist))
+    assert re.fullmatch(rf"ivf{a.nlist}-[0-9a-f]{{12}}", a.index_identity)
+    assert a.index_identity == b.index_identity == index_identity(read_manifest(tmp_path / "b"))
+    assert a.manifest["timings"] != b.manifest["timings"]  # timings differ, the identity does not
+    c = build_wiki_corpus(tmp_path / "c", max_articles=30, nlist=a.nlist + 1, embedder=embedder, progress=False)
+    assert c.index_identity != a.index_identity and c.index_identity.startswith(f"ivf{a.nlist + 1}-")
     with pytest.raises(CorpusError, match="already exists"):
         build_wiki_corpus(tmp_path / "a", max_articles=30, embedder=embedder, progress=False)
+
+
+def test_index_identity_covers_what_was_indexed_and_how(wiki_corpus):
+    m = json.loads(json.dumps(wiki_corpus.manifest))
+    same = index_identity(m)
+    assert same == wiki_corpus.index_identity
+
+    def edited(path: str, value: object) -> str:
+        copy = json.loads(json.dumps(m))
+        *parents, last = path.split(".")
+        node = copy
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        return index_identity(copy)
+
+    for path, value in [("built_at", "2001-01-01T00:00:00+00:00"), ("build_s", 1e6), ("timings", {}),
+                        ("hedra_version", "0.0"), ("source.version", "9"), ("index.nlist_rule", "given")]:
+        assert edited(path, value) == same, path
+    for path, value in [("source.sha256", "0" * 64), ("kind", "flashrag"), ("passages", m["passages"] + 1),
+                        ("max_articles", 601), ("passage_words", 50), ("embedder.name", "other"),
+                        ("embedder.dim", 768), ("index.type", "IndexIVFPQ"), ("index.metric", "l2"),
+                        ("index.ntotal", 1), ("seed", 1), ("index.supplied", {"file": "/x", "sha256": "ab"})]:
+        assert edited(path, value) != same, path
+    assert edited("index.nlist", 4096).startswith("ivf4096-")
+    supplied = json.loads(json.dumps(m))
+    supplied["index"]["supplied"] = {"file": "/a/index.faiss", "sha256": "ab"}
+    moved = json.loads(json.dumps(supplied))
+    moved["index"]["supplied"]["file"] = "/b/index.faiss"
+    moved["seed"] = 7  # a supplied index was not trained here: the seed does not change it
+    assert index_identity(supplied) == index_identity(moved)
 
 
 def test_ensure_loads_a_matching_corpus_and_refuses_a_mismatch(wiki_corpus, embedder):
@@ -267,8 +305,9 @@ def test_queries_follow_the_workflow_shape(realized, wiki_corpus):
         # everything but the text fields stays as generated
         strip = [{k: v for k, v in s.items() if k not in ("clusters", "query")} for s in before["stages"]]
         assert strip == [{k: v for k, v in s.items() if k not in ("clusters", "query")} for s in row["stages"]]
-        assert {k: v for k, v in row.items() if k not in ("question", "stages")} == \
+        assert {k: v for k, v in row.items() if k not in ("question", "index", "stages")} == \
             {k: v for k, v in before.items() if k != "stages"}
+        assert row["index"] == wiki_corpus.index_identity and "index" not in before
     assert seen == set(WORKFLOWS)
 
 
@@ -280,9 +319,13 @@ def test_realized_trace_loads_and_is_deterministic(realized, wiki_corpus, embedd
     as_models = realize_trace([TraceRequest.model_validate(r) for r in rows], wiki_corpus, embedder, seed=1)
     assert [m.model_dump(mode="json") for m in as_models] == [TraceRequest.model_validate(r).model_dump(mode="json")
                                                               for r in out]
+    assert {m.index for m in as_models} == {wiki_corpus.index_identity}
     write_jsonl(out, tmp_path / "real.jsonl")
-    requests = load_trace(tmp_path / "real.jsonl", nlist=wiki_corpus.nlist)
+    requests = load_trace(tmp_path / "real.jsonl", nlist=wiki_corpus.nlist, index=wiki_corpus.index_identity)
     assert requests and all(isinstance(TraceRequest.model_validate(r), TraceRequest) for r in out)
+    with pytest.raises(TraceError, match=re.escape(f"real.jsonl:1: field index: made against index"
+                                                   f" {wiki_corpus.index_identity}, but")):
+        load_trace(tmp_path / "real.jsonl", nlist=wiki_corpus.nlist, index=None)
     assert any(isinstance(s, RetrieveStage) and s.query for r in as_models for s in r.stages)
 
 
@@ -343,7 +386,8 @@ def test_flashrag_corpus_round_trip_with_a_user_index(wiki_corpus, flashrag_json
     rows = gen_rows(wiki_corpus, seed=4, rate=1.0, duration=5.0)
     a = realize_trace(rows, wiki_corpus, embedder, seed=4, questions=questions)
     b = realize_trace(rows, loaded, embedder, seed=4, questions=questions)
-    assert a == b
+    assert [{**r, "index": ""} for r in a] == [{**r, "index": ""} for r in b]
+    assert {r["index"] for r in b} == {loaded.index_identity} != {wiki_corpus.index_identity}  # another corpus
     assert [r["question"] for r in a] == [questions[i % 2].question for i in range(len(rows))]
     hyde = [r for r in a if r["workflow"] == "hyde" and r["question"].startswith("Who painted")]
     for r in hyde:
@@ -422,7 +466,20 @@ def test_cli_trace_gen_with_corpus_matches_the_library(wiki_corpus, embedder, tm
     assert rows and all(s["nprobe"] == nprobe for r in rows for s in r["stages"] if s["op"] == "retrieve")
     cfg = TraceConfig(("irg", "hyde"), 2.0, 6.0, seed=3, nprobe=nprobe, nlist=wiki_corpus.nlist)
     assert rows == realize_trace(generate_trace(cfg), wiki_corpus, embedder, seed=3)
+    assert {r["index"] for r in rows} == {wiki_corpus.index_identity}
     assert not (tmp_path / "corpora").exists()  # a corpus folder given: nothing built
+
+
+def test_cli_run_refuses_a_trace_of_another_index_before_loading(realized, wiki_corpus, tmp_path):
+    rows = [dict(r) for r in realized[1]]
+    rows[1]["index"] = other = "ivf16-000000000000"
+    trace = write_lines(tmp_path / "t.jsonl", rows)
+    out = tmp_path / "out"
+    line = one_error_line(hedra("run", "--trace", trace, "--policy", "hedra", "--out", out,
+                                "--corpus", wiki_corpus.path, home=tmp_path))
+    assert f"{trace}:2: field index: made against index {other}, but the corpus at {wiki_corpus.path} has index" \
+           f" {wiki_corpus.index_identity}" in line
+    assert not out.exists()
 
 
 def test_cli_trace_gen_refuses_bad_corpus_options(wiki_corpus, tmp_path):

@@ -280,6 +280,25 @@ def test_negative_cluster_id(tmp_path):
         load_trace(path)
 
 
+def test_index_identity_is_checked_only_where_a_line_carries_one(tmp_path):
+    rows = good_rows()
+    for row in rows[1:]:
+        row["index"] = "ivf256-0123456789ab"
+    path = write_lines(tmp_path / "t.jsonl", rows)  # line 1 synthetic, lines 2-3 made against ivf256-...
+    assert len(load_trace(path)) == 3  # no index to check against (e.g. trace stats)
+    assert len(load_trace(path, index="ivf256-0123456789ab")) == 3
+    for expected in (None, "ivf256-ba9876543210"):
+        with pytest.raises(TraceError) as info:
+            load_trace(path, index=expected)
+        msg = str(info.value)
+        assert msg.startswith(f"{path}:2: field index: made against index ivf256-0123456789ab, but ")
+        assert "\n" not in msg
+    with pytest.raises(TraceError, match=r":2: field index: .*, but the profile p describes index IVF4096,Flat"):
+        load_trace(path, index=None, target="the profile p describes index IVF4096,Flat (no identity)")
+    synthetic = write_lines(tmp_path / "s.jsonl", good_rows())
+    assert len(load_trace(synthetic, index=None)) == len(load_trace(synthetic, index="ivf256-ba9876543210")) == 3
+
+
 def test_line_numbers_count_blank_lines(tmp_path):
     rows: list = good_rows()
     _missing_arrival(rows)

@@ -8,6 +8,7 @@ the simulator and, later, on the real backend.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -72,6 +73,7 @@ class TraceRequest(_Strict):
     iterations: int = Field(default=0, ge=0, lt=2**31)
     question: str = ""
     dataset: str = ""
+    index: str = ""  # identity of the index whose probe lists `stages` carry (backends.corpus); "": synthetic
     stages: list[Stage] = Field(min_length=1)
 
     def node_specs(self) -> list[NodeSpec]:
@@ -93,11 +95,22 @@ def _where(err: dict) -> str:
     return ".".join(str(p) for p in err["loc"] if p not in ("generate", "retrieve")) or "(line)"
 
 
-def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None,
-               nlist: int | None = None) -> list[Request]:
+class IndexCheck(enum.Enum):
+    ANY = "any"
+
+
+ANY_INDEX = IndexCheck.ANY  # load_trace(index=ANY_INDEX): the trace runs against no index (trace stats)
+
+
+def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None, nlist: int | None = None, *,
+               index: str | IndexCheck | None = ANY_INDEX, target: str = "") -> list[Request]:
     """Read and validate a trace; raises TraceError naming file, line and field.
 
-    `nlist`, when given, bounds every cluster id (the index the trace will run against)."""
+    `nlist`, when given, bounds every cluster id (the index the trace will run against).
+    `index` is the identity of that index (None: unknown, e.g. an analytic profile's); a line
+    whose `index` is set and differs from it is refused, a line without one (synthetic) is not.
+    The default, ANY_INDEX, checks nothing. `target` ends the refusal: what the trace runs
+    against and what to do, e.g. "the profile describes index IVF4096,Flat (no identity); ..."."""
     path = Path(path)
     registry = workflows or WorkflowRegistry()
     try:
@@ -120,6 +133,10 @@ def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None,
         if tr.id in seen:
             raise TraceError(f"{where}: field id: duplicate request id {tr.id!r}")
         seen.add(tr.id)
+        if tr.index and tr.index != index and index is not ANY_INDEX:
+            made = tr.index if tr.index.isprintable() else repr(tr.index)  # the message stays one line
+            raise TraceError(f"{where}: field index: made against index {made}, but "
+                             + (target or f"it runs against {f'index {index}' if index else 'an unknown index'}"))
         if nlist is not None:
             for i, st in enumerate(tr.stages):
                 if isinstance(st, RetrieveStage) and max(st.clusters, default=0) >= nlist:
