@@ -25,14 +25,13 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ragraph.core import Scheduler
 from ragraph.graph import Request
 from ragraph.policies.base import Policy
-from ragraph.records import RequestRecord, TimelineEvent
+from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
     CacheLoad,
     CacheLoadResult,
@@ -60,23 +59,11 @@ class GenerationBody(Protocol):
 class RetrievalBody(Protocol):
     """What the retrieval and pcie lanes drive (backends.retrieval.RetrievalService)."""
 
+    @property
+    def list_sizes(self) -> Sequence[int]: ...  # vectors per IVF list, for the timeline's search args
     def search(self, batch: SearchBatch) -> SearchResult: ...
     def load(self, item: CacheLoad) -> CacheLoadResult: ...
     def forget(self, request_id: str) -> None: ...
-
-
-@dataclass
-class RealResult:
-    """Everything a real run produced (the fields of `sim.executor.SimResult`, plus why it stopped)."""
-
-    records: list[RequestRecord]
-    sim_s: float  # trace-clock seconds from time 0 to the last request's end
-    wall_s: float
-    lane_busy_s: dict[str, float]
-    timeline: list[TimelineEvent] = field(default_factory=list)
-    kv_peak_blocks: int = 0
-    kv_total_blocks: int = 0
-    stopped: str = ""  # "" (ran to the end), "interrupted" or "stalled"
 
 
 def pin_current_thread(cores: Iterable[int] | None) -> None:
@@ -104,7 +91,7 @@ class RealExecutor:
         self._clock = clock
         self._cond = threading.Condition()  # the one lock around the core, and the wake-up signal
         self._stop = threading.Event()
-        self._stopped = ""
+        self._stopped: StopReason = ""
         self._arrived = False
         self._submitted = 0  # requests[:_submitted] were handed to the core
         self._idle: set[Lane] = set()
@@ -118,14 +105,14 @@ class RealExecutor:
     def now(self) -> float:
         return self._clock() - self._t0
 
-    def stop(self, reason: str = "interrupted") -> None:
+    def stop(self, reason: StopReason = "interrupted") -> None:
         """End the run early (Ctrl-C does this): lanes finish their item, the rest fails."""
         with self._cond:
             self._stopped = self._stopped or reason
             self._stop.set()
             self._cond.notify_all()
 
-    def run(self) -> RealResult:
+    def run(self) -> RunResult:
         lanes = self.sched.policy.lanes
         self._t0 = self._clock()
         start = time.perf_counter()
@@ -168,8 +155,8 @@ class RealExecutor:
             raise self._errors[0]
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
-        return RealResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                          self._kv_peak, self._kv_total, self._stopped)
+        return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
+                         self._kv_peak, self._kv_total, self._stopped)
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -250,10 +237,8 @@ class RealExecutor:
     def _args(self, item: WorkItem, result: Result | None) -> dict[str, int]:
         if isinstance(result, GenStepResult):
             return result.timeline_args()
-        if isinstance(item, SearchBatch):
-            return {"queries": len(item.tasks), "clusters": sum(len(t.clusters) for t in item.tasks)}
-        if isinstance(item, CacheLoad):
-            return {"clusters": len(item.load)}
+        if isinstance(item, SearchBatch | CacheLoad):
+            return item.timeline_args(self.retrieval.list_sizes)
         return {}
 
     def _forget_ended(self) -> None:

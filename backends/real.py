@@ -24,12 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.embed_worker import EmbedderProcess
 from backends.embedder import Embedder
-from backends.executor import RealExecutor, RealResult, pin_current_thread
+from backends.executor import RealExecutor, pin_current_thread
 from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
 from backends.search_cost import MeasuredSearchCost, measure_search_cost
 from ragraph.graph import Request
 from ragraph.policies import make_policy
+from ragraph.records import RunResult
 from ragraph.work import Lane
 
 # The GIL switch interval during a replay (Python's default is 5 ms). A lane returning from
@@ -152,7 +153,7 @@ class RealBackend:
         return self.encoder if isinstance(self.encoder, Embedder) else embedder_for(self.corpus)
 
     def replay(self, requests: list[Request], policy: str, *, timeline: bool = True,
-               executor_hook: Callable[[RealExecutor], None] | None = None) -> RealResult:
+               executor_hook: Callable[[RealExecutor], None] | None = None) -> RunResult:
         """Run `requests` under the policy spec `policy`; every request ends in the records.
         `executor_hook` sees the executor before it starts (tests use it to inject faults)."""
         service = RetrievalService(self.retriever, self.encoder.encode, requests, self.cache)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,12 @@ class RetrievalService:
         self._locks: dict[NodeKey, threading.Lock] = {}  # a query may have sub-stages on two lanes at once
         self._state_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one embedding model, shared by the retrieval lanes
+
+    @cached_property
+    def list_sizes(self) -> list[int]:
+        """Vectors per IVF list (what a search item's timeline args count); the index does not
+        change during a replay, so it is read once."""
+        return self.retriever.list_sizes()
 
     # --- lane items ------------------------------------------------------------------------
 

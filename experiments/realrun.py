@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 from experiments.results import summarize
 from ragraph.graph import Request
+from ragraph.records import RunResult
 
 if TYPE_CHECKING:
-    from backends.executor import RealResult
     from backends.real import RealBackend
 
 
 @dataclass
 class RealRun:
-    result: RealResult
+    result: RunResult
     summary: dict[str, object]
 
 
@@ -27,8 +27,5 @@ def run_real(backend: RealBackend, requests: list[Request], policy: str, *, time
              meta: dict[str, object] | None = None) -> RealRun:
     """Replay `requests` on `backend` under the policy spec `policy`."""
     result = backend.replay(requests, policy, timeline=timeline)
-    summary = summarize(result.records, sim_s=result.sim_s, wall_s=result.wall_s, lane_busy_s=result.lane_busy_s,
-                        meta={"body": "real", "policy": policy, **backend.describe(), **(meta or {}),
-                              "stopped": result.stopped, "kv_peak_blocks": result.kv_peak_blocks,
-                              "kv_total_blocks": result.kv_total_blocks})
+    summary = summarize(result, {"body": "real", "policy": policy, **backend.describe(), **(meta or {})})
     return RealRun(result, summary)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.outdir import atomic_dir
-from ragraph.records import RequestRecord, TimelineEvent
+from ragraph.records import RequestRecord, RunResult, TimelineEvent
 from ragraph.work import LANES
 
 
@@ -29,9 +29,10 @@ def latency_stats(latencies: Sequence[float]) -> dict[str, float | None]:
     return {"mean": float(a.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
-def summarize(records: Sequence[RequestRecord], *, sim_s: float, wall_s: float,
-              lane_busy_s: dict[str, float], meta: dict[str, object]) -> dict[str, object]:
-    """The summary.json content of one run."""
+def summarize(result: RunResult, meta: dict[str, object]) -> dict[str, object]:
+    """The summary.json content of one run, simulated or real: `meta` (what ran: body, policy,
+    profile or backend, trace...) first, then the counts, latencies and utilisation."""
+    records, sim_s = result.records, result.sim_s
     done = [r for r in records if r.status == "completed"]
     failed = [r for r in records if r.status != "completed"]
     reasons: dict[str, int] = {}
@@ -44,6 +45,9 @@ def summarize(records: Sequence[RequestRecord], *, sim_s: float, wall_s: float,
                             "latency_s": latency_stats(lat)}
     return {
         **meta,
+        "stopped": result.stopped,
+        "kv_peak_blocks": result.kv_peak_blocks,
+        "kv_total_blocks": result.kv_total_blocks,
         "requests": len(records),
         "completed": len(done),
         "failed": len(failed),
@@ -51,8 +55,8 @@ def summarize(records: Sequence[RequestRecord], *, sim_s: float, wall_s: float,
         "latency_s": latency_stats([r.latency_s for r in done]),
         "throughput_rps": len(done) / sim_s if sim_s > 0 else 0.0,
         "sim_s": sim_s,
-        "wall_s": wall_s,
-        "lane_utilization": {lane: (busy / sim_s if sim_s > 0 else 0.0) for lane, busy in lane_busy_s.items()},
+        "wall_s": result.wall_s,
+        "lane_utilization": {lane: (busy / sim_s if sim_s > 0 else 0.0) for lane, busy in result.lane_busy_s.items()},
         "per_workflow": per_workflow,
     }
 

@@ -9,12 +9,13 @@ from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.graph import Request
 from ragraph.policies import make_policy
-from sim.executor import SimResult, Simulation
+from ragraph.records import RunResult
+from sim.executor import Simulation
 
 
 @dataclass
 class SimRun:
-    result: SimResult
+    result: RunResult
     summary: dict[str, object]
 
 
@@ -25,8 +26,6 @@ def simulate(requests: list[Request], policy: str, profile: Profile, *, seed: in
     latency = latency or LatencyModel(profile)
     sim = Simulation(requests, make_policy(policy, latency), latency, seed=seed, timeline=timeline)
     result = sim.run()
-    summary = summarize(result.records, sim_s=result.sim_s, wall_s=result.wall_s, lane_busy_s=result.lane_busy_s,
-                        meta={"body": "sim", "policy": policy, "profile": profile.name,
-                              "profile_kind": profile.kind, "seed": seed, **(meta or {}),
-                              "kv_peak_blocks": result.kv_peak_blocks, "kv_total_blocks": result.kv_total_blocks})
+    summary = summarize(result, {"body": "sim", "policy": policy, "profile": profile.name,
+                                 "profile_kind": profile.kind, "seed": seed, **(meta or {})})
     return SimRun(result, summary)

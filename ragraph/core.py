@@ -164,7 +164,10 @@ class Scheduler:
     # --- actions for policies ---------------------------------------------------------------
 
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask:
-        """Dispatch the next `count` clusters of a waiting Retrieve node as one scan."""
+        """Dispatch the next `count` clusters of a waiting Retrieve node as one scan.
+
+        The query's first scan carries the length of the text the body embeds for it (the
+        node's `query`, else its request's `question`; 0 where there is none)."""
         spec = retrieve_spec(node)
         if count <= 0 or count > node.remaining:
             raise SchedulerError(f"{node.key}: cannot take {count} of {node.remaining} clusters")
@@ -178,7 +181,8 @@ class Scheduler:
         node.substages += 1
         if node.remaining == 0:
             del self.retr_waiting[node.key]
-        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0)
+        chars = len(spec.query or self.requests[node.key[0]].request.question) if first else 0
+        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars)
 
     def reorder(self, node: NodeRun, remaining: list[int]) -> None:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from ragraph.runtime import RequestRun
 
@@ -37,6 +38,28 @@ class RequestRecord:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+StopReason = Literal["", "interrupted", "stalled", "internal error"]
+"""Why a run ended: "" ran to the end; "interrupted" (Ctrl-C or `stop()`), "stalled" (requests
+left but no lane had work for them) or "internal error" (a bug in the core or an executor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything one run produced, simulated or real; both executors return it.
+
+    Frozen in its fields; the list and dicts it holds are the executor's and are not
+    copied, so a caller treats them as read-only."""
+
+    records: list[RequestRecord]  # one per request, in the order they ended
+    sim_s: float  # trace-clock seconds from time 0 to the last request's end
+    wall_s: float  # wall-clock seconds the run took
+    lane_busy_s: dict[str, float]  # busy seconds per lane (every lane, 0.0 where unused)
+    timeline: list[TimelineEvent] = field(default_factory=list)  # one slice per lane item (empty if not kept)
+    kv_peak_blocks: int = 0  # most KV-cache blocks in use after any engine step
+    kv_total_blocks: int = 0  # KV-cache capacity in blocks (0 if the engine never stepped)
+    stopped: StopReason = ""  # why the run ended early ("" when it ran to the end)
 
 
 def record_of(run: RequestRun, policy: str) -> RequestRecord:

@@ -8,6 +8,7 @@ is a decision that has been made, a result a fact that has happened.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -81,6 +82,9 @@ class ScanTask:
     k: int  # neighbours kept
     first: bool  # first sub-stage of this query: the query must be embedded/assigned first
     last: bool  # the query's top-k is final after this sub-stage
+    # characters of query text embedded in this sub-stage: the text's length on the first
+    # sub-stage, 0 on later ones and where the query has no text (then nothing is embedded)
+    embed_chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,21 @@ class SearchBatch:
 
     tasks: tuple[ScanTask, ...]
     lane: Lane = Lane.CPU_RETRIEVAL  # cpu_retrieval, or gpu_retrieval for cached clusters
+
+    def timeline_args(self, list_sizes: Sequence[int]) -> dict[str, int]:
+        """What this call does, given the vectors per IVF list: what a timeline slice of it
+        shows (both bodies write the same) and what the simulator prices it by.
+
+        queries: scans in the call; new_queries: those in their first sub-stage; clusters:
+        (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded."""
+        pairs = vectors = new = chars = 0
+        for t in self.tasks:
+            pairs += len(t.clusters)
+            vectors += sum(map(list_sizes.__getitem__, t.clusters))
+            new += t.first
+            chars += t.embed_chars
+        return {"queries": len(self.tasks), "new_queries": new, "clusters": pairs, "vectors": vectors,
+                "embed_chars": chars}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,11 @@ class CacheLoad:
     load: tuple[int, ...]  # cluster ids to copy into the GPU cache
     evict: tuple[int, ...] = ()  # cluster ids to drop before loading
     lane: Lane = field(default=Lane.PCIE, init=False)
+
+    def timeline_args(self, list_sizes: Sequence[int]) -> dict[str, int]:
+        """What a timeline slice of this copy shows (both bodies write the same): clusters
+        copied and the vectors they hold."""
+        return {"clusters": len(self.load), "vectors": sum(map(list_sizes.__getitem__, self.load))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ event. The processes hold no policy. Same trace, profile, policy and seed: same 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import simpy
 
@@ -17,7 +16,7 @@ from hwmodel.latency import LatencyModel
 from ragraph.core import Scheduler
 from ragraph.graph import Request
 from ragraph.policies.base import Policy
-from ragraph.records import RequestRecord, TimelineEvent
+from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
     CacheLoad,
     CacheLoadResult,
@@ -30,19 +29,6 @@ from ragraph.work import (
 from sim.gen_engine import GenEngineModel
 
 _NO_TOPK = SearchResult()  # the analytic models synthesize no neighbour ids
-
-
-@dataclass
-class SimResult:
-    """Everything a simulated run produced."""
-
-    records: list[RequestRecord]  # one per request, in the order they ended
-    sim_s: float  # simulated seconds from time 0 to the last request's end
-    wall_s: float  # wall-clock seconds the simulation took
-    lane_busy_s: dict[str, float]  # busy seconds per lane
-    timeline: list[TimelineEvent] = field(default_factory=list)  # one slice per lane item
-    kv_peak_blocks: int = 0  # most KV blocks in use after any step
-    kv_total_blocks: int = 0
 
 
 class Simulation:
@@ -63,8 +49,11 @@ class Simulation:
         self._kv_peak = 0
         self._arrived = False
 
-    def run(self) -> SimResult:
+    def run(self) -> RunResult:
+        """Called once: simulate every request to its end. `stopped` is "stalled" when events
+        ran out with requests active (they fail with that reason, none is lost)."""
         start = time.perf_counter()
+        stopped: StopReason = ""
         env = self.env
         done = env.event()
         env.process(self._arrivals(done))
@@ -76,10 +65,11 @@ class Simulation:
             if type(exc) is not RuntimeError or env.peek() != simpy.core.Infinity:
                 raise
             self.sched.fail_all("stalled: no lane had work for this request", env.now)
+            stopped = "stalled"
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
-        return SimResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                         self._kv_peak, self.engine.total_blocks)
+        return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
+                         self._kv_peak, self.engine.total_blocks, stopped)
 
     # --- processes ------------------------------------------------------------------------
 
@@ -129,18 +119,14 @@ class Simulation:
                 self._kv_peak = res.kv_used_blocks
             args = res.timeline_args() if self._keep_timeline else {}
             return seconds, res, args, bool(res.finished or res.rejected) or not seconds
-        sizes = self.latency.list_sizes
+        sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
-            pairs = scanned = new = 0
-            for t in item.tasks:
-                pairs += len(t.clusters)
-                scanned += sum(map(sizes.__getitem__, t.clusters))
-                new += t.first
+            f = item.timeline_args(sizes)  # the call's features: priced here, shown on the timeline
             if item.lane is Lane.GPU_RETRIEVAL:
-                seconds = self.latency.gpu_search_s(scanned * self.latency.profile.index.bytes_per_vector)
+                seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
-                seconds = self.latency.search_s(len(item.tasks), new, pairs, scanned)
-            return seconds, _NO_TOPK, {"queries": len(item.tasks), "clusters": pairs, "vectors": scanned}, True
+                seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"])
+            return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
-        nbytes = sum(map(sizes.__getitem__, item.load)) * self.latency.profile.index.bytes_per_vector
-        return self.latency.pcie_s(nbytes), CacheLoadResult(item.load), {"clusters": len(item.load)}, True
+        f = item.timeline_args(sizes)
+        return self.latency.pcie_s(f["vectors"] * vec_bytes), CacheLoadResult(item.load), f, True

@@ -16,7 +16,7 @@ from ragraph.policies.base import Policy
 from ragraph.policies.flashrag import FlashRAGPolicy
 from ragraph.policies.hedra import HedraPolicy
 from ragraph.state import IllegalTransition, NodeEvent, NodeState, advance
-from ragraph.work import GenStep, GenStepResult, Lane, SearchBatch, SearchResult
+from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, ScanTask, SearchBatch, SearchResult
 
 ROOT = Path(__file__).resolve().parents[1]
 BANNED = {"simpy", "vllm", "faiss", "torch", "threading", "time", "asyncio", "socket", "multiprocessing",
@@ -228,3 +228,29 @@ def test_hedra_reprices_a_query_after_its_clusters_are_reordered():
     s.reorder(node, list(range(8, 16)) + list(range(8)))
     first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
     assert first.tasks[0].clusters == (8,)  # one big list fits the budget, not four small ones
+
+
+@pytest.mark.parametrize(("query", "question"), [("who wrote Hamlet", "ignored"), ("", "what is the Nile?"), ("", "")])
+def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(query, question):
+    from backends.retrieval import RetrievalService
+
+    req = chain("a", 0.0, "one-shot", [Retrieve(16, 1, tuple(range(16)), query=query), Generate(100, 5)], question)
+    s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0))  # 4 lists a call
+    s.submit(req, 0.0)
+    tasks: list[ScanTask] = []
+    t = 0.0
+    while s.active and (batch := s.next_work(Lane.CPU_RETRIEVAL, t)) is not None:
+        tasks += batch.tasks
+        t += 0.003
+        s.complete(batch, SearchResult(), t)
+    text = RetrievalService(None, None, [req])._text(("a", 0))  # type: ignore[arg-type]  # what the real body embeds
+    assert text == (query or question)
+    assert [t.embed_chars for t in tasks] == [len(text), 0, 0, 0]
+
+
+def test_search_and_cache_items_count_their_timeline_args():
+    sizes = [10, 20, 30]
+    batch = SearchBatch((ScanTask(("a", 0), (0, 1), 1, True, False, 7), ScanTask(("b", 0), (2,), 1, False, True)))
+    assert batch.timeline_args(sizes) == {"queries": 2, "new_queries": 1, "clusters": 3, "vectors": 60,
+                                          "embed_chars": 7}
+    assert CacheLoad((0, 2)).timeline_args(sizes) == {"clusters": 2, "vectors": 40}

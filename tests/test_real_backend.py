@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from test_cli import assert_usage_error, hedra  # the CLI as a subprocess, and the bad-input contract
 
+from ragraph.records import RunResult
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceRequest, to_request
@@ -88,6 +89,7 @@ def test_replay_accounts_for_every_request(backend, trace_rows, policy):
 
     requests = requests_of(trace_rows)
     run = run_real(backend, requests, policy)
+    assert isinstance(run.result, RunResult)
     records = {r.id: r for r in run.result.records}
     assert len(run.result.records) == len(requests) == len(records)
     failed = {r.id: r.reason for r in run.result.records if r.status != "completed"}
@@ -105,15 +107,22 @@ def test_replay_accounts_for_every_request(backend, trace_rows, policy):
     assert s["kv_peak_blocks"] > 0
 
 
-def test_same_summary_keys_as_the_simulator(backend, trace_rows):
+def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, trace_rows):
     from experiments.realrun import run_real
     from experiments.simulate import simulate
     from hwmodel.profile import load_profile
 
     requests = requests_of(trace_rows[:10])
-    real = run_real(backend, requests, "hedra").summary
-    sim = simulate(requests, "hedra", load_profile()).summary
-    assert set(sim) - {"profile", "profile_kind", "seed"} <= set(real)
+    real = run_real(backend, requests, "hedra")
+    sim = simulate(requests, "hedra", load_profile())
+    assert set(sim.summary) - {"profile", "profile_kind", "seed"} <= set(real.summary)
+    text = sum(len(n.query or r.question) for r in requests for n in r.nodes if n.op == "retrieve")
+    assert text > 0
+    for run in (real, sim):  # each query's text is counted once, on its first sub-stage
+        assert all(r.status == "completed" for r in run.result.records)
+        assert sum(e[4]["embed_chars"] for e in run.result.timeline if e[1] == "SearchBatch") == text
+    keys = [{(lane, name, tuple(args)) for lane, name, _s, _d, args in run.result.timeline} for run in (real, sim)]
+    assert keys[0] == keys[1]
 
 
 def test_engine_error_fails_only_the_requests_it_touched(backend, trace_rows, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from typing import ClassVar
 
@@ -10,14 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sim.executor as executor
+from backends.executor import RealExecutor
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
 from ragraph.core import Scheduler
 from ragraph.graph import Generate, Retrieve, chain
 from ragraph.policies import make_policy
 from ragraph.policies.hedra import HedraPolicy
-from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, SearchBatch
+from ragraph.records import RunResult
+from ragraph.work import CacheLoad, CacheLoadResult, GenStep, GenStepResult, Lane, SearchBatch, SearchResult
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from sim.gen_engine import GenEngineModel
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, to_request
 
@@ -188,6 +192,62 @@ def test_gpu_cache_lanes_carry_cache_loads_and_gpu_scans():
     assert sim.sched.gpu_cache == set(range(64))
 
 
+class StandInGen:
+    """The sim's engine model as the real executor's generation body (no vLLM needed)."""
+
+    def __init__(self, latency: LatencyModel) -> None:
+        self.model = GenEngineModel(latency)
+
+    def apply(self, step: GenStep) -> None:
+        self.model.apply(step)
+
+    def step(self) -> GenStepResult:
+        return self.model.step()[1]
+
+    def abort_all(self) -> None:
+        pass
+
+
+class StandInRetrieval:
+    """A retrieval body that finds nothing and loads whatever it is asked to."""
+
+    def __init__(self, list_sizes: list[int]) -> None:
+        self.list_sizes = list_sizes
+
+    def search(self, batch: SearchBatch) -> SearchResult:
+        return SearchResult()
+
+    def load(self, item: CacheLoad) -> CacheLoadResult:
+        return CacheLoadResult(item.load)
+
+    def forget(self, request_id: str) -> None:
+        pass
+
+
+def test_both_executors_return_a_run_result_with_the_same_timeline_args():
+    """The real executor (on stand-in engines) and the simulator write the same args for
+    every kind of item, on all four lanes, and the same numbers for the same item."""
+    requests = [dataclasses.replace(r, arrival_s=r.arrival_s / 100) for r in requests_for(["irg"], 4.0, 3.0, 5, 64)]
+    latency = LatencyModel(PROFILE)
+    sim = executor.Simulation(requests, CachingPolicy(latency), latency).run()
+    real_ex = RealExecutor(requests, CachingPolicy(latency), StandInGen(latency), StandInRetrieval(latency.list_sizes))
+    real = real_ex.run()
+    keys: dict[str, dict[tuple[str, str], set[tuple[str, ...]]]] = {}
+    for body, result in (("sim", sim), ("real", real)):
+        assert isinstance(result, RunResult) and result.stopped == ""
+        assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
+        assert all(r.status == "completed" for r in result.records)
+        keys[body] = defaultdict(set)
+        for lane, name, _start, _dur, args in result.timeline:
+            keys[body][lane, name].add(tuple(args))
+    assert {k for k in keys["sim"] if k[0] != "gpu_gen"} == {("cpu_retrieval", "SearchBatch"), ("pcie", "CacheLoad"),
+                                                             ("gpu_retrieval", "SearchBatch")}
+    assert keys["sim"] == keys["real"]
+    assert all(len(v) == 1 for v in keys["sim"].values())  # one set of keys per kind of item
+    pcie = {body: [e[4] for e in result.timeline if e[0] == "pcie"] for body, result in (("sim", sim), ("real", real))}
+    assert pcie["sim"] == pcie["real"] == [{"clusters": 64, "vectors": sum(latency.list_sizes[:64])}]
+
+
 class NeverRetrieves(HedraPolicy):
     def plan_search(self, s, lane, now):
         return None
@@ -198,4 +258,5 @@ def test_a_policy_that_stalls_fails_every_request_instead_of_losing_it():
     latency = LatencyModel(PROFILE)
     result = executor.Simulation(requests, NeverRetrieves(latency), latency).run()
     assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
+    assert result.stopped == "stalled"
     assert all(r.status == "failed" and r.reason.startswith("stalled") for r in result.records)
