@@ -61,14 +61,26 @@ class Index(_Strict):
 
 
 class Engine(_Strict):
-    """vLLM engine settings the generation model needs."""
+    """The vLLM engine configuration: the one both bodies read (the simulator's engine model,
+    `sim.gen_engine`, and the real vLLM driver)."""
 
-    block_size: int = Field(gt=0)
+    block_size: int = Field(gt=0)  # tokens per KV block
     max_num_batched_tokens: int = Field(gt=0)  # token budget per step (chunked prefill)
-    max_num_seqs: int = Field(gt=0)
+    max_num_seqs: int = Field(gt=0)  # most sequences running at once
     gpu_memory_utilization: float = Field(gt=0, le=1)
     activation_reserve_gib: float = Field(ge=0)  # activations, CUDA graphs, allocator slack
     index_cache_gib: float = Field(default=0.0, ge=0)  # GPU memory given to the cluster cache
+    enable_prefix_caching: bool = True  # vLLM's automatic prefix caching (full KV blocks reused by content)
+    max_model_len: int = Field(default=8192, gt=0)  # longest prompt + output the engine accepts
+    # explicit KV-cache size (vLLM's kv_cache_memory_bytes, vLLM-CPU's VLLM_CPU_KVCACHE_SPACE);
+    # None: what GPU memory leaves (see Profile.kv_capacity_blocks)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _as_vllm_requires(self) -> Engine:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs (vLLM refuses less)")
+        return self
 
 
 class GenStepModel(_Strict):
@@ -116,6 +128,10 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
         if self.kv_capacity_blocks() < 1:
+            if self.engine.kv_cache_gib is not None:
+                raise ValueError("engine.kv_cache_gib: smaller than one KV block")
+            if self.hardware.gpu_memory_gib is None:
+                raise ValueError("engine.kv_cache_gib: required when hardware.gpu_memory_gib is not given")
             raise ValueError("engine: no GPU memory left for the KV cache after weights, activations"
                              " and index cache")
         sizes = self.index.list_sizes
@@ -126,10 +142,16 @@ class Profile(_Strict):
         return self
 
     def kv_capacity_blocks(self) -> int:
-        """KV-cache blocks: GPU memory x utilisation - weights - activations - index cache."""
-        e = self.engine
-        free = (self.hardware.gpu_memory_gib * e.gpu_memory_utilization - self.model.weights_gib
-                - e.activation_reserve_gib - e.index_cache_gib) * GIB
+        """KV-cache blocks: `engine.kv_cache_gib` when set, else GPU memory x utilisation -
+        weights - activations - index cache; divided by the bytes of one block."""
+        e, gpu_gib = self.engine, self.hardware.gpu_memory_gib
+        if e.kv_cache_gib is not None:
+            free = e.kv_cache_gib * GIB
+        elif gpu_gib is not None:
+            free = (gpu_gib * e.gpu_memory_utilization - self.model.weights_gib
+                    - e.activation_reserve_gib - e.index_cache_gib) * GIB
+        else:
+            return 0
         return int(free // (self.model.kv_bytes_per_token * e.block_size))
 
 

@@ -60,15 +60,22 @@ class GenStepResult:
     kv_used_blocks: int = 0  # KV-cache blocks in use after the step
     kv_total_blocks: int = 0  # KV-cache capacity in blocks
     running: int = 0  # sequences scheduled in this step
-    waiting: int = 0  # sequences queued in the engine (e.g. KV cache full)
-    prefill_tokens: int = 0  # prompt tokens computed in this step
-    decode_tokens: int = 0  # tokens decoded in this step
-    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache in this step
+    waiting: int = 0  # sequences queued in the engine after the step (KV cache full, preempted)
+    prefill_tokens: int = 0  # prompt tokens computed in this step (and tokens recomputed after a preemption)
+    decode_tokens: int = 0  # tokens sampled in this step: one per decoding sequence and per finished prefill
+    # prefix-cache hits (tokens) of the sequences that sampled their first token in this step, as
+    # found at their first admission
+    cached_prompt_tokens: int = 0
+    # tokens already in the KV cache of the sequences scheduled in this step, before it (the sum
+    # of their computed tokens): the attention context the step reads, fed to gen_step_s
+    context_tokens: int = 0
+    preempted: int = 0  # sequences preempted in this step (their KV blocks freed, to be recomputed)
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""
         return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
-                "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting}
+                "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting,
+                "context_tokens": self.context_tokens, "preempted": self.preempted}
 
 
 # --- retrieval --------------------------------------------------------------------------

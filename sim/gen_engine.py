@@ -1,232 +1,575 @@
-"""A model of vLLM's continuous-batching engine, stepped one engine step at a time.
+"""A model of vLLM V1's engine: its scheduler and KV cache, stepped one engine step at a time.
 
-Each step spends a token budget (`max_num_batched_tokens`): one token per decoding
-sequence first, then prefill chunks for sequences still reading their prompt (chunked
-prefill), then admission of waiting sequences while the budget, `max_num_seqs` and the KV
-cache allow. KV capacity comes from the profile (GPU memory minus weights, activations and
-the index cache). A sequence reserves the KV blocks of its whole final length when admitted
-(the trace pins output lengths), so the model queues instead of preempting; shared prompt
-prefixes occupy their full blocks once, reference-counted, and are kept after use until
-their blocks are needed (prefix caching). The work per step is O(events), not O(batch):
-decoding sequences sit in a heap keyed by the step of their last token.
+It follows vLLM's `Scheduler.schedule` (`vllm/v1/core/sched/scheduler.py`), `KVCacheManager`
+(`allocate_slots`, `get_computed_blocks`) and `BlockPool` (read on vLLM 0.32), with the
+settings of `profile.engine` and nothing else: block size, `max_num_seqs`,
+`max_num_batched_tokens`, `enable_prefix_caching`, `max_model_len`, and the KV capacity of
+`Profile.kv_capacity_blocks`.
+
+Theory of operation. A sequence has `computed` tokens in the KV cache and `generated` output
+tokens; it needs `prompt + generated - computed` tokens computed, and the step that brings
+`computed` to `prompt + generated` samples its next token (a decoding sequence needs 1
+token, one reading its prompt its next chunk). Each step spends a token budget:
+
+1. Running sequences, in running order (admission order), each get min(tokens needed,
+   budget left). KV blocks are allocated for the tokens computed so far plus this step's.
+   When free blocks are too few, the *last* running sequence is preempted (recompute: its
+   blocks are freed, `computed` drops to 0, it goes to the front of the waiting queue); if
+   that is the sequence being scheduled, no further running sequence is served.
+2. Only if nothing was preempted in this step, waiting sequences are admitted in queue
+   order while the budget and `max_num_seqs` allow and the free blocks hold the sequence's
+   whole current length less its prefix-cache hit (vLLM's default
+   `scheduler_reserve_full_isl`); the first that does not fit stops admission. A resumed
+   sequence recomputes its prompt and the tokens it had generated.
+3. Prefix caching: full blocks are content-addressed. At admission a sequence reuses the
+   longest run of cached blocks (at most its length - 1 tokens): its shared prefix's blocks
+   (one prefix id is one token sequence, whatever its length) and, after a preemption, its
+   own blocks still cached. Free blocks form vLLM's free queue: blocks with no cached
+   content (a partial last block; every block when caching is off) are reused first, cached
+   ones in LRU order, a freed sequence's tail first; reusing a cached block evicts it.
+
+A sequence ends when its last token is sampled; its blocks are freed after the step. Tasks
+longer than `max_model_len`, or needing more blocks than the cache has, are rejected with
+the real driver's reasons. KV use counts blocks held by running sequences (cached free
+blocks are free, as in vLLM's usage); prefix-cache hits are reported with a sequence's
+first token, those of its first admission only (as vLLM reports `num_cached_tokens`).
+
+Simplified: one cached copy per block (a block computed while an equal one is cached, as
+when two sequences compute one prefix at once, is freed as content nobody reuses); no
+watermark (vLLM's default 0), speculative decoding, `long_prefill_token_threshold`, async
+or priority scheduling, KV connectors; output lengths are the trace's (no early stop). A
+step takes `hwmodel.latency.gen_step_s(prefill tokens, sequences scheduled, context tokens)`:
+the figures its `GenStepResult` reports, as the real driver reports them and calibration fits them.
+
+Cost: a decoding sequence's computed tokens are `tick - base`, so a step where every
+running sequence decodes is O(events) (sequences that end; blocks allocated by count, from
+a tally of `base mod block_size`), not O(batch). Other steps visit the sequences that
+prefill and the waiting queue's head; only a step that preempts or runs out of token
+budget walks the whole running list.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask
 
+_WAITING, _PREFILL, _DECODE, _DONE = range(4)
 
-@dataclass(slots=True, eq=False)  # identity equality: deque.remove must find this very sequence
+
+@dataclass(slots=True, eq=False)
+class _Chain:
+    """The cache of one shared prefix's full blocks (block i holds the prefix's i-th block of tokens)."""
+
+    cached: int = 0  # blocks 0..cached-1 are cached (held by running sequences, or free)
+    held: int = 0  # blocks 0..held-1 are held by running sequences
+    extents: dict[int, int] = field(default_factory=dict)  # blocks held by a sequence -> how many hold that many
+    free_runs: list[_Run] = field(default_factory=list)  # its free blocks, oldest (highest indices) first
+
+
+@dataclass(slots=True, eq=False)  # identity equality: a key of the running dicts
 class _Seq:
+    """One task in the engine, waiting or running."""
+
     task: GenTask
-    blocks: int = 0  # KV blocks reserved (shared prefix blocks excluded)
-    cached: int = 0  # prompt tokens served from the prefix cache
-    prefill_left: int = 0  # prompt tokens still to compute
-    finish_step: int = -1  # step of its last token, once decoding
-    gone: bool = False  # aborted (lazy deletion from the decode heap)
+    chain: _Chain | None  # its shared prefix's cache (None: no full prefix block, or caching off)
+    kp: int  # full blocks of its shared prefix
+    state: int = _WAITING
+    computed: int = 0  # tokens in the KV cache (vLLM's num_computed_tokens); while decoding: tick - base
+    generated: int = 0  # output tokens sampled
+    shared: int = 0  # prefix blocks 0..shared-1 it holds from the cache (the rest of its blocks are its own)
+    base: int = 0  # while decoding: computed = engine tick - base
+    finish_tick: int = -1  # while decoding: the tick of the step that samples its last token
+    own_run: _Run | None = None  # while preempted: its own blocks still cached
+    first_hit: int = -1  # prefix-cache tokens at its first admission (reported with its first token)
 
 
-@dataclass(slots=True)
-class _Prefix:
-    blocks: int
-    refs: int = 0
-    last_used: int = 0
+@dataclass(slots=True, eq=False)
+class _Run:
+    """Cached free blocks in the free queue: blocks lo..hi-1 of `owner`, evicted from hi-1 down.
+    owner: a shared prefix, a preempted sequence (its own blocks), or None (content nobody reuses)."""
+
+    owner: _Chain | _Seq | None
+    lo: int
+    hi: int
+
+
+class _Plan:
+    """What one step schedules."""
+
+    __slots__ = ("chunks", "context", "decoders", "preempted", "skipped")
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[_Seq, int, int]] = []  # (seq, computed before, tokens), not decoding
+        self.decoders = 0  # decoding sequences served (one token each)
+        self.context = 0  # their computed tokens before the step
+        self.skipped: list[_Seq] = []  # decoding sequences the budget did not reach
+        self.preempted = 0
 
 
 class GenEngineModel:
-    """vLLM's scheduler and KV cache, simulated; `step()` returns (seconds, result)."""
+    """vLLM V1's scheduler and KV cache, simulated; `step()` returns (seconds, result)."""
+
+    fast_path = True  # run steps where everything decodes by counts (tests switch it off: same results)
 
     def __init__(self, latency: LatencyModel) -> None:
-        profile = latency.profile
+        engine = latency.profile.engine
         self.latency = latency
-        self.block = profile.engine.block_size
-        self.token_budget = profile.engine.max_num_batched_tokens
-        self.max_seqs = profile.engine.max_num_seqs
-        self.total_blocks = profile.kv_capacity_blocks()
-        self.free_blocks = self.total_blocks
-        self.waiting: deque[_Seq] = deque()
-        self.prefilling: deque[_Seq] = deque()
-        self.decoding: list[tuple[int, int, _Seq]] = []  # heap of (finish step, tiebreak, seq)
-        self.n_decoding = 0
-        self.context = 0  # tokens in the KV cache of running sequences
+        self.block = engine.block_size
+        self.token_budget = engine.max_num_batched_tokens
+        self.max_seqs = engine.max_num_seqs
+        self.max_model_len = engine.max_model_len
+        self.caching = engine.enable_prefix_caching
+        self.total_blocks = latency.profile.kv_capacity_blocks()
+        self._longest = min(self.max_model_len, self.total_blocks * self.block)  # tokens a sequence may reach
+        self.anon = self.total_blocks  # free blocks with no cached content (reused first)
+        self.cached_free = 0  # free blocks with cached content, in `lru`
+        self.lru: deque[_Run] = deque()
+        self.chains: dict[str, _Chain] = {}
         self.seqs: dict[NodeKey, _Seq] = {}
-        self.prefixes: dict[tuple[str, int], _Prefix] = {}  # (prefix id, full blocks) -> cached blocks
-        self.step_no = 0
-        self._tiebreak = 0
+        self.waiting: deque[_Seq] = deque()
+        self.running: dict[_Seq, None] = {}  # in running order
+        self.prefilling: dict[_Seq, None] = {}  # running, not decoding, in running order
+        self.n_dec = 0  # running sequences that decode
+        self.base_sum = 0  # sum of their `base`
+        self.need = [0] * self.block  # decoding sequences by base mod block: those that need a block at tick = base
+        self.finishing: dict[int, list[_Seq]] = {}  # tick -> decoding sequences sampling their last token then
+        self.tick = 0  # steps taken
         self._rejected: list[tuple[NodeKey, str]] = []
 
     # --- the scheduler's requests -----------------------------------------------------------
 
     def apply(self, step: GenStep) -> None:
-        """Drop `step.abort`, then queue `step.admit` (in that order)."""
+        """Drop `step.abort` (unknown keys are ignored), then queue `step.admit`; tasks that can
+        never run are reported by the next `step()`. Raises ValueError for a key already queued."""
         for key in step.abort:
             self._abort(key)
         for task in step.admit:
-            seq = _Seq(task)
-            need = self._blocks(task.prompt_tokens + task.output_tokens)
-            if need > self.total_blocks:
-                self._rejected.append((task.key, f"needs {need} KV blocks, engine has {self.total_blocks}"))
+            if task.key in self.seqs:
+                raise ValueError(f"{task.key} is already in the engine (abort it before admitting it again)")
+            if not (task.prompt_tokens > 0 and task.output_tokens > 0
+                    and task.prompt_tokens + task.output_tokens <= self._longest):
+                self._rejected.append((task.key, self._never_runs(task)))
                 continue
-            self.seqs[task.key] = seq
+            kp = min(task.prefix_tokens, task.prompt_tokens) // self.block if task.prefix and self.caching else 0
+            chain = None
+            if kp:
+                chain = self.chains.get(task.prefix)
+                if chain is None:
+                    chain = self.chains[task.prefix] = _Chain()
+            self.seqs[task.key] = seq = _Seq(task, chain, kp)
             self.waiting.append(seq)
 
     def step(self) -> tuple[float, GenStepResult]:
-        """Run one engine step: the modelled seconds and what it produced."""
-        if not (self.prefilling or self.waiting or self._rejected) and self.n_decoding:
-            return self._decode_step()
-        decodes = self.n_decoding
-        budget = self.token_budget - decodes
-        prefill = 0
-        done_prefill: list[_Seq] = []
-        for seq in self.prefilling:
-            if budget <= 0:
-                break
-            chunk = min(seq.prefill_left, budget)
-            seq.prefill_left -= chunk
-            budget -= chunk
-            prefill += chunk
-            if seq.prefill_left == 0:
-                done_prefill.append(seq)
-        cached = 0
-        while budget > 0 and self.waiting and self._running() < self.max_seqs and self._admit(self.waiting[0]):
-            seq = self.waiting.popleft()
-            cached += seq.cached
-            chunk = min(seq.prefill_left, budget)
-            seq.prefill_left -= chunk
-            budget -= chunk
-            prefill += chunk
-            self.prefilling.append(seq)
-            if seq.prefill_left == 0:
-                done_prefill.append(seq)
-        running = decodes + len(self.prefilling)
-        if not running and self.waiting:  # an empty engine admits its queue head; anything else is a bug
-            raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
-        rejected, self._rejected = tuple(self._rejected), []
-        if running == 0:
-            return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.total_blocks - self.free_blocks,
-                                      kv_total_blocks=self.total_blocks, waiting=len(self.waiting))
-        seconds = self.latency.gen_step_s(prefill, decodes, self.context)
-        self.step_no += 1
-        self.context += prefill + decodes + cached + len(done_prefill)  # + first tokens
-        finished = self._advance(done_prefill)
+        """Called by the body once per `GenStep`, after `apply`: run one engine step. Returns its
+        modelled seconds (0.0 when nothing ran) and what it did. Raises RuntimeError if the
+        waiting queue's head cannot enter an empty engine (a bug of this model; state undefined)."""
+        n = self.n_dec
+        if n and self.fast_path and not (self.prefilling or self.waiting or self._rejected) and n <= self.token_budget:
+            k = self.need[self.tick % self.block]  # blocks the decoders need: allocated by count
+            if k <= self.anon:
+                self.anon -= k
+                return self._decode_step(n)
+            if k <= self.anon + self.cached_free:
+                self._take(k)
+                return self._decode_step(n)
+        plan = _Plan()
+        budget = self._serve_running(plan)
+        if not plan.preempted:
+            self._admit_waiting(plan, budget)
+        rejected: tuple[tuple[NodeKey, str], ...] = ()
+        if self._rejected:
+            rejected, self._rejected = tuple(self._rejected), []
+        scheduled = plan.decoders + len(plan.chunks)
+        if not scheduled:
+            if self.waiting and not plan.preempted:
+                raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
+            return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
+                                      kv_total_blocks=self.total_blocks, waiting=len(self.waiting),
+                                      preempted=plan.preempted)
+        prefill, sampled, context = self._tally(plan)
+        seconds = self.latency.gen_step_s(prefill, scheduled, context)
+        finished, cached = self._advance(plan)
         return seconds, GenStepResult(
-            finished=tuple(finished), rejected=rejected, kv_used_blocks=self.total_blocks - self.free_blocks,
-            kv_total_blocks=self.total_blocks, running=running, waiting=len(self.waiting),
-            prefill_tokens=prefill, decode_tokens=decodes + len(done_prefill), cached_prompt_tokens=cached)
-
-    def _decode_step(self) -> tuple[float, GenStepResult]:
-        """`step()` when every running sequence decodes and nothing waits (the common case)."""
-        decodes = self.n_decoding
-        seconds = self.latency.gen_step_s(0, decodes, self.context)
-        self.step_no += 1
-        self.context += decodes
-        finished = self._advance(())
-        return seconds, GenStepResult(finished=tuple(finished), kv_used_blocks=self.total_blocks - self.free_blocks,
-                                      kv_total_blocks=self.total_blocks, running=decodes, decode_tokens=decodes)
+            finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
+            kv_total_blocks=self.total_blocks, running=scheduled, waiting=len(self.waiting), prefill_tokens=prefill,
+            decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted)
 
     @property
     def kv_used_blocks(self) -> int:
-        return self.total_blocks - self.free_blocks
+        """Blocks held by running sequences (cached free blocks count as free, as in vLLM's usage)."""
+        return self.total_blocks - self.anon - self.cached_free
 
-    # --- internals ------------------------------------------------------------------------------
+    def audit_blocks(self) -> int:
+        """Blocks held, recounted from the sequences' state (for tests: equals `kv_used_blocks`)."""
+        own = sum(self._blocks(self._computed(s)) - s.shared for s in self.running)
+        return own + sum(c.held for c in self.chains.values())
 
-    def _blocks(self, tokens: int) -> int:
-        return -(-tokens // self.block)
+    # --- steps ----------------------------------------------------------------------------------
 
-    def _running(self) -> int:
-        return self.n_decoding + len(self.prefilling)
+    def _decode_step(self, n: int) -> tuple[float, GenStepResult]:
+        """`step()` when all `n` running sequences decode one token (the budget holds them all and
+        their blocks are allocated), nothing waits: nothing is preempted or admitted."""
+        t = self.tick
+        context = n * t - self.base_sum
+        seconds = self.latency.gen_step_s(0, n, context)
+        finished = self._finish_decoders(t) if t in self.finishing else ()
+        self.tick = t + 1
+        total = self.total_blocks
+        return seconds, GenStepResult(finished=finished, kv_used_blocks=total - self.anon - self.cached_free,
+                                      kv_total_blocks=total, running=n, decode_tokens=n, context_tokens=context)
 
-    def _admit(self, seq: _Seq) -> bool:
-        """Reserve KV for `seq` (using a cached prefix where there is one); False if full."""
-        t = seq.task
-        key = self._prefix_key(t)
-        prefix = self.prefixes.get(key) if key else None
-        prefix_blocks = key[1] if key else 0
-        shared = prefix_blocks if prefix is not None else 0
-        need = self._blocks(t.prompt_tokens + t.output_tokens) - shared
-        if need > self.free_blocks and not self._evict_prefixes(need, keep=key):
-            return False
-        self.free_blocks -= need
-        seq.blocks = need
-        if key:
-            if prefix is None:  # this sequence computes the prefix; its blocks become shared
-                prefix = self.prefixes[key] = _Prefix(prefix_blocks)
-                seq.blocks -= prefix_blocks
-            else:
-                seq.cached = min(prefix_blocks * self.block, t.prompt_tokens - 1)
-            prefix.refs += 1
-            prefix.last_used = self.step_no
-        seq.prefill_left = t.prompt_tokens - seq.cached
-        return True
+    def _serve_running(self, plan: _Plan) -> int:
+        """Phase 1: serve the running sequences; returns the token budget left. When every one
+        gets all it needs without preemption the order does not matter and decoders are
+        counted, not visited; otherwise the running list is walked in order."""
+        t, n_dec = self.tick, self.n_dec
+        tokens, blocks = n_dec, self.need[t % self.block]
+        chunks = []
+        if self.prefilling:
+            chunks = [(s, s.computed, s.task.prompt_tokens + s.generated - s.computed) for s in self.prefilling]
+            for _, c, n in chunks:
+                tokens += n
+                blocks += self._blocks(c + n) - self._blocks(c)
+        if tokens > self.token_budget or blocks > self.anon + self.cached_free:
+            return self._walk_running(plan)
+        if blocks:
+            self._take(blocks)
+        plan.decoders, plan.context = n_dec, n_dec * t - self.base_sum
+        for seq, c, n in chunks:
+            plan.chunks.append((seq, c, n))
+            if seq.chain is not None:
+                self._register(seq, c, c + n)
+        return self.token_budget - tokens
 
-    def _prefix_key(self, t: GenTask) -> tuple[str, int] | None:
-        """Cache identity of a task's shared prefix: its id and its number of full blocks
-        (only full blocks are shared, as in vLLM); None when it has none."""
-        blocks = t.prefix_tokens // self.block if t.prefix else 0
-        return (t.prefix, blocks) if blocks else None
-
-    def _evict_prefixes(self, need: int, keep: tuple[str, int] | None) -> bool:
-        """Free unreferenced cached prefixes (except `keep`, the one about to be reused), least
-        recently used first, until `need` fits."""
-        idle = sorted((p.last_used, name) for name, p in self.prefixes.items() if p.refs == 0 and name != keep)
-        for _, name in idle:
-            if need <= self.free_blocks:
+    def _walk_running(self, plan: _Plan) -> int:
+        """Phase 1 as vLLM runs it: in running order, preempting from the end when blocks run out."""
+        t = self.tick
+        order = list(self.running)
+        end, i, budget = len(order), 0, self.token_budget
+        while i < end and budget > 0:
+            seq = order[i]
+            decoding = seq.state == _DECODE
+            c = t - seq.base if decoding else seq.computed
+            n = 1 if decoding else min(seq.task.prompt_tokens + seq.generated - c, budget)
+            need = self._blocks(c + n) - self._blocks(c)
+            while need > self.anon + self.cached_free and end > i:
+                end -= 1
+                self._preempt(order[end])
+                plan.preempted += 1
+            if end == i:  # it was preempted itself: serve no further running sequence
                 break
-            self.free_blocks += self.prefixes.pop(name).blocks
-        return need <= self.free_blocks
+            self._take(need)
+            budget -= n
+            if decoding:
+                plan.decoders += 1
+                plan.context += c
+            else:
+                plan.chunks.append((seq, c, n))
+                self._register(seq, c, c + n)
+            i += 1
+        plan.skipped = [s for s in order[i:end] if s.state == _DECODE]
+        return budget
 
-    def _advance(self, done_prefill: list[_Seq] | tuple[()]) -> list[NodeKey]:
-        finished: list[NodeKey] = []
-        for seq in done_prefill:
-            self.prefilling.remove(seq)
-            if seq.task.output_tokens <= 1:  # the prefill step samples the first token
-                self._release(seq)
+    def _admit_waiting(self, plan: _Plan, budget: int) -> None:
+        """Phase 2: admit waiting sequences in order while budget, max_num_seqs and blocks allow."""
+        b, waiting, running = self.block, self.waiting, self.running
+        while budget > 0 and waiting and len(running) < self.max_seqs:
+            seq = waiting[0]
+            hit = touched = 0
+            if seq.chain is not None or seq.own_run is not None:
+                hit, touched = self._lookup(seq)
+            length = seq.task.prompt_tokens + seq.generated
+            if -(-length // b) - hit + touched > self.anon + self.cached_free:
+                break
+            waiting.popleft()
+            if hit or seq.own_run is not None:
+                self._touch(seq, hit)
+            c = hit * b
+            n = length - c if length - c < budget else budget
+            k = -(-(c + n) // b) - hit
+            if k <= self.anon:
+                self.anon -= k
+            else:
+                self._take(k)
+            if seq.first_hit < 0:
+                seq.first_hit = c
+            seq.state, seq.computed = _PREFILL, c
+            running[seq] = None
+            self.prefilling[seq] = None
+            plan.chunks.append((seq, c, n))
+            if seq.chain is not None:
+                self._register(seq, c, c + n)
+            budget -= n
+
+    def _tally(self, plan: _Plan) -> tuple[int, int, int]:
+        """(prefill tokens, tokens sampled, context tokens) of a plan. A chunk is a decode, not
+        prefill, when it computes a sequence's last sampled token (as the real driver counts)."""
+        prefill, sampled, context = 0, plan.decoders, plan.context
+        for seq, c, n in plan.chunks:
+            length = seq.task.prompt_tokens + seq.generated
+            if not (seq.generated and c == length - 1):
+                prefill += n
+            sampled += c + n == length
+            context += c
+        return prefill, sampled, context
+
+    def _advance(self, plan: _Plan) -> tuple[tuple[NodeKey, ...], int]:
+        """Apply a step's tokens: sample, start decoding, end; (finished keys, cached tokens reported)."""
+        t, finished, cached = self.tick, [], 0
+        for seq, c, n in plan.chunks:
+            seq.computed = c + n
+            if seq.computed < seq.task.prompt_tokens + seq.generated:
+                continue
+            if not seq.generated:
+                cached += seq.first_hit
+            seq.generated += 1
+            del self.prefilling[seq]
+            if seq.generated == seq.task.output_tokens:
+                del self.running[seq]
+                self._end(seq)
                 finished.append(seq.task.key)
             else:
-                seq.finish_step = self.step_no + seq.task.output_tokens - 1
-                self._tiebreak += 1
-                heapq.heappush(self.decoding, (seq.finish_step, self._tiebreak, seq))
-                self.n_decoding += 1
-        heap = self.decoding
-        while heap and heap[0][0] <= self.step_no:
-            seq = heapq.heappop(heap)[2]
-            if seq.gone:
-                continue
-            self.n_decoding -= 1
-            self._release(seq)
-            finished.append(seq.task.key)
-        return finished
+                self._start_decoding(seq, t + 1)
+        for seq in plan.skipped:  # not served: one tick later for everything
+            seq.computed = t - seq.base
+            self._stop_decoding(seq)
+            self._start_decoding(seq, t + 1)
+        ended = self._finish_decoders(t)
+        self.tick = t + 1
+        return (*finished, *ended), cached
 
-    def _release(self, seq: _Seq) -> None:
-        t = seq.task
-        self.context -= t.prompt_tokens + t.output_tokens
-        self.free_blocks += seq.blocks
-        key = self._prefix_key(t)
-        if key:
-            self.prefixes[key].refs -= 1
-        del self.seqs[t.key]
+    # --- sequence transitions -------------------------------------------------------------------
+
+    def _start_decoding(self, seq: _Seq, tick: int) -> None:
+        seq.state = _DECODE
+        seq.base = base = tick - seq.computed
+        self.n_dec += 1
+        self.base_sum += base
+        self.need[base % self.block] += 1
+        seq.finish_tick = tick = seq.task.prompt_tokens + seq.task.output_tokens - 2 + base
+        ending = self.finishing.get(tick)
+        if ending is None:
+            self.finishing[tick] = [seq]
+        else:
+            ending.append(seq)
+
+    def _stop_decoding(self, seq: _Seq) -> None:
+        self.n_dec -= 1
+        self.base_sum -= seq.base
+        self.need[seq.base % self.block] -= 1
+        seq.finish_tick = -1
+
+    def _finish_decoders(self, t: int) -> tuple[NodeKey, ...]:
+        ending = self.finishing.pop(t, None)
+        if ending is None:
+            return ()
+        done = []
+        for seq in ending:
+            if seq.state == _DECODE and seq.finish_tick == t:  # else a stale entry (skipped, preempted, aborted)
+                seq.computed = t + 1 - seq.base
+                self._stop_decoding(seq)
+                del self.running[seq]
+                self._end(seq)
+                done.append(seq.task.key)
+        return tuple(done)
+
+    def _leave_running(self, seq: _Seq) -> None:
+        del self.running[seq]
+        if seq.state == _DECODE:
+            seq.computed = self.tick - seq.base
+            seq.generated = seq.computed - seq.task.prompt_tokens + 1
+            self._stop_decoding(seq)
+        else:
+            del self.prefilling[seq]
+
+    def _preempt(self, seq: _Seq) -> None:
+        """Recompute preemption: free its blocks, back to the front of the waiting queue."""
+        self._leave_running(seq)
+        self._release(seq, preempted=True)
+        seq.state, seq.computed = _WAITING, 0
+        self.waiting.appendleft(seq)
+
+    def _end(self, seq: _Seq) -> None:
+        """It has left the running list: it ended, or was aborted."""
+        self._release(seq, preempted=False)
+        seq.state = _DONE
+        del self.seqs[seq.task.key]
 
     def _abort(self, key: NodeKey) -> None:
         seq = self.seqs.get(key)
         if seq is None:
             return
-        if seq in self.waiting:
+        if seq.state == _WAITING:
             self.waiting.remove(seq)
+            if seq.own_run is not None:
+                seq.own_run.owner = None
             del self.seqs[key]
+            seq.state = _DONE
             return
-        t = seq.task
-        if seq.finish_step >= 0:  # decoding: tokens so far = prompt + generated
-            seq.gone = True
-            self.n_decoding -= 1
-            generated = t.output_tokens - (seq.finish_step - self.step_no)
-            self.context += t.prompt_tokens + t.output_tokens - (t.prompt_tokens + generated)
+        self._leave_running(seq)
+        self._end(seq)
+
+    def _never_runs(self, task: GenTask) -> str:
+        """Why the engine can never run `task` ("" if it can); the real driver's reasons."""
+        if task.prompt_tokens < 1:
+            return "empty prompt"
+        if task.output_tokens < 1:
+            return "no output tokens requested"
+        length = task.prompt_tokens + task.output_tokens
+        if length > self.max_model_len:
+            return f"prompt + output = {length} tokens > max_model_len {self.max_model_len}"
+        need = self._blocks(length)
+        if need > self.total_blocks:
+            return f"needs {need} KV blocks, engine has {self.total_blocks}"
+        return ""
+
+    # --- KV blocks ------------------------------------------------------------------------------
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block)
+
+    def _computed(self, seq: _Seq) -> int:
+        return self.tick - seq.base if seq.state == _DECODE else seq.computed
+
+    def _take(self, k: int) -> None:
+        """Allocate `k` blocks from the free queue: blocks with no content first, then cached ones
+        in LRU order (evicting them)."""
+        if k <= self.anon:
+            self.anon -= k
+            return
+        k -= self.anon
+        self.anon = 0
+        lru = self.lru
+        while k:
+            run = lru[0]
+            n = run.hi - run.lo
+            if n == 0:  # emptied by a prefix-cache hit
+                lru.popleft()
+                continue
+            got = n if n < k else k
+            run.hi -= got
+            self.cached_free -= got
+            k -= got
+            if isinstance(run.owner, _Chain):
+                run.owner.cached = min(run.owner.cached, run.hi)
+                if run.hi == run.lo:
+                    run.owner.free_runs.remove(run)
+            if run.hi == run.lo:
+                lru.popleft()
+
+    def _append(self, run: _Run) -> None:
+        """Put cached free blocks of a prefix or a preempted sequence at the tail of the free queue."""
+        self.cached_free += run.hi - run.lo
+        self.lru.append(run)
+        if isinstance(run.owner, _Chain):
+            run.owner.free_runs.append(run)
+
+    def _append_unused(self, blocks: int) -> None:
+        """Put cached free blocks nobody will reuse at the tail of the free queue."""
+        self.cached_free += blocks
+        lru = self.lru
+        if lru and lru[-1].owner is None:
+            lru[-1].hi += blocks
         else:
-            self.prefilling.remove(seq)
-            self.context += t.prompt_tokens + t.output_tokens - (t.prompt_tokens - seq.prefill_left)
-        self._release(seq)
+            lru.append(_Run(None, 0, blocks))
+
+    def _release(self, seq: _Seq, preempted: bool) -> None:
+        """Free a sequence's blocks in vLLM's order: its partial last block to the front of the
+        free queue, its full blocks (cached) to the tail, own blocks before prefix blocks. A
+        preempted sequence may find its own blocks again; those of a sequence that ended nobody reuses."""
+        c, kp = seq.computed, seq.kp
+        full = c // self.block
+        partial = c > full * self.block
+        if not self.caching:
+            self.anon += full + partial
+            return
+        self.anon += partial
+        own = full - kp if full > kp else 0
+        unused = (full if full < kp else kp) - seq.shared  # prefix blocks it computed while another copy was cached
+        if preempted and own:
+            seq.own_run = run = _Run(seq, kp, full)
+            self._append(run)
+        else:
+            unused += own
+        if unused > 0:
+            self._append_unused(unused)
+        if seq.shared:
+            self._unhold(seq.chain, seq.shared)
+            seq.shared = 0
+
+    def _lookup(self, seq: _Seq) -> tuple[int, int]:
+        """(blocks hit in the prefix cache, of which free ones) for admitting `seq` now."""
+        if not self.caching:
+            return 0, 0
+        cap = (seq.task.prompt_tokens + seq.generated - 1) // self.block  # the last token is always computed
+        hit = touched = 0
+        chain = seq.chain
+        if chain is not None:
+            hit = min(chain.cached, seq.kp, cap)
+            touched = hit - chain.held if hit > chain.held else 0
+        run = seq.own_run
+        if run is not None and run.owner is seq and run.lo == hit == seq.kp:
+            top = min(run.hi, cap)
+            if top > hit:
+                touched += top - hit
+                hit = top
+        return hit, touched
+
+    def _touch(self, seq: _Seq, hit: int) -> None:
+        """Take the `hit` cached blocks for an admitted sequence (free ones leave the free queue)."""
+        chain, run = seq.chain, seq.own_run
+        prefix_hit = hit if hit < seq.kp else seq.kp
+        if chain is not None and prefix_hit:
+            runs = chain.free_runs
+            while runs and runs[-1].lo < prefix_hit:  # its free blocks, lowest indices last
+                last = runs[-1]
+                cut = min(last.hi, prefix_hit) - last.lo
+                self.cached_free -= cut
+                last.lo += cut
+                if last.lo < last.hi:
+                    break
+                runs.pop()
+            chain.extents[prefix_hit] = chain.extents.get(prefix_hit, 0) + 1
+            if prefix_hit > chain.held:
+                chain.held = prefix_hit
+            seq.shared = prefix_hit
+        if run is not None:
+            if hit > run.lo and run.owner is seq:
+                self.cached_free -= hit - run.lo
+                run.lo = hit
+            run.owner = None  # what is left of it is never reached again
+            seq.own_run = None
+
+    def _register(self, seq: _Seq, before: int, after: int) -> None:
+        """Cache the prefix blocks that computing tokens before..after fills, if it computes the
+        prefix's cached copy (as vLLM's `cache_blocks` at allocation time)."""
+        chain, old = seq.chain, seq.shared
+        if chain is None or old != chain.cached or old != before // self.block:
+            return
+        top = min(after // self.block, seq.kp)
+        if top > old:  # it held blocks 0..old-1 (so did nobody further: old == cached); now 0..top-1
+            extents = chain.extents
+            if old:
+                if extents[old] > 1:
+                    extents[old] -= 1
+                else:
+                    del extents[old]
+            extents[top] = extents.get(top, 0) + 1
+            seq.shared = chain.cached = chain.held = top
+
+    def _unhold(self, chain: _Chain | None, blocks: int) -> None:
+        """A sequence stops holding blocks 0..blocks-1 of `chain`: those nobody holds become free."""
+        assert chain is not None
+        left = chain.extents[blocks] - 1
+        if left:
+            chain.extents[blocks] = left
+            return
+        del chain.extents[blocks]
+        if blocks == chain.held:
+            chain.held = max(chain.extents, default=0)
+            if chain.held < blocks:
+                self._append(_Run(chain, chain.held, blocks))
