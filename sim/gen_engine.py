@@ -364,17 +364,26 @@ class GenEngineModel:
         seq.finish_tick = -1
 
     def _finish_decoders(self, t: int) -> tuple[NodeKey, ...]:
+        """End the decoding sequences whose last token step `t` samples (`_stop_decoding` and
+        `_end`, inline: this runs for most sequences)."""
         ending = self.finishing.pop(t, None)
         if ending is None:
             return ()
         done = []
+        need, block, running, seqs = self.need, self.block, self.running, self.seqs
         for seq in ending:
             if seq.state == _DECODE and seq.finish_tick == t:  # else a stale entry (skipped, preempted, aborted)
-                seq.computed = t + 1 - seq.base
-                self._stop_decoding(seq)
-                del self.running[seq]
-                self._end(seq)
-                done.append(seq.task.key)
+                base = seq.base
+                seq.computed = t + 1 - base
+                self.n_dec -= 1
+                self.base_sum -= base
+                need[base % block] -= 1
+                del running[seq]
+                self._release(seq, preempted=False)
+                seq.state = _DONE
+                key = seq.task.key
+                del seqs[key]
+                done.append(key)
         return tuple(done)
 
     def _leave_running(self, seq: _Seq) -> None:
@@ -437,29 +446,26 @@ class GenEngineModel:
 
     def _take(self, k: int) -> None:
         """Allocate `k` blocks from the free queue: blocks with no content first, then cached ones
-        in LRU order (evicting them)."""
-        if k <= self.anon:
-            self.anon -= k
-            return
-        k -= self.anon
-        self.anon = 0
+        in LRU order, evicting them. Content nobody reuses that reaches the queue's head joins
+        the blocks with no content (the same order of reuse, fewer runs to walk)."""
         lru = self.lru
-        while k:
+        while k > self.anon:
             run = lru[0]
             n = run.hi - run.lo
-            if n == 0:  # emptied by a prefix-cache hit
+            if run.owner is None or n == 0:
                 lru.popleft()
-                continue
-            got = n if n < k else k
-            run.hi -= got
-            self.cached_free -= got
-            k -= got
-            if isinstance(run.owner, _Chain):
-                run.owner.cached = min(run.owner.cached, run.hi)
+            else:
+                n = min(n, k - self.anon)
+                run.hi -= n
+                if isinstance(run.owner, _Chain):
+                    run.owner.cached = min(run.owner.cached, run.hi)
+                    if run.hi == run.lo:
+                        run.owner.free_runs.remove(run)
                 if run.hi == run.lo:
-                    run.owner.free_runs.remove(run)
-            if run.hi == run.lo:
-                lru.popleft()
+                    lru.popleft()
+            self.cached_free -= n
+            self.anon += n
+        self.anon -= k
 
     def _append(self, run: _Run) -> None:
         """Put cached free blocks of a prefix or a preempted sequence at the tail of the free queue."""
@@ -467,15 +473,6 @@ class GenEngineModel:
         self.lru.append(run)
         if isinstance(run.owner, _Chain):
             run.owner.free_runs.append(run)
-
-    def _append_unused(self, blocks: int) -> None:
-        """Put cached free blocks nobody will reuse at the tail of the free queue."""
-        self.cached_free += blocks
-        lru = self.lru
-        if lru and lru[-1].owner is None:
-            lru[-1].hi += blocks
-        else:
-            lru.append(_Run(None, 0, blocks))
 
     def _release(self, seq: _Seq, preempted: bool) -> None:
         """Free a sequence's blocks in vLLM's order: its partial last block to the front of the
@@ -495,8 +492,13 @@ class GenEngineModel:
             self._append(run)
         else:
             unused += own
-        if unused > 0:
-            self._append_unused(unused)
+        if unused > 0:  # content nobody will reuse, merged with the tail's if that is the same
+            self.cached_free += unused
+            lru = self.lru
+            if lru and lru[-1].owner is None:
+                lru[-1].hi += unused
+            else:
+                lru.append(_Run(None, 0, unused))
         if seq.shared:
             self._unhold(seq.chain, seq.shared)
             seq.shared = 0
