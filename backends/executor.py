@@ -42,6 +42,7 @@ from ragraph.work import (
     SearchBatch,
     SearchResult,
     WorkItem,
+    may_open_work,
 )
 
 IDLE_POLL_S = 0.05  # an idle lane re-asks at least this often (new work also wakes it at once)
@@ -218,8 +219,9 @@ class RealExecutor:
                 else:
                     self.sched.complete(item, result, ended)
                 self._forget_ended()
-                self._idle.clear()  # other lanes may have work now
-                self._cond.notify_all()
+                if may_open_work(result):
+                    self._idle.clear()  # other lanes may have work now
+                    self._cond.notify_all()
 
     # --- items -------------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
-"""The real body, assembled: engine, index, embedder, cluster cache, cores and cost model.
+"""The real body, assembled: engine, index, embedder, cluster cache and cores.
 
 `RealBackend.open(options)` builds the parts once (model load and index load take tens of
-seconds); `replay(requests, policy)` then runs one trace through `RealExecutor` under a
-policy built from its spec, exactly as `hedra sim` builds it, and can be called again with
-another policy on the same warm engines. Heavy libraries load here, lazily.
+seconds); the engine runs the one engine configuration `options.engine` (the same
+`hwmodel.profile.Engine` the simulator reads from a profile). `replay(requests, policy,
+costs)` then runs one trace through `RealExecutor` under a policy built from its spec and a
+cost model, exactly as `hedra sim` builds it (the cost model is the profile's
+`hwmodel.latency.LatencyModel`, fitted on this body by `hedra calibrate`), and can be called
+again with another policy on the same warm engines. Heavy libraries load here, lazily.
 
 Cores: on a CPU-only machine the engine thread and the retrieval threads are pinned to
 disjoint cores (default: the first usable core generates, the rest retrieve), each with its
@@ -15,28 +18,31 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from backends.embed_worker import EmbedderProcess
 from backends.embedder import Embedder
-from backends.executor import RealExecutor, pin_current_thread
+from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
 from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
-from backends.search_cost import MeasuredSearchCost, measure_search_cost
+from backends.retrieval_worker import RetrievalProcess
+from hwmodel.profile import Engine
+from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
 from ragraph.policies import make_policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
 
-# The GIL switch interval during a replay (Python's default is 5 ms). A lane returning from
-# FAISS or from the embedding worker must take the GIL back from the engine thread, which on a
-# small model runs Python most of the time; it waits up to one interval each time.
-SWITCH_INTERVAL_S = 0.0005
+# The GIL switch interval during a replay (Python's default is 5 ms). The retrieval lane,
+# returning from the retrieval worker's pipe, must take the GIL back from the engine thread,
+# which on a small model runs Python most of the time; it waits up to one interval each time.
+# At 0.5 ms a scan-only sub-stage (0.3 ms in the worker) took 0.66-0.74 ms in replays against
+# 0.25-0.3 ms alone; 0.1 ms bounds that wait at a tenth of an engine step.
+SWITCH_INTERVAL_S = 0.0001
 
 
 class BackendError(ValueError):
@@ -63,11 +69,7 @@ class RealOptions(BaseModel):
     corpus: Path | None = None  # a corpus folder (hedra corpus build); None: the default wiki corpus
     gen_cores: tuple[int, ...] | None = None  # cores of the engine thread (cpu backend)
     retrieval_cores: tuple[int, ...] | None = None  # cores of the retrieval thread (FAISS threads = their count)
-    max_model_len: int = Field(default=4096, gt=0)
-    max_num_seqs: int = Field(default=256, gt=0)
-    max_num_batched_tokens: int = Field(default=2048, gt=0)
-    kv_cache_gib: float = Field(default=1.0, gt=0)  # cpu: VLLM_CPU_KVCACHE_SPACE
-    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
+    engine: Engine  # the engine configuration (a profile's `engine`): block size, batch limits, KV cache...
     cache_vectors: int = Field(default=0, ge=0)  # GPU cluster cache capacity in vectors (gpu backend)
     seed: int = 0
 
@@ -93,34 +95,34 @@ class RealOptions(BaseModel):
 class RealBackend:
     """vLLM + FAISS + embedder (+ GPU cluster cache), built once, replayed many times."""
 
-    def __init__(self, options: RealOptions, engine, retriever, encoder, corpus, cache,
-                 cost: MeasuredSearchCost, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    def __init__(self, options: RealOptions, engine, retriever, retrieval: RetrievalProcess | Embedder, corpus,
+                 cache, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
         self.options = options
         self.engine, self.retriever, self.corpus, self.cache = engine, retriever, corpus, cache
-        self.encoder = encoder  # what the retrieval lane embeds queries with
-        self.cost = cost
+        # cpu: the retrieval worker process that runs the lane's searches; gpu: the in-process query embedder
+        self._retrieval = retrieval
         self.gen_cores, self.retrieval_cores = cores
 
     @classmethod
     def open(cls, options: RealOptions, progress: Callable[[str], None] = lambda msg: None) -> RealBackend:
-        from backends.corpus import CorpusError, embedder_for, ensure_wiki_corpus, load_corpus
+        from backends.corpus import FILES, CorpusError, embedder_for, ensure_wiki_corpus, load_corpus
         from backends.ivf import IVFRetriever
         from backends.vllm_engine import VLLMEngine
 
         gpu = options.backend == "gpu"
         if gpu:
-            _require_cuda()
+            require_cuda()
         gen_cores, ret_cores = options.core_split()  # on a GPU machine the engine thread only drives the GPU
         threads = len(ret_cores)
         progress("loading the corpus and its index (built on first use)")
         corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus()
         progress("loading the embedder")
-        # on the CPU, queries are embedded by a worker process on the retrieval cores (GIL: see embed_worker.py)
-        encoder = embedder_for(corpus, device="cuda") if gpu else EmbedderProcess(
-            corpus.manifest["embedder"]["name"], cores=ret_cores, threads=threads)
-        if encoder.dim != corpus.dim:
+        # on the CPU the lane's searches run in a worker process on the retrieval cores (GIL: see retrieval_worker.py)
+        retrieval = embedder_for(corpus, device="cuda") if gpu else RetrievalProcess(
+            corpus.path / FILES["index"], corpus.manifest["embedder"]["name"], cores=ret_cores, threads=threads)
+        if retrieval.dim != corpus.dim:
             raise CorpusError(f"{corpus.path}: field embedder.dim: the index has {corpus.dim} dimensions,"
-                              f" the embedder gives {encoder.dim}")
+                              f" the embedder gives {retrieval.dim}")
         retriever = IVFRetriever(corpus.index, threads=threads)
         cache = None
         if gpu and options.cache_vectors:
@@ -130,37 +132,34 @@ class RealBackend:
         model = options.model or ensure_tiny_model(progress)
         progress(f"starting vLLM on {model}")
         pin_current_thread(gen_cores)  # vLLM-CPU binds its threads at start-up from the calling thread
-        engine = VLLMEngine(model, device="cuda" if gpu else "cpu", max_model_len=options.max_model_len,
-                            max_num_seqs=options.max_num_seqs, max_num_batched_tokens=options.max_num_batched_tokens,
-                            kv_cache_gib=None if gpu else options.kv_cache_gib,
-                            gpu_memory_utilization=options.gpu_memory_utilization, seed=options.seed)
-        progress("measuring the retrieval cost model")
-        pin_current_thread(ret_cores)
-        _set_search_threads(threads)
-        # embedding time grows with text length: time it on the corpus's questions-plus-passage sized texts
-        probe_texts = [corpus.contents(i) for i in range(0, corpus.ntotal, max(1, corpus.ntotal // 16))][:16]
-        cost = measure_search_cost(retriever, threads=threads, seed=options.seed, encode=encoder.encode,
-                                   texts=probe_texts)
+        engine = VLLMEngine.from_config(model, options.engine, device="cuda" if gpu else "cpu", seed=options.seed)
         pin_current_thread(usable_cores())
-        return cls(options, engine, retriever, encoder, corpus, cache, cost,
-                   (tuple(gen_cores), tuple(ret_cores)))
+        return cls(options, engine, retriever, retrieval, corpus, cache, (tuple(gen_cores), tuple(ret_cores)))
 
     @cached_property
     def embedder(self) -> Embedder:
         """The corpus's embedder in this process, loaded on first use (for making traces)."""
         from backends.corpus import embedder_for
 
-        return self.encoder if isinstance(self.encoder, Embedder) else embedder_for(self.corpus)
+        return self._retrieval if isinstance(self._retrieval, Embedder) else embedder_for(self.corpus)
 
-    def replay(self, requests: list[Request], policy: str, *, timeline: bool = True,
+    def retrieval_body(self, requests: Sequence[Request]) -> RetrievalBody:
+        """What the retrieval lanes run for a replay of `requests` (their query texts): the
+        worker process's service on the CPU, an in-process service on the GPU."""
+        if isinstance(self._retrieval, RetrievalProcess):
+            return self._retrieval.begin(requests)
+        return RetrievalService(self.retriever, self._retrieval.encode, requests, self.cache)
+
+    def replay(self, requests: list[Request], policy: str, costs: SearchCostModel, *, timeline: bool = True,
                executor_hook: Callable[[RealExecutor], None] | None = None) -> RunResult:
-        """Run `requests` under the policy spec `policy`; every request ends in the records.
-        `executor_hook` sees the executor before it starts (tests use it to inject faults)."""
-        service = RetrievalService(self.retriever, self.encoder.encode, requests, self.cache)
-        gen_cores, ret_cores, threads = self.gen_cores, self.retrieval_cores, self.cost.threads
-        setup = {Lane.GPU_GEN: lambda: _thread_setup(gen_cores),
-                 Lane.CPU_RETRIEVAL: lambda: _thread_setup(ret_cores, search_threads=threads)}
-        executor = RealExecutor(requests, make_policy(policy, self.cost), self.engine, service,
+        """Run `requests` under the policy spec `policy`, whose time-based decisions use `costs`
+        (the profile's latency model); every request ends in the records. `executor_hook`
+        sees the executor before it starts (tests use it to inject faults)."""
+        service = self.retrieval_body(requests)
+        gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
+        setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),
+                 Lane.CPU_RETRIEVAL: lambda: thread_setup(ret_cores, search_threads=len(ret_cores))}
+        executor = RealExecutor(requests, make_policy(policy, costs), self.engine, service,
                                 lane_setup=setup, timeline=timeline)
         if executor_hook is not None:
             executor_hook(executor)
@@ -175,12 +174,12 @@ class RealBackend:
         """What this body is made of, for a run's summary."""
         return {"backend": self.options.backend, "model": str(self.engine.model), "corpus": str(self.corpus.path),
                 "index": self.corpus.manifest.get("index", {}), "gen_cores": list(self.gen_cores),
-                "retrieval_cores": list(self.retrieval_cores), "search_cost": self.cost.as_dict()}
+                "retrieval_cores": list(self.retrieval_cores), "engine": self.options.engine.model_dump()}
 
     def close(self) -> None:
         self.engine.close()
-        if isinstance(self.encoder, EmbedderProcess):
-            self.encoder.close()
+        if isinstance(self._retrieval, RetrievalProcess):
+            self._retrieval.close()
 
 
 def ensure_tiny_model(progress: Callable[[str], None] = lambda msg: None) -> Path:
@@ -194,7 +193,7 @@ def ensure_tiny_model(progress: Callable[[str], None] = lambda msg: None) -> Pat
     return path
 
 
-def _require_cuda() -> None:
+def require_cuda() -> None:
     try:
         import torch
     except ImportError:
@@ -209,7 +208,7 @@ def _set_search_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def _thread_setup(cores: tuple[int, ...], search_threads: int | None = None) -> None:
+def thread_setup(cores: tuple[int, ...], search_threads: int | None = None) -> None:
     """First thing in a lane thread: pin it, and size the OpenMP teams it will start.
 
     OpenMP's thread count is per calling thread, so each lane sets its own: torch's (the

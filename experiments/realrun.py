@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from experiments.results import summarize
+from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
 from ragraph.records import RunResult
 
@@ -23,9 +24,10 @@ class RealRun:
     summary: dict[str, object]
 
 
-def run_real(backend: RealBackend, requests: list[Request], policy: str, *, timeline: bool = True,
-             meta: dict[str, object] | None = None) -> RealRun:
-    """Replay `requests` on `backend` under the policy spec `policy`."""
-    result = backend.replay(requests, policy, timeline=timeline)
+def run_real(backend: RealBackend, requests: list[Request], policy: str, costs: SearchCostModel, *,
+             timeline: bool = True, meta: dict[str, object] | None = None) -> RealRun:
+    """Replay `requests` on `backend` under the policy spec `policy` (its time-based decisions
+    priced by `costs`, the profile's latency model)."""
+    result = backend.replay(requests, policy, costs, timeline=timeline)
     summary = summarize(result, {"body": "real", "policy": policy, **backend.describe(), **(meta or {})})
     return RealRun(result, summary)

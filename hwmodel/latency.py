@@ -11,12 +11,15 @@ import numpy as np
 from hwmodel.profile import Profile
 
 
-def gen_step_s(profile: Profile, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
-    """One engine step: fixed cost (weights streamed once) + prefill compute + per-sequence
-    decode compute + attention over the KV context read this step."""
+def gen_step_s(profile: Profile, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
+               admitted_tokens: int = 0) -> float:
+    """One engine step: fixed cost (weights streamed once) + prefill compute + per scheduled
+    sequence (decode compute, the engine's per-request bookkeeping) + attention over the KV
+    context read this step + the requests handed to the engine with it (`add_request`: a cost
+    per request and per prompt token)."""
     m = profile.gen_step
-    return (m.base_s + m.prefill_token_s * prefill_tokens + m.decode_seq_s * decode_seqs
-            + m.context_token_s * context_tokens)
+    return (m.base_s + m.prefill_token_s * prefill_tokens + m.seq_s * seqs + m.context_token_s * context_tokens
+            + m.admit_s * admitted + m.admit_token_s * admitted_tokens)
 
 
 def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
@@ -44,24 +47,35 @@ class LatencyModel:
         self.profile = profile
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
         m = profile.cpu_search
-        self._search = (m.call_s, m.query_s, m.new_query_s, m.thread_bytes_per_s, m.memory_bytes_per_s,
-                        profile.hardware.cpu_threads, profile.index.bytes_per_vector)
+        self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_char_s, m.thread_bytes_per_s,
+                        m.memory_bytes_per_s, profile.hardware.cpu_threads, profile.index.bytes_per_vector)
 
-    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
-        """One CPU search call. The (query, list) pairs spread over the threads; the scan runs
-        at the per-thread rate times the threads in use, capped by the memory system's rate.
-        (The profile is unpacked once in __init__: policies price every candidate sub-stage.)"""
-        call, per_query, per_new, thread_rate, memory_rate, threads, vec_bytes = self._search
+    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
+                 embed_max_chars: int = 0) -> float:
+        """One CPU search call: the `new_queries` that start in it are embedded in one model
+        call, padded to the longest text (`embed_max_chars` characters): a cost per call, per
+        query and per padded character; then the (query, list) pairs spread over the threads
+        and scan at the per-thread rate times the threads in use, capped by the memory
+        system's rate. (The profile is unpacked once in __init__: policies price every
+        candidate sub-stage.)"""
+        call, per_query, per_new, embed_call, per_char, thread_rate, memory_rate, threads, vec_bytes = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
-        return call + per_query * queries + per_new * new_queries + scanned_vectors * vec_bytes / rate
+        embed = embed_call + new_queries * (per_new + per_char * embed_max_chars) if new_queries else 0.0
+        return call + per_query * queries + embed + scanned_vectors * vec_bytes / rate
 
-    def gen_step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
-        return gen_step_s(self.profile, prefill_tokens, decode_seqs, context_tokens)
+    def gen_step_s(self, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
+                   admitted_tokens: int = 0) -> float:
+        return gen_step_s(self.profile, prefill_tokens, seqs, context_tokens, admitted, admitted_tokens)
 
     def pcie_s(self, nbytes: int) -> float:
-        p = self.profile.pcie
-        return transfer_s(p.latency_s, p.bytes_per_s, nbytes)
+        return transfer_s(*self._transfer("pcie"), nbytes)
 
     def gpu_search_s(self, nbytes: int) -> float:
-        g = self.profile.gpu_search
-        return transfer_s(g.latency_s, g.bytes_per_s, nbytes)
+        return transfer_s(*self._transfer("gpu_search"), nbytes)
+
+    def _transfer(self, name: str) -> tuple[float, float]:
+        model = getattr(self.profile, name)
+        if model is None:
+            raise ValueError(f"profile {self.profile.name} has no {name} model (a rig without a GPU index):"
+                             " a policy that uses the GPU cache needs a profile of a GPU machine")
+        return model.latency_s, model.bytes_per_s

@@ -16,7 +16,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-DEFAULT_PROFILE = "analytic-h100-llama8b-ivf4096"
+DEFAULT_PROFILE = "analytic-h100-llama8b-ivf4096"  # what-if runs (hedra sim, demo)
+DEFAULT_CPU_PROFILE = "measured-cpu-tiny-llama-wiki"  # the real CPU body (hedra run, validate): the shipped rig
 GIB = 1024**3
 
 
@@ -29,10 +30,12 @@ class _Strict(BaseModel):
 
 
 class Hardware(_Strict):
-    gpu: str
-    gpu_memory_gib: float = Field(gt=0)
+    gpu: str | None = None  # None: the engine runs on the CPU (its KV cache is engine.kv_cache_gib)
+    gpu_memory_gib: float | None = Field(default=None, gt=0)
     cpu: str
     cpu_threads: int = Field(gt=0)  # threads the retrieval lane's search calls use
+    gen_cores: list[int] | None = None  # cores the engine thread was pinned to (measured CPU profiles)
+    retrieval_cores: list[int] | None = None  # cores of the retrieval lane (measured profiles)
 
 
 class LLM(_Strict):
@@ -54,7 +57,8 @@ class Index(_Strict):
     ntotal: int = Field(gt=0)
     dim: int = Field(gt=0)
     bytes_per_vector: int = Field(gt=0)
-    list_size_sigma: float = Field(ge=0, le=4)  # lognormal sigma of IVF list sizes (skew)
+    metric: Literal["inner_product", "l2"] = "inner_product"
+    list_size_sigma: float = Field(default=0.0, ge=0, le=4)  # lognormal sigma of IVF list sizes (skew)
     list_size_seed: int = Field(default=0, ge=0)  # seed of the synthetic list sizes
     list_sizes: list[Annotated[int, Field(ge=0)]] | None = None  # measured list sizes; override the synthetic
     identity: str | None = None  # corpus index identity a measured profile was fitted on (backends.corpus)
@@ -84,20 +88,28 @@ class Engine(_Strict):
 
 
 class GenStepModel(_Strict):
-    """step_s = base_s + prefill_token_s*prefill + decode_seq_s*decodes + context_token_s*context."""
+    """step_s = base_s + prefill_token_s*prefill + seq_s*seqs + context_token_s*context + admit_s*admitted
+    + admit_token_s*admitted_tokens (see hwmodel.latency.gen_step_s)."""
 
-    base_s: float = Field(gt=0)
-    prefill_token_s: float = Field(ge=0)
-    decode_seq_s: float = Field(ge=0)
-    context_token_s: float = Field(ge=0)
+    base_s: float = Field(gt=0)  # fixed cost of a step (weights streamed once; the engine's Python)
+    prefill_token_s: float = Field(ge=0)  # per prompt token computed
+    seq_s: float = Field(ge=0)  # per sequence scheduled in the step (decoding or prefilling)
+    context_token_s: float = Field(ge=0)  # per KV token the scheduled sequences attend to
+    admit_s: float = Field(default=0.0, ge=0)  # per request the step's item hands to the engine (add_request)
+    admit_token_s: float = Field(default=0.0, ge=0)  # per prompt token of those requests (hashing, copying)
 
 
 class SearchModel(_Strict):
-    """CPU IVF search call (see hwmodel.latency.LatencyModel.search_s)."""
+    """One retrieval search call on the CPU (see hwmodel.latency.LatencyModel.search_s): the
+    embedding of the queries that start in it, then the scan of their lists."""
 
     call_s: float = Field(ge=0)  # fixed cost of one call (Python, OpenMP fork/join)
     query_s: float = Field(ge=0)  # per query in the call (heap setup and merge)
     new_query_s: float = Field(ge=0)  # per query embedded and coarse-assigned in the call
+    embed_call_s: float = Field(default=0.0, ge=0)  # per call that embeds at least one query (model call)
+    # per character of padded query text: the embedder pads a call's texts to the longest, so it
+    # does new_queries x (longest text) characters of work
+    embed_char_s: float = Field(default=0.0, ge=0)
     thread_bytes_per_s: float = Field(gt=0)  # scan rate of one thread
     memory_bytes_per_s: float = Field(gt=0)  # scan rate of all threads together (DRAM bound)
 
@@ -107,6 +119,15 @@ class TransferModel(_Strict):
 
     latency_s: float = Field(ge=0)
     bytes_per_s: float = Field(gt=0)
+
+
+class Dispatch(_Strict):
+    """Time a lane spends between two items when it has more work: the scheduler core's own
+    work (`complete`, `next_work`) around each item. Measured on the real body, whose core is
+    Python; 0 in an analytic profile (a compiled scheduler's cost sits inside the step)."""
+
+    gpu_gen_s: float = Field(default=0.0, ge=0)
+    cpu_retrieval_s: float = Field(default=0.0, ge=0)
 
 
 class Profile(_Strict):
@@ -121,8 +142,10 @@ class Profile(_Strict):
     engine: Engine
     gen_step: GenStepModel
     cpu_search: SearchModel
-    gpu_search: TransferModel
-    pcie: TransferModel
+    gpu_search: TransferModel | None = None  # None: no GPU-resident index (a CPU rig)
+    pcie: TransferModel | None = None
+    dispatch: Dispatch = Field(default_factory=Dispatch)
+    fits: dict[str, dict[str, object]] = Field(default_factory=dict)  # per model: coefficients, held-out error
     measurements: list[dict[str, float | int | str]] = Field(default_factory=list)  # raw data (measured)
 
     @model_validator(mode="after")

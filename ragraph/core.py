@@ -181,8 +181,13 @@ class Scheduler:
         node.substages += 1
         if node.remaining == 0:
             del self.retr_waiting[node.key]
-        chars = len(spec.query or self.requests[node.key[0]].request.question) if first else 0
+        chars = self.query_chars(node) if first else 0
         return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars)
+
+    def query_chars(self, node: NodeRun) -> int:
+        """Characters of the text a body embeds for a Retrieve node's query: its own `query`,
+        else its request's `question` (0: no text; the body then embeds nothing)."""
+        return len(retrieve_spec(node).query or self.requests[node.key[0]].request.question)
 
     def reorder(self, node: NodeRun, remaining: list[int]) -> None:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them

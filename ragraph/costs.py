@@ -2,7 +2,8 @@
 
 Policies that size work by time (HedraRAG's dynamic sub-stage budget) need a latency
 prediction. The core never loads a profile; a body passes in an object with these
-methods (the simulator and the real backend both build it from a calibration profile).
+methods: both bodies pass `hwmodel.latency.LatencyModel`, built from the same profile, so
+the policy's estimate and the simulated duration are one formula.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ class SearchCostModel(Protocol):
         """Vectors stored in each IVF list, indexed by list id."""
         ...
 
-    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
-        """Seconds for one search call over `queries` queries (`new_queries` of them need
-        embedding and coarse assignment first) scanning `pairs` (query, list) pairs that
-        hold `scanned_vectors` vectors in all."""
+    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
+                 embed_max_chars: int = 0) -> float:
+        """Seconds for one search call over `queries` queries (`new_queries` of them start in
+        it: their texts, the longest `embed_max_chars` characters, are embedded first)
+        scanning `pairs` (query, list) pairs that hold `scanned_vectors` vectors in all."""
         ...

@@ -70,12 +70,15 @@ class GenStepResult:
     # of their computed tokens): the attention context the step reads, fed to gen_step_s
     context_tokens: int = 0
     preempted: int = 0  # sequences preempted in this step (their KV blocks freed, to be recomputed)
+    admitted: int = 0  # tasks the step's item handed to the engine (each an add_request), rejected ones aside
+    admitted_tokens: int = 0  # their prompt tokens (the engine hashes and copies each prompt when it is added)
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""
         return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
                 "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting,
-                "context_tokens": self.context_tokens, "preempted": self.preempted}
+                "context_tokens": self.context_tokens, "preempted": self.preempted, "admitted": self.admitted,
+                "admitted_tokens": self.admitted_tokens}
 
 
 # --- retrieval --------------------------------------------------------------------------
@@ -106,15 +109,17 @@ class SearchBatch:
         shows (both bodies write the same) and what the simulator prices it by.
 
         queries: scans in the call; new_queries: those in their first sub-stage; clusters:
-        (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded."""
-        pairs = vectors = new = chars = 0
+        (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded;
+        embed_max_chars: the longest of those texts (the embedder pads to it)."""
+        pairs = vectors = new = chars = longest = 0
         for t in self.tasks:
             pairs += len(t.clusters)
             vectors += sum(map(list_sizes.__getitem__, t.clusters))
             new += t.first
             chars += t.embed_chars
+            longest = max(longest, t.embed_chars)
         return {"queries": len(self.tasks), "new_queries": new, "clusters": pairs, "vectors": vectors,
-                "embed_chars": chars}
+                "embed_chars": chars, "embed_max_chars": longest}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +154,14 @@ class CacheLoadResult:
 
 WorkItem = GenStep | SearchBatch | CacheLoad
 Result = GenStepResult | SearchResult | CacheLoadResult
+
+
+def may_open_work(result: Result | None) -> bool:
+    """Whether completing an item with `result` (None: it failed) may give other lanes new work,
+    so a body wakes them: a search or copy always may; an engine step only when sequences
+    finished or were refused (their nodes end), or when nothing ran (the engine emptied).
+    Both executors use this rule; waking lanes after every decode step would only make them
+    contend with the engine thread (on the real body, for the GIL)."""
+    if isinstance(result, GenStepResult):
+        return bool(result.finished or result.rejected) or not result.running
+    return True

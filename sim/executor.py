@@ -25,6 +25,7 @@ from ragraph.work import (
     SearchBatch,
     SearchResult,
     WorkItem,
+    may_open_work,
 )
 from sim.gen_engine import GenEngineModel
 
@@ -94,6 +95,7 @@ class Simulation:
 
     def _lane(self, lane: Lane, done: simpy.Event):
         env, sched, name = self.env, self.sched, lane.value
+        dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
         while True:
             item = sched.next_work(lane, env.now)
             if item is None:
@@ -101,10 +103,10 @@ class Simulation:
                 continue
             seconds, result, args, changed = self._execute(item)
             if seconds:
-                yield env.timeout(seconds)
+                yield env.timeout(seconds + dispatch)
                 self._busy_s[name] += seconds
                 if self._keep_timeline:
-                    self._timeline.append((name, type(item).__name__, env.now - seconds, seconds, args))
+                    self._timeline.append((name, type(item).__name__, env.now - seconds - dispatch, seconds, args))
             sched.complete(item, result, env.now)
             if changed:
                 self._notify()
@@ -118,14 +120,15 @@ class Simulation:
             if res.kv_used_blocks > self._kv_peak:
                 self._kv_peak = res.kv_used_blocks
             args = res.timeline_args() if self._keep_timeline else {}
-            return seconds, res, args, bool(res.finished or res.rejected) or not seconds
+            return seconds, res, args, may_open_work(res) or not seconds
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
             f = item.timeline_args(sizes)  # the call's features: priced here, shown on the timeline
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
-                seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"])
+                seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"],
+                                                f["embed_max_chars"])
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
         f = item.timeline_args(sizes)

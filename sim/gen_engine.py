@@ -139,6 +139,8 @@ class GenEngineModel:
         self.finishing: dict[int, list[_Seq]] = {}  # tick -> decoding sequences sampling their last token then
         self.tick = 0  # steps taken
         self._rejected: list[tuple[NodeKey, str]] = []
+        self._admitted = 0  # tasks queued by `apply` since the last step (their add_request costs time)
+        self._admitted_tokens = 0  # their prompt tokens
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -162,6 +164,8 @@ class GenEngineModel:
                     chain = self.chains[task.prefix] = _Chain()
             self.seqs[task.key] = seq = _Seq(task, chain, kp)
             self.waiting.append(seq)
+            self._admitted += 1
+            self._admitted_tokens += task.prompt_tokens
 
     def step(self) -> tuple[float, GenStepResult]:
         """Called by the body once per `GenStep`, after `apply`: run one engine step. Returns its
@@ -184,19 +188,22 @@ class GenEngineModel:
         if self._rejected:
             rejected, self._rejected = tuple(self._rejected), []
         scheduled = plan.decoders + len(plan.chunks)
+        admitted, self._admitted = self._admitted, 0
+        admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
         if not scheduled:
             if self.waiting and not plan.preempted:
                 raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
                                       kv_total_blocks=self.total_blocks, waiting=len(self.waiting),
-                                      preempted=plan.preempted)
+                                      preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens)
         prefill, sampled, context = self._tally(plan)
-        seconds = self.latency.gen_step_s(prefill, scheduled, context)
+        seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens)
         finished, cached = self._advance(plan)
         return seconds, GenStepResult(
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
             kv_total_blocks=self.total_blocks, running=scheduled, waiting=len(self.waiting), prefill_tokens=prefill,
-            decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted)
+            decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
+            admitted=admitted, admitted_tokens=admitted_tokens)
 
     @property
     def kv_used_blocks(self) -> int:

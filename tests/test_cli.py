@@ -17,9 +17,9 @@ LANES = {"gpu_gen", "cpu_retrieval", "gpu_retrieval", "pcie"}
 POLICIES = ["langchain", "flashrag", "hedra", "hedra:no-wavefront", "hedra:substages=fixed"]
 
 
-def hedra(*args: object) -> subprocess.CompletedProcess[str]:
+def hedra(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def trace_gen(out: Path, *extra: object, workflow: str = "irg") -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,8 @@ class FlatCosts:
 
     list_sizes = [1000] * 64
 
-    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int) -> float:
+    def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
+                 embed_max_chars: int = 0) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
 
 
@@ -250,7 +251,8 @@ def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(quer
 
 def test_search_and_cache_items_count_their_timeline_args():
     sizes = [10, 20, 30]
-    batch = SearchBatch((ScanTask(("a", 0), (0, 1), 1, True, False, 7), ScanTask(("b", 0), (2,), 1, False, True)))
-    assert batch.timeline_args(sizes) == {"queries": 2, "new_queries": 1, "clusters": 3, "vectors": 60,
-                                          "embed_chars": 7}
+    batch = SearchBatch((ScanTask(("a", 0), (0, 1), 1, True, False, 7), ScanTask(("b", 0), (2,), 1, False, True),
+                         ScanTask(("c", 0), (1,), 1, True, True, 12)))
+    assert batch.timeline_args(sizes) == {"queries": 3, "new_queries": 2, "clusters": 4, "vectors": 80,
+                                          "embed_chars": 19, "embed_max_chars": 12}
     assert CacheLoad((0, 2)).timeline_args(sizes) == {"clusters": 2, "vectors": 40}

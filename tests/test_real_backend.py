@@ -39,22 +39,22 @@ def _require_real() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    _require_real()
-    from backends.tiny_model import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir, wiki_corpus):
+def backend(tiny_model_dir, wiki_corpus, calibrated_profile):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from backends.real import RealBackend, RealOptions
 
-    body = RealBackend.open(RealOptions(model=tiny_model_dir, corpus=wiki_corpus.path, kv_cache_gib=1.0))
+    body = RealBackend.open(RealOptions(model=tiny_model_dir, corpus=wiki_corpus.path,
+                                        engine=calibrated_profile.engine))
     yield body
     body.close()
+
+
+@pytest.fixture(scope="module")
+def costs(calibrated_profile):
+    from hwmodel.latency import LatencyModel
+
+    return LatencyModel(calibrated_profile)
 
 
 def real_trace(corpus, embedder, *, per_workflow: int, rate: float, seed: int = 7) -> list[dict]:
@@ -84,11 +84,11 @@ def trace_rows(wiki_corpus, embedder) -> list[dict]:
 
 
 @pytest.mark.parametrize("policy", ["langchain", "flashrag", "hedra"])
-def test_replay_accounts_for_every_request(backend, trace_rows, policy):
+def test_replay_accounts_for_every_request(backend, costs, trace_rows, policy):
     from experiments.realrun import run_real
 
     requests = requests_of(trace_rows)
-    run = run_real(backend, requests, policy)
+    run = run_real(backend, requests, policy, costs)
     assert isinstance(run.result, RunResult)
     records = {r.id: r for r in run.result.records}
     assert len(run.result.records) == len(requests) == len(records)
@@ -107,14 +107,13 @@ def test_replay_accounts_for_every_request(backend, trace_rows, policy):
     assert s["kv_peak_blocks"] > 0
 
 
-def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, trace_rows):
+def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, costs, calibrated_profile, trace_rows):
     from experiments.realrun import run_real
     from experiments.simulate import simulate
-    from hwmodel.profile import load_profile
 
     requests = requests_of(trace_rows[:10])
-    real = run_real(backend, requests, "hedra")
-    sim = simulate(requests, "hedra", load_profile())
+    real = run_real(backend, requests, "hedra", costs)
+    sim = simulate(requests, "hedra", calibrated_profile)
     assert set(sim.summary) - {"profile", "profile_kind", "seed"} <= set(real.summary)
     text = sum(len(n.query or r.question) for r in requests for n in r.nodes if n.op == "retrieve")
     assert text > 0
@@ -125,7 +124,7 @@ def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, trace_row
     assert keys[0] == keys[1]
 
 
-def test_engine_error_fails_only_the_requests_it_touched(backend, trace_rows, monkeypatch):
+def test_engine_error_fails_only_the_requests_it_touched(backend, costs, trace_rows, monkeypatch):
     requests = requests_of(trace_rows[:30])
     engine = backend.engine
     real_step = engine.step
@@ -138,22 +137,22 @@ def test_engine_error_fails_only_the_requests_it_touched(backend, trace_rows, mo
         return real_step()
 
     monkeypatch.setattr(engine, "step", flaky_step)
-    result = backend.replay(requests, "hedra")
+    result = backend.replay(requests, "hedra", costs)
     assert len(result.records) == len(requests)
     failed = [r for r in result.records if r.status != "completed"]
     assert failed and all(r.reason == "gpu_gen error: RuntimeError: injected engine fault" for r in failed)
     assert len(failed) < len(requests)  # the lane carried on after the fault
     monkeypatch.undo()
-    again = backend.replay(requests[:5], "flashrag")  # the engine was left clean
+    again = backend.replay(requests[:5], "flashrag", costs)  # the engine was left clean
     assert all(r.status == "completed" for r in again.records)
 
 
-def test_stop_ends_every_request_arrived_or_not(backend, wiki_corpus, embedder):
+def test_stop_ends_every_request_arrived_or_not(backend, costs, wiki_corpus, embedder):
     rows = real_trace(wiki_corpus, embedder, per_workflow=6, rate=1.0, seed=11)  # ~30 s of arrivals
     requests = requests_of(rows)
     hook = lambda ex: threading.Timer(2.0, ex.stop).start()  # noqa: E731
     t0 = time.monotonic()
-    result = backend.replay(requests, "hedra", executor_hook=hook)
+    result = backend.replay(requests, "hedra", costs, executor_hook=hook)
     assert time.monotonic() - t0 < 20
     assert result.stopped == "interrupted"
     assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
@@ -162,14 +161,15 @@ def test_stop_ends_every_request_arrived_or_not(backend, wiki_corpus, embedder):
     assert not backend.engine.has_unfinished()
 
 
-def test_cli_run_and_ctrl_c(tmp_path, tiny_model_dir, wiki_corpus, embedder):
+def test_cli_run_and_ctrl_c(tmp_path, tiny_model_dir, wiki_corpus, embedder, calibrated_profile_path):
     rows = real_trace(wiki_corpus, embedder, per_workflow=4, rate=0.5, seed=3)  # ~40 s of arrivals
     trace = tmp_path / "trace.jsonl"
     write_jsonl(rows, trace)
     out = tmp_path / "run"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "experiments.cli", "run", "--trace", str(trace), "--policy", "hedra",
-           "--out", str(out), "--model", str(tiny_model_dir), "--corpus", str(wiki_corpus.path)]
+           "--out", str(out), "--model", str(tiny_model_dir), "--corpus", str(wiki_corpus.path),
+           "--profile", str(calibrated_profile_path)]
     proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     replaying = threading.Event()
     err_lines: list[str] = []
@@ -198,22 +198,19 @@ def test_cli_run_and_ctrl_c(tmp_path, tiny_model_dir, wiki_corpus, embedder):
 
 
 
-def test_embedding_worker_gives_the_in_process_vectors(backend):
-    import numpy as np
-
-    texts = ["Who was Ada Lovelace?", "What is the Nile known for?", "Tell me about photosynthesis. " * 20]
-    np.testing.assert_allclose(backend.encoder.encode(texts), backend.embedder.encode(texts), atol=1e-5)
-
-
 def test_sub_stages_on_the_retrieval_lane_equal_one_full_search(backend, trace_rows):
     """The service's split search (first sub-stage embeds, later ones continue the heap)
-    finds what one index.search with the same nprobe finds for the embedded query."""
+    finds what one index.search with the same nprobe finds for the embedded query, and the
+    retrieval worker process (what the CPU body's lane runs) finds exactly what the
+    in-process service finds."""
 
     from backends.retrieval import RetrievalService
     from ragraph.work import ScanTask, SearchBatch
 
     requests = requests_of(trace_rows[:12])
-    service = RetrievalService(backend.retriever, backend.encoder.encode, requests)
+    service = RetrievalService(backend.retriever, backend.embedder.encode, requests)
+    remote = backend.retrieval_body(requests)
+    assert list(remote.list_sizes) == backend.retriever.list_sizes()
     keys = [(r.id, i) for r in requests for i, n in enumerate(r.nodes) if n.op == "retrieve"][:12]
     specs = {k: next(r for r in requests if r.id == k[0]).nodes[k[1]] for k in keys}
     for part in range(2):  # two sub-stages per query, batched across queries
@@ -224,11 +221,12 @@ def test_sub_stages_on_the_retrieval_lane_equal_one_full_search(backend, trace_r
             chunk = clusters[:half] if part == 0 else clusters[half:]
             tasks.append(ScanTask(key, chunk, 3, part == 0, part == 1))
         result = service.search(SearchBatch(tuple(tasks)))
+        assert remote.search(SearchBatch(tuple(tasks))) == result
     compared = 0
     for key in keys:
         spec = specs[key]
         req = next(r for r in requests if r.id == key[0])
-        vec = backend.encoder.encode([spec.query or req.question])
+        vec = backend.embedder.encode([spec.query or req.question])
         if set(backend.retriever.assign(vec, spec.nprobe)[1][0]) != set(spec.clusters):
             continue  # a near-tie centroid at the nprobe boundary flipped with float noise: not comparable
         _, ids = backend.retriever.search_full(vec, 3, spec.nprobe)
@@ -259,3 +257,22 @@ def test_cli_gpu_backend_without_cuda_is_one_line(tmp_path, wiki_corpus, trace_r
                  "--corpus", wiki_corpus.path, "--backend", "gpu")
     line = assert_usage_error(proc, tmp_path / "out")
     assert "--backend gpu" in line and "CUDA" in line
+
+
+def test_one_engine_configuration_reaches_both_bodies(backend, calibrated_profile):
+    """The profile's engine configuration is what vLLM was built with and what the
+    simulator's engine model reads: block size, batch limits, model length, prefix caching
+    and the KV-cache capacity."""
+    from hwmodel.latency import LatencyModel
+    from sim.gen_engine import GenEngineModel
+
+    cfg = calibrated_profile.engine
+    vllm_cfg = backend.engine.llm_engine.vllm_config
+    real = (vllm_cfg.cache_config.block_size, vllm_cfg.scheduler_config.max_num_batched_tokens,
+            vllm_cfg.scheduler_config.max_num_seqs, vllm_cfg.model_config.max_model_len,
+            bool(vllm_cfg.cache_config.enable_prefix_caching))
+    sim = GenEngineModel(LatencyModel(calibrated_profile))
+    modelled = (sim.block, sim.token_budget, sim.max_seqs, sim.max_model_len, sim.caching)
+    assert real == modelled == (cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len,
+                                cfg.enable_prefix_caching)
+    assert abs(backend.engine.total_blocks - sim.total_blocks) <= 1  # vLLM may round its pool by a block

@@ -114,7 +114,7 @@ class HedraPolicy(Policy):
         round, as the artifact's fixed sub-stages do."""
         search_s, chunk = self.costs.search_s, self.options.chunk
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
-        n_new = pairs = scanned = 0
+        n_new = pairs = scanned = longest = 0  # longest: the longest new query text, in characters
         per_visit = chunk if self.options.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
@@ -126,10 +126,12 @@ class HedraPolicy(Policy):
                 if start == limit:
                     continue
                 fresh = node.next_pos == 0 and not have
+                text = s.query_chars(node) if fresh else 0
                 q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
 
-                def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0) -> float:
-                    return search_s(q, new, p0 + end, v0 + c0[end])
+                def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0,
+                         ch: int = max(longest, text)) -> float:
+                    return search_s(q, new, p0 + end, v0 + c0[end], ch)
 
                 end = _fit(cost, cum, start, limit, budget)
                 if end == start and not scanned:
@@ -137,6 +139,7 @@ class HedraPolicy(Policy):
                 if end > start:
                     taken[node] = have + end - start
                     n_new += fresh
+                    longest = max(longest, text)
                     pairs += end - start
                     scanned += cum[end] - cum[start]
                     progressed = True

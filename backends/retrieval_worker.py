@@ -1,0 +1,140 @@
+"""The retrieval lane's work in its own process, so its timing does not depend on the engine thread.
+
+On the real CPU body the engine thread (vLLM's scheduler and model runner: mostly Python on a
+small model) and the retrieval lane share one interpreter. Every time the lane comes back
+from FAISS or from the embedder it must take the GIL back from the engine thread, and its
+own Python (building heaps, results) runs between the engine's: measured here, embedding 8
+questions took 25 ms alone and 540 ms beside a Python-busy thread, and a search call's
+duration depended on what the engine was doing. The simulator cannot see that, so the body
+removes it: `RetrievalProcess` runs the whole `RetrievalService` (embedding and FAISS scans,
+the running top-k heaps) in a worker process pinned to the retrieval cores, with its own
+interpreter. The lane thread only sends the item down a pipe and waits (GIL released), and
+takes the GIL back once per call.
+
+The worker is started with `spawn` (forking a process that holds vLLM and OpenMP state is
+unsafe); it reads the corpus's index file and loads its embedder. Each replay begins a fresh
+service with the replay's requests (their query texts) and ends it. GPU cache items are
+not served here (the GPU body keeps its retrieval in process, where the CUDA context is).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragraph.graph import Request
+from ragraph.work import CacheLoad, CacheLoadResult, SearchBatch, SearchResult
+
+
+def _serve(conn: Any, index_path: str, model: str | None, cores: tuple[int, ...], threads: int) -> None:
+    """The worker's loop: (command, payload) -> (status, payload), until ("close", None)."""
+    if cores:
+        os.sched_setaffinity(0, set(cores))
+    try:
+        import faiss
+        import torch
+
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+        from backends.embedder import Embedder
+        from backends.ivf import IVFRetriever, load_index
+        from backends.retrieval import RetrievalService
+
+        retriever = IVFRetriever(load_index(index_path), threads=threads)
+        embedder = Embedder(model)
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", (embedder.dim, retriever.list_sizes())))
+    service: RetrievalService | None = None
+    while True:
+        command, payload = conn.recv()
+        try:
+            if command == "close":
+                return
+            if command == "begin":
+                service = RetrievalService(retriever, embedder.encode, payload)
+                reply: object = None
+            elif service is None:
+                raise RuntimeError(f"{command} before begin")
+            elif command == "search":  # (request ids that ended, the batch)
+                for rid in payload[0]:
+                    service.forget(rid)
+                reply = service.search(payload[1])
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            conn.send(("ok", reply))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class RetrievalProcess:
+    """A retrieval worker process pinned to `cores`; `begin(requests)` gives the lane's `RetrievalBody`."""
+
+    def __init__(self, index_path: str | Path, model: str | None = None, *, cores: Sequence[int] = (),
+                 threads: int = 1) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, str(index_path), model, tuple(cores), threads),
+                                 daemon=True, name="hedra-retrieval")
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()  # one exchange on the pipe at a time
+        self.dim, self.list_sizes = self._reply()
+
+    def _reply(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except EOFError:
+            raise RuntimeError("the retrieval worker exited") from None
+        if status == "error":
+            raise RuntimeError(f"retrieval worker: {payload}")
+        return payload
+
+    def call(self, command: str, payload: object) -> Any:
+        with self._lock:
+            self._conn.send((command, payload))
+            return self._reply()
+
+    def begin(self, requests: Sequence[Request]) -> RemoteRetrieval:
+        """A fresh service for one replay: per-query state of an earlier replay is dropped."""
+        self.call("begin", list(requests))
+        return RemoteRetrieval(self)
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(("close", None))
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+class RemoteRetrieval:
+    """The `RetrievalBody` of one replay, served by a `RetrievalProcess`.
+
+    `forget` is called by the executor under the scheduler's lock, while the lane may be
+    waiting on a search: it never touches the pipe, the ids ride with the next search."""
+
+    def __init__(self, worker: RetrievalProcess) -> None:
+        self._worker = worker
+        self.list_sizes = worker.list_sizes
+        self._ended: list[str] = []
+        self._ended_lock = threading.Lock()
+
+    def search(self, batch: SearchBatch) -> SearchResult:
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
+        return self._worker.call("search", (ended, batch))
+
+    def load(self, item: CacheLoad) -> CacheLoadResult:
+        raise RuntimeError("a pcie item on the CPU body: the retrieval worker has no GPU cluster cache")
+
+    def forget(self, request_id: str) -> None:
+        with self._ended_lock:
+            self._ended.append(request_id)

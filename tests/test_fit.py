@@ -1,0 +1,95 @@
+"""Calibration's fitting: it recovers known coefficients, and its held-out error tells a
+linear form that fits from one that does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calibration.calibrate import EMBED_FEATURES, GEN_FEATURES, SCAN_FEATURES, fit_rows, gen_features
+from calibration.fit import fit_linear, nonnegative_lstsq
+
+
+def _grid_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -> list[dict]:
+    rows = []
+    for b in (1, 4, 16, 64, 128):
+        for p in (0, 32, 512, 2048):
+            for ctx in (0, 1000, 20000, 200000):
+                admitted = b if p else 0
+                x = {"prefill_tokens": p, "seqs": b, "context_tokens": ctx, "admitted": admitted,
+                     "admitted_tokens": admitted * (ctx % 700 + 16)}
+                t = (coef["base_s"] + coef["prefill_token_s"] * p + coef["seq_s"] * b
+                     + coef["context_token_s"] * ctx + coef["admit_s"] * admitted
+                     + coef["admit_token_s"] * x["admitted_tokens"])
+                rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", **x, "decode_tokens": b,
+                             "seconds": t * (1 + noise * rng.standard_normal())})
+    return rows
+
+
+def _search_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -> list[dict]:
+    rows = []
+    for q in (1, 4, 16, 32):
+        for c in (1, 8, 32):
+            for chars in (40, 250, 700):
+                for new in (0, q):
+                    x = {"queries": q, "new_queries": new, "clusters": q * c, "vectors": q * c * 40,
+                         "embed_chars": chars * new, "embed_max_chars": chars if new else 0}
+                    t = (coef["call_s"] + coef["query_s"] * q + (coef["embed_call_s"] if new else 0)
+                         + coef["new_query_s"] * new + coef["embed_char_s"] * chars * new
+                         + coef["vector_s"] * x["vectors"])
+                    rows.append({"kind": "search_call", "cell": f"q{q}-c{c}-t{chars}-{new}", **x,
+                                 "seconds": t * (1 + noise * rng.standard_normal())})
+    return rows
+
+
+GEN = {"base_s": 1.4e-3, "prefill_token_s": 7.5e-6, "seq_s": 3.8e-5, "context_token_s": 6e-8, "admit_s": 1.5e-4,
+       "admit_token_s": 2e-7}
+SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_char_s": 3.5e-5,
+          "vector_s": 2.3e-7}
+
+
+def test_fit_recovers_known_coefficients_exactly_without_noise():
+    rng = np.random.default_rng(0)
+    fits = fit_rows(_grid_rows(GEN, rng, 0.0) + _search_rows(SEARCH, rng, 0.0))
+    assert fits.gen_step.names == GEN_FEATURES
+    assert (fits.scan.names, fits.embed.names) == (SCAN_FEATURES, EMBED_FEATURES)
+    for fit, truth in ((fits.gen_step, GEN), (fits.scan, SEARCH), (fits.embed, SEARCH)):
+        for name, value in zip(fit.names, fit.coef, strict=True):
+            assert value == pytest.approx(truth[name], rel=1e-6), name
+        assert fit.heldout_median_error < 1e-9
+    assert fits.search_call_error["train_median_abs_rel_error"] < 1e-9
+
+
+def test_fit_recovers_coefficients_within_noise_and_reports_it():
+    rng = np.random.default_rng(1)
+    gen = fit_rows(_grid_rows(GEN, rng, 0.03) + _search_rows(SEARCH, rng, 0.03)).gen_step
+    for name, value in zip(gen.names, gen.coef, strict=True):
+        assert value == pytest.approx(GEN[name], rel=0.1), name
+    assert 0.005 < gen.heldout_median_error < 0.05  # 3% noise: a median error of about 2%
+
+
+def test_heldout_error_exposes_a_form_that_does_not_fit():
+    """Step time quadratic in the batch: a linear form fits its own rows passably but predicts
+    held-out cells worse than a correct form would."""
+    rng = np.random.default_rng(2)
+    rows = _grid_rows(GEN, rng, 0.0)
+    y = np.array([1e-3 + 2e-6 * r["seqs"] ** 2 for r in rows])
+    fit = fit_linear(GEN_FEATURES, gen_features(rows), y, [r["cell"] for r in rows])
+    assert fit.heldout_median_error > 0.1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 5), min_size=3, max_size=3))
+def test_nonnegative_lstsq_never_returns_a_negative_coefficient(true):
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 10, size=(30, 3))
+    y = a @ np.array(true) - 2.0 * a[:, 0] + 0.01  # drives the first coefficient negative when true[0] < 2
+    coef = nonnegative_lstsq(a, np.abs(y) + 1e-3)
+    assert (coef >= 0).all()
+
+
+def test_fit_refuses_non_positive_durations():
+    with pytest.raises(ValueError, match="positive"):
+        fit_linear(("a",), np.ones((3, 1)), np.array([1.0, 0.0, 1.0]), ["x", "y", "z"])
