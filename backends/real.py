@@ -39,10 +39,11 @@ from ragraph.work import Lane
 
 # The GIL switch interval during a replay (Python's default is 5 ms). The retrieval lane,
 # returning from the retrieval worker's pipe, must take the GIL back from the engine thread,
-# which on a small model runs Python most of the time; it waits up to one interval each time.
-# At 0.5 ms a scan-only sub-stage (0.3 ms in the worker) took 0.66-0.74 ms in replays against
-# 0.25-0.3 ms alone; 0.1 ms bounds that wait at a tenth of an engine step.
-SWITCH_INTERVAL_S = 0.0001
+# which on a small model runs Python most of the time; it waits up to one interval each time
+# (longer when the engine thread is inside a C call that keeps the GIL). Measured in replays
+# (one-shot, 93 req/s, hedra): at 0.1 ms scan-only sub-stages took no less (0.65 ms) and engine
+# steps ran 14% slower than alone, against 5% at 0.5 ms.
+SWITCH_INTERVAL_S = 0.0005
 
 
 class BackendError(ValueError):
@@ -106,8 +107,8 @@ class RealBackend:
     @classmethod
     def open(cls, options: RealOptions, progress: Callable[[str], None] = lambda msg: None) -> RealBackend:
         from backends.corpus import FILES, CorpusError, embedder_for, ensure_wiki_corpus, load_corpus
+        from backends.engine_worker import EngineProcess
         from backends.ivf import IVFRetriever
-        from backends.vllm_engine import VLLMEngine
 
         gpu = options.backend == "gpu"
         if gpu:
@@ -131,9 +132,9 @@ class RealBackend:
             cache = ClusterCache(corpus.index, device="cuda", capacity_vectors=options.cache_vectors)
         model = options.model or ensure_tiny_model(progress)
         progress(f"starting vLLM on {model}")
-        pin_current_thread(gen_cores)  # vLLM-CPU binds its threads at start-up from the calling thread
-        engine = VLLMEngine.from_config(model, options.engine, device="cuda" if gpu else "cpu", seed=options.seed)
-        pin_current_thread(usable_cores())
+        # the engine runs in a worker process on the engine cores (the GIL: see engine_worker.py)
+        engine = EngineProcess(model, options.engine, device="cuda" if gpu else "cpu", seed=options.seed,
+                               cores=gen_cores, threads=len(gen_cores))
         return cls(options, engine, retriever, retrieval, corpus, cache, (tuple(gen_cores), tuple(ret_cores)))
 
     @cached_property

@@ -240,9 +240,10 @@ class _ScheduleProbe:
     prefill: int = 0
     decode: int = 0
     context: int = 0  # tokens the scheduled requests had computed before the step (attention context)
+    attention: int = 0  # prefill chunks' query-key pairs: sum of chunk x (computed before + chunk / 2)
 
     def reset(self) -> None:
-        self.scheduled = self.prefill = self.decode = self.context = 0
+        self.scheduled = self.prefill = self.decode = self.context = self.attention = 0
 
     def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
         self.scheduled += len(num_scheduled_tokens)
@@ -261,6 +262,7 @@ class _ScheduleProbe:
                 self.decode += n  # decoding: 1 token (more only with speculative decoding)
             else:
                 self.prefill += n  # prompt chunk, or recompute after a preemption
+                self.attention += n * before + n * n // 2
                 if after >= total:
                     self.decode += 1  # the prefill's last chunk samples the first output token
 
@@ -462,7 +464,7 @@ class VLLMEngine:
             finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
             running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
-            admitted=admitted, admitted_tokens=admitted_tokens)
+            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention)
 
     def has_unfinished(self) -> bool:
         """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""

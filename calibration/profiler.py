@@ -40,7 +40,10 @@ ENGINE_OUTPUT = 24  # output tokens per sequence: enough decode steps per cell
 STAGGER_GRID = ((8, 256, 3), (32, 128, 2), (64, 512, 4))  # (sequences, prompt tokens, steps between admissions)
 SEARCH_GRID = ((1, 1), (1, 8), (1, 32), (2, 4), (4, 2), (4, 16), (8, 1), (8, 8), (8, 32), (16, 4), (16, 16),
                (32, 1), (32, 8), (32, 32))  # (queries per call, lists per query and call)
-TEXT_CHARS = (30, 60, 150, 350, 700)  # query text lengths: questions, hypothetical documents, question + passage
+# query text lengths: questions, hypothetical documents, question + passage; 0: a mix of 40 and 700
+# in one call (a question beside IRG queries: padding to the longest, tokenizing each)
+TEXT_CHARS = (30, 60, 150, 350, 700, 0)
+MIXED_CHARS = (40, 700)
 REPEATS = 2
 
 Progress = Callable[[str], None]
@@ -69,7 +72,7 @@ def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: 
         step_no += 1
         if res.running:
             rows.append({"kind": "engine_step", "cell": cell, "admitted": res.admitted,
-                         "admitted_tokens": res.admitted_tokens,
+                         "admitted_tokens": res.admitted_tokens, "prefill_attention": res.prefill_attention,
                          "prefill_tokens": res.prefill_tokens, "seqs": res.running, "decode_tokens": res.decode_tokens,
                          "context_tokens": res.context_tokens, "seconds": seconds})
         if step_no > 100_000:
@@ -102,14 +105,16 @@ def profile_engine(engine: VLLMEngine, *, repeats: int = REPEATS, grid: Sequence
 # --- retrieval -----------------------------------------------------------------------------------
 
 def _texts_of_length(source: Sequence[str], chars: int, n: int, rng: np.random.Generator) -> list[str]:
-    """`n` texts of about `chars` characters cut from `source` (corpus passages) at word ends."""
+    """`n` texts of about `chars` characters cut from `source` (corpus passages) at word ends
+    (`chars` 0: alternately `MIXED_CHARS`)."""
     out = []
-    for i in rng.integers(0, len(source), size=n):
+    for j, i in enumerate(rng.integers(0, len(source), size=n)):
         text = source[int(i)]
-        while len(text) < chars:
+        want = chars or MIXED_CHARS[j % 2]
+        while len(text) < want:
             text += " " + source[int(rng.integers(len(source)))]
-        cut = text.rfind(" ", 0, chars)
-        out.append(text[: cut if cut > chars // 2 else chars])
+        cut = text.rfind(" ", 0, want)
+        out.append(text[: cut if cut > want // 2 else want])
     return out
 
 

@@ -60,10 +60,10 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
             continue
         if name == "GenStep" and args.get("running"):
             pred = latency.gen_step_s(args["prefill_tokens"], args["running"], args["context_tokens"], args["admitted"],
-                                      args["admitted_tokens"])
+                                      args["admitted_tokens"], args["prefill_attention"])
         elif name == "SearchBatch" and lane == "cpu_retrieval":
             pred = latency.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
-                                    args["embed_max_chars"])
+                                    args["embed_max_chars"], args["embed_chars"])
         else:
             continue
         rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})
@@ -193,24 +193,31 @@ def generated_cases(body: RealBackend, workflows: Sequence[str], rates: Sequence
     return cases
 
 
-def capacity_rps(profile: Profile, requests: Sequence[Request], policy: str = "flashrag") -> float:
+def capacity_rps(profile: Profile, requests: Sequence[Request], policy: str = "flashrag") -> tuple[float, bool]:
     """The highest arrival rate `policy` sustains on `profile` for `requests` (arriving at 1 per
     second; `at_rate` rescales them), found on the simulator: the largest rate (bisection, 2%
     resolution) at which they all end within 1.25 x their arrival span plus 10 x the latency
-    at a trickle (a queue that keeps growing misses that)."""
+    at a trickle (a queue that keeps growing misses that). Only rates at which the requests
+    span at least 4 x that slack can tell; returns (rate, whether it is only a lower bound
+    because `requests` are too few to test a higher one)."""
     latency = LatencyModel(profile)
+    trickle = simulate(at_rate(requests, 0.05), policy, profile, timeline=False, latency=latency)
+    slack = 10 * (trickle.summary["latency_s"]["p50"] or 0.0)
+    testable = max(r.arrival_s for r in requests) / max(4 * slack, 1e-9)  # the highest rate they can test
 
     def sustained(rate: float) -> bool:
         reqs = at_rate(requests, rate)
         span = max(r.arrival_s for r in reqs)
         return simulate(reqs, policy, profile, timeline=False, latency=latency).result.sim_s <= 1.25 * span + slack
 
-    trickle = simulate(at_rate(requests, 0.05), policy, profile, timeline=False, latency=latency)
-    slack = 10 * (trickle.summary["latency_s"]["p50"] or 0.0)
     lo, hi = 0.05, 1.0
-    while sustained(hi) and hi < 1e4:
+    while hi < testable and sustained(hi):
         lo, hi = hi, hi * 2
+    if hi >= testable:
+        if sustained(testable):
+            return testable, True
+        hi = testable
     while hi / lo > 1.02:
         mid = (lo * hi) ** 0.5
         lo, hi = (mid, hi) if sustained(mid) else (lo, mid)
-    return lo
+    return lo, False

@@ -12,14 +12,15 @@ from hwmodel.profile import Profile
 
 
 def gen_step_s(profile: Profile, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
-               admitted_tokens: int = 0) -> float:
+               admitted_tokens: int = 0, prefill_attention: int = 0) -> float:
     """One engine step: fixed cost (weights streamed once) + prefill compute + per scheduled
     sequence (decode compute, the engine's per-request bookkeeping) + attention over the KV
-    context read this step + the requests handed to the engine with it (`add_request`: a cost
-    per request and per prompt token)."""
+    context read this step + the prefill chunks' own attention (query-key pairs, quadratic in
+    a prompt's length) + the requests handed to the engine with it (`add_request`: a cost per
+    request and per prompt token)."""
     m = profile.gen_step
     return (m.base_s + m.prefill_token_s * prefill_tokens + m.seq_s * seqs + m.context_token_s * context_tokens
-            + m.admit_s * admitted + m.admit_token_s * admitted_tokens)
+            + m.admit_s * admitted + m.admit_token_s * admitted_tokens + m.prefill_attention_s * prefill_attention)
 
 
 def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
@@ -47,25 +48,29 @@ class LatencyModel:
         self.profile = profile
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
         m = profile.cpu_search
-        self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_char_s, m.thread_bytes_per_s,
-                        m.memory_bytes_per_s, profile.hardware.cpu_threads, profile.index.bytes_per_vector)
+        self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_char_s, m.embed_text_char_s,
+                        m.thread_bytes_per_s, m.memory_bytes_per_s, profile.hardware.cpu_threads,
+                        profile.index.bytes_per_vector)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0) -> float:
+                 embed_max_chars: int = 0, embed_chars: int = 0) -> float:
         """One CPU search call: the `new_queries` that start in it are embedded in one model
-        call, padded to the longest text (`embed_max_chars` characters): a cost per call, per
-        query and per padded character; then the (query, list) pairs spread over the threads
-        and scan at the per-thread rate times the threads in use, capped by the memory
-        system's rate. (The profile is unpacked once in __init__: policies price every
-        candidate sub-stage.)"""
-        call, per_query, per_new, embed_call, per_char, thread_rate, memory_rate, threads, vec_bytes = self._search
+        call: a cost per call, per query, per character of their texts (`embed_chars` in all:
+        tokenizing) and per padded character (the model runs every text padded to the longest,
+        `embed_max_chars`); then the (query, list) pairs spread over the threads and scan at the
+        per-thread rate times the threads in use, capped by the memory system's rate. (The
+        profile is unpacked once in __init__: policies price every candidate sub-stage.)"""
+        (call, per_query, per_new, embed_call, per_char, per_text_char, thread_rate, memory_rate, threads,
+         vec_bytes) = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
-        embed = embed_call + new_queries * (per_new + per_char * embed_max_chars) if new_queries else 0.0
+        embed = (embed_call + new_queries * (per_new + per_char * embed_max_chars) + per_text_char * embed_chars
+                 if new_queries else 0.0)
         return call + per_query * queries + embed + scanned_vectors * vec_bytes / rate
 
     def gen_step_s(self, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
-                   admitted_tokens: int = 0) -> float:
-        return gen_step_s(self.profile, prefill_tokens, seqs, context_tokens, admitted, admitted_tokens)
+                   admitted_tokens: int = 0, prefill_attention: int = 0) -> float:
+        return gen_step_s(self.profile, prefill_tokens, seqs, context_tokens, admitted, admitted_tokens,
+                          prefill_attention)
 
     def pcie_s(self, nbytes: int) -> float:
         return transfer_s(*self._transfer("pcie"), nbytes)

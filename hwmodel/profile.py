@@ -89,7 +89,7 @@ class Engine(_Strict):
 
 class GenStepModel(_Strict):
     """step_s = base_s + prefill_token_s*prefill + seq_s*seqs + context_token_s*context + admit_s*admitted
-    + admit_token_s*admitted_tokens (see hwmodel.latency.gen_step_s)."""
+    + admit_token_s*admitted_tokens + prefill_attention_s*prefill_attention (see hwmodel.latency.gen_step_s)."""
 
     base_s: float = Field(gt=0)  # fixed cost of a step (weights streamed once; the engine's Python)
     prefill_token_s: float = Field(ge=0)  # per prompt token computed
@@ -97,6 +97,7 @@ class GenStepModel(_Strict):
     context_token_s: float = Field(ge=0)  # per KV token the scheduled sequences attend to
     admit_s: float = Field(default=0.0, ge=0)  # per request the step's item hands to the engine (add_request)
     admit_token_s: float = Field(default=0.0, ge=0)  # per prompt token of those requests (hashing, copying)
+    prefill_attention_s: float = Field(default=0.0, ge=0)  # per query-key pair of the prefill chunks' attention
 
 
 class SearchModel(_Strict):
@@ -110,6 +111,7 @@ class SearchModel(_Strict):
     # per character of padded query text: the embedder pads a call's texts to the longest, so it
     # does new_queries x (longest text) characters of work
     embed_char_s: float = Field(default=0.0, ge=0)
+    embed_text_char_s: float = Field(default=0.0, ge=0)  # per character of the texts themselves (tokenizing)
     thread_bytes_per_s: float = Field(gt=0)  # scan rate of one thread
     memory_bytes_per_s: float = Field(gt=0)  # scan rate of all threads together (DRAM bound)
 

@@ -72,13 +72,16 @@ class GenStepResult:
     preempted: int = 0  # sequences preempted in this step (their KV blocks freed, to be recomputed)
     admitted: int = 0  # tasks the step's item handed to the engine (each an add_request), rejected ones aside
     admitted_tokens: int = 0  # their prompt tokens (the engine hashes and copies each prompt when it is added)
+    # attention work of the prefill chunks: sum over them of chunk x (tokens computed before + chunk / 2),
+    # the query-key pairs a causal prefill computes (quadratic in a prompt's length, unlike decodes)
+    prefill_attention: int = 0
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""
         return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
                 "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting,
                 "context_tokens": self.context_tokens, "preempted": self.preempted, "admitted": self.admitted,
-                "admitted_tokens": self.admitted_tokens}
+                "admitted_tokens": self.admitted_tokens, "prefill_attention": self.prefill_attention}
 
 
 # --- retrieval --------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class Simulation:
                 seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
                 seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"],
-                                                f["embed_max_chars"])
+                                                f["embed_max_chars"], f["embed_chars"])
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
         f = item.timeline_args(sizes)

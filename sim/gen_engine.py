@@ -196,14 +196,14 @@ class GenEngineModel:
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
                                       kv_total_blocks=self.total_blocks, waiting=len(self.waiting),
                                       preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens)
-        prefill, sampled, context = self._tally(plan)
-        seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens)
+        prefill, sampled, context, attention = self._tally(plan)
+        seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
         finished, cached = self._advance(plan)
         return seconds, GenStepResult(
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
             kv_total_blocks=self.total_blocks, running=scheduled, waiting=len(self.waiting), prefill_tokens=prefill,
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
-            admitted=admitted, admitted_tokens=admitted_tokens)
+            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention)
 
     @property
     def kv_used_blocks(self) -> int:
@@ -312,17 +312,19 @@ class GenEngineModel:
                 self._register(seq, c, c + n)
             budget -= n
 
-    def _tally(self, plan: _Plan) -> tuple[int, int, int]:
-        """(prefill tokens, tokens sampled, context tokens) of a plan. A chunk is a decode, not
-        prefill, when it computes a sequence's last sampled token (as the real driver counts)."""
-        prefill, sampled, context = 0, plan.decoders, plan.context
+    def _tally(self, plan: _Plan) -> tuple[int, int, int, int]:
+        """(prefill tokens, tokens sampled, context tokens, prefill attention) of a plan. A chunk
+        is a decode, not prefill, when it computes a sequence's last sampled token (as the real
+        driver counts)."""
+        prefill, sampled, context, attention = 0, plan.decoders, plan.context, 0
         for seq, c, n in plan.chunks:
             length = seq.task.prompt_tokens + seq.generated
             if not (seq.generated and c == length - 1):
                 prefill += n
+                attention += n * c + n * n // 2
             sampled += c + n == length
             context += c
-        return prefill, sampled, context
+        return prefill, sampled, context, attention
 
     def _advance(self, plan: _Plan) -> tuple[tuple[NodeKey, ...], int]:
         """Apply a step's tokens: sample, start decoding, end; (finished keys, cached tokens reported)."""

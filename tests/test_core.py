@@ -29,7 +29,7 @@ class FlatCosts:
     list_sizes = [1000] * 64
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0) -> float:
+                 embed_max_chars: int = 0, embed_chars: int = 0) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
 
 

@@ -19,10 +19,11 @@ def _grid_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -
             for ctx in (0, 1000, 20000, 200000):
                 admitted = b if p else 0
                 x = {"prefill_tokens": p, "seqs": b, "context_tokens": ctx, "admitted": admitted,
-                     "admitted_tokens": admitted * (ctx % 700 + 16)}
+                     "admitted_tokens": admitted * (ctx % 700 + 16), "prefill_attention": p * (ctx % 900 + p // 2)}
                 t = (coef["base_s"] + coef["prefill_token_s"] * p + coef["seq_s"] * b
                      + coef["context_token_s"] * ctx + coef["admit_s"] * admitted
-                     + coef["admit_token_s"] * x["admitted_tokens"])
+                     + coef["admit_token_s"] * x["admitted_tokens"]
+                     + coef["prefill_attention_s"] * x["prefill_attention"])
                 rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", **x, "decode_tokens": b,
                              "seconds": t * (1 + noise * rng.standard_normal())})
     return rows
@@ -39,15 +40,20 @@ def _search_rows(coef: dict[str, float], rng: np.random.Generator, noise: float)
                     t = (coef["call_s"] + coef["query_s"] * q + (coef["embed_call_s"] if new else 0)
                          + coef["new_query_s"] * new + coef["embed_char_s"] * chars * new
                          + coef["vector_s"] * x["vectors"])
+                    if new > 1:  # a mixed call: one text of `chars`, the others short (40)
+                        x["embed_chars"] = chars + 40 * (new - 1)
+                        t += coef["embed_text_char_s"] * x["embed_chars"]
+                    elif new:
+                        t += coef["embed_text_char_s"] * x["embed_chars"]
                     rows.append({"kind": "search_call", "cell": f"q{q}-c{c}-t{chars}-{new}", **x,
                                  "seconds": t * (1 + noise * rng.standard_normal())})
     return rows
 
 
 GEN = {"base_s": 1.4e-3, "prefill_token_s": 7.5e-6, "seq_s": 3.8e-5, "context_token_s": 6e-8, "admit_s": 1.5e-4,
-       "admit_token_s": 2e-7}
+       "admit_token_s": 2e-7, "prefill_attention_s": 3e-9}
 SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_char_s": 3.5e-5,
-          "vector_s": 2.3e-7}
+          "embed_text_char_s": 5e-6, "vector_s": 2.3e-7}
 
 
 def test_fit_recovers_known_coefficients_exactly_without_noise():
@@ -66,7 +72,7 @@ def test_fit_recovers_coefficients_within_noise_and_reports_it():
     rng = np.random.default_rng(1)
     gen = fit_rows(_grid_rows(GEN, rng, 0.03) + _search_rows(SEARCH, rng, 0.03)).gen_step
     for name, value in zip(gen.names, gen.coef, strict=True):
-        assert value == pytest.approx(GEN[name], rel=0.1), name
+        assert value == pytest.approx(GEN[name], rel=0.15), name  # 3% noise on 80 steps
     assert 0.005 < gen.heldout_median_error < 0.05  # 3% noise: a median error of about 2%
 
 

@@ -267,10 +267,9 @@ def test_one_engine_configuration_reaches_both_bodies(backend, calibrated_profil
     from sim.gen_engine import GenEngineModel
 
     cfg = calibrated_profile.engine
-    vllm_cfg = backend.engine.llm_engine.vllm_config
-    real = (vllm_cfg.cache_config.block_size, vllm_cfg.scheduler_config.max_num_batched_tokens,
-            vllm_cfg.scheduler_config.max_num_seqs, vllm_cfg.model_config.max_model_len,
-            bool(vllm_cfg.cache_config.enable_prefix_caching))
+    vllm_cfg = backend.engine.vllm_config  # what the engine worker's vLLM reports it runs with
+    real = tuple(vllm_cfg[k] for k in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len",
+                                       "enable_prefix_caching"))
     sim = GenEngineModel(LatencyModel(calibrated_profile))
     modelled = (sim.block, sim.token_budget, sim.max_seqs, sim.max_model_len, sim.caching)
     assert real == modelled == (cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len,

@@ -114,7 +114,7 @@ class HedraPolicy(Policy):
         round, as the artifact's fixed sub-stages do."""
         search_s, chunk = self.costs.search_s, self.options.chunk
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
-        n_new = pairs = scanned = longest = 0  # longest: the longest new query text, in characters
+        n_new = pairs = scanned = longest = chars = 0  # the new queries' texts: longest and all, in characters
         per_visit = chunk if self.options.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
@@ -130,8 +130,8 @@ class HedraPolicy(Policy):
                 q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
 
                 def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0,
-                         ch: int = max(longest, text)) -> float:
-                    return search_s(q, new, p0 + end, v0 + c0[end], ch)
+                         top: int = max(longest, text), ch: int = chars + text) -> float:
+                    return search_s(q, new, p0 + end, v0 + c0[end], top, ch)
 
                 end = _fit(cost, cum, start, limit, budget)
                 if end == start and not scanned:
@@ -140,6 +140,7 @@ class HedraPolicy(Policy):
                     taken[node] = have + end - start
                     n_new += fresh
                     longest = max(longest, text)
+                    chars += text
                     pairs += end - start
                     scanned += cum[end] - cum[start]
                     progressed = True
