@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragraph.graph import NodeKey
-from ragraph.work import GenStep, GenStepResult, GenTask
+from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 
 if TYPE_CHECKING:
     from hwmodel.profile import Engine as EngineConfig
@@ -510,15 +510,5 @@ class VLLMEngine:
 
     def _never_runs(self, task: GenTask) -> str:
         """Why the engine can never run `task` ("" if it can)."""
-        if task.prompt_tokens < 1:
-            return "empty prompt"
-        if task.output_tokens < 1:
-            return "no output tokens requested"
-        length = task.prompt_tokens + task.output_tokens
-        if length > self.max_model_len:
-            return f"prompt + output = {length} tokens > max_model_len {self.max_model_len}"
-        need = -(-length // self._block_size)
-        total = _vllm_kv_blocks(self._pool)[1]
-        if need > total:
-            return f"needs {need} KV blocks, engine has {total}"
-        return ""
+        return never_runs(task, max_model_len=self.max_model_len, block_size=self._block_size,
+                          total_blocks=_vllm_kv_blocks(self._pool)[1])

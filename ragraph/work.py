@@ -41,6 +41,22 @@ class GenTask:
     speculative: bool = False  # started before its inputs were final (may be aborted)
 
 
+def never_runs(task: GenTask, *, max_model_len: int, block_size: int, total_blocks: int) -> str:
+    """Why an engine with these limits can never run `task` ("" if it can): the one list of
+    refusals both bodies give (the real vLLM driver and the simulator's engine model)."""
+    if task.prompt_tokens < 1:
+        return "empty prompt"
+    if task.output_tokens < 1:
+        return "no output tokens requested"
+    length = task.prompt_tokens + task.output_tokens
+    if length > max_model_len:
+        return f"prompt + output = {length} tokens > max_model_len {max_model_len}"
+    need = -(-length // block_size)
+    if need > total_blocks:
+        return f"needs {need} KV blocks, engine has {total_blocks}"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class GenStep:
     """One engine step on `gpu_gen`: first drop `abort`, then add `admit`, then step once

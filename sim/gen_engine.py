@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
-from ragraph.work import GenStep, GenStepResult, GenTask
+from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 
 _WAITING, _PREFILL, _DECODE, _DONE = range(4)
 
@@ -433,17 +433,7 @@ class GenEngineModel:
 
     def _never_runs(self, task: GenTask) -> str:
         """Why the engine can never run `task` ("" if it can); the real driver's reasons."""
-        if task.prompt_tokens < 1:
-            return "empty prompt"
-        if task.output_tokens < 1:
-            return "no output tokens requested"
-        length = task.prompt_tokens + task.output_tokens
-        if length > self.max_model_len:
-            return f"prompt + output = {length} tokens > max_model_len {self.max_model_len}"
-        need = self._blocks(length)
-        if need > self.total_blocks:
-            return f"needs {need} KV blocks, engine has {self.total_blocks}"
-        return ""
+        return never_runs(task, max_model_len=self.max_model_len, block_size=self.block, total_blocks=self.total_blocks)
 
     # --- KV blocks ------------------------------------------------------------------------------
 
