@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.fit import LinearFit, fit_linear
-from calibration.profiler import Row, dispatch_gaps, profile_engine, profile_search
+from calibration.profiler import Row, dispatch_gaps, profile_engine, profile_gpu_cache, profile_search
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ def embed_features(rows: Sequence[Row]) -> np.ndarray:
                     dtype=float)
 
 
+TRANSFER_FEATURES = ("latency_s", "byte_s")  # a copy or a GPU scan: latency + bytes / rate
+
+
 @dataclass(frozen=True)
 class Fits:
     """The fitted latency models of one calibration."""
@@ -67,10 +70,35 @@ class Fits:
     scan: LinearFit  # search calls that only scan
     embed: LinearFit  # the embedding part of calls that embed: their time minus the fitted scan
     search_call_error: dict[str, float]  # the whole search model (scan + embed) on every call
+    pcie: LinearFit | None = None  # host-to-device cluster copies (GPU rigs)
+    gpu_search: LinearFit | None = None  # scans of GPU-resident clusters (GPU rigs)
 
     def as_dict(self) -> dict[str, dict[str, object]]:
-        return {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
-                "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
+        out = {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
+               "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
+        for name in ("pcie", "gpu_search"):
+            fit = getattr(self, name)
+            if fit is not None:
+                out[name] = fit.as_dict()
+        return out
+
+    def transfer_models(self) -> dict[str, dict[str, float]]:
+        """The profile's `pcie` and `gpu_search` sections, where they were measured."""
+        out = {}
+        for name in ("pcie", "gpu_search"):
+            fit = getattr(self, name)
+            if fit is not None:
+                latency, byte_s = fit.coef
+                out[name] = {"latency_s": latency, "bytes_per_s": 1.0 / max(byte_s, 1e-18)}
+        return out
+
+
+def fit_transfer(rows: Sequence[Row]) -> LinearFit | None:
+    """latency + bytes / rate, fitted on copy or GPU-scan rows (None without rows)."""
+    if not rows:
+        return None
+    x = np.array([[1.0, r["bytes"]] for r in rows], dtype=float)
+    return fit_linear(TRANSFER_FEATURES, x, _seconds(rows), [r["cell"] for r in rows])
 
 
 def fit_rows(rows: Sequence[Row]) -> Fits:
@@ -91,7 +119,17 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     err = np.abs(pred - _seconds(calls)) / _seconds(calls)
     whole = {"rows": len(calls), "train_median_abs_rel_error": float(np.median(err)),
              "train_p90_abs_rel_error": float(np.percentile(err, 90))}
-    return Fits(gen, scan, embed, whole)
+    return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
+                fit_transfer([r for r in rows if r["kind"] == "gpu_search"]))
+
+
+def gpu_cache_for(body: RealBackend) -> object:
+    """The body's GPU cluster cache, or one holding the whole index for profiling (`--cache-vectors`)."""
+    if body.cache is not None:
+        return body.cache
+    from backends.gpu_cache import ClusterCache
+
+    return ClusterCache(body.corpus.index, device="cuda", capacity_vectors=body.retriever.ntotal)
 
 
 def _gaps(rows: Sequence[Row]) -> dict[str, list[float]]:
@@ -154,6 +192,9 @@ def calibrate(body: RealBackend, engine: Engine, *, name: str, repeats: int = 2,
     search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
     rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, repeats=repeats,
                            progress=progress, **search_kw)  # type: ignore[arg-type]
+    if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
+        rows += profile_gpu_cache(gpu_cache_for(body), body.retriever.list_sizes(), body.retriever.d * 4,
+                                  repeats=repeats, progress=progress)
     pin_current_thread(usable_cores())
     progress("fitting the latency models")
     fits = fit_rows(rows)
@@ -214,6 +255,7 @@ def assemble_profile(body: RealBackend, engine: Engine, rows: list[Row], fits: F
         "engine": engine.model_dump(),
         "gen_step": g,
         "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate},
+        **fits.transfer_models(),
         "dispatch": {f"{lane}_s": float(np.median(gaps)) for lane, gaps in _gaps(rows).items()},
         "fits": fits.as_dict(),
         "measurements": rows,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -176,4 +176,45 @@ def dispatch_gaps(timeline: Sequence[tuple[str, str, float, float, dict]]) -> li
             gap = s1 - (s0 + d0)
             if 0 <= gap < BACK_TO_BACK_S:
                 rows.append({"kind": "dispatch_gap", "cell": lane, "seconds": gap})
+    return rows
+
+
+# --- the GPU cluster cache: host-to-device copies and GPU scans ------------------------------------
+
+TRANSFER_CLUSTERS = (1, 2, 4, 8, 16, 32, 64)  # clusters per copy, and per query in a GPU scan
+GPU_SCAN_QUERIES = (1, 8, 32)
+
+
+def profile_gpu_cache(cache: Any, list_sizes: Sequence[int], bytes_per_vector: int, *, repeats: int = REPEATS,
+                      seed: int = 0, progress: Progress = _quiet) -> list[Row]:
+    """Time copies of clusters into `cache` (a `backends.gpu_cache.ClusterCache`: the pcie
+    lane's work) and scans of resident clusters (the gpu_retrieval lane's), over
+    `TRANSFER_CLUSTERS` x `GPU_SCAN_QUERIES`; each waits for the device before the clock stops.
+    Rows of kind `pcie_copy` and `gpu_search` with the bytes moved or scanned."""
+    from backends.ivf import QueryTopK
+
+    rng = np.random.default_rng(seed)
+    nlist = len(list_sizes)
+    rows: list[Row] = []
+    for r in range(repeats):
+        for n in TRANSFER_CLUSTERS:
+            progress(f"gpu cache: copies and scans of {n} clusters, pass {r + 1}/{repeats}")
+            clusters = [int(c) for c in rng.choice(nlist, min(n, nlist), replace=False)]
+            cache.evict(list(cache.resident))
+            t0 = time.perf_counter()
+            cache.load(clusters)
+            cache.synchronize()
+            seconds = time.perf_counter() - t0
+            nbytes = sum(list_sizes[c] for c in clusters) * bytes_per_vector
+            rows.append({"kind": "pcie_copy", "cell": f"c{n}", "clusters": len(clusters), "bytes": nbytes,
+                         "seconds": seconds})
+            for q in GPU_SCAN_QUERIES:
+                states = [QueryTopK.empty(rng.standard_normal(cache.d).astype(np.float32), 1,
+                                          inner_product=cache.inner_product) for _ in range(q)]
+                t0 = time.perf_counter()
+                cache.search(states, [clusters] * q)
+                cache.synchronize()
+                seconds = time.perf_counter() - t0
+                rows.append({"kind": "gpu_search", "cell": f"q{q}-c{n}", "queries": q, "bytes": nbytes * q,
+                             "seconds": seconds})
     return rows

@@ -246,3 +246,24 @@ def test_masked_places_never_leak(setup) -> None:
     r.scan([ref], [[mine]])
     Dref, _ = ref.result()
     np.testing.assert_allclose(D[:size], Dref[:size], rtol=0, atol=tolerance(Dref, xq[0], metric == "ip"))
+
+
+def test_calibration_profiles_the_cache_copies_and_scans(setup):
+    """`hedra calibrate --backend gpu` times the cache's copies (pcie) and scans (gpu_retrieval)
+    and fits `latency + bytes / rate` to each; here on CPU torch, the same code path."""
+    from calibration.calibrate import fit_transfer
+    from calibration.profiler import GPU_SCAN_QUERIES, TRANSFER_CLUSTERS, profile_gpu_cache
+
+    _, _, index, _ = setup
+    sizes = IVFRetriever(index).list_sizes()
+    cache = ClusterCache(index, device="cpu", capacity_vectors=index.ntotal)
+    rows = profile_gpu_cache(cache, sizes, index.d * 4, repeats=1)
+    copies = [r for r in rows if r["kind"] == "pcie_copy"]
+    scans = [r for r in rows if r["kind"] == "gpu_search"]
+    assert len(copies) == len(TRANSFER_CLUSTERS) and len(scans) == len(TRANSFER_CLUSTERS) * len(GPU_SCAN_QUERIES)
+    for r in copies:  # the bytes are those of the clusters copied
+        assert r["bytes"] > 0 and r["bytes"] % (index.d * 4) == 0 and r["seconds"] > 0
+    for fit in (fit_transfer(copies), fit_transfer(scans)):
+        latency, per_byte = fit.coef
+        assert latency >= 0 and per_byte > 0  # more bytes take longer
+    assert fit_transfer([]) is None
