@@ -19,23 +19,23 @@ not served here (the GPU body keeps its retrieval in process, where the CUDA con
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backends.worker_process import WorkerProcess, serve, started
 from ragraph.graph import Request
 from ragraph.work import CacheLoad, CacheLoadResult, SearchBatch, SearchResult
 
 
 def _serve(conn: Any, index_path: str, model: str | None, cores: tuple[int, ...], threads: int) -> None:
-    """The worker's loop: (command, payload) -> (status, payload), until ("close", None)."""
+    """The worker: load the index and the embedder, then serve begin / search / close."""
     if cores:
         os.sched_setaffinity(0, set(cores))
-    try:
+
+    def build() -> tuple[tuple[Any, Any], tuple[int, list[int]]]:
         import faiss
         import torch
 
@@ -43,34 +43,34 @@ def _serve(conn: Any, index_path: str, model: str | None, cores: tuple[int, ...]
         faiss.omp_set_num_threads(threads)
         from backends.embedder import Embedder
         from backends.ivf import IVFRetriever, load_index
-        from backends.retrieval import RetrievalService
 
         retriever = IVFRetriever(load_index(index_path), threads=threads)
         embedder = Embedder(model)
-    except Exception as exc:  # reported to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return (retriever, embedder), (embedder.dim, retriever.list_sizes())
+
+    parts = started(conn, build)
+    if parts is None:
         return
-    conn.send(("ready", (embedder.dim, retriever.list_sizes())))
-    service: RetrievalService | None = None
-    while True:
-        command, payload = conn.recv()
-        try:
-            if command == "close":
-                return
-            if command == "begin":
-                service = RetrievalService(retriever, embedder.encode, payload)
-                reply: object = None
-            elif service is None:
-                raise RuntimeError(f"{command} before begin")
-            elif command == "search":  # (request ids that ended, the batch)
-                for rid in payload[0]:
-                    service.forget(rid)
-                reply = service.search(payload[1])
-            else:
-                raise ValueError(f"unknown command {command!r}")
-            conn.send(("ok", reply))
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    retriever, embedder = parts
+    from backends.retrieval import RetrievalService
+
+    services: list[RetrievalService] = []  # the current replay's
+
+    def handle(command: str, payload: Any) -> object:
+        if command == "begin":
+            services[:] = [RetrievalService(retriever, embedder.encode, payload)]
+            return None
+        if command == "search":  # (request ids that ended, the batch)
+            if not services:
+                raise RuntimeError("search before begin")
+            for rid in payload[0]:
+                services[0].forget(rid)
+            return services[0].search(payload[1])
+        if command == "close":
+            return None
+        raise ValueError(f"unknown command {command!r}")
+
+    serve(conn, handle)
 
 
 class RetrievalProcess:
@@ -78,28 +78,11 @@ class RetrievalProcess:
 
     def __init__(self, index_path: str | Path, model: str | None = None, *, cores: Sequence[int] = (),
                  threads: int = 1) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, str(index_path), model, tuple(cores), threads),
-                                 daemon=True, name="hedra-retrieval")
-        self._proc.start()
-        child.close()
-        self._lock = threading.Lock()  # one exchange on the pipe at a time
-        self.dim, self.list_sizes = self._reply()
-
-    def _reply(self) -> Any:
-        try:
-            status, payload = self._conn.recv()
-        except EOFError:
-            raise RuntimeError("the retrieval worker exited") from None
-        if status == "error":
-            raise RuntimeError(f"retrieval worker: {payload}")
-        return payload
+        self._worker = WorkerProcess(_serve, (str(index_path), model, tuple(cores), threads), name="hedra-retrieval")
+        self.dim, self.list_sizes = self._worker.ready
 
     def call(self, command: str, payload: object) -> Any:
-        with self._lock:
-            self._conn.send((command, payload))
-            return self._reply()
+        return self._worker.call(command, payload)
 
     def begin(self, requests: Sequence[Request]) -> RemoteRetrieval:
         """A fresh service for one replay: per-query state of an earlier replay is dropped."""
@@ -107,12 +90,7 @@ class RetrievalProcess:
         return RemoteRetrieval(self)
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError):
-                self._conn.send(("close", None))
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.kill()
+        self._worker.close(10)
 
 
 class RemoteRetrieval:

@@ -1,0 +1,90 @@
+"""A lane's heavy work in a worker process: the plumbing `engine_worker` and `retrieval_worker` share.
+
+The worker is started with `spawn` (never fork a process that holds vLLM, torch or OpenMP
+state), pinned by its own target, and talks over one pipe: the parent sends `(command,
+payload)`, the worker answers `("ok", reply)` or `("error", (exception type name, message))`;
+its first answer says it is ready. One exchange at a time (a lock), so two lane threads can
+share a worker safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class WorkerError(RuntimeError):
+    """The worker reported an error, or exited."""
+
+
+class WorkerProcess:
+    """A spawned worker running `target(conn, *args)`; `call` is one exchange on its pipe.
+
+    `errors` maps an exception type name the worker may report to the type raised here
+    (others raise `WorkerError`), so start-up errors keep their one-line meaning."""
+
+    def __init__(self, target: Callable[..., None], args: tuple, *, name: str,
+                 errors: dict[str, type[Exception]] | None = None) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=target, args=(child, *args), daemon=True, name=name)
+        self._proc.start()
+        child.close()
+        self.name = name
+        self._errors = errors or {}
+        self._lock = threading.Lock()
+        self.ready: Any = self._reply()  # what the worker said when it was ready
+
+    def _reply(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except EOFError:
+            raise WorkerError(f"the {self.name} worker exited") from None
+        if status == "error":
+            kind, message = payload
+            raise self._errors.get(kind, WorkerError)(message if kind in self._errors else f"{kind}: {message}")
+        return payload
+
+    def call(self, command: str, payload: object = None) -> Any:
+        with self._lock:
+            self._conn.send((command, payload))
+            return self._reply()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the worker to end ("close"), and kill it if it does not."""
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError, WorkerError, EOFError):
+                self.call("close")
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+def serve(conn: Any, handle: Callable[[str, Any], Any]) -> None:
+    """The worker side's loop: answer each `(command, payload)` with `handle`'s reply (or its
+    error) until "close" (answered, then the loop ends)."""
+    while True:
+        command, payload = conn.recv()
+        try:
+            reply = handle(command, payload)
+        except Exception as exc:
+            conn.send(("error", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")))
+            continue
+        conn.send(("ok", reply))
+        if command == "close":
+            return
+
+
+def started(conn: Any, build: Callable[[], Any]) -> Any:
+    """Run the worker's start-up `build()`; report it ready (with what `build` returns as
+    `(state, ready info)`) or failed. Returns the state, or None after a failure."""
+    try:
+        state, info = build()
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send(("error", (type(exc).__name__, str(exc))))
+        return None
+    conn.send(("ready", info))
+    return state
