@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calibration.fit import LinearFit, fit_linear
-from calibration.profiler import Row, dispatch_gaps, profile_engine, profile_gpu_cache, profile_search
+from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
+from calibration.profiler import Row, dispatch_gaps, profile_cold, profile_engine, profile_gpu_cache, profile_search
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
@@ -72,10 +72,13 @@ class Fits:
     search_call_error: dict[str, float]  # the whole search model (scan + embed) on every call
     pcie: LinearFit | None = None  # host-to-device cluster copies (GPU rigs)
     gpu_search: LinearFit | None = None  # scans of GPU-resident clusters (GPU rigs)
+    cold: dict[str, float] | None = None  # a cold embedder: cold_s, cold_tau_s and the fit's error
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         out = {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
                "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
+        if self.cold is not None:
+            out["cold_embedding"] = dict(self.cold)
         for name in ("pcie", "gpu_search"):
             fit = getattr(self, name)
             if fit is not None:
@@ -119,8 +122,33 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     err = np.abs(pred - _seconds(calls)) / _seconds(calls)
     whole = {"rows": len(calls), "train_median_abs_rel_error": float(np.median(err)),
              "train_p90_abs_rel_error": float(np.percentile(err, 90))}
+    warm = Fits(gen, scan, embed, whole)
     return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
-                fit_transfer([r for r in rows if r["kind"] == "gpu_search"]))
+                fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
+                fit_cold([r for r in rows if r["kind"] == "search_cold"], warm))
+
+
+COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+def fit_cold(rows: Sequence[Row], warm: Fits) -> dict[str, float] | None:
+    """Fit the cold-embedder term on calls after idle spells: what the warm models leave of
+    each call, as cold_s x (1 - exp(-idle / tau)), tau from `COLD_TAUS_S` (the best median
+    relative error of the whole call), cold_s >= 0 by least squares for each tau."""
+    if not rows:
+        return None
+    y = _seconds(rows)
+    base = warm.scan.predict(scan_features(rows)) + warm.embed.predict(embed_features(rows))
+    idle = np.array([r["idle_s"] for r in rows], dtype=float)
+    best: dict[str, float] | None = None
+    for tau in COLD_TAUS_S:
+        shape = -np.expm1(-idle / tau)
+        cold = max(0.0, float(nonnegative_lstsq(shape[:, None], y - base, 1.0 / y)[0]))
+        err = float(np.median(np.abs(base + cold * shape - y) / y))
+        if best is None or err < best["train_median_abs_rel_error"]:
+            best = {"cold_s": cold, "cold_tau_s": tau, "train_median_abs_rel_error": err,
+                    "warm_median_abs_rel_error": float(np.median(np.abs(base - y) / y)), "rows": len(rows)}
+    return best
 
 
 def gpu_cache_for(body: RealBackend) -> object:
@@ -192,6 +220,8 @@ def calibrate(body: RealBackend, engine: Engine, *, name: str, repeats: int = 2,
     search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
     rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, repeats=repeats,
                            progress=progress, **search_kw)  # type: ignore[arg-type]
+    rows += profile_cold(body.retrieval_body, body.retriever.list_sizes(), passages, progress=progress,
+                         **({"calls": 3} if quick else {}))
     if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
         rows += profile_gpu_cache(gpu_cache_for(body), body.retriever.list_sizes(), body.retriever.d * 4,
                                   repeats=repeats, progress=progress)
@@ -254,7 +284,8 @@ def assemble_profile(body: RealBackend, engine: Engine, rows: list[Row], fits: F
                   "list_sizes": retriever.list_sizes(), "identity": corpus.index_identity, "metric": retriever.metric},
         "engine": engine.model_dump(),
         "gen_step": g,
-        "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate},
+        "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate,
+                       **({k: fits.cold[k] for k in ("cold_s", "cold_tau_s")} if fits.cold else {})},
         **fits.transfer_models(),
         "dispatch": {f"{lane}_s": float(np.median(gaps)) for lane, gaps in _gaps(rows).items()},
         "fits": fits.as_dict(),

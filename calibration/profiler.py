@@ -218,3 +218,36 @@ def profile_gpu_cache(cache: Any, list_sizes: Sequence[int], bytes_per_vector: i
                 rows.append({"kind": "gpu_search", "cell": f"q{q}-c{n}", "queries": q, "bytes": nbytes * q,
                              "seconds": seconds})
     return rows
+
+
+# --- a cold embedder: calls after the lane sat idle ----------------------------------------------------
+
+COLD_GAPS_S = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # idle time before a call
+COLD_CALLS = 12  # one-query calls per gap
+
+
+def profile_cold(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
+                 passages: Sequence[str], *, calls: int = COLD_CALLS, gaps: Sequence[float] = COLD_GAPS_S,
+                 seed: int = 1, progress: Progress = _quiet) -> list[Row]:
+    """One-query first sub-stages (a question of about 40 characters, 4 lists) after the lane
+    sat idle for each of `gaps`: in a replay the retrieval lane idles between sparse arrivals,
+    and an embedding after an idle spell runs slower than back to back (measured here: 10.6 ms
+    back to back, 14-15 ms after 30-100 ms idle). Rows of kind `search_cold` with `idle_s`."""
+    rng = np.random.default_rng(seed)
+    sizes = list(list_sizes)
+    rows: list[Row] = []
+    for gap in gaps:
+        progress(f"retrieval: one-query calls after {gap * 1e3:.0f} ms idle")
+        for j, text in enumerate(_texts_of_length(passages, 40, calls, rng)):
+            lists = tuple(int(x) for x in rng.choice(len(sizes), min(4, len(sizes)), replace=False))
+            req = chain(f"cold-{gap}-{j}", 0.0, "calibrate", [Retrieve(len(lists), 1, lists, query=text)])
+            service = begin([req])
+            batch = SearchBatch((ScanTask(key=(req.id, 0), clusters=lists, k=1, first=True, last=True,
+                                          embed_chars=len(text)),))
+            time.sleep(gap)
+            t0 = time.perf_counter()
+            service.search(batch)
+            seconds = time.perf_counter() - t0
+            rows.append({"kind": "search_cold", "cell": f"idle{gap * 1e3:g}ms", "idle_s": gap,
+                         **batch.timeline_args(sizes), "seconds": seconds})
+    return rows

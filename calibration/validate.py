@@ -13,6 +13,7 @@ the per-item models or from scheduling. Outputs: `validation.json`, `report.md`,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,7 +56,10 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
     """The real run's engine steps and CPU search calls, each with its measured duration and
     the duration the profile's latency functions give it (from the item's timeline args)."""
     rows: list[dict[str, object]] = []
-    for lane, name, start, dur, args in timeline:
+    free: dict[str, float] = {}  # when each lane's previous item ended
+    for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
+        idle = start - free.get(lane, -math.inf)
+        free[lane] = start + dur
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
@@ -63,7 +67,7 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
                                       args["admitted_tokens"], args["prefill_attention"])
         elif name == "SearchBatch" and lane == "cpu_retrieval":
             pred = latency.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
-                                    args["embed_max_chars"], args["embed_chars"])
+                                    args["embed_max_chars"], args["embed_chars"], idle)
         else:
             continue
         rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})

@@ -6,6 +6,8 @@ file; `LatencyModel` binds a profile and precomputes the IVF list sizes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hwmodel.profile import Profile
@@ -51,20 +53,25 @@ class LatencyModel:
         self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_char_s, m.embed_text_char_s,
                         m.thread_bytes_per_s, m.memory_bytes_per_s, profile.hardware.cpu_threads,
                         profile.index.bytes_per_vector)
+        self._cold = (m.cold_s, m.cold_tau_s)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0, embed_chars: int = 0) -> float:
+                 embed_max_chars: int = 0, embed_chars: int = 0, idle_s: float = 0.0) -> float:
         """One CPU search call: the `new_queries` that start in it are embedded in one model
         call: a cost per call, per query, per character of their texts (`embed_chars` in all:
         tokenizing) and per padded character (the model runs every text padded to the longest,
         `embed_max_chars`); then the (query, list) pairs spread over the threads and scan at the
-        per-thread rate times the threads in use, capped by the memory system's rate. (The
-        profile is unpacked once in __init__: policies price every candidate sub-stage.)"""
+        per-thread rate times the threads in use, capped by the memory system's rate. A call
+        that embeds after the lane sat idle `idle_s` seconds runs cold (the embedder's weights
+        out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
+        __init__: policies price every candidate sub-stage.)"""
         (call, per_query, per_new, embed_call, per_char, per_text_char, thread_rate, memory_rate, threads,
          vec_bytes) = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
         embed = (embed_call + new_queries * (per_new + per_char * embed_max_chars) + per_text_char * embed_chars
                  if new_queries else 0.0)
+        if new_queries and idle_s > 0 and self._cold[0]:
+            embed += self._cold[0] * -math.expm1(-idle_s / self._cold[1])
         return call + per_query * queries + embed + scanned_vectors * vec_bytes / rate
 
     def gen_step_s(self, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,

@@ -112,6 +112,9 @@ class SearchModel(_Strict):
     # does new_queries x (longest text) characters of work
     embed_char_s: float = Field(default=0.0, ge=0)
     embed_text_char_s: float = Field(default=0.0, ge=0)  # per character of the texts themselves (tokenizing)
+    # a call that embeds after the lane sat idle runs cold: + cold_s x (1 - exp(-idle / cold_tau_s))
+    cold_s: float = Field(default=0.0, ge=0)
+    cold_tau_s: float = Field(default=0.02, gt=0)
     thread_bytes_per_s: float = Field(gt=0)  # scan rate of one thread
     memory_bytes_per_s: float = Field(gt=0)  # scan rate of all threads together (DRAM bound)
 

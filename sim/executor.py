@@ -8,6 +8,7 @@ event. The processes hold no policy. Same trace, profile, policy and seed: same 
 
 from __future__ import annotations
 
+import math
 import time
 
 import simpy
@@ -47,6 +48,7 @@ class Simulation:
         self._keep_timeline = timeline
         self._timeline: list[TimelineEvent] = []
         self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
+        self._lane_free = dict.fromkeys((lane.value for lane in Lane), -math.inf)  # when each lane's last item ended
         self._kv_peak = 0
         self._arrived = False
 
@@ -101,9 +103,10 @@ class Simulation:
             if item is None:
                 yield self._wake
                 continue
-            seconds, result, args, changed = self._execute(item)
+            seconds, result, args, changed = self._execute(item, env.now - self._lane_free[name])
             if seconds:
                 yield env.timeout(seconds + dispatch)
+                self._lane_free[name] = env.now
                 self._busy_s[name] += seconds
                 if self._keep_timeline:
                     self._timeline.append((name, type(item).__name__, env.now - seconds - dispatch, seconds, args))
@@ -112,8 +115,9 @@ class Simulation:
                 self._notify()
                 self._check_done(done)
 
-    def _execute(self, item: WorkItem):
-        """(seconds, result, timeline args, whether other lanes may have new work)."""
+    def _execute(self, item: WorkItem, idle_s: float):
+        """(seconds, result, timeline args, whether other lanes may have new work); `idle_s`:
+        how long the item's lane sat idle before it (a cold embedder is slower)."""
         if isinstance(item, GenStep):
             self.engine.apply(item)
             seconds, res = self.engine.step()
@@ -128,7 +132,7 @@ class Simulation:
                 seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
                 seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"],
-                                                f["embed_max_chars"], f["embed_chars"])
+                                                f["embed_max_chars"], f["embed_chars"], idle_s)
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
         f = item.timeline_args(sizes)

@@ -99,3 +99,35 @@ def test_nonnegative_lstsq_never_returns_a_negative_coefficient(true):
 def test_fit_refuses_non_positive_durations():
     with pytest.raises(ValueError, match="positive"):
         fit_linear(("a",), np.ones((3, 1)), np.array([1.0, 0.0, 1.0]), ["x", "y", "z"])
+
+
+def test_cold_embedder_term_is_recovered_and_priced_by_idle_time():
+    """Calls after an idle spell run slower; the fit finds the size and the time constant, and
+    the latency model charges it by the lane's idle time (nothing back to back, all of it
+    after a long idle)."""
+    from calibration.calibrate import fit_cold
+    from hwmodel.latency import LatencyModel
+    from hwmodel.profile import load_profile
+
+    rng = np.random.default_rng(4)
+    fits = fit_rows(_grid_rows(GEN, rng, 0.0) + _search_rows(SEARCH, rng, 0.0))
+    cold_s, tau = 4e-3, 0.02
+    rows = []
+    for idle in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
+        x = {"queries": 1, "new_queries": 1, "clusters": 4, "vectors": 160, "embed_chars": 40, "embed_max_chars": 40}
+        warm = (SEARCH["call_s"] + SEARCH["query_s"] + SEARCH["embed_call_s"] + SEARCH["new_query_s"]
+                + SEARCH["embed_char_s"] * 40 + SEARCH["embed_text_char_s"] * 40 + SEARCH["vector_s"] * 160)
+        rows.append({"kind": "search_cold", "cell": f"idle{idle}", "idle_s": idle, **x,
+                     "seconds": warm + cold_s * -np.expm1(-idle / tau)})
+    fit = fit_cold(rows, fits)
+    assert fit["cold_tau_s"] == tau and fit["cold_s"] == pytest.approx(cold_s, rel=1e-6)
+    assert fit["train_median_abs_rel_error"] < 1e-9 < fit["warm_median_abs_rel_error"]
+
+    base = load_profile()
+    prof = base.model_copy(update={"cpu_search": base.cpu_search.model_copy(update={"cold_s": cold_s,
+                                                                                     "cold_tau_s": tau})})
+    m = LatencyModel(prof)
+    warm_s = m.search_s(1, 1, 4, 160, 40, 40)
+    assert m.search_s(1, 1, 4, 160, 40, 40, idle_s=0.0) == warm_s
+    assert m.search_s(1, 1, 4, 160, 40, 40, idle_s=float("inf")) == pytest.approx(warm_s + cold_s)
+    assert m.search_s(1, 0, 4, 160, 0, 0, idle_s=1.0) == m.search_s(1, 0, 4, 160)  # a scan embeds nothing
