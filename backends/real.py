@@ -30,7 +30,7 @@ from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
 from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
-from hwmodel.profile import Engine
+from hwmodel.profile import Engine, Profile
 from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
 from ragraph.policies import make_policy
@@ -84,6 +84,16 @@ class RealOptions(BaseModel):
         if self.gen_cores and self.retrieval_cores and set(self.gen_cores) & set(self.retrieval_cores):
             raise ValueError("gen_cores and retrieval_cores overlap; generation and retrieval need their own cores")
         return self
+
+    @classmethod
+    def of_profile(cls, profile: Profile, **options: object) -> RealOptions:
+        """Options that run `profile`'s engine configuration on the cores it was measured on;
+        `options` override (cores given as None fall back to the profile's)."""
+        hw = profile.hardware
+        for name, cores in (("gen_cores", hw.gen_cores), ("retrieval_cores", hw.retrieval_cores)):
+            if options.get(name) is None and cores:
+                options[name] = tuple(cores)
+        return cls(engine=profile.engine, **options)
 
     def core_split(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(engine cores, retrieval cores): the first usable core generates, the rest retrieve."""

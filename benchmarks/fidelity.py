@@ -50,13 +50,10 @@ def main() -> None:
 
     console = Console(stderr=True)
     prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
-    hw = prof.hardware
     workflows = [w.strip() for w in args.workflows.split(",") if w.strip()]
     loads = [float(x) for x in args.loads.split(",")]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    options = RealOptions(engine=prof.engine, gen_cores=tuple(hw.gen_cores or ()) or None,
-                          retrieval_cores=tuple(hw.retrieval_cores or ()) or None)
-    body = RealBackend.open(options, progress=lambda m: console.print(f"[setup] {m}"))
+    body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: console.print(f"[setup] {m}"))
     if body.corpus.index_identity != prof.index.identity:
         sys.exit(f"the profile was measured on index {prof.index.identity}, the corpus is {body.corpus.index_identity}")
     try:

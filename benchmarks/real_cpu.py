@@ -39,10 +39,7 @@ def main() -> None:
     from traces.schema import TraceRequest, to_request
 
     prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
-    hw = prof.hardware
-    body = RealBackend.open(RealOptions(engine=prof.engine, gen_cores=tuple(hw.gen_cores or ()) or None,
-                                        retrieval_cores=tuple(hw.retrieval_cores or ()) or None),
-                            progress=lambda m: print(f"[setup] {m}", flush=True))
+    body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: print(f"[setup] {m}", flush=True))
     costs = LatencyModel(prof)
     nlist = body.retriever.nlist
     nprobe = args.nprobe or max(1, nlist // 8)

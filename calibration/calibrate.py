@@ -122,23 +122,22 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     err = np.abs(pred - _seconds(calls)) / _seconds(calls)
     whole = {"rows": len(calls), "train_median_abs_rel_error": float(np.median(err)),
              "train_p90_abs_rel_error": float(np.percentile(err, 90))}
-    warm = Fits(gen, scan, embed, whole)
     return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
                 fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
-                fit_cold([r for r in rows if r["kind"] == "search_cold"], warm))
+                fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed))
 
 
 COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
-def fit_cold(rows: Sequence[Row], warm: Fits) -> dict[str, float] | None:
-    """Fit the cold-embedder term on calls after idle spells: what the warm models leave of
+def fit_cold(rows: Sequence[Row], scan: LinearFit, embed: LinearFit) -> dict[str, float] | None:
+    """Fit the cold-embedder term on calls after idle spells: what the warm `scan` and `embed` models leave of
     each call, as cold_s x (1 - exp(-idle / tau)), tau from `COLD_TAUS_S` (the best median
     relative error of the whole call), cold_s >= 0 by least squares for each tau."""
     if not rows:
         return None
     y = _seconds(rows)
-    base = warm.scan.predict(scan_features(rows)) + warm.embed.predict(embed_features(rows))
+    base = scan.predict(scan_features(rows)) + embed.predict(embed_features(rows))
     idle = np.array([r["idle_s"] for r in rows], dtype=float)
     best: dict[str, float] | None = None
     for tau in COLD_TAUS_S:
@@ -205,9 +204,9 @@ def model_record(model_dir: Path) -> dict[str, object]:
             "kv_dtype_bytes": 4 if "32" in dtype else 2}
 
 
-def calibrate(body: RealBackend, engine: Engine, *, name: str, repeats: int = 2, quick: bool = False,
+def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = False,
               progress: Callable[[str], None] = lambda msg: None) -> Profile:
-    """Profile `body` (opened with `engine`), fit, and return the measured profile."""
+    """Profile `body` (running its options' engine configuration), fit, and return the measured profile."""
     from backends.real import pin_current_thread, thread_setup, usable_cores
 
     grid_kw: dict[str, object] = {}
@@ -218,20 +217,20 @@ def calibrate(body: RealBackend, engine: Engine, *, name: str, repeats: int = 2,
     thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
     passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
     search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
-    rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, repeats=repeats,
-                           progress=progress, **search_kw)  # type: ignore[arg-type]
-    rows += profile_cold(body.retrieval_body, body.retriever.list_sizes(), passages, progress=progress,
-                         **({"calls": 3} if quick else {}))
+    sizes = body.retriever.list_sizes()
+    rows += profile_search(body.retrieval_body, sizes, passages, repeats=repeats, progress=progress,
+                           **search_kw)  # type: ignore[arg-type]
+    rows += profile_cold(body.retrieval_body, sizes, passages, progress=progress, **({"calls": 3} if quick else {}))
     if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
-        rows += profile_gpu_cache(gpu_cache_for(body), body.retriever.list_sizes(), body.retriever.d * 4,
-                                  repeats=repeats, progress=progress)
+        rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
+                                  progress=progress)
     pin_current_thread(usable_cores())
     progress("fitting the latency models")
     fits = fit_rows(rows)
-    provisional = assemble_profile(body, engine, rows, fits, name=name)
+    provisional = assemble_profile(body, rows, fits, name=name)
     progress("measuring the executor's time between items (a short replay)")
     rows += measure_dispatch(body, provisional, quick=quick)
-    return assemble_profile(body, engine, rows, fits, name=name)
+    return assemble_profile(body, rows, fits, name=name)
 
 
 DISPATCH_WORKFLOWS = "one-shot,irg"  # the short replay that measures the executor's time between items
@@ -250,7 +249,7 @@ def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False
     return dispatch_gaps(result.timeline)
 
 
-def assemble_profile(body: RealBackend, engine: Engine, rows: list[Row], fits: Fits, *, name: str) -> Profile:
+def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: str) -> Profile:
     corpus, retriever = body.corpus, body.retriever
     g = dict(zip(fits.gen_step.names, fits.gen_step.coef, strict=True))
     s = {**dict(zip(fits.scan.names, fits.scan.coef, strict=True)),
@@ -282,7 +281,7 @@ def assemble_profile(body: RealBackend, engine: Engine, rows: list[Row], fits: F
         "index": {"name": f"IVF{retriever.nlist},Flat", "nlist": retriever.nlist, "ntotal": retriever.ntotal,
                   "dim": retriever.d, "bytes_per_vector": bytes_per_vector, "list_size_sigma": 0.0,
                   "list_sizes": retriever.list_sizes(), "identity": corpus.index_identity, "metric": retriever.metric},
-        "engine": engine.model_dump(),
+        "engine": body.options.engine.model_dump(),
         "gen_step": g,
         "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate,
                        **({k: fits.cold[k] for k in ("cold_s", "cold_tau_s")} if fits.cold else {})},

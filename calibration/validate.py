@@ -63,11 +63,9 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
-            pred = latency.gen_step_s(args["prefill_tokens"], args["running"], args["context_tokens"], args["admitted"],
-                                      args["admitted_tokens"], args["prefill_attention"])
+            pred = latency.engine_step_s(args)
         elif name == "SearchBatch" and lane == "cpu_retrieval":
-            pred = latency.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
-                                    args["embed_max_chars"], args["embed_chars"], idle)
+            pred = latency.search_call_s(args, idle)
         else:
             continue
         rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})

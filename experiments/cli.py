@@ -303,25 +303,32 @@ RealProfileOpt = Annotated[str | None, typer.Option(
          " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
 
 
+def _option_error(exc: ValidationError) -> UsageError:
+    """A validated options model's first error, named as the command-line option."""
+    err = exc.errors()[0]
+    return UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
+
+
 def _real_options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
-                  retrieval_cores: str | None, engine: object, profile: object | None = None, cache_vectors: int = 0):
-    """Validated `RealOptions`; cores default to those the profile was measured on."""
+                  retrieval_cores: str | None, setup: object, cache_vectors: int = 0):
+    """Validated `RealOptions`; `setup` is a measured profile (its engine configuration, and its
+    cores unless given) or, for `hedra calibrate`, the engine configuration to measure."""
     from backends.real import RealOptions
+    from hwmodel.profile import Profile
 
     if backend not in ("cpu", "gpu"):
         raise UsageError(f"--backend {backend!r}: expected cpu or gpu")
     if model is not None and not (model / "config.json").is_file():
         raise UsageError(f"--model {model}: not a Hugging Face model folder (no config.json)")
-    hw = getattr(profile, "hardware", None)
-    gen = _cores(gen_cores, "--gen-cores") or (tuple(hw.gen_cores) if hw and hw.gen_cores else None)
-    ret = _cores(retrieval_cores, "--retrieval-cores") or (
-        tuple(hw.retrieval_cores) if hw and hw.retrieval_cores else None)
+    options = {"backend": backend, "model": model, "corpus": corpus, "cache_vectors": cache_vectors,
+               "gen_cores": _cores(gen_cores, "--gen-cores"),
+               "retrieval_cores": _cores(retrieval_cores, "--retrieval-cores")}
     try:
-        return RealOptions(backend=backend, model=model, corpus=corpus, gen_cores=gen, retrieval_cores=ret,
-                           engine=engine, cache_vectors=cache_vectors)
+        if isinstance(setup, Profile):
+            return RealOptions.of_profile(setup, **options)
+        return RealOptions(engine=setup, **options)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+        raise _option_error(exc) from None
 
 
 def _profile_of_body(profile: str | None, backend: str):
@@ -372,7 +379,7 @@ def run(
         check_output_dir(out)
         make_policy(policy, None)  # type: ignore[arg-type]  # refuse a bad spec before loading anything
         prof = _profile_of_body(profile, backend)
-        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof.engine, prof, cache_vectors)
+        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
         body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
         run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
@@ -396,7 +403,6 @@ def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry,
     from backends.corpus import index_identity
     from backends.real import RealBackend
 
-    paths = traces
     corpus_dir = options.corpus or default_corpus_dir()
 
     def against(ident: str) -> str:
@@ -404,7 +410,7 @@ def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry,
                 f" (--corpus) or regenerate it on this one (hedra trace gen --corpus {corpus_dir})")
 
     def check(ident: str, nlist: int) -> list[list]:
-        loaded = [load_trace(p, registry, nlist=nlist, index=ident, target=against(ident)) for p in paths]
+        loaded = [load_trace(p, registry, nlist=nlist, index=ident, target=against(ident)) for p in traces]
         _corpus_identity_check(prof, corpus_dir, ident)
         return loaded
 
@@ -414,7 +420,7 @@ def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry,
         identity = index_identity(manifest)
         loaded = check(identity, manifest["index"]["nlist"])
     else:  # no corpus yet: RealBackend.open builds it, and everything is checked against it then
-        loaded = [load_trace(p, registry) for p in paths]
+        loaded = [load_trace(p, registry) for p in traces]
     with console.status("starting the real backend...") as status:
         body = RealBackend.open(options, progress=lambda m: status.update(m))
     if identity != body.corpus.index_identity:  # the corpus was built just now
@@ -466,13 +472,12 @@ def calibrate(
         try:
             engine = base.model_validate({**base.model_dump(), **changes})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+            raise _option_error(exc) from None
         options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, engine)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
             try:
-                prof = run_calibration(body, engine, name=name or out.stem, repeats=repeats, quick=quick,
+                prof = run_calibration(body, name=name or out.stem, repeats=repeats, quick=quick,
                                        progress=lambda m: status.update(m))
             finally:
                 body.close()
@@ -530,7 +535,7 @@ def validate(
         if not 1 <= duration <= 3600:
             raise UsageError(f"--duration {duration}: need between 1 and 3600 s")
         prof = _profile_of_body(profile, backend)
-        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof.engine, prof)
+        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof)
         body, loaded = _open_checked(options, prof, trace or [], registry, console)
         try:
             with console.status("validating...") as status:

@@ -7,6 +7,7 @@ file; `LatencyModel` binds a profile and precomputes the IVF list sizes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -73,6 +74,16 @@ class LatencyModel:
         if new_queries and idle_s > 0 and self._cold[0]:
             embed += self._cold[0] * -math.expm1(-idle_s / self._cold[1])
         return call + per_query * queries + embed + scanned_vectors * vec_bytes / rate
+
+    def search_call_s(self, args: Mapping[str, int], idle_s: float = 0.0) -> float:
+        """A CPU search call priced from its features (`ragraph.work.SearchBatch.timeline_args`)."""
+        return self.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
+                             args["embed_max_chars"], args["embed_chars"], idle_s)
+
+    def engine_step_s(self, args: Mapping[str, int]) -> float:
+        """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`)."""
+        return self.gen_step_s(args["prefill_tokens"], args["running"], args["context_tokens"], args["admitted"],
+                               args["admitted_tokens"], args["prefill_attention"])
 
     def gen_step_s(self, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
                    admitted_tokens: int = 0, prefill_attention: int = 0) -> float:

@@ -131,8 +131,7 @@ class Simulation:
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
-                seconds = self.latency.search_s(f["queries"], f["new_queries"], f["clusters"], f["vectors"],
-                                                f["embed_max_chars"], f["embed_chars"], idle_s)
+                seconds = self.latency.search_call_s(f, idle_s)
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
         f = item.timeline_args(sizes)

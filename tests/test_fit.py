@@ -119,7 +119,7 @@ def test_cold_embedder_term_is_recovered_and_priced_by_idle_time():
                 + SEARCH["embed_char_s"] * 40 + SEARCH["embed_text_char_s"] * 40 + SEARCH["vector_s"] * 160)
         rows.append({"kind": "search_cold", "cell": f"idle{idle}", "idle_s": idle, **x,
                      "seconds": warm + cold_s * -np.expm1(-idle / tau)})
-    fit = fit_cold(rows, fits)
+    fit = fit_cold(rows, fits.scan, fits.embed)
     assert fit["cold_tau_s"] == tau and fit["cold_s"] == pytest.approx(cold_s, rel=1e-6)
     assert fit["train_median_abs_rel_error"] < 1e-9 < fit["warm_median_abs_rel_error"]
 
