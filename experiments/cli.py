@@ -25,7 +25,7 @@ from backends.real import BackendError
 from backends.vllm_engine import EngineUnavailable, VLLMHandleError
 from experiments.outdir import OutputError, check_output_dir
 from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
-from ragraph.policies import PolicyError, make_policy
+from ragraph.policies import PolicyError, parse_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
@@ -236,7 +236,6 @@ def sim(
     """Simulate a trace under a policy; write requests.parquet, summary.json, timeline.json."""
     from experiments.results import write_run
     from experiments.simulate import simulate
-    from hwmodel.latency import LatencyModel
 
     with user_errors():
         check_output_dir(out)
@@ -245,7 +244,7 @@ def sim(
                               target=f"the profile {prof.name} describes index {prof.index.name}"
                                      f" ({prof.index.identity or 'no identity'}); calibrate a profile on that index"
                                      " (hedra calibrate) or regenerate the trace")
-        make_policy(policy, LatencyModel(prof))  # refuse a bad spec before running
+        parse_policy(policy)  # refuse a bad spec before running
         run = simulate(requests, policy, prof, seed=seed, meta={"trace": str(trace)})
         write_run(out, run.result.records, run.summary, run.result.timeline)
     s = run.summary
@@ -377,7 +376,7 @@ def run(
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
-        make_policy(policy, None)  # type: ignore[arg-type]  # refuse a bad spec before loading anything
+        parse_policy(policy)  # refuse a bad spec before loading anything
         prof = _profile_of_body(profile, backend)
         options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
         body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
@@ -522,7 +521,7 @@ def validate(
         if not specs:
             raise UsageError("--policies names no policy")
         for spec in specs:
-            make_policy(spec, None)  # type: ignore[arg-type]
+            parse_policy(spec)
         if bool(trace) == bool(workflow):
             raise UsageError("give either --trace FILE(s) or --workflow W with --rates R1,R2")
         rate_list = _rates(rates) if workflow else []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from experiments.results import summarize
 from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
+from ragraph.policies import parse_policy
 from ragraph.records import RunResult
 
 if TYPE_CHECKING:
@@ -29,5 +30,7 @@ def run_real(backend: RealBackend, requests: list[Request], policy: str, costs: 
     """Replay `requests` on `backend` under the policy spec `policy` (its time-based decisions
     priced by `costs`, the profile's latency model)."""
     result = backend.replay(requests, policy, costs, timeline=timeline)
-    summary = summarize(result, {"body": "real", "policy": policy, **backend.describe(), **(meta or {})})
+    options = parse_policy(policy).resolved()
+    summary = summarize(result, {"body": "real", "policy": policy, "policy_options": options, **backend.describe(),
+                                 **(meta or {})})
     return RealRun(result, summary)

@@ -58,6 +58,7 @@ def summarize(result: RunResult, meta: dict[str, object]) -> dict[str, object]:
         "wall_s": result.wall_s,
         "lane_utilization": {lane: (busy / sim_s if sim_s > 0 else 0.0) for lane, busy in result.lane_busy_s.items()},
         "per_workflow": per_workflow,
+        **result.techniques,  # e.g. speculation, reorder: what the policy's techniques did
     }
 
 

@@ -8,7 +8,7 @@ from experiments.results import summarize
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.graph import Request
-from ragraph.policies import make_policy
+from ragraph.policies import parse_policy
 from ragraph.records import RunResult
 from sim.executor import Simulation
 
@@ -24,8 +24,10 @@ def simulate(requests: list[Request], policy: str, profile: Profile, *, seed: in
              meta: dict[str, object] | None = None) -> SimRun:
     """Simulate `requests` under the policy spec `policy` on `profile`."""
     latency = latency or LatencyModel(profile)
-    sim = Simulation(requests, make_policy(policy, latency), latency, seed=seed, timeline=timeline)
+    choice = parse_policy(policy)
+    sim = Simulation(requests, choice.build(latency), latency, seed=seed, timeline=timeline)
     result = sim.run()
-    summary = summarize(result, {"body": "sim", "policy": policy, "profile": profile.name,
+    summary = summarize(result, {"body": "sim", "policy": policy, "policy_options": choice.resolved(),
+                                 "profile": profile.name,
                                  "profile_kind": profile.kind, "seed": seed, **(meta or {})})
     return SimRun(result, summary)

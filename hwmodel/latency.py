@@ -44,6 +44,9 @@ def ivf_list_sizes(profile: Profile) -> np.ndarray:
     return sizes
 
 
+PEAK_CONTEXT_TOKENS = 1024  # context per sequence at which peak decode throughput is quoted
+
+
 class LatencyModel:
     """A profile's latency models, bound; also the policies' `SearchCostModel`."""
 
@@ -89,6 +92,12 @@ class LatencyModel:
                    admitted_tokens: int = 0, prefill_attention: int = 0) -> float:
         return gen_step_s(self.profile, prefill_tokens, seqs, context_tokens, admitted, admitted_tokens,
                           prefill_attention)
+
+    def peak_decode_tokens_s(self, context_tokens: int = PEAK_CONTEXT_TOKENS) -> float:
+        """The engine's peak decode throughput (tokens/s): `max_num_seqs` sequences decoding
+        together, each reading `context_tokens` of context. Speculation's T_max."""
+        n = self.profile.engine.max_num_seqs
+        return n / self.gen_step_s(0, n, n * context_tokens)
 
     def pcie_s(self, nbytes: int) -> float:
         return transfer_s(*self._transfer("pcie"), nbytes)

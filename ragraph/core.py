@@ -21,12 +21,12 @@ FAILED with a reason, and appears once in `finished()`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ragraph.graph import Generate, NodeKey, Request, Retrieve
+from ragraph.policies.base import Policy
 from ragraph.records import RequestRecord, record_of
 from ragraph.runtime import NodeRun, RequestRun, generate_spec, retrieve_spec
 from ragraph.state import NodeEvent, NodeState, RequestEvent, RequestState, advance_request
+from ragraph.view import SchedulerView
 from ragraph.work import (
     LANES,
     CacheLoadResult,
@@ -40,9 +40,6 @@ from ragraph.work import (
     SearchResult,
     WorkItem,
 )
-
-if TYPE_CHECKING:
-    from ragraph.policies.base import Policy
 
 
 class LaneBusy(RuntimeError):
@@ -71,6 +68,7 @@ class Scheduler:
         self.retr_waiting: dict[NodeKey, NodeRun] = {}
         self.gpu_cache: set[int] = set()  # clusters resident in the GPU index cache
         self.gen_step_s: float | None = None  # moving average of engine step durations
+        self.decode_tokens_s = 0.0  # moving average of decode tokens per second of engine steps
         self.kv_used_blocks = 0  # as last reported by the engine
         self.kv_total_blocks = 0
         self.engine_waiting = 0  # sequences the engine reports as queued
@@ -79,6 +77,7 @@ class Scheduler:
         self._dispatched_s: dict[Lane, float] = dict.fromkeys(LANES, 0.0)
         self._finished: list[RequestRecord] = []
         self._submitted = 0
+        self.view = SchedulerView(self)  # what the policy is handed
 
     # --- the three calls ------------------------------------------------------------------
 
@@ -91,7 +90,7 @@ class Scheduler:
         run = RequestRun.start(request)
         self.requests[request.id] = run
         self._submitted += 1
-        self.policy.on_submit(self, run, now)
+        self.policy.on_submit(self.view, run, now)
         for node in run.nodes:
             if node.deps_left == 0:
                 self._make_ready(node, now)
@@ -107,9 +106,9 @@ class Scheduler:
         if lane is Lane.GPU_GEN:
             item: WorkItem | None = self._plan_gen(now)
         elif lane is Lane.PCIE:
-            item = self.policy.plan_pcie(self, now)
+            item = self.policy.plan_pcie(self.view, now)
         else:
-            item = self.policy.plan_search(self, lane, now)
+            item = self.policy.plan_search(self.view, lane, now)
         if item is not None:
             if item.lane is not lane:
                 raise SchedulerError(f"{type(self.policy).__name__} planned a {item.lane.value} item"
@@ -123,16 +122,17 @@ class Scheduler:
         SchedulerError, with nothing changed, if the lane does not hold `item`."""
         self._release_lane(item)
         self._now = now
+        expected = {GenStep: GenStepResult, SearchBatch: SearchResult}.get(type(item), CacheLoadResult)
+        if not isinstance(result, expected):
+            self._busy[item.lane] = item  # nothing changed
+            raise SchedulerError(f"a {type(item).__name__} completed with a {type(result).__name__}")
         if isinstance(item, GenStep):
-            assert isinstance(result, GenStepResult)
-            self._complete_gen(item, result, now)
+            self._complete_gen(item, result, now)  # type: ignore[arg-type]
         elif isinstance(item, SearchBatch):
-            assert isinstance(result, SearchResult)
-            self._complete_search(item, result, now)
+            self._complete_search(item, result, now)  # type: ignore[arg-type]
         else:
-            assert isinstance(result, CacheLoadResult)
             self.gpu_cache.difference_update(item.evict)
-            self.gpu_cache.update(result.loaded)
+            self.gpu_cache.update(result.loaded)  # type: ignore[union-attr]
 
     def fail_item(self, item: WorkItem, reason: str, now: float) -> None:
         """Called by a body when running `item` raised: every request it touched fails."""
@@ -167,7 +167,8 @@ class Scheduler:
         """Dispatch the next `count` clusters of a waiting Retrieve node as one scan.
 
         The query's first scan carries the length of the text the body embeds for it (the
-        node's `query`, else its request's `question`; 0 where there is none)."""
+        node's `query`, else its request's `question`; 0 where there is none) and the
+        candidates seeded by `reorder`."""
         spec = retrieve_spec(node)
         if count <= 0 or count > node.remaining:
             raise SchedulerError(f"{node.key}: cannot take {count} of {node.remaining} clusters")
@@ -182,26 +183,46 @@ class Scheduler:
         if node.remaining == 0:
             del self.retr_waiting[node.key]
         chars = self.query_chars(node) if first else 0
-        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars)
+        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars, node.seed if first else ())
 
     def query_chars(self, node: NodeRun) -> int:
         """Characters of the text a body embeds for a Retrieve node's query: its own `query`,
         else its request's `question` (0: no text; the body then embeds nothing)."""
         return len(retrieve_spec(node).query or self.requests[node.key[0]].request.question)
 
-    def reorder(self, node: NodeRun, remaining: list[int]) -> None:
+    def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them
-        (`node.order` becomes a new tuple, so caches keyed on it see the change)."""
+        (`node.order` becomes a new tuple, so caches keyed on it see the change); `seed`:
+        candidate ids for its heap before the first scan (only before that scan)."""
         if sorted(remaining) != sorted(node.order[node.next_pos:]):
             raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
+        if seed and node.next_pos:
+            raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
         node.order = node.order[:node.next_pos] + tuple(remaining)
+        if seed:
+            node.seed = tuple(seed)
 
     def speculate(self, node: NodeRun, now: float) -> None:
         """Start a BLOCKED Generate node early on partial inputs (edge addition)."""
         generate_spec(node)
+        if node.state is not NodeState.BLOCKED:
+            raise SchedulerError(f"{node.key}: only a BLOCKED node may start speculatively ({node.state.value})")
         node.fire(NodeEvent.SPECULATE)
         node.speculated = True
         node.ready_s = node.ready_s if node.ready_s is not None else now
+        self.gen_ready[node.key] = node
+
+    def restart_speculation(self, node: NodeRun, now: float) -> None:
+        """Throw away a speculative Generate node's work and start it again (its partial
+        inputs changed); it stays SPECULATIVE."""
+        generate_spec(node)
+        if node.state not in (NodeState.SPECULATIVE, NodeState.SPEC_DONE):
+            raise SchedulerError(f"{node.key}: only a speculative node may restart ({node.state.value})")
+        if self.gen_in_engine.pop(node.key, None) is not None:
+            self._aborts.append(node.key)
+        node.fire(NodeEvent.RESTART)
+        node.aborted += 1
+        self.gen_ready.pop(node.key, None)
         self.gen_ready[node.key] = node
 
     def fail_request(self, request_id: str, reason: str, now: float) -> None:
@@ -243,14 +264,14 @@ class Scheduler:
         node.ready_s = now
         if isinstance(node.spec, Retrieve):
             self.retr_waiting[node.key] = node
-            self.policy.on_retrieve_ready(self, node, now)
+            self.policy.on_retrieve_ready(self.view, node, now)
         else:
             self.gen_ready[node.key] = node
 
     def _plan_gen(self, now: float) -> GenStep | None:
         if not self.gen_ready and not self._aborts:  # the common case: keep stepping
             return _CONTINUE if self.gen_in_engine else None
-        admit_nodes = self.policy.admit_generations(self, now)
+        admit_nodes = self.policy.admit_generations(self.view, now)
         admit: list[GenTask] = []
         for node in admit_nodes:
             spec: Generate = generate_spec(node)
@@ -273,6 +294,8 @@ class Scheduler:
         if res.running:
             ema = self.gen_step_s
             self.gen_step_s = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
+            if took > 0:
+                self.decode_tokens_s += GEN_STEP_EMA * (res.decode_tokens / took - self.decode_tokens_s)
         self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
         self.engine_waiting = res.waiting
         for key, reason in res.rejected:
@@ -300,7 +323,7 @@ class Scheduler:
                 node.fire(NodeEvent.FINISH)
                 self._finish_node(node, now)
             else:
-                self.policy.on_search_progress(self, node, now)
+                self.policy.on_search_progress(self.view, node, now)
 
     def _finish_node(self, node: NodeRun, now: float) -> None:
         node.end_s = now
@@ -322,7 +345,7 @@ class Scheduler:
             self._end(run, now)
 
     def _resolve_speculation(self, node: NodeRun, now: float) -> None:
-        if self.policy.keep_speculation(self, node, now):
+        if self.policy.keep_speculation(self.view, node, now):
             node.fire(NodeEvent.CONFIRM)
             if node.state is NodeState.DONE:
                 self._finish_node(node, now)
@@ -339,4 +362,4 @@ class Scheduler:
         run.finish_s = now
         assert run.state is not RequestState.ACTIVE
         self._finished.append(record_of(run, self.policy.name))
-        self.policy.on_request_end(self, run, now)
+        self.policy.on_request_end(self.view, run, now)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 
 class SearchCostModel(Protocol):
-    """Predicts the duration of one retrieval search call."""
+    """Predicts the duration of one retrieval search call, and the engine's peak throughput."""
 
     @property
     def list_sizes(self) -> Sequence[int]:
@@ -26,4 +26,8 @@ class SearchCostModel(Protocol):
         it: their texts, `embed_chars` characters in all and the longest `embed_max_chars`,
         are embedded first) scanning `pairs` (query, list) pairs that hold `scanned_vectors`
         vectors in all."""
+        ...
+
+    def peak_decode_tokens_s(self) -> float:
+        """The engine's peak decode throughput in tokens per second (T_max for speculation)."""
         ...

@@ -8,6 +8,7 @@ immutable; the scheduler keeps the mutable run state elsewhere (`ragraph.runtime
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -34,6 +35,29 @@ class Generate:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchTruth:
+    """What a retrieval's search really finds, as the trace records it (measured on the index
+    for corpus traces, drawn from a fitted model for synthetic ones)."""
+
+    topk: tuple[int, ...]  # final top-k ids over the probe lists, best first
+    hits: tuple[int, ...]  # the IVF list holding each of them (parallel to topk)
+    top20: tuple[int, ...] = ()  # the best 20 ids of the same search (the request's local cache)
+    prefix_same: tuple[bool, ...] = ()  # a query from 25/50/75% of its text finds the same top-k
+
+    @property
+    def hit_clusters(self) -> frozenset[int]:
+        return frozenset(self.hits)
+
+    def partial_topk(self, scanned: Collection[int], seed: Collection[int] = ()) -> tuple[int, ...]:
+        """The running top-k after scanning the lists `scanned`, the candidates `seed` merged
+        first: the final ids already found, in final order, then distinct negative
+        placeholders for slots still held by other candidates (any non-final candidate ranks
+        below every final one), so the result equals `topk` iff the search has found it."""
+        found = tuple(i for i, h in zip(self.topk, self.hits, strict=True) if h in scanned or i in seed)
+        return found + tuple(range(-1, -1 - (len(self.topk) - len(found)), -1))
+
+
+@dataclass(frozen=True, slots=True)
 class Retrieve:
     """One vector search: the query's `nprobe` IVF clusters, best `k` passages kept."""
 
@@ -42,6 +66,7 @@ class Retrieve:
     clusters: tuple[int, ...]  # probe list in coarse-quantizer order, len == nprobe
     role: str = "retrieve"
     query: str = ""  # query text where the trace has one (real backend); "" otherwise
+    truth: SearchTruth | None = None  # what its search finds, where the trace records it
 
     op = Op.RETRIEVE
 

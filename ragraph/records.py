@@ -60,6 +60,7 @@ class RunResult:
     kv_peak_blocks: int = 0  # most KV-cache blocks in use after any engine step
     kv_total_blocks: int = 0  # KV-cache capacity in blocks (0 if the engine never stepped)
     stopped: StopReason = ""  # why the run ended early ("" when it ran to the end)
+    techniques: dict[str, object] = field(default_factory=dict)  # what the policy's techniques did (Policy.report)
 
 
 def record_of(run: RequestRun, policy: str) -> RequestRecord:

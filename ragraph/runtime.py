@@ -29,6 +29,7 @@ class NodeRun:
     next_pos: int = 0  # clusters order[:next_pos] are scanned or in flight
     in_flight: int = 0  # sub-stages dispatched and not yet complete
     substages: int = 0  # sub-stages dispatched so far
+    seed: tuple[int, ...] = ()  # candidate ids merged into its heap before the first scan (local cache)
     topk: tuple[int, ...] = ()  # running top-k ids, as last reported by a lane
     gpu_clusters: int = 0  # clusters of this query scanned on the GPU cache
     # speculation (Generate nodes only)
@@ -76,11 +77,17 @@ class RequestRun:
         return cls(request, nodes)
 
 
+class NotThatNode(ValueError):
+    """A Generate-only operation on a Retrieve node, or the reverse."""
+
+
 def generate_spec(node: NodeRun) -> Generate:
-    assert isinstance(node.spec, Generate), node.key
+    if not isinstance(node.spec, Generate):
+        raise NotThatNode(f"{node.key} is not a Generate node")
     return node.spec
 
 
 def retrieve_spec(node: NodeRun) -> Retrieve:
-    assert isinstance(node.spec, Retrieve), node.key
+    if not isinstance(node.spec, Retrieve):
+        raise NotThatNode(f"{node.key} is not a Retrieve node")
     return node.spec

@@ -8,7 +8,8 @@ RUNNING across all its sub-stages and FINISHes after its last one. A Generate no
 be started early on partial inputs (SPECULATE: BLOCKED -> SPECULATIVE). When its inputs
 become final the policy either CONFIRMs it (the speculative node takes the real node's
 place: RUNNING, or DONE if it already finished as SPEC_DONE) or ABORTs it (its work is
-thrown away and it is READY again). Any non-terminal node may FAIL.
+thrown away and it is READY again). A speculation may also RESTART on newer partial inputs
+(its work is thrown away and it starts again, still SPECULATIVE). Any non-terminal node may FAIL.
 
 A request is ACTIVE from submission until every node is DONE (COMPLETED) or one node
 FAILs (FAILED: its remaining nodes are cancelled). No other transition is legal;
@@ -37,6 +38,7 @@ class NodeEvent(Enum):
     SPECULATE = "speculate"
     CONFIRM = "confirm"
     ABORT = "abort"
+    RESTART = "restart"
     FAIL = "fail"
 
 
@@ -66,6 +68,8 @@ NODE_TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (_S.SPEC_DONE, _E.CONFIRM): _S.DONE,
     (_S.SPECULATIVE, _E.ABORT): _S.READY,
     (_S.SPEC_DONE, _E.ABORT): _S.READY,
+    (_S.SPECULATIVE, _E.RESTART): _S.SPECULATIVE,
+    (_S.SPEC_DONE, _E.RESTART): _S.SPECULATIVE,
     **{(s, _E.FAIL): _S.FAILED for s in NodeState if s not in (_S.DONE, _S.FAILED)},
 }
 

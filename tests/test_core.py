@@ -11,10 +11,10 @@ import pytest
 
 from ragraph.core import LaneBusy, Scheduler, SchedulerError
 from ragraph.graph import Generate, Retrieve, chain
-from ragraph.policies import PolicyError, make_policy, parse_policy_spec
+from ragraph.policies import PolicyError, make_policy, parse_policy
 from ragraph.policies.base import Policy
 from ragraph.policies.flashrag import FlashRAGPolicy
-from ragraph.policies.hedra import HedraPolicy
+from ragraph.policies.hedra import HedraOptions, HedraPolicy
 from ragraph.state import IllegalTransition, NodeEvent, NodeState, advance
 from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, ScanTask, SearchBatch, SearchResult
 
@@ -31,6 +31,14 @@ class FlatCosts:
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_chars: int = 0, embed_chars: int = 0) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
+
+    def peak_decode_tokens_s(self) -> float:
+        return 1e4
+
+
+def hedra(costs, **options) -> HedraPolicy:
+    """hedra with only the techniques a test names (reordering and speculation off)."""
+    return HedraPolicy(HedraOptions(**{"reorder": False, "spec_gen": False, **options}), costs)
 
 
 def one_shot(rid: str, t: float = 0.0, clusters: tuple[int, ...] = tuple(range(8))):
@@ -88,7 +96,7 @@ def test_complete_refuses_an_item_the_lane_does_not_hold():
 
 
 def test_hedra_splits_a_retrieval_into_substages_that_cover_its_clusters():
-    policy = HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0)  # 1 ms + 4 lists x 1 ms fit
+    policy = hedra(FlatCosts(), chunk=2, max_budget_ms=5.0)  # 1 ms + 4 lists x 1 ms fit
     s = Scheduler(policy)
     s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
     seen: list[int] = []
@@ -105,7 +113,7 @@ def test_hedra_splits_a_retrieval_into_substages_that_cover_its_clusters():
 
 def test_wavefront_lets_a_late_query_join_the_next_substage():
     for wavefront, joins in ((True, True), (False, False)):
-        s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0, wavefront=wavefront, fill="round_robin"))
+        s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=5.0, wavefront=wavefront, fill="round_robin"))
         s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
         first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
         s.submit(one_shot("b", clusters=tuple(range(16, 32))), 0.001)
@@ -115,7 +123,7 @@ def test_wavefront_lets_a_late_query_join_the_next_substage():
 
 
 def test_fifo_fill_finishes_the_oldest_query_first():
-    s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=9.5))  # 8 lists a call
+    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=9.5))  # 8 lists a call
     s.submit(one_shot("a", clusters=tuple(range(12))), 0.0)
     s.submit(one_shot("b", clusters=tuple(range(12, 24))), 0.0)
     first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
@@ -129,7 +137,7 @@ class SpeculateAfterFirstSubstage(HedraPolicy):
     """Test policy: start the Generate after the first sub-stage; keep it iff `keep`."""
 
     def __init__(self, keep: bool) -> None:
-        super().__init__(FlatCosts(), chunk=4, max_budget_ms=5.0)
+        super().__init__(HedraOptions(chunk=4, max_budget_ms=5.0, reorder=False, spec_gen=False), FlatCosts())
         self.keep = keep
 
     def on_search_progress(self, s, node, now):
@@ -188,8 +196,10 @@ def test_fail_item_fails_every_request_it_touched():
 
 
 def test_policy_specs():
-    assert parse_policy_spec("hedra:no-wavefront,substages=fixed,chunk=4") == (
-        "hedra", {"wavefront": False, "substages": "fixed", "chunk": 4})
+    choice = parse_policy("hedra:no-wavefront,substages=fixed,chunk=4,no-spec-gen")
+    assert choice.name == "hedra"
+    assert choice.options == HedraOptions(wavefront=False, substages="fixed", chunk=4, spec_gen=False)
+    assert parse_policy("hedra:no-substages").resolved()["substages"] == "off"
     for bad in ("nosuch", "hedra:no-nosuch", "flashrag:no-wavefront", "hedra:substages=weird", "hedra:bogus=1"):
         with pytest.raises(PolicyError):
             make_policy(bad, FlatCosts())
@@ -221,11 +231,11 @@ def test_policy_options_are_validated(spec):
 def test_hedra_reprices_a_query_after_its_clusters_are_reordered():
     costs = FlatCosts()
     costs.list_sizes = [1000] * 8 + [9000] * 8  # lists 8..15 are nine times larger
-    policy = HedraPolicy(costs, max_budget_ms=5.0)  # 1 ms + 4000 vectors
+    policy = hedra(costs, max_budget_ms=5.0)  # 1 ms + 4000 vectors
     s = Scheduler(policy)
     s.submit(one_shot("a", clusters=tuple(range(16))), 0.0)
     node = s.requests["a"].nodes[0]
-    assert policy._cumulative(node)[4] == 4000
+    assert policy.substages.cumulative(node)[4] == 4000
     s.reorder(node, list(range(8, 16)) + list(range(8)))
     first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
     assert first.tasks[0].clusters == (8,)  # one big list fits the budget, not four small ones
@@ -236,7 +246,7 @@ def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(quer
     from backends.retrieval import RetrievalService
 
     req = chain("a", 0.0, "one-shot", [Retrieve(16, 1, tuple(range(16)), query=query), Generate(100, 5)], question)
-    s = Scheduler(HedraPolicy(FlatCosts(), chunk=2, max_budget_ms=5.0))  # 4 lists a call
+    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=5.0))  # 4 lists a call
     s.submit(req, 0.0)
     tasks: list[ScanTask] = []
     t = 0.0

@@ -17,7 +17,7 @@ from hwmodel.profile import load_profile
 from ragraph.core import Scheduler
 from ragraph.graph import Generate, Retrieve, chain
 from ragraph.policies import make_policy
-from ragraph.policies.hedra import HedraPolicy
+from ragraph.policies.hedra import HedraOptions, HedraPolicy
 from ragraph.records import RunResult
 from ragraph.work import CacheLoad, CacheLoadResult, GenStep, GenStepResult, Lane, SearchBatch, SearchResult
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
@@ -178,7 +178,7 @@ class CachingPolicy(HedraPolicy):
 def test_gpu_cache_lanes_carry_cache_loads_and_gpu_scans():
     requests = requests_for(["irg"], 4.0, 10.0, 5, 256)
     latency = LatencyModel(PROFILE)
-    sim = executor.Simulation(requests, CachingPolicy(latency), latency)
+    sim = executor.Simulation(requests, CachingPolicy(HedraOptions(), latency), latency)
     result = sim.run()
     assert all(r.status == "completed" for r in result.records)
     assert sum(r.gpu_cluster_hits for r in result.records) > 0
@@ -229,8 +229,9 @@ def test_both_executors_return_a_run_result_with_the_same_timeline_args():
     every kind of item, on all four lanes, and the same numbers for the same item."""
     requests = [dataclasses.replace(r, arrival_s=r.arrival_s / 100) for r in requests_for(["irg"], 4.0, 3.0, 5, 64)]
     latency = LatencyModel(PROFILE)
-    sim = executor.Simulation(requests, CachingPolicy(latency), latency).run()
-    real_ex = RealExecutor(requests, CachingPolicy(latency), StandInGen(latency), StandInRetrieval(latency.list_sizes))
+    sim = executor.Simulation(requests, CachingPolicy(HedraOptions(), latency), latency).run()
+    real_ex = RealExecutor(requests, CachingPolicy(HedraOptions(), latency), StandInGen(latency),
+                           StandInRetrieval(latency.list_sizes))
     real = real_ex.run()
     keys: dict[str, dict[tuple[str, str], set[tuple[str, ...]]]] = {}
     for body, result in (("sim", sim), ("real", real)):
@@ -256,7 +257,7 @@ class NeverRetrieves(HedraPolicy):
 def test_a_policy_that_stalls_fails_every_request_instead_of_losing_it():
     requests = requests_for(["irg", "hyde"], 4.0, 5.0, 2, 16)
     latency = LatencyModel(PROFILE)
-    result = executor.Simulation(requests, NeverRetrieves(latency), latency).run()
+    result = executor.Simulation(requests, NeverRetrieves(HedraOptions(), latency), latency).run()
     assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)
     assert result.stopped == "stalled"
     assert all(r.status == "failed" and r.reason.startswith("stalled") for r in result.records)

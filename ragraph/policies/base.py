@@ -1,9 +1,8 @@
-"""The policy contract: the decisions the scheduler core delegates.
+"""The policy interface: what the scheduler core asks a policy, and when.
 
-The core calls these hooks from `next_work`/`complete`; a policy reads the scheduler's
-public state (`gen_ready`, `gen_in_engine`, `retr_waiting`, `busy(lane)`, `gen_step_s`,
-`gpu_cache`...) and acts only through the scheduler's action methods (`take_clusters`,
-`reorder`, `speculate`). A policy never knows which body runs it.
+A policy decides *what* runs; the core (`ragraph.core`) owns the state and records every
+decision. Each method receives a read-only `SchedulerView` and acts only through its
+action methods. A policy is built from a validated options model (`ragraph.policies.spec`).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from typing import TYPE_CHECKING, ClassVar
 from ragraph.work import CacheLoad, Lane, SearchBatch
 
 if TYPE_CHECKING:
-    from ragraph.core import Scheduler
     from ragraph.runtime import NodeRun, RequestRun
+    from ragraph.view import SchedulerView
 
 
 class PolicyError(ValueError):
@@ -30,37 +29,43 @@ class Policy(ABC):
 
     # --- planning (called from Scheduler.next_work) -------------------------------------------
 
-    def admit_generations(self, s: Scheduler, now: float) -> list[NodeRun]:
+    def admit_generations(self, s: SchedulerView, now: float) -> list[NodeRun]:
         """Called when `gpu_gen` is idle: the READY Generate nodes to hand to the engine
         before its next step (default: all of them, oldest first, as vLLM's continuous
         batching would take them). Returning [] with the engine empty idles the lane."""
         return list(s.gen_ready.values())
 
     @abstractmethod
-    def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
+    def plan_search(self, s: SchedulerView, lane: Lane, now: float) -> SearchBatch | None:
         """Called when a retrieval lane is idle: the next search call, built with
         `s.take_clusters`, or None to leave the lane idle."""
 
-    def plan_pcie(self, s: Scheduler, now: float) -> CacheLoad | None:
+    def plan_pcie(self, s: SchedulerView, now: float) -> CacheLoad | None:
         """Called when `pcie` is idle: a cache refresh, or None (default: no GPU cache)."""
         return None
 
     # --- notifications (called from submit/complete) ---------------------------------------------
 
-    def on_submit(self, s: Scheduler, run: RequestRun, now: float) -> None:
+    def on_submit(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         """A request arrived (before its first nodes become READY)."""
 
-    def on_retrieve_ready(self, s: Scheduler, node: NodeRun, now: float) -> None:
+    def on_retrieve_ready(self, s: SchedulerView, node: NodeRun, now: float) -> None:
         """A Retrieve node became READY (a place to reorder its clusters)."""
 
-    def on_search_progress(self, s: Scheduler, node: NodeRun, now: float) -> None:
+    def on_search_progress(self, s: SchedulerView, node: NodeRun, now: float) -> None:
         """A sub-stage of `node` finished and the node still has clusters (a place to
         speculate on the partial top-k)."""
 
-    def keep_speculation(self, s: Scheduler, node: NodeRun, now: float) -> bool:
+    def keep_speculation(self, s: SchedulerView, node: NodeRun, now: float) -> bool:
         """The inputs of speculatively started `node` are now final: keep its work (True)
         or abort and redo it (False). Default: redo."""
         return False
 
-    def on_request_end(self, s: Scheduler, run: RequestRun, now: float) -> None:
+    def on_request_end(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         """A request completed or failed."""
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, object]:
+        """What the policy's techniques did over the run (e.g. `speculation`), for summary.json."""
+        return {}

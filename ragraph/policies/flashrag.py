@@ -11,18 +11,28 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ragraph.costs import SearchCostModel
+from ragraph.policies.spec import PolicyType
 from ragraph.policies.staged import StagedPolicy
 
 
 class FlashRAGOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    chunk: int = Field(default=32, ge=1)  # most queries in one search call
+    chunk: int = Field(default=32, ge=1, description="most queries in one search call")
 
 
 class FlashRAGPolicy(StagedPolicy):
     name = "flashrag"
 
-    def __init__(self, **options: object) -> None:
-        """`options`: the fields of `FlashRAGOptions`; raises pydantic's ValidationError."""
+    def __init__(self, options: FlashRAGOptions | None = None) -> None:
         super().__init__()
-        self.chunk = FlashRAGOptions(**options).chunk
+        self.options = options or FlashRAGOptions()
+        self.chunk = self.options.chunk
+
+
+def build(options: FlashRAGOptions, costs: SearchCostModel) -> FlashRAGPolicy:
+    return FlashRAGPolicy(options)
+
+
+POLICY = PolicyType("flashrag", FlashRAGOptions, build,
+                    "stage-level batching, no CPU-GPU overlap (the paper's vLLM + FAISS baseline)")

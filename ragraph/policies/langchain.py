@@ -12,11 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
+from ragraph.costs import SearchCostModel
+from ragraph.policies.spec import PolicyType
 from ragraph.policies.staged import StagedPolicy
 
 if TYPE_CHECKING:
-    from ragraph.core import Scheduler
     from ragraph.runtime import NodeRun, RequestRun
+    from ragraph.view import SchedulerView
+
+
+class LangChainOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)  # no options
 
 
 class LangChainPolicy(StagedPolicy):
@@ -27,10 +35,18 @@ class LangChainPolicy(StagedPolicy):
         super().__init__()
         self._batch: set[str] = set()  # ids of the requests in the running batch
 
-    def eligible(self, s: Scheduler, node: NodeRun) -> bool:
+    def eligible(self, s: SchedulerView, node: NodeRun) -> bool:
         if not self._batch:
             self._batch = set(s.requests)
         return node.key[0] in self._batch
 
-    def on_request_end(self, s: Scheduler, run: RequestRun, now: float) -> None:
+    def on_request_end(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         self._batch.discard(run.request.id)
+
+
+def build(options: LangChainOptions, costs: SearchCostModel) -> LangChainPolicy:
+    return LangChainPolicy()
+
+
+POLICY = PolicyType("langchain", LangChainOptions, build,
+                    "request batches run to completion, one search call per query")

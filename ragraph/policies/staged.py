@@ -17,8 +17,8 @@ from ragraph.policies.base import Policy
 from ragraph.work import Lane, SearchBatch
 
 if TYPE_CHECKING:
-    from ragraph.core import Scheduler
     from ragraph.runtime import NodeRun
+    from ragraph.view import SchedulerView
 
 
 class StagedPolicy(Policy):
@@ -30,11 +30,11 @@ class StagedPolicy(Policy):
         self._last_stage = "retrieve"  # so that the first stage may be either
         self._stage_queries: deque[NodeRun] = deque()  # queries left in the retrieval stage
 
-    def eligible(self, s: Scheduler, node: NodeRun) -> bool:
+    def eligible(self, s: SchedulerView, node: NodeRun) -> bool:
         """Whether `node` may join the next stage (subclasses narrow this)."""
         return True
 
-    def admit_generations(self, s: Scheduler, now: float) -> list[NodeRun]:
+    def admit_generations(self, s: SchedulerView, now: float) -> list[NodeRun]:
         if s.gen_in_engine or s.busy(Lane.CPU_RETRIEVAL) or self._stage_left(s):
             return []
         if self._last_stage == "generate" and self._waiting_queries(s):
@@ -44,7 +44,7 @@ class StagedPolicy(Policy):
             self._last_stage = "generate"
         return admit
 
-    def plan_search(self, s: Scheduler, lane: Lane, now: float) -> SearchBatch | None:
+    def plan_search(self, s: SchedulerView, lane: Lane, now: float) -> SearchBatch | None:
         if lane is not Lane.CPU_RETRIEVAL or s.gen_in_engine or s.busy(Lane.GPU_GEN):
             return None
         if not self._stage_left(s):
@@ -60,12 +60,12 @@ class StagedPolicy(Policy):
             tasks.append(s.take_clusters(node, node.remaining))
         return SearchBatch(tuple(tasks))
 
-    def _stage_left(self, s: Scheduler) -> bool:
+    def _stage_left(self, s: SchedulerView) -> bool:
         """Whether the retrieval stage still has queries (dropping those whose request failed)."""
         queue = self._stage_queries
         while queue and queue[0].key not in s.retr_waiting:
             queue.popleft()
         return bool(queue)
 
-    def _waiting_queries(self, s: Scheduler) -> list[NodeRun]:
+    def _waiting_queries(self, s: SchedulerView) -> list[NodeRun]:
         return [n for n in s.retr_waiting.values() if self.eligible(s, n)]

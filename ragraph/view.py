@@ -1,0 +1,110 @@
+"""What a policy sees of the scheduler: read-only state and the actions it may take.
+
+The core (`ragraph.core.Scheduler`) hands every policy call a `SchedulerView`. Its queues
+are read-only mappings (`types.MappingProxyType`) over the core's own dicts, so a policy
+reads the live state without copying it and cannot add or drop entries; the node and
+request objects it reaches are read, never assigned to. A policy changes the run only
+through the view's action methods (`take_clusters`, `reorder`, `speculate`,
+`restart_speculation`), each of which checks its arguments and raises `SchedulerError` on
+misuse. Ending requests (`fail_request`, `fail_all`) is the bodies' business and is not
+on the view.
+
+The view imports nothing from the core: it is built from any object with the core's
+attributes (the `_Core` protocol), so `ragraph.core` depends on this module and on
+`ragraph.policies.base`, and neither depends back on the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
+
+from ragraph.graph import NodeKey
+from ragraph.work import Lane, ScanTask
+
+if TYPE_CHECKING:
+    from ragraph.runtime import NodeRun, RequestRun
+
+
+class _Core(Protocol):
+    requests: dict[str, RequestRun]
+    gen_ready: dict[NodeKey, NodeRun]
+    gen_in_engine: dict[NodeKey, NodeRun]
+    retr_waiting: dict[NodeKey, NodeRun]
+    gpu_cache: set[int]
+    gen_step_s: float | None
+    kv_used_blocks: int
+    kv_total_blocks: int
+    engine_waiting: int
+
+    def busy(self, lane: Lane) -> bool: ...
+    def query_chars(self, node: NodeRun) -> int: ...
+    decode_tokens_s: float
+
+    def take_clusters(self, node: NodeRun, count: int) -> ScanTask: ...
+    def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
+    def speculate(self, node: NodeRun, now: float) -> None: ...
+    def restart_speculation(self, node: NodeRun, now: float) -> None: ...
+
+
+class SchedulerView:
+    """Read-only queues of one scheduler, and the actions a policy may take on it."""
+
+    __slots__ = (
+        "_core",
+        "busy",
+        "gen_in_engine",
+        "gen_ready",
+        "gpu_cache",
+        "query_chars",
+        "reorder",
+        "requests",
+        "restart_speculation",
+        "retr_waiting",
+        "speculate",
+        "take_clusters",
+    )
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        # live read-only mappings over the core's dicts (the core never rebinds them)
+        self.requests: Mapping[str, RequestRun] = MappingProxyType(core.requests)  # active requests by id
+        # Generate nodes READY (or started speculatively) and not yet in the engine, oldest first
+        self.gen_ready: Mapping[NodeKey, NodeRun] = MappingProxyType(core.gen_ready)
+        self.gen_in_engine: Mapping[NodeKey, NodeRun] = MappingProxyType(core.gen_in_engine)
+        # Retrieve nodes with clusters not yet dispatched, oldest first (the retrieval wavefront)
+        self.retr_waiting: Mapping[NodeKey, NodeRun] = MappingProxyType(core.retr_waiting)
+        self.gpu_cache: Set[int] = core.gpu_cache  # clusters resident in the GPU index cache (live)
+        # queries and actions: the core's bound methods
+        self.busy = core.busy
+        self.query_chars = core.query_chars
+        self.take_clusters = core.take_clusters
+        self.reorder = core.reorder
+        self.speculate = core.speculate
+        self.restart_speculation = core.restart_speculation
+
+    @property
+    def gen_step_s(self) -> float | None:
+        """Moving average of engine step durations (None before the first step)."""
+        return self._core.gen_step_s
+
+    @property
+    def decode_tokens_s(self) -> float:
+        """Moving average of the engine's decode tokens per second (0 before the first step)."""
+        return self._core.decode_tokens_s
+
+    @property
+    def kv_used_blocks(self) -> int:
+        """KV-cache blocks in use, as the engine last reported."""
+        return self._core.kv_used_blocks
+
+    @property
+    def kv_total_blocks(self) -> int:
+        """KV-cache capacity in blocks, as the engine last reported (0 before the first step)."""
+        return self._core.kv_total_blocks
+
+    @property
+    def engine_waiting(self) -> int:
+        """Sequences queued in the engine after its last step (KV cache full, preempted)."""
+        return self._core.engine_waiting
