@@ -99,6 +99,39 @@ class LatencyModel:
         n = self.profile.engine.max_num_seqs
         return n / self.gen_step_s(0, n, n * context_tokens)
 
+    # --- what the GPU index cache's sizing asks (ragraph.costs.GpuCacheCosts) ------------------
+
+    @property
+    def has_gpu_cache(self) -> bool:
+        """Whether the profile describes a GPU index cache (a GPU, its scans and the pcie link)."""
+        p = self.profile
+        return p.hardware.gpu is not None and p.gpu_search is not None and p.pcie is not None
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.profile.index.bytes_per_vector
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.profile.model.kv_bytes_per_token
+
+    @property
+    def kv_block_bytes(self) -> int:
+        return self.profile.model.kv_bytes_per_token * self.profile.engine.block_size
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.profile.engine.max_num_seqs
+
+    def kv_pool_bytes(self) -> int:
+        """GPU memory the KV cache and the index cache share (the engine's KV capacity)."""
+        return self.profile.kv_capacity_blocks() * self.kv_block_bytes
+
+    def scan_s(self, vectors: int) -> float:
+        """Seconds the CPU lane spends scanning `vectors` (all threads busy), call costs aside."""
+        (*_, thread_rate, memory_rate, threads, vec_bytes) = self._search
+        return vectors * vec_bytes / min(memory_rate, thread_rate * threads)
+
     def pcie_s(self, nbytes: int) -> float:
         return transfer_s(*self._transfer("pcie"), nbytes)
 

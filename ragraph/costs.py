@@ -31,3 +31,29 @@ class SearchCostModel(Protocol):
     def peak_decode_tokens_s(self) -> float:
         """The engine's peak decode throughput in tokens per second (T_max for speculation)."""
         ...
+
+
+class GpuCacheCosts(SearchCostModel, Protocol):
+    """What sizing a GPU index cache asks of the hardware (HedraRAG Eq. 2)."""
+
+    has_gpu_cache: bool  # the hardware has a GPU, GPU scans and a pcie link
+    bytes_per_vector: int
+    kv_bytes_per_token: int
+    kv_block_bytes: int
+    max_num_seqs: int
+
+    def kv_pool_bytes(self) -> int:
+        """GPU memory the KV cache and the index cache share."""
+        ...
+
+    def gen_step_s(self, prefill_tokens: int, seqs: int, context_tokens: int) -> float:
+        """Seconds of one engine step."""
+        ...
+
+    def scan_s(self, vectors: int) -> float:
+        """Seconds the CPU lane spends scanning `vectors`."""
+        ...
+
+    def gpu_search_s(self, nbytes: int) -> float:
+        """Seconds the GPU spends scanning `nbytes` of cached vectors."""
+        ...

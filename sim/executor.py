@@ -51,6 +51,7 @@ class Simulation:
         self._lane_free = dict.fromkeys((lane.value for lane in Lane), -math.inf)  # when each lane's last item ended
         self._kv_peak = 0
         self._arrived = False
+        self._cache_blocks: dict[int, int] = {}  # GPU-cached cluster -> KV blocks lent for it
 
     def run(self) -> RunResult:
         """Called once: simulate every request to its end. `stopped` is "stalled" when events
@@ -134,5 +135,24 @@ class Simulation:
                 seconds = self.latency.search_call_s(f, idle_s)
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
-        f = item.timeline_args(sizes)
-        return self.latency.pcie_s(f["vectors"] * vec_bytes), CacheLoadResult(item.load), f, True
+        loaded = self._lend_for_cache(item, sizes, vec_bytes)
+        f = CacheLoad(loaded).timeline_args(sizes)
+        return self.latency.pcie_s(f["vectors"] * vec_bytes), CacheLoadResult(loaded), f, True
+
+    def _lend_for_cache(self, item: CacheLoad, sizes: list[int], vec_bytes: int) -> tuple[int, ...]:
+        """The GPU index cache and the KV cache share GPU memory: evicted clusters give their
+        blocks back to the engine, loaded ones borrow free blocks (in the load's order, hottest
+        first) while the engine has them to lend; the clusters that got memory are returned."""
+        engine, block_bytes = self.engine, self.latency.kv_block_bytes
+        for c in item.evict:
+            engine.reclaim(self._cache_blocks.pop(c, 0))
+        loaded = []
+        for c in item.load:
+            need = -(-sizes[c] * vec_bytes // block_bytes)
+            got = engine.lend(need)
+            if got < need:
+                engine.reclaim(got)
+                break
+            self._cache_blocks[c] = need
+            loaded.append(c)
+        return tuple(loaded)

@@ -126,6 +126,7 @@ class GenEngineModel:
         self.total_blocks = latency.profile.kv_capacity_blocks()
         self._longest = min(self.max_model_len, self.total_blocks * self.block)  # tokens a sequence may reach
         self.anon = self.total_blocks  # free blocks with no cached content (reused first)
+        self.lent = 0  # blocks lent to the GPU index cache (`lend`): neither free nor the sequences'
         self.cached_free = 0  # free blocks with cached content, in `lru`
         self.lru: deque[_Run] = deque()
         self.chains: dict[str, _Chain] = {}
@@ -208,7 +209,27 @@ class GenEngineModel:
     @property
     def kv_used_blocks(self) -> int:
         """Blocks held by running sequences (cached free blocks count as free, as in vLLM's usage)."""
-        return self.total_blocks - self.anon - self.cached_free
+        return self.total_blocks - self.anon - self.cached_free - self.lent
+
+    # --- memory shared with the GPU index cache ---------------------------------------------------
+
+    def lend(self, blocks: int) -> int:
+        """Give up to `blocks` free blocks (cached content evicted if need be) to the GPU index
+        cache; returns how many it got. KV use plus lent blocks never exceed the capacity, and
+        enough stay free for the longest sequence, so an emptied engine can always admit."""
+        reserve = self._blocks(self._longest)
+        k = min(blocks, self.anon + self.cached_free - reserve)
+        if k > 0:
+            self._take(k)
+            self.lent += k
+        return max(k, 0)
+
+    def reclaim(self, blocks: int) -> None:
+        """The GPU index cache returns `blocks` lent blocks (they become free, with no content)."""
+        if not 0 <= blocks <= self.lent:
+            raise ValueError(f"reclaim {blocks} blocks, {self.lent} are lent")
+        self.lent -= blocks
+        self.anon += blocks
 
     def audit_blocks(self) -> int:
         """Blocks held, recounted from the sequences' state (for tests: equals `kv_used_blocks`)."""
@@ -226,7 +247,8 @@ class GenEngineModel:
         finished = self._finish_decoders(t) if t in self.finishing else ()
         self.tick = t + 1
         total = self.total_blocks
-        return seconds, GenStepResult(finished=finished, kv_used_blocks=total - self.anon - self.cached_free,
+        used = total - self.anon - self.cached_free - self.lent
+        return seconds, GenStepResult(finished=finished, kv_used_blocks=used,
                                       kv_total_blocks=total, running=n, decode_tokens=n, context_tokens=context)
 
     def _serve_running(self, plan: _Plan) -> int:

@@ -13,7 +13,10 @@ technique modules of `ragraph.techniques`, each switchable by name for ablations
   request's previous top-20 and scans the lists near the previous result first;
 - `spec_gen` (`ragraph.techniques.spec_gen`): a generation starts on a partial top-k while
   the engine has headroom (`spec_threshold`, the paper's τ), kept iff the final top-k agrees;
-  `spec_after=N` speculates once after N sub-stages instead (the Fig. 17 baseline).
+  `spec_after=N` speculates once after N sub-stages instead (the Fig. 17 baseline);
+- `gpu_cache` (`ragraph.techniques.gpu_cache`): the hottest clusters held on the GPU,
+  refreshed every `refresh_every` sub-stages over `pcie`, sized by Eq. 2 (or
+  `gpu_cache_clusters=N`); inert on a profile without a GPU (reported as such).
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ragraph.costs import SearchCostModel
+from ragraph.costs import GpuCacheCosts
 from ragraph.policies.base import Policy
 from ragraph.policies.spec import PolicyType
+from ragraph.techniques.gpu_cache import GpuIndexCache
 from ragraph.techniques.reorder import SimilarityReorder
 from ragraph.techniques.spec_gen import SpeculativeGeneration
 from ragraph.techniques.substages import SubStages
 from ragraph.techniques.wavefront import Wavefront
-from ragraph.work import Lane, SearchBatch
+from ragraph.work import CacheLoad, Lane, SearchBatch
 
 if TYPE_CHECKING:
     from ragraph.runtime import NodeRun, RequestRun
@@ -48,6 +52,7 @@ class HedraOptions(BaseModel):
     wavefront: bool = Field(True, description="sub-stages draw from all concurrent requests (else cohorts)")
     reorder: bool = Field(True, description="similarity-aware reordering and the request's top-20 cache")
     spec_gen: bool = Field(True, description="speculative generation on a partial top-k")
+    gpu_cache: bool = Field(True, description="partial GPU index cache (needs a profile with a GPU)")
     budget_factor: FiniteMs = Field(2.0, description="sub-stage budget in moving-average engine steps")
     min_budget_ms: FiniteMs = Field(2.0, description="sub-stage budget clamp")
     max_budget_ms: FiniteMs = Field(100.0, description="sub-stage budget clamp; the budget with no generation")
@@ -57,6 +62,9 @@ class HedraOptions(BaseModel):
     spec_threshold: float = Field(SPEC_THRESHOLD, gt=0, le=1,
                                   description="τ: speculate while engine throughput / peak is below it")
     spec_after: int | None = Field(None, ge=1, description="speculate once after this many sub-stages (baseline)")
+    gpu_cache_clusters: int | None = Field(None, ge=0, description="clusters cached (default: sized by Eq. 2)")
+    refresh_every: int = Field(50, ge=1, description="sub-stages between GPU cache refreshes")
+    gpu_cache_decay: float = Field(0.5, ge=0, le=1, description="access-frequency decay per refresh")
 
     @model_validator(mode="after")
     def _budgets_ordered(self) -> HedraOptions:
@@ -68,7 +76,7 @@ class HedraOptions(BaseModel):
 class HedraPolicy(Policy):
     name = "hedra"
 
-    def __init__(self, options: HedraOptions, costs: SearchCostModel) -> None:
+    def __init__(self, options: HedraOptions, costs: GpuCacheCosts) -> None:
         o = self.options = options
         self.substages = SubStages(costs, o.substages, budget_factor=o.budget_factor, min_budget_ms=o.min_budget_ms,
                                    max_budget_ms=o.max_budget_ms, chunk=o.chunk, max_queries=o.max_queries,
@@ -77,11 +85,32 @@ class HedraPolicy(Policy):
         self.reorder = SimilarityReorder() if o.reorder else None
         self.spec_gen = SpeculativeGeneration(costs.peak_decode_tokens_s(), o.spec_threshold, o.spec_after) \
             if o.spec_gen else None
+        self.gpu = None
+        if o.gpu_cache and getattr(costs, "has_gpu_cache", False):
+            self.gpu = GpuIndexCache(costs, clusters=o.gpu_cache_clusters, refresh_every=o.refresh_every,
+                                     decay=o.gpu_cache_decay)
+            self.lanes = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL, Lane.GPU_RETRIEVAL, Lane.PCIE)
 
     def plan_search(self, s: SchedulerView, lane: Lane, now: float) -> SearchBatch | None:
-        if lane is not Lane.CPU_RETRIEVAL or not s.retr_waiting:
+        if not s.retr_waiting:
             return None
-        return SearchBatch(tuple(self.substages.plan(s, self.wavefront.queries(s))))
+        if lane is Lane.GPU_RETRIEVAL:
+            return self.gpu.plan_gpu(s) if self.gpu is not None else None
+        if lane is not Lane.CPU_RETRIEVAL:
+            return None
+        if self.gpu is None:
+            return SearchBatch(tuple(self.substages.plan(s, self.wavefront.queries(s))))
+        self.gpu.defer_cached(s)
+        tasks = tuple(self.substages.plan(s, self.wavefront.queries(s)))
+        self.gpu.note(tasks, lane)
+        return SearchBatch(tasks)
+
+    def plan_pcie(self, s: SchedulerView, now: float) -> CacheLoad | None:
+        return self.gpu.plan_pcie(s) if self.gpu is not None else None
+
+    def on_submit(self, s: SchedulerView, run: RequestRun, now: float) -> None:
+        if self.gpu is not None:
+            self.gpu.on_submit(run)
 
     def on_retrieve_ready(self, s: SchedulerView, node: NodeRun, now: float) -> None:
         if self.reorder is not None:
@@ -99,6 +128,8 @@ class HedraPolicy(Policy):
             self.substages.forget(node)
             if self.spec_gen is not None:
                 self.spec_gen.forget(node.key)
+            if self.gpu is not None:
+                self.gpu.forget(node)
 
     def report(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -106,13 +137,16 @@ class HedraPolicy(Policy):
             out["speculation"] = self.spec_gen.report()
         if self.reorder is not None:
             out["reorder"] = self.reorder.report()
+        if self.options.gpu_cache:
+            out["gpu_cache"] = self.gpu.report() if self.gpu is not None else \
+                {"enabled": False, "reason": "the profile has no GPU index cache (GPU, gpu_search, pcie)"}
         return out
 
 
-def build(options: HedraOptions, costs: SearchCostModel) -> HedraPolicy:
+def build(options: HedraOptions, costs: GpuCacheCosts) -> HedraPolicy:
     return HedraPolicy(options, costs)
 
 
 POLICY = PolicyType("hedra", HedraOptions, build,
                     "HedraRAG: sub-stages, wavefronts, reordering, speculation (CPU-GPU overlap)",
-                    ("substages", "wavefront", "reorder", "spec-gen"))
+                    ("substages", "wavefront", "reorder", "spec-gen", "gpu-cache"))
