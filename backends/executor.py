@@ -157,7 +157,7 @@ class RealExecutor:
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                         self._kv_peak, self._kv_total, self._stopped, self.sched.policy.report())
+                         self._kv_peak, self._kv_total, self._stopped, self.sched.report())
 
     # --- threads ------------------------------------------------------------------------------
 

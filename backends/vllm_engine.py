@@ -357,6 +357,7 @@ class VLLMEngine:
         self._attempts = 0  # serial of vLLM requests: every (re)admission gets a fresh id
         self._admitted = 0  # requests added since the last step (reported with it)
         self._admitted_tokens = 0  # their prompt tokens
+        self._aborted_tokens = 0  # output tokens of the sequences aborted since the last step
 
     @classmethod
     def from_config(cls, model: str | Path, config: EngineConfig, *, device: str = "cpu", seed: int = 0,
@@ -399,6 +400,7 @@ class VLLMEngine:
         for key in step.abort:
             live = self._live.pop(key, None)
             if live is not None:
+                self._aborted_tokens += live.generated
                 del self._by_request[live.request_id]
                 self._engine.abort_request([live.request_id])
         for task in step.admit:
@@ -460,11 +462,13 @@ class VLLMEngine:
         rejected, self._rejected = tuple(self._rejected), []
         admitted, self._admitted = self._admitted, 0
         admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
+        aborted_tokens, self._aborted_tokens = self._aborted_tokens, 0
         return GenStepResult(
             finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
             running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
-            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention)
+            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
+            aborted_tokens=aborted_tokens)
 
     def has_unfinished(self) -> bool:
         """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""
@@ -477,7 +481,7 @@ class VLLMEngine:
         self._live.clear()
         self._by_request.clear()
         self._rejected.clear()
-        self._admitted = self._admitted_tokens = 0
+        self._admitted = self._admitted_tokens = self._aborted_tokens = 0
 
     def reset_prefix_cache(self) -> bool:
         """Empty vLLM's prefix cache (only possible with no sequences running); whether it was reset."""

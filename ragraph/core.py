@@ -69,6 +69,7 @@ class Scheduler:
         self.gpu_cache: set[int] = set()  # clusters resident in the GPU index cache
         self.gen_step_s: float | None = None  # moving average of engine step durations
         self.decode_tokens_s = 0.0  # moving average of decode tokens per second of engine steps
+        self.aborted_tokens = 0  # output tokens decoded by aborted (speculative) sequences, all steps
         self.kv_used_blocks = 0  # as last reported by the engine
         self.kv_total_blocks = 0
         self.engine_waiting = 0  # sequences the engine reports as queued
@@ -146,6 +147,10 @@ class Scheduler:
         for rid in dict.fromkeys(k[0] for k in keys):
             if rid in self.requests:
                 self.fail_request(rid, reason, now)
+
+    def report(self) -> dict[str, object]:
+        """What the policy's techniques did so far (`Policy.report`), for summary.json."""
+        return self.policy.report(self.view)
 
     def finished(self) -> list[RequestRecord]:
         """Records of every request that ended, in the order they ended."""
@@ -297,6 +302,7 @@ class Scheduler:
             if took > 0:
                 self.decode_tokens_s += GEN_STEP_EMA * (res.decode_tokens / took - self.decode_tokens_s)
         self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
+        self.aborted_tokens += res.aborted_tokens
         self.engine_waiting = res.waiting
         for key, reason in res.rejected:
             self.gen_in_engine.pop(key, None)

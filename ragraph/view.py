@@ -41,6 +41,7 @@ class _Core(Protocol):
     def busy(self, lane: Lane) -> bool: ...
     def query_chars(self, node: NodeRun) -> int: ...
     decode_tokens_s: float
+    aborted_tokens: int
 
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask: ...
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
@@ -93,6 +94,11 @@ class SchedulerView:
     def decode_tokens_s(self) -> float:
         """Moving average of the engine's decode tokens per second (0 before the first step)."""
         return self._core.decode_tokens_s
+
+    @property
+    def aborted_tokens(self) -> int:
+        """Output tokens decoded by sequences the run aborted (wasted speculative work)."""
+        return self._core.aborted_tokens
 
     @property
     def kv_used_blocks(self) -> int:

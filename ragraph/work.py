@@ -91,6 +91,9 @@ class GenStepResult:
     # attention work of the prefill chunks: sum over them of chunk x (tokens computed before + chunk / 2),
     # the query-key pairs a causal prefill computes (quadratic in a prompt's length, unlike decodes)
     prefill_attention: int = 0
+    # output tokens the sequences dropped by this step's item (`GenStep.abort`) had decoded: the
+    # decode work a failed speculation wasted
+    aborted_tokens: int = 0
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""

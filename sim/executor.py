@@ -73,7 +73,7 @@ class Simulation:
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                         self._kv_peak, self.engine.total_blocks, stopped, self.sched.policy.report())
+                         self._kv_peak, self.engine.total_blocks, stopped, self.sched.report())
 
     # --- processes ------------------------------------------------------------------------
 

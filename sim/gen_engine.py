@@ -142,6 +142,7 @@ class GenEngineModel:
         self._rejected: list[tuple[NodeKey, str]] = []
         self._admitted = 0  # tasks queued by `apply` since the last step (their add_request costs time)
         self._admitted_tokens = 0  # their prompt tokens
+        self._aborted_tokens = 0  # output tokens of the sequences aborted since the last step
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -173,7 +174,8 @@ class GenEngineModel:
         modelled seconds (0.0 when nothing ran) and what it did. Raises RuntimeError if the
         waiting queue's head cannot enter an empty engine (a bug of this model; state undefined)."""
         n = self.n_dec
-        if n and self.fast_path and not (self.prefilling or self.waiting or self._rejected) and n <= self.token_budget:
+        if n and self.fast_path and not (self.prefilling or self.waiting or self._rejected or self._aborted_tokens) \
+                and n <= self.token_budget:
             k = self.need[self.tick % self.block]  # blocks the decoders need: allocated by count
             if k <= self.anon:
                 self.anon -= k
@@ -191,12 +193,14 @@ class GenEngineModel:
         scheduled = plan.decoders + len(plan.chunks)
         admitted, self._admitted = self._admitted, 0
         admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
+        aborted_tokens, self._aborted_tokens = self._aborted_tokens, 0
         if not scheduled:
             if self.waiting and not plan.preempted:
                 raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
                                       kv_total_blocks=self.total_blocks, waiting=len(self.waiting),
-                                      preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens)
+                                      preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens,
+                                      aborted_tokens=aborted_tokens)
         prefill, sampled, context, attention = self._tally(plan)
         seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
         finished, cached = self._advance(plan)
@@ -204,7 +208,8 @@ class GenEngineModel:
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
             kv_total_blocks=self.total_blocks, running=scheduled, waiting=len(self.waiting), prefill_tokens=prefill,
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
-            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention)
+            admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
+            aborted_tokens=aborted_tokens)
 
     @property
     def kv_used_blocks(self) -> int:
@@ -443,6 +448,8 @@ class GenEngineModel:
         seq = self.seqs.get(key)
         if seq is None:
             return
+        decoded = self._computed(seq) - seq.task.prompt_tokens + 1 if seq.state == _DECODE else seq.generated
+        self._aborted_tokens += max(decoded, 0)
         if seq.state == _WAITING:
             self.waiting.remove(seq)
             if seq.own_run is not None:

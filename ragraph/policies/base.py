@@ -66,6 +66,6 @@ class Policy(ABC):
 
     # --- results ----------------------------------------------------------------------------------
 
-    def report(self) -> dict[str, object]:
+    def report(self, s: SchedulerView) -> dict[str, object]:
         """What the policy's techniques did over the run (e.g. `speculation`), for summary.json."""
         return {}

@@ -131,10 +131,10 @@ class HedraPolicy(Policy):
             if self.gpu is not None:
                 self.gpu.forget(node)
 
-    def report(self) -> dict[str, object]:
+    def report(self, s: SchedulerView) -> dict[str, object]:
         out: dict[str, object] = {}
         if self.spec_gen is not None:
-            out["speculation"] = self.spec_gen.report()
+            out["speculation"] = {**self.spec_gen.report(), "wasted_tokens": s.aborted_tokens}
         if self.reorder is not None:
             out["reorder"] = self.reorder.report()
         if self.options.gpu_cache:
