@@ -114,6 +114,11 @@ class ScanTask:
     # characters of query text embedded in this sub-stage: the text's length on the first
     # sub-stage, 0 on later ones and where the query has no text (then nothing is embedded)
     embed_chars: int = 0
+    # candidate ids merged into the query's top-k before its first scan (only with `first`): the
+    # request's previous top-20 (HedraRAG's local cache). A body merges only those whose IVF list
+    # is in the query's probe list (the Retrieve node's clusters), so the final top-k stays that
+    # of a full search of the probe list; only the partial results of earlier sub-stages change.
+    seed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
