@@ -42,8 +42,9 @@ a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -97,6 +98,11 @@ class QueryTopK:
     I: np.ndarray  # (k,) int64, heap layout  # noqa: E741
     scanned: set[int] = field(default_factory=set)  # clusters already merged in (a rescan is refused)
     coarse: dict[int, float] = field(default_factory=dict)  # cluster -> coarse distance from assign()
+    # seeded candidates (ScanTask.seed, set by IVFRetriever.seed): kept beside the FAISS heap and
+    # merged into every result, ids deduplicated, so that meeting a seeded id again in its list
+    # neither counts it twice nor pushes a candidate out of the heap
+    seed_D: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    seed_I: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @classmethod
     def empty(cls, vector: np.ndarray, k: int, *, inner_product: bool) -> QueryTopK:
@@ -113,11 +119,18 @@ class QueryTopK:
         return np.lexsort((I, D))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """The top-k sorted best-first (a copy; the heap is left as it is). Missing entries at the
-        end are (+FLT_MAX, -1) for L2 and (-FLT_MAX, -1) for inner product, as `index.search` returns."""
+        """The top-k sorted best-first (a copy; the heap is left as it is), seeds merged in. Missing
+        entries at the end are (+FLT_MAX, -1) for L2 and (-FLT_MAX, -1) for inner product, as
+        `index.search` returns."""
         valid = self.I >= 0
         D, I = self.D[valid], self.I[valid]  # noqa: E741
         o = self._order(D, I)
+        if len(self.seed_I):
+            D = np.concatenate([D, self.seed_D])
+            I = np.concatenate([I, self.seed_I])  # noqa: E741
+            o = self._order(D, I)
+            _, first = np.unique(I[o], return_index=True)  # an id met in its list and seeded: once
+            o = o[np.sort(first)][: self.k]
         outD = np.full(self.k, _neutral(self.inner_product), dtype=np.float32)
         outI = np.full(self.k, -1, dtype=np.int64)
         outD[: len(o)] = D[o]
@@ -258,6 +271,29 @@ class IVFRetriever:
             q.coarse = {int(c): float(dq) for dq, c in zip(Dq, Iq, strict=True) if c >= 0}
         return q
 
+    @cached_property
+    def id_lists(self) -> IdLists:
+        """Where each stored id lives (built on first use, from the inverted lists)."""
+        return IdLists(self.index)
+
+    def seed(self, q: QueryTopK, ids: Sequence[int], probe: Collection[int]) -> None:
+        """Merge candidate `ids` into `q` before its first scan (ScanTask.seed): those whose list is
+        in `probe` (the query's probe list), their vectors read from the index and their distances
+        computed by FAISS's own kernel (bit-identical to a scan's), so the final top-k is unchanged."""
+        if q.scanned:
+            raise ValueError("seed before the query's first scan")
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        lists, offsets = self.id_lists.locate(ids)
+        keep = (lists >= 0) & np.isin(lists, np.fromiter(probe, dtype=np.int64))
+        faiss = _faiss()
+        kernel = faiss.fvec_inner_product if self.inner_product else faiss.fvec_L2sqr
+        vec = np.empty(self.d, dtype=np.float32)
+        dist = np.empty(int(keep.sum()), dtype=np.float32)
+        for j, (c, o) in enumerate(zip(lists[keep], offsets[keep], strict=True)):
+            self.index.reconstruct_from_offset(int(c), int(o), faiss.swig_ptr(vec))
+            dist[j] = kernel(faiss.swig_ptr(q.vector), faiss.swig_ptr(vec), self.d)
+        q.seed_D, q.seed_I = dist, ids[keep]
+
     def _coarse_distances(self, q: QueryTopK, clusters: Sequence[int]) -> np.ndarray:
         out = np.zeros(len(clusters), dtype=np.float32)
         if not self.needs_coarse:
@@ -348,6 +384,40 @@ class IVFRetriever:
             return self.index.search(x, k, params=params)
         finally:
             faiss.omp_set_num_threads(before)
+
+
+class IdLists:
+    """The list and offset of every id stored in an IVF index (read once from its inverted lists):
+    the "hit" list of a search result, and where a seeded candidate's vector is."""
+
+    def __init__(self, index: faiss.IndexIVF) -> None:
+        faiss = _faiss()
+        inv = index.invlists
+        ids, lists, offsets = [], [], []
+        for c in range(index.nlist):
+            n = inv.list_size(c)
+            if n == 0:
+                continue
+            ptr = inv.get_ids(c)
+            ids.append(faiss.rev_swig_ptr(ptr, n).copy())
+            inv.release_ids(c, ptr)
+            lists.append(np.full(n, c, dtype=np.int64))
+            offsets.append(np.arange(n, dtype=np.int64))
+        allI = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+        order = np.argsort(allI, kind="stable")
+        self.ids = allI[order]
+        self.lists = (np.concatenate(lists) if lists else np.empty(0, dtype=np.int64))[order]
+        self.offsets = (np.concatenate(offsets) if offsets else np.empty(0, dtype=np.int64))[order]
+
+    def locate(self, ids: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(lists, offsets) of `ids`, -1 for an id the index does not hold (an id stored twice:
+        its first list)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        found = (len(self.ids) > 0) & (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        lists = np.where(found, self.lists[pos] if len(self.ids) else -1, -1)
+        offsets = np.where(found, self.offsets[pos] if len(self.ids) else -1, -1)
+        return lists, offsets
 
 
 # --- user-supplied indexes ------------------------------------------------------------------------------

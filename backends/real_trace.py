@@ -20,7 +20,13 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
   thus replays the true list skew and the real backend searches exactly those lists;
 - `index`: the corpus's index identity (`Corpus.index_identity`), on every line, so that
-  `hedra sim` and `hedra run` refuse to replay the probe lists against another index.
+  `hedra sim` and `hedra run` refuse to replay the probe lists against another index;
+- each retrieve stage's `truth` (`ragraph.graph.SearchTruth`): the best max(k, 20) ids of a
+  FAISS `search_preassigned` of the embedded query in exactly its probe lists (`topk`: the
+  first k, `top20`: the first 20), the list holding each top-k id (`hits`, from the index's
+  inverted lists, `ivf.IdLists`), and, for a retrieval right after a generation, whether the
+  query made of the first 25/50/75% of its words (`query_prefix`), embedded and searched in
+  its own coarse probe list with the same nprobe, finds the same top-k in the same order.
 
 Token counts, arrivals and everything else stay as the generator drew them. The same seed,
 trace and corpus give the same output (the embedder runs the same batches).
@@ -37,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backends.corpus import Corpus, CorpusError, Question
-from traces.schema import TraceRequest
+from backends.ivf import IdLists
+from ragraph.graph import PREFIX_FRACTIONS, query_prefix
+from traces.schema import TOP_CACHE, TraceRequest
 
 if TYPE_CHECKING:
     from backends.embedder import Embedder
@@ -139,6 +147,7 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
         plans.append(_plan(row, question, hint, corpus.nlist))
 
     index = corpus.index
+    lists = IdLists(index)
     texts = corpus.passages["text"]
     previous_top: dict[int, int] = {}  # request -> top new passage of its latest retrieval (-1: none)
     used: dict[int, set[int]] = {i: set() for i in range(len(plans))}  # passages a request's queries carried
@@ -152,26 +161,30 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
         for r in range(rounds):
             active = [i for i, p in enumerate(plans) if len(p.retrievals) > r]
             queries = [_query(plans[i], plans[i].retrievals[r][1], previous_top.get(i, -1), texts) for i in active]
-            vecs = embedder.encode(queries)
-            nprobes = np.array([plans[i].row["stages"][plans[i].retrievals[r][0]]["nprobe"] for i in active])
-            for nprobe in sorted(set(nprobes.tolist())):
-                sel = np.flatnonzero(nprobes == nprobe)
-                x = vecs[sel]
-                dq, iq = index.quantizer.search(x, nprobe)
-                for j, pos in enumerate(sel):
-                    plan = plans[active[pos]]
-                    stage = plan.row["stages"][plan.retrievals[r][0]]
-                    stage["clusters"] = [int(c) for c in iq[j]]
-                    stage["query"] = queries[pos]
-                more = np.array([len(plans[active[pos]].retrievals) > r + 1 for pos in sel], dtype=bool)
-                if more.any():  # the top new passage feeds the request's next query
-                    index.nprobe = nprobe
-                    _, top = index.search_preassigned(x[more], r + 1, iq[more], dq[more])
-                    for pos, found in zip(sel[more], top, strict=True):
-                        i = active[pos]
-                        pid = next((int(p) for p in found if p >= 0 and int(p) not in used[i]), -1)
-                        previous_top[i] = pid
-                        used[i].add(pid)
+            stages = [plans[i].row["stages"][plans[i].retrievals[r][0]] for i in active]
+            nprobes = [st["nprobe"] for st in stages]
+            width = max(TOP_CACHE, r + 1, *(st["k"] for st in stages))  # r + 1: the next query's passage
+            iq, found = search_in_probe_lists(index, embedder.encode(queries), nprobes, width)
+            after_gen = [j for j, i in enumerate(active) if _follows_generation(plans[i], plans[i].retrievals[r][0])]
+            prefixes = [query_prefix(queries[j], f) for j in after_gen for f in PREFIX_FRACTIONS]
+            prefix_found = (search_in_probe_lists(index, embedder.encode(prefixes),
+                                                  [nprobes[j] for j in after_gen for _ in PREFIX_FRACTIONS],
+                                                  max(stages[j]["k"] for j in after_gen))[1]
+                            if after_gen else [])
+            same = {j: tuple(_ids(prefix_found[n * len(PREFIX_FRACTIONS) + m], stages[j]["k"])
+                             == _ids(found[j], stages[j]["k"]) for m in range(len(PREFIX_FRACTIONS)))
+                    for n, j in enumerate(after_gen)}
+            for j, i in enumerate(active):
+                stage = stages[j]
+                stage["clusters"] = [int(c) for c in iq[j]]
+                stage["query"] = queries[j]
+                topk = _ids(found[j], stage["k"])
+                stage["truth"] = {"topk": topk, "hits": [int(c) for c in lists.locate(topk)[0]],
+                                  "top20": _ids(found[j], TOP_CACHE), "prefix_same": list(same.get(j, ()))}
+                if len(plans[i].retrievals) > r + 1:  # the top new passage feeds the request's next query
+                    pid = next((int(p) for p in found[j] if p >= 0 and int(p) not in used[i]), -1)
+                    previous_top[i] = pid
+                    used[i].add(pid)
             bar.update(len(active))
     finally:
         index.nprobe = saved_nprobe
@@ -186,6 +199,35 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)
     return out
+
+
+def search_in_probe_lists(index: Any, x: np.ndarray, nprobes: Sequence[int],
+                          k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each query's probe list (`index.quantizer.search`, nearest first, `nprobes[i]` lists) and
+    the ids of its best `k` in exactly those lists (FAISS `search_preassigned`; -1 pads a search
+    that finds fewer), one batched call per distinct nprobe. Sets `index.nprobe`: the caller
+    restores it."""
+    probe: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(nprobes)
+    found: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(nprobes)
+    arr = np.asarray(nprobes)
+    for nprobe in sorted(set(arr.tolist())):
+        sel = np.flatnonzero(arr == nprobe)
+        dq, iq = index.quantizer.search(x[sel], nprobe)
+        index.nprobe = nprobe
+        _, top = index.search_preassigned(x[sel], k, iq, dq)
+        for j, pos in enumerate(sel):
+            probe[pos], found[pos] = iq[j], top[j]
+    return probe, found
+
+
+def _ids(found: np.ndarray, k: int) -> list[int]:
+    return [int(p) for p in found[:k] if p >= 0]
+
+
+def _follows_generation(plan: _Plan, stage: int) -> bool:
+    """Whether stage `stage` (a retrieval) comes right after a generation: its query could start
+    on a prefix of that generation's text (speculative retrieval)."""
+    return stage > 0 and plan.row["stages"][stage - 1].get("op") == "generate"
 
 
 def _query(plan: _Plan, kind: str, top: int, texts: Any) -> str:

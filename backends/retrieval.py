@@ -5,7 +5,9 @@ or GPU-cache scans (gpu_retrieval), and `CacheLoad` items into cluster copies (p
 keeps each query's running top-k between sub-stages (HedraRAG's node splitting): the
 first sub-stage of a query embeds its text and starts its heap, every later one continues
 it, whichever lane runs it. The clusters each sub-stage scans are the core's choice (the
-trace's probe list, in the policy's order); nothing here decides what to search.
+trace's probe list, in the policy's order); nothing here decides what to search. A first
+sub-stage's `seed` (the request's previous top-20) is merged into the new heap before any
+scan, restricted to the ids whose list is in the query's probe list (`IVFRetriever.seed`).
 
 Query text: the Retrieve node's own `query` (what `hedra trace gen --corpus` writes), else
 the request's question. A trace without text (a synthetic what-if trace) is searched with
@@ -103,11 +105,16 @@ class RetrievalService:
             vectors.update(zip(texts, emb, strict=True))
         with self._state_lock:
             for t in tasks:
-                self._topk[t.key] = self.retriever.start(np.asarray(vectors[t.key], dtype=np.float32), t.k)
+                q = self.retriever.start(np.asarray(vectors[t.key], dtype=np.float32), t.k)
+                if t.seed:  # the local top-20 cache, filtered to the query's probe list
+                    self.retriever.seed(q, t.seed, self._spec(t.key).clusters)
+                self._topk[t.key] = q
                 self._locks[t.key] = threading.Lock()
 
-    def _text(self, key: NodeKey) -> str:
-        req = self._requests[key[0]]
-        spec = req.nodes[key[1]]
+    def _spec(self, key: NodeKey) -> Retrieve:
+        spec = self._requests[key[0]].nodes[key[1]]
         assert isinstance(spec, Retrieve), key
-        return spec.query or req.question
+        return spec
+
+    def _text(self, key: NodeKey) -> str:
+        return self._spec(key).query or self._requests[key[0]].question

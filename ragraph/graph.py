@@ -34,26 +34,46 @@ class Generate:
     op = Op.GENERATE
 
 
+PREFIX_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75)
+"""Shares of the eventual query text (by words) whose speculative retrieval a trace records."""
+
+
+def query_prefix(text: str, fraction: float) -> str:
+    """The first `fraction` of `text`'s words (at least one word of a non-empty text): what a
+    speculative retrieval started on a partial generation embeds (`SearchTruth.prefix_same`)."""
+    words = text.split()
+    return " ".join(words[: max(1, int(len(words) * fraction))]) if words else ""
+
+
 @dataclass(frozen=True, slots=True)
 class SearchTruth:
-    """What a retrieval's search really finds, as the trace records it (measured on the index
-    for corpus traces, drawn from a fitted model for synthetic ones)."""
+    """What a retrieval's search finds, so that a body without the index reproduces its outcome.
 
-    topk: tuple[int, ...]  # final top-k ids over the probe lists, best first
-    hits: tuple[int, ...]  # the IVF list holding each of them (parallel to topk)
-    top20: tuple[int, ...] = ()  # the best 20 ids of the same search (the request's local cache)
-    prefix_same: tuple[bool, ...] = ()  # a query from 25/50/75% of its text finds the same top-k
+    The search is the IVF search of the query over its probe list (`Retrieve.clusters`); a
+    body that scans some of those clusters learns the partial result from `partial_topk`."""
+
+    topk: tuple[int, ...]  # final top-k passage ids, best first (shorter only if the lists hold fewer)
+    hits: tuple[int, ...]  # parallel to topk: the IVF list holding each id (a member of the probe list)
+    top20: tuple[int, ...]  # the best 20 ids of the same search (starts with topk): the request's local cache
+    # for a retrieval that follows a generation: whether the query made of the first 25%, 50%, 75%
+    # of the eventual query's words (PREFIX_FRACTIONS), searched in its own probe list, finds the
+    # same top-k ids in the same order; () where no generation precedes the retrieval
+    prefix_same: tuple[bool, ...] = ()
 
     @property
     def hit_clusters(self) -> frozenset[int]:
+        """The distinct lists that hold the final top-k (the paper's "hit" clusters)."""
         return frozenset(self.hits)
 
     def partial_topk(self, scanned: Collection[int], seed: Collection[int] = ()) -> tuple[int, ...]:
-        """The running top-k after scanning the lists `scanned`, the candidates `seed` merged
-        first: the final ids already found, in final order, then distinct negative
-        placeholders for slots still held by other candidates (any non-final candidate ranks
-        below every final one), so the result equals `topk` iff the search has found it."""
-        found = tuple(i for i, h in zip(self.topk, self.hits, strict=True) if h in scanned or i in seed)
+        """The running top-k after scanning the lists `scanned`, having first merged the ids `seed`
+        (the request's previous top-20): the final ids whose hit list is scanned or which are
+        seeded, in final order, then placeholders -1, -2, ... for the slots other candidates hold.
+
+        Why this is exact up to the placeholders: every candidate outside the final top-k ranks
+        below every final member, so the final members met so far lead the running heap in their
+        final order. Hence `partial_topk(...) == topk` iff the search already has its result."""
+        found = tuple(i for i, c in zip(self.topk, self.hits, strict=True) if c in scanned or i in seed)
         return found + tuple(range(-1, -1 - (len(self.topk) - len(found)), -1))
 
 
@@ -66,7 +86,7 @@ class Retrieve:
     clusters: tuple[int, ...]  # probe list in coarse-quantizer order, len == nprobe
     role: str = "retrieve"
     query: str = ""  # query text where the trace has one (real backend); "" otherwise
-    truth: SearchTruth | None = None  # what its search finds, where the trace records it
+    truth: SearchTruth | None = None  # what the search finds, where the trace records it
 
     op = Op.RETRIEVE
 

@@ -117,9 +117,10 @@ class ScanTask:
     # characters of query text embedded in this sub-stage: the text's length on the first
     # sub-stage, 0 on later ones and where the query has no text (then nothing is embedded)
     embed_chars: int = 0
-    # candidate ids (the request's previous top-20, its local cache) merged into the query's
-    # heap before its first scan; only a candidate whose IVF list is in the query's probe list
-    # is merged, so the final top-k stays exactly a full search's. Set on the first sub-stage only.
+    # candidate ids merged into the query's top-k before its first scan (only with `first`): the
+    # request's previous top-20 (HedraRAG's local cache). A body merges only those whose IVF list
+    # is in the query's probe list (the Retrieve node's clusters), so the final top-k stays that
+    # of a full search of the probe list; only the partial results of earlier sub-stages change.
     seed: tuple[int, ...] = ()
 
 

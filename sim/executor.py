@@ -4,18 +4,26 @@ One process per lane and one for arrivals. A lane process asks the core for work
 the modelled duration (from the profile's latency models), hands the result back, and
 wakes the other lanes; when the core has nothing for it, it sleeps on a shared wake-up
 event. The processes hold no policy. Same trace, profile, policy and seed: same result.
+
+Search results: where the trace records a retrieval's outcome (`Retrieve.truth`), a scan
+returns the query's running top-k as the real search would hold it after the clusters
+scanned so far (`SearchTruth.partial_topk`, seeded by its first sub-stage's `seed`); the
+executor keeps the scanned clusters per query until its last sub-stage is done
+(`_TruthScans`). Without truth the top-k is empty (the analytic models synthesize no
+neighbour ids).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import simpy
 
 from hwmodel.latency import LatencyModel
 from ragraph.core import Scheduler
-from ragraph.graph import Request
+from ragraph.graph import NodeKey, Request, Retrieve, SearchTruth
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
@@ -30,7 +38,65 @@ from ragraph.work import (
 )
 from sim.gen_engine import GenEngineModel
 
-_NO_TOPK = SearchResult()  # the analytic models synthesize no neighbour ids
+_NO_TOPK = SearchResult()  # no scanned query has truth: no neighbour ids
+
+
+@dataclass(eq=False, slots=True)
+class _Scan:
+    """One query's search in progress: what its completed sub-stages scanned."""
+
+    seed: frozenset[int]  # ids merged before the first scan (ScanTask.seed)
+    scanned: set[int] = field(default_factory=set)  # clusters of the completed sub-stages
+    in_flight: int = 0  # sub-stages dispatched and not yet completed
+    ended: bool = False  # its last sub-stage was dispatched
+
+
+class _TruthScans:
+    """The running top-k of queries with recorded truth (`Retrieve.truth`).
+
+    `start` at dispatch, `finish` at completion: a sub-stage's result is the heap after its own
+    scan and every scan of the query completed before it, as on the real body, where sub-stages
+    on two lanes take turns on the query's heap. A query's state is dropped once its last
+    sub-stage and every other one in flight have completed; a first sub-stage starts afresh
+    (a retrieval redone after an aborted speculation)."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.truth: dict[NodeKey, SearchTruth] = {
+            (r.id, i): n.truth for r in requests for i, n in enumerate(r.nodes)
+            if isinstance(n, Retrieve) and n.truth is not None}
+        self._open: dict[NodeKey, _Scan] = {}
+        self._pending: dict[int, list[_Scan | None]] = {}  # id(batch) -> its tasks' scans
+
+    def start(self, batch: SearchBatch) -> None:
+        if not self.truth:
+            return
+        scans: list[_Scan | None] = []
+        for t in batch.tasks:
+            if t.key not in self.truth:
+                scans.append(None)
+                continue
+            scan = self._open.get(t.key)
+            if t.first or scan is None:
+                scan = self._open[t.key] = _Scan(frozenset(t.seed))
+            scan.in_flight += 1
+            scan.ended |= t.last
+            scans.append(scan)
+        self._pending[id(batch)] = scans
+
+    def finish(self, batch: SearchBatch) -> SearchResult:
+        scans = self._pending.pop(id(batch), None)
+        if scans is None:
+            return _NO_TOPK
+        topk: dict[NodeKey, tuple[int, ...]] = {}
+        for t, scan in zip(batch.tasks, scans, strict=True):
+            if scan is None:
+                continue
+            scan.scanned.update(t.clusters)
+            scan.in_flight -= 1
+            topk[t.key] = self.truth[t.key].partial_topk(scan.scanned, scan.seed)
+            if scan.ended and not scan.in_flight and self._open.get(t.key) is scan:
+                del self._open[t.key]
+        return SearchResult(topk) if topk else _NO_TOPK
 
 
 class Simulation:
@@ -52,6 +118,7 @@ class Simulation:
         self._kv_peak = 0
         self._arrived = False
         self._cache_blocks: dict[int, int] = {}  # GPU-cached cluster -> KV blocks lent for it
+        self._scans = _TruthScans(self.requests)
 
     def run(self) -> RunResult:
         """Called once: simulate every request to its end. `stopped` is "stalled" when events
@@ -111,6 +178,8 @@ class Simulation:
                 self._busy_s[name] += seconds
                 if self._keep_timeline:
                     self._timeline.append((name, type(item).__name__, env.now - seconds - dispatch, seconds, args))
+            if isinstance(item, SearchBatch):
+                result = self._scans.finish(item)  # the running top-k as of now, not as of the dispatch
             sched.complete(item, result, env.now)
             if changed:
                 self._notify()
@@ -133,6 +202,7 @@ class Simulation:
                 seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
             else:
                 seconds = self.latency.search_call_s(f, idle_s)
+            self._scans.start(item)
             return seconds, _NO_TOPK, f, True
         assert isinstance(item, CacheLoad)
         loaded = self._lend_for_cache(item, sizes, vec_bytes)

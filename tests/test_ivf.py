@@ -335,3 +335,46 @@ def test_cluster_vectors_cover_the_index(setup) -> None:
         cluster_vectors(sq, 0)
     with pytest.raises(TypeError, match="IndexIVF"):
         IVFRetriever(faiss.IndexFlatL2(D_DIM))
+
+
+# --- seeded searches (ScanTask.seed: the request's previous top-20) ---------------------------------------
+
+
+def test_seeded_search_has_the_unseeded_result(setup) -> None:
+    metric, x, index, xq = setup
+    ip = metric == "ip"
+    r = IVFRetriever(index)
+    rng = np.random.default_rng(7)
+    nprobe, k = 16, 10
+    for q in xq[:16]:
+        _, Iq = r.assign(q, nprobe)
+        probe = Iq[0].tolist()
+        # the "previous query" of the same request: a nearby vector's top-20, plus ids from anywhere
+        prev = q + 0.05 * rng.standard_normal(D_DIM).astype(np.float32)
+        _, prev_top = r.search_full(prev, 20, nprobe)
+        seeds = [*prev_top[0][prev_top[0] >= 0].tolist(), *rng.integers(0, len(x), 10).tolist()]
+        seeded = r.start(q, k)
+        r.seed(seeded, seeds, probe)
+        before = seeded.ids()
+        outside = {int(i) for i in seeds} - set(r.id_lists.ids[np.isin(r.id_lists.lists, probe)].tolist())
+        assert not outside & set(before), "a seed outside the probe lists was merged"
+        for part in (probe[:5], probe[5:9], probe[9:]):
+            r.scan([seeded], [part])
+        got = seeded.result()
+        D0, I0 = r.search_full(q, k + 1, nprobe)
+        assert_same_topk(got, (D0[0], I0[0]), k, x, q, ip)
+        final = set(got[1].tolist())
+        assert final & set(seeds) <= set(before), "a seed in the final top-k was not in the seeded heap"
+        # the seeded heap holds the final members first, in final order (SearchTruth.partial_topk)
+        lead = [i for i in before if i in final]
+        assert lead == [i for i in got[1].tolist() if i in lead]
+        assert before[: len(lead)] == tuple(lead)
+
+
+def test_seeding_after_a_scan_is_refused(setup) -> None:
+    _, _, index, xq = setup
+    r = IVFRetriever(index)
+    q = r.start(xq[0], 5)
+    r.scan([q], [[0]])
+    with pytest.raises(ValueError, match="first scan"):
+        r.seed(q, [1, 2], [0, 1])

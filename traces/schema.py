@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ragraph.graph import Generate, NodeSpec, Request, Retrieve
+from ragraph.graph import PREFIX_FRACTIONS, Generate, NodeSpec, Request, Retrieve, SearchTruth
 from ragraph.workflows import WorkflowError, WorkflowRegistry, build_request
 
 
@@ -44,6 +44,37 @@ class GenerateStage(_Strict):
         return self
 
 
+Id = Annotated[int, Field(ge=0, lt=2**63)]
+TOP_CACHE = 20  # length of `truth.top20` (HedraRAG's per-request local cache)
+
+
+class TruthRecord(_Strict):
+    """A retrieval's search outcome (docs/traces.md, "truth"); checked against its stage below."""
+
+    topk: list[Id]
+    hits: list[Id]
+    top20: list[Id]
+    prefix_same: list[bool] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TruthRecord:
+        if len(self.hits) != len(self.topk):
+            raise ValueError(f"hits has {len(self.hits)} entries, topk {len(self.topk)}")
+        if len(set(self.topk)) != len(self.topk) or len(set(self.top20)) != len(self.top20):
+            raise ValueError("topk and top20 ids must be distinct")
+        if len(self.top20) > TOP_CACHE:
+            raise ValueError(f"top20 has {len(self.top20)} entries, at most {TOP_CACHE}")
+        m = min(len(self.topk), len(self.top20))
+        if self.top20[:m] != self.topk[:m]:
+            raise ValueError("top20 must start with topk (both are prefixes of one ranking)")
+        if len(self.prefix_same) not in (0, len(PREFIX_FRACTIONS)):
+            raise ValueError(f"prefix_same has {len(self.prefix_same)} entries, need 0 or {len(PREFIX_FRACTIONS)}")
+        return self
+
+    def spec(self) -> SearchTruth:
+        return SearchTruth(tuple(self.topk), tuple(self.hits), tuple(self.top20), tuple(self.prefix_same))
+
+
 class RetrieveStage(_Strict):
     op: Literal["retrieve"]
     role: str = "retrieve"
@@ -51,6 +82,7 @@ class RetrieveStage(_Strict):
     k: Count
     clusters: list[int] = Field(default_factory=list)
     query: str = ""
+    truth: TruthRecord | None = None
 
     @field_validator("clusters")
     @classmethod
@@ -61,6 +93,27 @@ class RetrieveStage(_Strict):
         if len(set(clusters)) != len(clusters) or min(clusters, default=0) < 0:
             raise ValueError("clusters must be distinct non-negative list ids")
         return clusters
+
+    @field_validator("truth")
+    @classmethod
+    def _truth_fits(cls, t: TruthRecord | None, info: ValidationInfo) -> TruthRecord | None:
+        """topk has k ids and top20 20, each fewer only when the probe lists hold fewer vectors
+        (then both hold all of them); every hit is one of the probe lists."""
+        k, clusters = info.data.get("k"), info.data.get("clusters")
+        if t is None or k is None or clusters is None:
+            return t
+        if len(t.topk) > k:
+            raise ValueError(f"topk has {len(t.topk)} ids, k is {k}")
+        if len(t.topk) < k and len(t.top20) != min(TOP_CACHE, len(t.topk)):
+            raise ValueError(f"topk has {len(t.topk)} ids (k is {k}): the search found no more,"
+                             f" so top20 must hold {min(TOP_CACHE, len(t.topk))}, not {len(t.top20)}")
+        if len(t.top20) < TOP_CACHE and len(t.topk) != min(k, len(t.top20)):
+            raise ValueError(f"top20 has {len(t.top20)} ids: the search found no more,"
+                             f" so topk must hold {min(k, len(t.top20))}, not {len(t.topk)}")
+        outside = sorted(set(t.hits) - set(clusters))
+        if outside:
+            raise ValueError(f"hits: lists {outside[:5]} are not in clusters (the probe list)")
+        return t
 
 
 Stage = Annotated[GenerateStage | RetrieveStage, Field(discriminator="op")]
@@ -82,7 +135,8 @@ class TraceRequest(_Strict):
             if isinstance(s, GenerateStage):
                 out.append(Generate(s.prompt_tokens, s.output_tokens, s.prefix_tokens, s.prefix, s.role))
             else:
-                out.append(Retrieve(s.nprobe, s.k, tuple(s.clusters), s.role, s.query))
+                truth = s.truth.spec() if s.truth is not None else None
+                out.append(Retrieve(s.nprobe, s.k, tuple(s.clusters), s.role, s.query, truth))
         return out
 
 
