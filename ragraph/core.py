@@ -24,7 +24,7 @@ from __future__ import annotations
 from ragraph.graph import Generate, NodeKey, Request, Retrieve
 from ragraph.policies.base import Policy
 from ragraph.records import RequestRecord, record_of
-from ragraph.runtime import NodeRun, RequestRun, generate_spec, retrieve_spec
+from ragraph.runtime import NodeRun, RequestRun, SchedulerError, generate_spec, retrieve_spec
 from ragraph.state import NodeEvent, NodeState, RequestEvent, RequestState, advance_request
 from ragraph.view import SchedulerView
 from ragraph.work import (
@@ -44,10 +44,6 @@ from ragraph.work import (
 
 class LaneBusy(RuntimeError):
     """next_work was called for a lane that still holds an item."""
-
-
-class SchedulerError(ValueError):
-    """A call that contradicts the core's state (unknown item, duplicate request id...)."""
 
 
 GEN_STEP_EMA = 0.2  # weight of the newest generation-step duration in its moving average

@@ -77,7 +77,12 @@ class RequestRun:
         return cls(request, nodes)
 
 
-class NotThatNode(ValueError):
+class SchedulerError(ValueError):
+    """A call that contradicts the core's state (unknown item, duplicate request id, an action
+    on a node in the wrong state...)."""
+
+
+class NotThatNode(SchedulerError):
     """A Generate-only operation on a Retrieve node, or the reverse."""
 
 

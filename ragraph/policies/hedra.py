@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ragraph.view import SchedulerView
 
 FiniteMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-SPEC_THRESHOLD = 0.8  # τ: speculate while decode throughput is below this share of the peak
+SPEC_THRESHOLD = 0.1  # τ: speculate while decode throughput / peak is below it (measured: docs/techniques.md)
 
 
 class HedraOptions(BaseModel):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class SpeculativeGeneration:
-    def __init__(self, peak_tokens_s: float, threshold: float = 0.8, after: int | None = None) -> None:
+    def __init__(self, peak_tokens_s: float, threshold: float = 0.1, after: int | None = None) -> None:
         self.peak_tokens_s = peak_tokens_s  # the engine's peak decode throughput (T_max)
         self.threshold = threshold
         self.after = after
