@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ragraph.graph import NodeKey, Request, Retrieve
+from ragraph.graph import NodeKey, Request, Retrieve, query_prefix
 from ragraph.work import CacheLoad, CacheLoadResult, Lane, ScanTask, SearchBatch, SearchResult
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class RetrievalService:
         self._locks: dict[NodeKey, threading.Lock] = {}  # a query may have sub-stages on two lanes at once
         self._state_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one embedding model, shared by the retrieval lanes
+        self._prefix_probes: dict[NodeKey, tuple[int, ...]] = {}  # speculative searches' own probe lists
 
     @cached_property
     def list_sizes(self) -> list[int]:
@@ -56,7 +57,7 @@ class RetrievalService:
     def search(self, batch: SearchBatch) -> SearchResult:
         self._start_new([t for t in batch.tasks if t.first])
         states = [self._topk[t.key] for t in batch.tasks]
-        clusters = [t.clusters for t in batch.tasks]
+        clusters = [t.clusters if t.prefix >= 1 else self._prefix_probes.pop(t.key) for t in batch.tasks]
         locks = [self._locks[t.key] for t in sorted(batch.tasks, key=lambda t: t.key)]
         for lock in locks:
             lock.acquire()
@@ -94,7 +95,7 @@ class RetrievalService:
         vectors: dict[NodeKey, np.ndarray] = {}
         texts: dict[NodeKey, str] = {}
         for t in tasks:
-            text = self._text(t.key)
+            text = self._text(t.key) if t.prefix >= 1 else query_prefix(self._text(t.key), t.prefix)
             if text:
                 texts[t.key] = text
             else:
@@ -106,6 +107,9 @@ class RetrievalService:
         with self._state_lock:
             for t in tasks:
                 q = self.retriever.start(np.asarray(vectors[t.key], dtype=np.float32), t.k)
+                if t.prefix < 1:  # a speculative search on a prefix: the prefix's own probe list
+                    probe = self.retriever.assign(q.vector[None, :], len(t.clusters))[1][0]
+                    self._prefix_probes[t.key] = tuple(int(c) for c in probe if c >= 0)
                 if t.seed:  # the local top-20 cache, filtered to the query's probe list
                     self.retriever.seed(q, t.seed, self._spec(t.key).clusters)
                 self._topk[t.key] = q

@@ -21,7 +21,10 @@ FAILED with a reason, and appears once in `finished()`.
 
 from __future__ import annotations
 
-from ragraph.graph import Generate, NodeKey, Request, Retrieve
+import heapq
+from math import ceil
+
+from ragraph.graph import Generate, NodeKey, Request, Retrieve, query_prefix
 from ragraph.policies.base import Policy
 from ragraph.records import RequestRecord, record_of
 from ragraph.runtime import NodeRun, RequestRun, SchedulerError, generate_spec, retrieve_spec
@@ -62,6 +65,8 @@ class Scheduler:
         self.gen_in_engine: dict[NodeKey, NodeRun] = {}
         # Retrieve nodes with clusters not yet dispatched, oldest first (the retrieval wavefront)
         self.retr_waiting: dict[NodeKey, NodeRun] = {}
+        # Retrieve nodes started speculatively on a partial generation, not yet dispatched
+        self.retr_speculative: dict[NodeKey, NodeRun] = {}
         self.gpu_cache: set[int] = set()  # clusters resident in the GPU index cache
         self.gen_step_s: float | None = None  # moving average of engine step durations
         self.decode_tokens_s = 0.0  # moving average of decode tokens per second of engine steps
@@ -70,6 +75,9 @@ class Scheduler:
         self.kv_total_blocks = 0
         self.engine_waiting = 0  # sequences the engine reports as queued
         self._aborts: list[NodeKey] = []  # speculative sequences to drop at the next step
+        self._gen_steps = 0  # engine steps that ran sequences
+        self._watch: dict[NodeKey, float] = {}  # Generate node -> share of its output to report
+        self._due: list[tuple[int, int, NodeKey]] = []  # (engine step, tie-break, node) of watched generations
         self._busy: dict[Lane, WorkItem | None] = dict.fromkeys(LANES)
         self._dispatched_s: dict[Lane, float] = dict.fromkeys(LANES, 0.0)
         self._finished: list[RequestRecord] = []
@@ -213,6 +221,40 @@ class Scheduler:
         node.ready_s = node.ready_s if node.ready_s is not None else now
         self.gen_ready[node.key] = node
 
+    def watch_generation(self, node: NodeRun, fraction: float) -> None:
+        """Have the policy told (`on_generation_progress`) when Generate `node` has decoded about
+        `fraction` of its output: estimated as admission + one prefill step + that many engine
+        steps (an engine runs each admitted sequence about once a step)."""
+        spec = generate_spec(node)
+        if not 0 < fraction < 1:
+            raise SchedulerError(f"{node.key}: watch a fraction in (0, 1), not {fraction}")
+        self._watch[node.key] = fraction
+        if node.key in self.gen_in_engine:
+            self._schedule_watch(node.key, spec)
+
+    def speculate_retrieval(self, node: NodeRun, fraction: float, now: float) -> None:
+        """Start a BLOCKED Retrieve node, whose one input is a running generation, on the first
+        `fraction` of its query (edge addition): `take_speculative` dispatches it as one search."""
+        retrieve_spec(node)
+        if node.state is not NodeState.BLOCKED or node.deps_left != 1:
+            raise SchedulerError(f"{node.key}: only a BLOCKED retrieval waiting on one node may speculate")
+        if not 0 < fraction < 1:
+            raise SchedulerError(f"{node.key}: speculate on a fraction in (0, 1), not {fraction}")
+        node.fire(NodeEvent.SPECULATE)
+        node.speculated = True
+        node.spec_prefix = fraction
+        self.retr_speculative[node.key] = node
+
+    def take_speculative(self, node: NodeRun) -> ScanTask:
+        """Dispatch the speculative search of `node` (whole, on its query's prefix)."""
+        if self.retr_speculative.pop(node.key, None) is None:
+            raise SchedulerError(f"{node.key}: no speculative retrieval waits to be dispatched")
+        spec = retrieve_spec(node)
+        node.in_flight += 1
+        text = spec.query or self.requests[node.key[0]].request.question
+        return ScanTask(node.key, spec.clusters, spec.k, True, True, len(query_prefix(text, node.spec_prefix)),
+                        (), node.spec_prefix)
+
     def restart_speculation(self, node: NodeRun, now: float) -> None:
         """Throw away a speculative Generate node's work and start it again (its partial
         inputs changed); it stays SPECULATIVE."""
@@ -235,6 +277,8 @@ class Scheduler:
             node.fire(NodeEvent.FAIL)
             self.gen_ready.pop(node.key, None)
             self.retr_waiting.pop(node.key, None)
+            self.retr_speculative.pop(node.key, None)
+            self._watch.pop(node.key, None)
             if self.gen_in_engine.pop(node.key, None) is not None:
                 self._aborts.append(node.key)
         run.state = advance_request(run.state, RequestEvent.FAIL)
@@ -282,6 +326,8 @@ class Scheduler:
             if node.start_s is None:
                 node.start_s = now
             self.gen_in_engine[node.key] = node
+            if node.key in self._watch:
+                self._schedule_watch(node.key, spec)
             admit.append(GenTask(node.key, spec.prompt_tokens, spec.output_tokens, spec.prefix,
                                  spec.prefix_tokens, node.state is NodeState.SPECULATIVE))
         if not admit and not self.gen_in_engine and not self._aborts:
@@ -297,6 +343,13 @@ class Scheduler:
             self.gen_step_s = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
             if took > 0:
                 self.decode_tokens_s += GEN_STEP_EMA * (res.decode_tokens / took - self.decode_tokens_s)
+            self._gen_steps += 1
+            due = self._due
+            while due and due[0][0] <= self._gen_steps:
+                key = heapq.heappop(due)[2]
+                node = self.gen_in_engine.get(key)
+                if node is not None and key in self._watch:
+                    self.policy.on_generation_progress(self.view, node, self._watch[key], now)
         self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
         self.aborted_tokens += res.aborted_tokens
         self.engine_waiting = res.waiting
@@ -312,12 +365,19 @@ class Scheduler:
             if node.state is NodeState.DONE:
                 self._finish_node(node, now)
 
+    def _schedule_watch(self, key: NodeKey, spec: Generate) -> None:
+        steps = self._gen_steps + 1 + ceil(self._watch[key] * spec.output_tokens)
+        heapq.heappush(self._due, (steps, len(self._due), key))
+
     def _complete_search(self, batch: SearchBatch, res: SearchResult, now: float) -> None:
         for task in batch.tasks:
             node = self._node(task.key)
             if node is None or node.state is NodeState.FAILED:
                 continue
             node.in_flight -= 1
+            if task.prefix < 1:
+                self._complete_speculative_search(node, res.topk.get(task.key, ()), now)
+                continue
             node.topk = res.topk.get(task.key, node.topk)
             if batch.lane is Lane.GPU_RETRIEVAL:
                 node.gpu_clusters += len(task.clusters)
@@ -327,10 +387,23 @@ class Scheduler:
             else:
                 self.policy.on_search_progress(self.view, node, now)
 
+    def _complete_speculative_search(self, node: NodeRun, topk: tuple[int, ...], now: float) -> None:
+        node.spec_topk = topk
+        if node.redo_when_landed:  # its generation finished meanwhile: search the real query now
+            node.redo_when_landed = False
+            node.fire(NodeEvent.ABORT)
+            self._redo_retrieval(node, now)
+            return
+        node.fire(NodeEvent.FINISH)  # SPEC_DONE: its result is speculative
+        node.topk = topk
+        self.policy.on_search_progress(self.view, node, now)  # a generation may speculate on it
+
     def _finish_node(self, node: NodeRun, now: float) -> None:
         node.end_s = now
         run = self.requests[node.key[0]]
         run.done += 1
+        self._watch.pop(node.key, None)
+        self.policy.on_node_done(self.view, node, now)
         for ci in node.children:
             child = run.nodes[ci]
             child.deps_left -= 1
@@ -347,6 +420,13 @@ class Scheduler:
             self._end(run, now)
 
     def _resolve_speculation(self, node: NodeRun, now: float) -> None:
+        if node.is_retrieve:  # the real query is known now: search it (seeded with the speculative result)
+            if self.retr_speculative.pop(node.key, None) is not None or node.state is NodeState.SPEC_DONE:
+                node.fire(NodeEvent.ABORT)
+                self._redo_retrieval(node, now)
+            else:  # its speculative search is in flight: redo when it lands
+                node.redo_when_landed = True
+            return
         if self.policy.keep_speculation(self.view, node, now):
             node.fire(NodeEvent.CONFIRM)
             if node.state is NodeState.DONE:
@@ -359,6 +439,15 @@ class Scheduler:
         node.aborted += 1
         node.ready_s = now
         self.gen_ready[node.key] = node
+
+    def _redo_retrieval(self, node: NodeRun, now: float) -> None:
+        """A speculatively started Retrieve node's query is final: it searches that query like
+        a node that just became READY, its heap seeded with what the speculation found."""
+        node.topk = ()
+        node.seed = tuple(i for i in node.spec_topk or () if i >= 0)
+        node.ready_s = now
+        self.retr_waiting[node.key] = node
+        self.policy.on_retrieve_ready(self.view, node, now)
 
     def _end(self, run: RequestRun, now: float) -> None:
         run.finish_s = now

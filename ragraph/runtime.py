@@ -32,9 +32,12 @@ class NodeRun:
     seed: tuple[int, ...] = ()  # candidate ids merged into its heap before the first scan (local cache)
     topk: tuple[int, ...] = ()  # running top-k ids, as last reported by a lane
     gpu_clusters: int = 0  # clusters of this query scanned on the GPU cache
-    # speculation (Generate nodes only)
+    # speculation
     speculated: bool = False  # a speculative run was started at least once
     aborted: int = 0  # speculative runs thrown away
+    spec_prefix: float = 0.0  # Retrieve: share of the query its speculative search embeds (0: none)
+    spec_topk: tuple[int, ...] | None = None  # Retrieve: what its speculative search found
+    redo_when_landed: bool = False  # Retrieve: its inputs became final while its speculative search ran
 
     def fire(self, event: NodeEvent) -> None:
         self.state = advance(self.state, event)

@@ -5,8 +5,9 @@ are read-only mappings (`types.MappingProxyType`) over the core's own dicts, so 
 reads the live state without copying it and cannot add or drop entries; the node and
 request objects it reaches are read, never assigned to. A policy changes the run only
 through the view's action methods (`take_clusters`, `reorder`, `speculate`,
-`restart_speculation`), each of which checks its arguments and raises `SchedulerError` on
-misuse. Ending requests (`fail_request`, `fail_all`) is the bodies' business and is not
+`restart_speculation`, `watch_generation`, `speculate_retrieval`, `take_speculative`), each
+of which checks its arguments and raises `SchedulerError` on misuse. Ending requests
+(`fail_request`, `fail_all`) is the bodies' business and is not
 on the view.
 
 The view imports nothing from the core: it is built from any object with the core's
@@ -32,6 +33,7 @@ class _Core(Protocol):
     gen_ready: dict[NodeKey, NodeRun]
     gen_in_engine: dict[NodeKey, NodeRun]
     retr_waiting: dict[NodeKey, NodeRun]
+    retr_speculative: dict[NodeKey, NodeRun]
     gpu_cache: set[int]
     gen_step_s: float | None
     kv_used_blocks: int
@@ -47,6 +49,9 @@ class _Core(Protocol):
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
     def speculate(self, node: NodeRun, now: float) -> None: ...
     def restart_speculation(self, node: NodeRun, now: float) -> None: ...
+    def watch_generation(self, node: NodeRun, fraction: float) -> None: ...
+    def speculate_retrieval(self, node: NodeRun, fraction: float, now: float) -> None: ...
+    def take_speculative(self, node: NodeRun) -> ScanTask: ...
 
 
 class SchedulerView:
@@ -62,9 +67,13 @@ class SchedulerView:
         "reorder",
         "requests",
         "restart_speculation",
+        "retr_speculative",
         "retr_waiting",
         "speculate",
+        "speculate_retrieval",
         "take_clusters",
+        "take_speculative",
+        "watch_generation",
     )
 
     def __init__(self, core: _Core) -> None:
@@ -76,6 +85,8 @@ class SchedulerView:
         self.gen_in_engine: Mapping[NodeKey, NodeRun] = MappingProxyType(core.gen_in_engine)
         # Retrieve nodes with clusters not yet dispatched, oldest first (the retrieval wavefront)
         self.retr_waiting: Mapping[NodeKey, NodeRun] = MappingProxyType(core.retr_waiting)
+        # Retrieve nodes started speculatively on a partial generation, not yet dispatched
+        self.retr_speculative: Mapping[NodeKey, NodeRun] = MappingProxyType(core.retr_speculative)
         self.gpu_cache: Set[int] = core.gpu_cache  # clusters resident in the GPU index cache (live)
         # queries and actions: the core's bound methods
         self.busy = core.busy
@@ -84,6 +95,9 @@ class SchedulerView:
         self.reorder = core.reorder
         self.speculate = core.speculate
         self.restart_speculation = core.restart_speculation
+        self.watch_generation = core.watch_generation
+        self.speculate_retrieval = core.speculate_retrieval
+        self.take_speculative = core.take_speculative
 
     @property
     def gen_step_s(self) -> float | None:

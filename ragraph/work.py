@@ -122,6 +122,11 @@ class ScanTask:
     # is in the query's probe list (the Retrieve node's clusters), so the final top-k stays that
     # of a full search of the probe list; only the partial results of earlier sub-stages change.
     seed: tuple[int, ...] = ()
+    # share of the query text's words embedded: 1.0 normally; < 1 for a speculative retrieval
+    # started on a partial generation (`ragraph.graph.query_prefix`). Such a task is the whole
+    # search (first and last): the body embeds the prefix and searches the prefix's own probe
+    # list (its coarse assignment, nprobe = len(clusters)); `clusters` only prices the call.
+    prefix: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

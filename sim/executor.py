@@ -23,7 +23,7 @@ import simpy
 
 from hwmodel.latency import LatencyModel
 from ragraph.core import Scheduler
-from ragraph.graph import NodeKey, Request, Retrieve, SearchTruth
+from ragraph.graph import PREFIX_FRACTIONS, NodeKey, Request, Retrieve, SearchTruth
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
@@ -72,7 +72,7 @@ class _TruthScans:
             return
         scans: list[_Scan | None] = []
         for t in batch.tasks:
-            if t.key not in self.truth:
+            if t.key not in self.truth or t.prefix < 1:  # a speculative search: judged whole in finish
                 scans.append(None)
                 continue
             scan = self._open.get(t.key)
@@ -90,6 +90,8 @@ class _TruthScans:
         topk: dict[NodeKey, tuple[int, ...]] = {}
         for t, scan in zip(batch.tasks, scans, strict=True):
             if scan is None:
+                if t.prefix < 1 and t.key in self.truth:
+                    topk[t.key] = self._speculative(self.truth[t.key], t.prefix)
                 continue
             scan.scanned.update(t.clusters)
             scan.in_flight -= 1
@@ -97,6 +99,15 @@ class _TruthScans:
             if scan.ended and not scan.in_flight and self._open.get(t.key) is scan:
                 del self._open[t.key]
         return SearchResult(topk) if topk else _NO_TOPK
+
+    @staticmethod
+    def _speculative(truth: SearchTruth, prefix: float) -> tuple[int, ...]:
+        """What a search on the first `prefix` of the query finds: the final top-k where the
+        trace says that prefix finds it, else ids that differ from it (placeholders)."""
+        i = PREFIX_FRACTIONS.index(prefix) if prefix in PREFIX_FRACTIONS else -1
+        if i >= 0 and i < len(truth.prefix_same) and truth.prefix_same[i]:
+            return truth.topk
+        return tuple(range(-1, -1 - max(len(truth.topk), 1), -1))
 
 
 class Simulation:

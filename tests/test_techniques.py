@@ -50,7 +50,8 @@ def with_truth(requests: list[Request], seed: int, locality: float = 0.6) -> lis
                 if previous is not None and rng.random() < locality / 2:
                     ids = previous.top20[: spec.k]  # the answer is in the request's local cache
                     hits = list(previous.hits[: spec.k]) if set(previous.hits[: spec.k]) <= set(probe) else hits
-                truth = SearchTruth(tuple(ids), tuple(hits), tuple(ids) + extra)
+                prefix_same = tuple(bool(rng.random() < p) for p in (0.3, 0.5, 0.8)) if previous else ()
+                truth = SearchTruth(tuple(ids), tuple(hits), tuple(ids) + extra, prefix_same)
                 spec = dataclasses.replace(spec, truth=truth)
                 previous = truth
             nodes.append(spec)
@@ -133,7 +134,7 @@ def run_recorded(requests, spec, profile, monkeypatch):
     workflows=st.lists(st.sampled_from(["irg", "multistep", "one-shot", "hyde"]), min_size=1, max_size=2, unique=True),
     rate=st.floats(2.0, 14.0),
     seed=st.integers(0, 2**16),
-    spec=st.sampled_from(["hedra", "hedra:spec_after=1", "hedra:no-reorder,refresh_every=3",
+    spec=st.sampled_from(["hedra", "hedra:spec_after=1", "hedra:no-reorder,refresh_every=3,spec_retr_at=0.25",
                           "hedra:spec_threshold=1.0,gpu_cache_clusters=200,refresh_every=5"]),
 )
 def test_speculation_and_cache_invariants(monkeypatch, workflows, rate, seed, spec):
@@ -158,9 +159,13 @@ def test_speculation_and_cache_invariants(monkeypatch, workflows, rate, seed, sp
     report = result.techniques["speculation"]
     assert report["issued"] == report["confirmed"] + report["aborted"] + report["restarted"]
     assert sum(r.spec_aborted for r in result.records) == report["aborted"] + report["restarted"]
+    retr = result.techniques["speculative_retrieval"]
+    assert retr["issued"] == retr["confirmed"] + retr["aborted"] + retr["cancelled"]
     # aborted work never reaches a result: the run of each Generate that finished is its last
     # admission, never aborted afterwards, and a speculative one ran on its retrieval's final top-k
+    # (a speculative run may finish and still be thrown away later: only the last finish counts)
     last_admit: dict = {}
+    finished_from: dict = {}  # Generate node -> the admission its last finish came from
     for kind, _lane, item, now, res in log:
         if not isinstance(item, GenStep):
             continue
@@ -172,11 +177,12 @@ def test_speculation_and_cache_invariants(monkeypatch, workflows, rate, seed, sp
         else:
             assert isinstance(res, GenStepResult)
             for key in res.finished:
-                started, speculative = last_admit[key]
-                if speculative:
-                    parent = (key[0], key[1] - 1)
-                    seen = [t for when, t in history[parent] if when <= started]
-                    assert seen and seen[-1] == truth[parent].topk
+                finished_from[key] = last_admit[key]
+    for key, (started, speculative) in finished_from.items():
+        if speculative:
+            parent = (key[0], key[1] - 1)
+            seen = [t for when, t in history[parent] if when <= started]
+            assert seen and seen[-1] == truth[parent].topk
 
 
 def test_gpu_cache_serves_hot_clusters_and_reports(monkeypatch):

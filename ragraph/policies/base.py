@@ -56,6 +56,13 @@ class Policy(ABC):
         """A sub-stage of `node` finished and the node still has clusters (a place to
         speculate on the partial top-k)."""
 
+    def on_generation_progress(self, s: SchedulerView, node: NodeRun, fraction: float, now: float) -> None:
+        """Generate `node`, watched with `s.watch_generation`, has decoded about `fraction` of
+        its output (a place to start the next retrieval on a prefix of it)."""
+
+    def on_node_done(self, s: SchedulerView, node: NodeRun, now: float) -> None:
+        """`node` finished for good (DONE)."""
+
     def keep_speculation(self, s: SchedulerView, node: NodeRun, now: float) -> bool:
         """The inputs of speculatively started `node` are now final: keep its work (True)
         or abort and redo it (False). Default: redo."""

@@ -14,6 +14,8 @@ technique modules of `ragraph.techniques`, each switchable by name for ablations
 - `spec_gen` (`ragraph.techniques.spec_gen`): a generation starts on a partial top-k while
   the engine has headroom (`spec_threshold`, the paper's τ), kept iff the final top-k agrees;
   `spec_after=N` speculates once after N sub-stages instead (the Fig. 17 baseline);
+- `spec_retr` (`ragraph.techniques.spec_retr`): the retrieval after a generation starts on
+  the first `spec_retr_at` of its text, kept iff the real query finds the same top-k;
 - `gpu_cache` (`ragraph.techniques.gpu_cache`): the hottest clusters held on the GPU,
   refreshed every `refresh_every` sub-stages over `pcie`, sized by Eq. 2 (or
   `gpu_cache_clusters=N`); inert on a profile without a GPU (reported as such).
@@ -31,6 +33,7 @@ from ragraph.policies.spec import PolicyType
 from ragraph.techniques.gpu_cache import GpuIndexCache
 from ragraph.techniques.reorder import SimilarityReorder
 from ragraph.techniques.spec_gen import SpeculativeGeneration
+from ragraph.techniques.spec_retr import SpeculativeRetrieval
 from ragraph.techniques.substages import SubStages
 from ragraph.techniques.wavefront import Wavefront
 from ragraph.work import CacheLoad, Lane, SearchBatch
@@ -52,6 +55,7 @@ class HedraOptions(BaseModel):
     wavefront: bool = Field(True, description="sub-stages draw from all concurrent requests (else cohorts)")
     reorder: bool = Field(True, description="similarity-aware reordering and the request's top-20 cache")
     spec_gen: bool = Field(True, description="speculative generation on a partial top-k")
+    spec_retr: bool = Field(True, description="speculative retrieval on a partial generation")
     gpu_cache: bool = Field(True, description="partial GPU index cache (needs a profile with a GPU)")
     budget_factor: FiniteMs = Field(2.0, description="sub-stage budget in moving-average engine steps")
     min_budget_ms: FiniteMs = Field(2.0, description="sub-stage budget clamp")
@@ -62,6 +66,8 @@ class HedraOptions(BaseModel):
     spec_threshold: float = Field(SPEC_THRESHOLD, gt=0, le=1,
                                   description="τ: speculate while engine throughput / peak is below it")
     spec_after: int | None = Field(None, ge=1, description="speculate once after this many sub-stages (baseline)")
+    spec_retr_at: Literal[0.25, 0.5, 0.75] = Field(0.5, description="share of a generation decoded before "
+                                                   "the next retrieval starts on it")
     gpu_cache_clusters: int | None = Field(None, ge=0, description="clusters cached (default: sized by Eq. 2)")
     refresh_every: int = Field(50, ge=1, description="sub-stages between GPU cache refreshes")
     gpu_cache_decay: float = Field(0.5, ge=0, le=1, description="access-frequency decay per refresh")
@@ -85,6 +91,7 @@ class HedraPolicy(Policy):
         self.reorder = SimilarityReorder() if o.reorder else None
         self.spec_gen = SpeculativeGeneration(costs.peak_decode_tokens_s(), o.spec_threshold, o.spec_after) \
             if o.spec_gen else None
+        self.spec_retr = SpeculativeRetrieval(o.spec_retr_at) if o.spec_retr else None
         self.gpu = None
         if o.gpu_cache and getattr(costs, "has_gpu_cache", False):
             self.gpu = GpuIndexCache(costs, clusters=o.gpu_cache_clusters, refresh_every=o.refresh_every,
@@ -92,12 +99,14 @@ class HedraPolicy(Policy):
             self.lanes = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL, Lane.GPU_RETRIEVAL, Lane.PCIE)
 
     def plan_search(self, s: SchedulerView, lane: Lane, now: float) -> SearchBatch | None:
-        if not s.retr_waiting:
+        if not s.retr_waiting and not s.retr_speculative:
             return None
         if lane is Lane.GPU_RETRIEVAL:
             return self.gpu.plan_gpu(s) if self.gpu is not None else None
         if lane is not Lane.CPU_RETRIEVAL:
             return None
+        if self.spec_retr is not None and (spec := self.spec_retr.plan(s)):
+            return SearchBatch(tuple(spec))
         if self.gpu is None:
             return SearchBatch(tuple(self.substages.plan(s, self.wavefront.queries(s))))
         self.gpu.defer_cached(s)
@@ -111,6 +120,16 @@ class HedraPolicy(Policy):
     def on_submit(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         if self.gpu is not None:
             self.gpu.on_submit(run)
+        if self.spec_retr is not None:
+            self.spec_retr.on_submit(s, run)
+
+    def on_generation_progress(self, s: SchedulerView, node: NodeRun, fraction: float, now: float) -> None:
+        if self.spec_retr is not None:
+            self.spec_retr.on_generation_progress(s, node, fraction, now)
+
+    def on_node_done(self, s: SchedulerView, node: NodeRun, now: float) -> None:
+        if self.spec_retr is not None and node.is_retrieve:
+            self.spec_retr.on_node_done(node)
 
     def on_retrieve_ready(self, s: SchedulerView, node: NodeRun, now: float) -> None:
         if self.reorder is not None:
@@ -135,6 +154,8 @@ class HedraPolicy(Policy):
         out: dict[str, object] = {}
         if self.spec_gen is not None:
             out["speculation"] = {**self.spec_gen.report(), "wasted_tokens": s.aborted_tokens}
+        if self.spec_retr is not None:
+            out["speculative_retrieval"] = self.spec_retr.report()
         if self.reorder is not None:
             out["reorder"] = self.reorder.report()
         if self.options.gpu_cache:
@@ -149,4 +170,4 @@ def build(options: HedraOptions, costs: GpuCacheCosts) -> HedraPolicy:
 
 POLICY = PolicyType("hedra", HedraOptions, build,
                     "HedraRAG: sub-stages, wavefronts, reordering, speculation (CPU-GPU overlap)",
-                    ("substages", "wavefront", "reorder", "spec-gen", "gpu-cache"))
+                    ("substages", "wavefront", "reorder", "spec-gen", "spec-retr", "gpu-cache"))

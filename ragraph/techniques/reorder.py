@@ -74,7 +74,7 @@ class SimilarityReorder:
         assert isinstance(spec, Retrieve)
         assert previous.truth is not None
         order = reordered(node.order, previous)
-        seed = previous.truth.top20
+        seed = tuple(dict.fromkeys((*node.seed, *previous.truth.top20)))  # after a speculation's own guess
         s.reorder(node, order, seed=seed)
         if spec.truth is not None:
             self.applied += 1
