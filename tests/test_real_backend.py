@@ -112,8 +112,9 @@ def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, costs, ca
     from experiments.simulate import simulate
 
     requests = requests_of(trace_rows[:10])
-    real = run_real(backend, requests, "hedra", costs)
-    sim = simulate(requests, "hedra", calibrated_profile)
+    policy = "hedra:no-spec-retr"  # a speculative retrieval embeds a prefix of the query besides the query
+    real = run_real(backend, requests, policy, costs)
+    sim = simulate(requests, policy, calibrated_profile)
     assert set(sim.summary) - {"profile", "profile_kind", "seed"} <= set(real.summary)
     text = sum(len(n.query or r.question) for r in requests for n in r.nodes if n.op == "retrieve")
     assert text > 0
