@@ -26,8 +26,8 @@ class ProbeModel:
 
     def probe(self, nprobe: int, previous: list[int] | None = None, keep: list[int] | None = None) -> list[int]:
         """The ordered probe list of one retrieval (`previous`: the request's last one; `keep`:
-        lists of `previous` that must stay, counted in the kept fraction, e.g. the lists that
-        held the previous results where the truth model says the new results lie)."""
+        lists of `previous` to keep first, e.g. the lists that held the previous results where
+        the truth model says the new results lie; still only `overlap` of them are kept)."""
         if nprobe > self.nlist:
             raise ValueError(f"nprobe {nprobe} exceeds the index's {self.nlist} lists")
         score = self.log_weight + self.rng.gumbel(size=self.nlist)
@@ -36,7 +36,7 @@ class ProbeModel:
         prev = np.asarray(previous)
         size = min(len(prev), round(self.overlap * nprobe))
         if keep:
-            must = np.asarray(keep)[:nprobe]
+            must = np.asarray(keep)[:size]
             rest = prev[~np.isin(prev, must)]
             extra = self.rng.choice(rest, size=min(len(rest), max(0, size - len(must))), replace=False)
             kept = np.concatenate([must, extra]).astype(prev.dtype)

@@ -15,8 +15,9 @@ Theory of operation, per retrieval, rank by rank (j = 0..19, best first):
   from `cache_rank[j]`), (B) a new passage in a list that held a previous result (whose rank
   is drawn from `hit_rank[j]`), (C) a new passage in another list of the previous probe list, or
   (D) a new passage in a list the previous retrieval did not probe. The lists that A, B and
-  C name are kept in the follow-up's probe list (`ProbeModel.probe(keep=...)`), so these
-  draws never contradict it;
+  C name are kept in the follow-up's probe list first (`ProbeModel.probe(keep=...)`); where
+  the trace's `overlap` keeps fewer lists than that, the results whose list was dropped fall
+  back to D (so a small `--overlap` lowers the locality);
 - placement: every distinct hit list is put at a position of the probe list drawn from the
   fitted `position_pmf` (where in the coarse order the corpus's hit lists fall, fitted at the
   corpus's nprobe and scaled to the trace's by quantile), swapping it with the list there;
@@ -125,11 +126,14 @@ class TruthModel:
         the hit lists); `plan` from `plan(prev)`, with its kept lists in `probe`."""
         lists: list[int] = []
         ids: list[int] = []
+        here = set(probe)
         avoid = set(prev.ids) if prev else set()
         prev_probe = set(prev.probe) if prev else set()
         prev_hits = set(prev.lists) if prev else set()
         for j in range(TOP):
             cat, r = plan[j] if plan else ("first", -1)
+            if r >= 0 and prev is not None and prev.lists[r] not in here:
+                cat = "other"  # the probe list could not keep it (a small --overlap)
             if cat == "cache":
                 assert prev is not None
                 ids.append(prev.ids[r])
