@@ -192,3 +192,60 @@ def test_simulator_without_truth_reports_no_ids(monkeypatch):
     monkeypatch.setattr(executor, "Scheduler", Recorder)
     executor.Simulation(reqs, make_policy("hedra", latency), latency, timeline=False).run()
     assert Recorder.searches and all(not r.topk for _, r in Recorder.searches)
+
+
+# --- the synthetic truth model ------------------------------------------------------------------
+
+
+def synthetic(seed: int, k: int = 1, nprobe: int = 32, nlist: int = 256, workflows=("irg", "multistep", "hyde")):
+    return generate_trace(TraceConfig(tuple(workflows), 2.0, 60.0, seed=seed, nprobe=nprobe, k=k, nlist=nlist))
+
+
+def test_synthetic_truth_is_deterministic_and_consistent(tmp_path):
+    from traces.truth_model import ID_STRIDE
+
+    rows = synthetic(5, k=3)
+    assert rows == synthetic(5, k=3)
+    assert rows != synthetic(6, k=3)
+    reqs = load_trace(write(tmp_path / "s.jsonl", rows))  # validated: hits in the probe lists, top20 starts with topk
+    rets = [n for r in reqs for n in r.nodes if isinstance(n, Retrieve)]
+    assert rets and all(n.truth is not None for n in rets)
+    for n in rets:
+        assert [i // ID_STRIDE for i in n.truth.topk] == list(n.truth.hits)
+        assert len(n.truth.top20) == 20 and len(n.truth.topk) == 3
+    prefixed = [n.truth.prefix_same for n in rets if n.truth.prefix_same]
+    assert prefixed and all(list(p) == sorted(p) for p in prefixed)  # a longer prefix agrees if a shorter does
+
+
+def test_synthetic_locality_near_the_corpus_measurement():
+    from traces.locality import locality
+    from traces.truth_model import TruthParams
+
+    measured = TruthParams.load().fitted_on["corpus_locality_k1"]
+    reqs = [to_request_row(r) for r in synthetic(11, workflows=("irg", "multistep"))]
+    loc = locality(reqs)
+    assert loc is not None and loc["follow_ups"] > 50
+    for key in ("topk_in_previous_top20", "hits_in_previous_hits", "hits_in_previous_probe"):
+        assert abs(loc[key] - measured[key]) < 0.15, (key, loc[key], measured[key])
+
+
+def test_synthetic_hit_positions_follow_the_fit():
+    """Hit lists sit early in the probe order, as fitted (scaled to the trace's nprobe)."""
+    import numpy as np
+
+    from traces.truth_model import TruthParams
+
+    pmf = np.asarray(TruthParams.load().position_pmf)
+    fitted_mean = float((np.arange(len(pmf)) + 0.5) @ pmf / len(pmf))  # as a share of nprobe
+    rows = synthetic(3, k=20, nprobe=256, nlist=4096)
+    share = [st["clusters"].index(c) / 256 for r in rows for st in r["stages"] if st["op"] == "retrieve"
+             for c in set(st["truth"]["hits"])]
+    assert abs(float(np.mean(share)) - fitted_mean) < 0.08
+    assert fitted_mean < 0.4  # the corpus's hits lie early in the coarse order
+
+
+def to_request_row(row: dict):
+    from ragraph.workflows import WorkflowRegistry
+    from traces.schema import TraceRequest, to_request
+
+    return to_request(TraceRequest.model_validate(row), WorkflowRegistry())

@@ -3,8 +3,10 @@
 Arrivals are Poisson (exponential gaps, as the HedraRAG artifact drives its runs) or
 gamma-distributed gaps with a coefficient of variation `cv` (cv > 1: bursty). Token
 lengths and iteration counts follow `traces.datasets`; probe lists follow
-`traces.probes`. Independent random streams (arrivals, lengths, probes) are spawned from
-one seed, so the same seed and options give the same trace, byte for byte.
+`traces.probes`; each retrieval's truth (its results and their lists) is drawn by
+`traces.truth_model`, which also picks the previous lists a follow-up keeps. Independent
+random streams (arrivals, lengths, probes, truth) are spawned from one seed, so the same
+seed and options give the same trace, byte for byte.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from traces.datasets import (
     TOKENS_PER_WORD,
 )
 from traces.probes import ProbeModel
+from traces.truth_model import DrawnTruth, TruthModel, TruthParams
 
 MAX_REQUESTS = 5_000_000  # one trace file; beyond it, generate several
+TRUTH_STREAM = 5  # child of SeedSequence(seed) feeding the truth model (0-3 here, 4 real_trace)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class TraceConfig:
     zipf: float = 0.8  # popularity exponent of IVF lists
     overlap: float = 0.5  # fraction of a retrieval's lists its successor keeps
     iterations: int | None = None  # fixed iteration count (default: per workflow)
+    truth: bool = True  # draw each retrieval's truth from the fitted model (traces.truth_model)
 
     def __post_init__(self) -> None:
         for name in ("rate", "duration_s", "cv", "zipf", "overlap"):
@@ -97,17 +102,28 @@ class _Lengths:
 
 
 def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, iters: int,
-             lengths: _Lengths, probes: ProbeModel) -> dict:
+             lengths: _Lengths, probes: ProbeModel, truths: TruthModel | None) -> dict:
     question = lengths.question(spec.dataset)
     stages: list[dict] = []
     carried = 0  # generated tokens the next prompt carries
     passages = 0  # retrieved-passage tokens the next prompt carries
     previous: list[int] | None = None
+    drawn: DrawnTruth | None = None
     iterative = bool(spec.loop)
     for step in spec.unroll(iters):
         if step.op is Op.RETRIEVE:
-            previous = probes.probe(cfg.nprobe, previous)
-            stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": cfg.k, "clusters": previous})
+            if truths is None:
+                previous = probes.probe(cfg.nprobe, previous)
+                stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": cfg.k,
+                               "clusters": previous})
+            else:
+                plan, keep = truths.plan(drawn)
+                previous = probes.probe(cfg.nprobe, previous, keep)
+                drawn = truths.draw(previous, drawn, plan)
+                after_gen = bool(stages) and stages[-1]["op"] == "generate"
+                stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": cfg.k,
+                               "clusters": previous,
+                               "truth": drawn.record(cfg.k, truths.prefix_same(cfg.k) if after_gen else [])})
             passages = cfg.k * PASSAGE_TOKENS
             if not iterative:
                 carried = 0
@@ -127,9 +143,10 @@ def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -
     """The trace as a list of JSON-ready request dicts (see traces.schema.TraceRequest)."""
     registry = registry or WorkflowRegistry()
     specs = [registry.get(w) for w in cfg.workflows]
-    arrivals_rng, mix_rng, length_rng, probe_rng = (np.random.default_rng(s)
-                                                    for s in np.random.SeedSequence(cfg.seed).spawn(4))
+    streams = np.random.SeedSequence(cfg.seed).spawn(TRUTH_STREAM + 1)  # child 4: backends.real_trace
+    arrivals_rng, mix_rng, length_rng, probe_rng = (np.random.default_rng(s) for s in streams[:4])
     probes = ProbeModel(cfg.nlist, cfg.zipf, cfg.overlap, probe_rng)
+    truths = TruthModel(TruthParams.load(), np.random.default_rng(streams[TRUTH_STREAM])) if cfg.truth else None
     lengths = _Lengths(length_rng)
     out = []
     for i, t in enumerate(arrival_times(cfg, arrivals_rng)):
@@ -140,7 +157,7 @@ def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -
             iters = int(mix_rng.choice(len(ITERATIONS[spec.name]), p=ITERATIONS[spec.name]))
         else:
             iters = spec.default_iterations
-        out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes))
+        out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes, truths))
     return out
 
 

@@ -24,15 +24,24 @@ class ProbeModel:
         ranks = rng.permutation(nlist) + 1
         self.log_weight = -zipf * np.log(ranks)  # popularity of each list
 
-    def probe(self, nprobe: int, previous: list[int] | None = None) -> list[int]:
-        """The ordered probe list of one retrieval (`previous`: the request's last one)."""
+    def probe(self, nprobe: int, previous: list[int] | None = None, keep: list[int] | None = None) -> list[int]:
+        """The ordered probe list of one retrieval (`previous`: the request's last one; `keep`:
+        lists of `previous` to keep first, e.g. the lists that held the previous results where
+        the truth model says the new results lie; still only `overlap` of them are kept)."""
         if nprobe > self.nlist:
             raise ValueError(f"nprobe {nprobe} exceeds the index's {self.nlist} lists")
         score = self.log_weight + self.rng.gumbel(size=self.nlist)
         if not previous:
             return np.argsort(-score)[:nprobe].tolist()
         prev = np.asarray(previous)
-        kept = self.rng.choice(prev, size=min(len(prev), round(self.overlap * nprobe)), replace=False)
+        size = min(len(prev), round(self.overlap * nprobe))
+        if keep:
+            must = np.asarray(keep)[:size]
+            rest = prev[~np.isin(prev, must)]
+            extra = self.rng.choice(rest, size=min(len(rest), max(0, size - len(must))), replace=False)
+            kept = np.concatenate([must, extra]).astype(prev.dtype)
+        else:
+            kept = self.rng.choice(prev, size=size, replace=False)
         blocked = score.copy()
         blocked[prev] = -np.inf
         fresh = np.argsort(-blocked)[: nprobe - len(kept)]

@@ -8,10 +8,12 @@ from itertools import pairwise
 import numpy as np
 
 from ragraph.graph import Generate, Request, Retrieve
+from traces.locality import PAPER_FIG9A, locality
 
 
 def trace_stats(requests: list[Request]) -> dict[str, object]:
-    """Counts, arrival rate, token and probe-list statistics of loaded requests."""
+    """Counts, arrival rate, token and probe-list statistics of loaded requests; with truth,
+    the locality of follow-up retrievals (traces.locality) beside the paper's Fig. 9a."""
     arrivals = np.array(sorted(r.arrival_s for r in requests))
     gaps = np.diff(arrivals)
     gens = [n for r in requests for n in r.nodes if isinstance(n, Generate)]
@@ -23,7 +25,8 @@ def trace_stats(requests: list[Request]) -> dict[str, object]:
     for r in requests:
         chain = [n for n in r.nodes if isinstance(n, Retrieve)]
         overlaps += [len(set(a.clusters) & set(b.clusters)) / len(b.clusters) for a, b in pairwise(chain)]
-    return {
+    loc = locality(requests)
+    out: dict[str, object] = {
         "requests": len(requests),
         "workflows": dict(Counter(r.workflow for r in requests)),
         "span_s": float(arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0,
@@ -38,3 +41,6 @@ def trace_stats(requests: list[Request]) -> dict[str, object]:
         "top10pct_lists_share": float(counts[:top].sum() / counts.sum()) if len(counts) else None,
         "successive_overlap_mean": float(np.mean(overlaps)) if overlaps else None,
     }
+    if loc is not None:
+        out["locality"] = {**loc, "paper_fig9a": PAPER_FIG9A}
+    return out
