@@ -100,7 +100,8 @@ class GenStepResult:
         return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
                 "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting,
                 "context_tokens": self.context_tokens, "preempted": self.preempted, "admitted": self.admitted,
-                "admitted_tokens": self.admitted_tokens, "prefill_attention": self.prefill_attention}
+                "admitted_tokens": self.admitted_tokens, "prefill_attention": self.prefill_attention,
+                "aborted_tokens": self.aborted_tokens}
 
 
 # --- retrieval --------------------------------------------------------------------------
@@ -142,16 +143,18 @@ class SearchBatch:
 
         queries: scans in the call; new_queries: those in their first sub-stage; clusters:
         (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded;
-        embed_max_chars: the longest of those texts (the embedder pads to it)."""
-        pairs = vectors = new = chars = longest = 0
+        embed_max_chars: the longest of those texts (the embedder pads to it); speculative: scans
+        on a prefix of their query (speculative retrievals)."""
+        pairs = vectors = new = chars = longest = speculative = 0
         for t in self.tasks:
             pairs += len(t.clusters)
             vectors += sum(map(list_sizes.__getitem__, t.clusters))
             new += t.first
             chars += t.embed_chars
             longest = max(longest, t.embed_chars)
+            speculative += t.prefix < 1
         return {"queries": len(self.tasks), "new_queries": new, "clusters": pairs, "vectors": vectors,
-                "embed_chars": chars, "embed_max_chars": longest}
+                "embed_chars": chars, "embed_max_chars": longest, "speculative": speculative}
 
 
 @dataclass(frozen=True, slots=True)
