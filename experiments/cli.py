@@ -172,7 +172,11 @@ def trace_stats(
 
     with user_errors():
         requests = load_trace(trace, load_workflows(workflows))
-    typer.echo(json.dumps(stats_of(requests), indent=2))
+    stats = stats_of(requests)
+    typer.echo(json.dumps(stats, indent=2))
+    if stats["out_of_order_arrivals"]:
+        typer.echo(f"note: {stats['out_of_order_arrivals']} requests arrive before a line above them;"
+                   " hedra sim and hedra run sort requests by arrival_s", err=True)
 
 
 corpus_app = typer.Typer(help="Real corpora: passages, embeddings and a FAISS IVF index.", no_args_is_help=True)

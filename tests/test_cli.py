@@ -379,3 +379,15 @@ def test_impossible_run_options(tmp_path, trace, args):
     out = tmp_path / "run"
     extra = ("--trace", trace, "--policy", "hedra") if args[0] == "sim" else ()
     assert_usage_error(hedra(*args, *extra, "--out", out), out)
+
+
+def test_trace_stats_reports_out_of_order_arrivals(tmp_path, trace):
+    lines = trace.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    proc = hedra("trace", "stats", shuffled)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["out_of_order_arrivals"] == 1
+    assert "sort requests by arrival_s" in proc.stderr
+    proc = hedra("trace", "stats", trace)
+    assert json.loads(proc.stdout)["out_of_order_arrivals"] == 0 and not proc.stderr
