@@ -1,16 +1,30 @@
-"""Simulator speed: simulated seconds per wall-clock second.
+"""Simulator speed: simulated seconds per wall-clock second, in process and end to end.
 
-Generates a 300-second `irg` trace at 12 req/s (seed 0, the default nprobe 256), writes and
-reloads it as a user would, and simulates it under `hedra` (goal: >= 500x real time on a
-2-core machine) and, as the in-run reference, under `flashrag`. Each policy runs
-`--repeats` times; medians are printed. `--demo` also times `hedra demo` end to end.
+1. irg: a 300-second `irg` trace at 12 req/s (seed 0, the default nprobe 256), written and
+   reloaded as a user would. In process, `Simulation.run()` under `hedra` (goal >= 1000x real
+   time) and under `flashrag`, the in-run reference. End to end, `hedra sim` under `hedra` as
+   a new process (`python -m experiments.cli sim`, what the `hedra` console script runs), from
+   process start to outputs written (goal >= 500x real time).
+2. Generation only: 3000 requests of 512 prompt / 128 output tokens, Poisson at 10 req/s (seed 0),
+   a one-step workflow; `hedra sim` end to end against DistServe's SimPy simulator
+   (`simdistserve.benchmarks.simulate_dist`, DistServe backend, OPT-13B, the same arrivals)
+   end to end (goal: hedra >= 10x faster). DistServe runs when `--distserve DIR` (a checkout
+   holding `simdistserve/`; or $HEDRA_DISTSERVE) is given, with `--distserve-python` (a Python
+   with its dependencies: numpy, pandas, simpy, tqdm; or $HEDRA_DISTSERVE_PYTHON); otherwise the
+   figure last measured on the 2-core machine is printed, marked as not re-measured.
 
-    python benchmarks/sim_speed.py [--repeats 3] [--demo]
+Every figure is the median of `--repeats` runs.
+
+    python benchmarks/sim_speed.py [--repeats 3] [--distserve DIR --distserve-python PY] [--demo]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,42 +39,104 @@ from sim.executor import Simulation
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import load_trace
 
+ROOT = Path(__file__).resolve().parents[1]
+# DistServe's simulator on the generation-only workload, last measured on the 2-core machine
+# (2026-12-01, DistServe 82831f1, --backend distserve, median of 2 runs): used when it is not at hand.
+DISTSERVE_LAST_S = 3.3
+GEN_WORKFLOW = """[[workflow]]
+name = "generate"
+description = "G only: one generation, no retrieval"
+head = [{op = "generate"}]
+"""
+
+
+def median_wall(cmd: list[str], repeats: int, cwd: Path, env: dict[str, str] | None = None,
+                before=lambda: None) -> float:
+    """Median wall seconds of running `cmd` to its end (`before` runs untimed before each)."""
+    walls = []
+    for _ in range(repeats):
+        before()
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls)
+
+
+def hedra_sim_e2e(trace: Path, out: Path, repeats: int, *extra: str) -> tuple[float, float]:
+    """(median wall s, simulated s) of `hedra sim` as a fresh process."""
+    cmd = [sys.executable, "-m", "experiments.cli", "sim", "--trace", str(trace), "--policy", "hedra",
+           "--out", str(out), *extra]
+    wall = median_wall(cmd, repeats, ROOT, before=lambda: shutil.rmtree(out, ignore_errors=True))
+    return wall, json.loads((out / "summary.json").read_text())["sim_s"]
+
+
+def irg(tmp: Path, args: argparse.Namespace) -> None:
+    profile = load_profile()
+    latency = LatencyModel(profile)
+    path = tmp / "irg.jsonl"
+    write_jsonl(generate_trace(TraceConfig(("irg",), args.rate, args.duration, seed=0)), path)
+    requests = load_trace(path, nlist=profile.index.nlist)
+    print(f"irg trace: {len(requests)} requests over {args.duration:.0f} s at {args.rate:g} req/s")
+    speeds = {}
+    for policy in ("flashrag", "hedra"):
+        runs = [Simulation(requests, make_policy(policy, latency), latency).run() for _ in range(args.repeats)]
+        wall = statistics.median(r.wall_s for r in runs)
+        speeds[policy] = runs[0].sim_s / wall
+        print(f"  in process, {policy:8s}: {runs[0].sim_s:6.1f} simulated s in {wall:.3f} s:"
+              f" {speeds[policy]:6.0f}x real time")
+    wall, sim_s = hedra_sim_e2e(path, tmp / "irg-out", args.repeats)
+    print(f"  end to end, hedra sim: {sim_s:6.1f} simulated s in {wall:.3f} s: {sim_s / wall:6.0f}x real time")
+    print(f"irg: hedra {speeds['hedra']:.0f}x in process (goal >= 1000x), {sim_s / wall:.0f}x end to end"
+          f" (goal >= 500x); hedra/flashrag in-process speed ratio {speeds['hedra'] / speeds['flashrag']:.2f}")
+
+
+def generation_only(tmp: Path, args: argparse.Namespace) -> None:
+    rng = random.Random(0)
+    t, arrivals = 0.0, []
+    for _ in range(3000):
+        t += rng.expovariate(10.0)
+        arrivals.append(round(t, 6))
+    trace, workflows = tmp / "gen.jsonl", tmp / "gen.toml"
+    workflows.write_text(GEN_WORKFLOW)
+    trace.write_text("".join(json.dumps({"id": f"g{i:06d}", "arrival_s": a, "workflow": "generate", "stages": [
+        {"op": "generate", "prompt_tokens": 512, "output_tokens": 128}]}) + "\n" for i, a in enumerate(arrivals)))
+    wall, sim_s = hedra_sim_e2e(trace, tmp / "gen-out", args.repeats, "--workflows", str(workflows))
+    print(f"generation only (3000 x 512/128 tokens at 10 req/s): hedra sim end to end {wall:.3f} s"
+          f" ({sim_s:.0f} simulated s, {sim_s / wall:.0f}x real time)")
+    if args.distserve:
+        workload = tmp / "distserve.json"
+        workload.write_text(json.dumps([{"start_time": a, "prompt_len": 512, "output_len": 128} for a in arrivals]))
+        cmd = [args.distserve_python, "-m", "simdistserve.benchmarks.simulate_dist", "--backend", "distserve",
+               "--model", "facebook/opt-13b", "--workload", str(workload), "--arrival", "custom", "--N", "3000",
+               "--output", str(tmp / "distserve.csv")]
+        env = {**os.environ, "PYTHONPATH": str(Path(args.distserve).resolve())}
+        ds = median_wall(cmd, args.repeats, tmp, env)
+        note = "measured in this run"
+    else:
+        ds, note = DISTSERVE_LAST_S, "NOT re-measured: last figure on the 2-core machine; pass --distserve DIR"
+    print(f"  DistServe's simulator end to end {ds:.3f} s ({note})")
+    print(f"generation only: hedra sim {ds / wall:.1f}x faster than DistServe's simulator end to end (goal >= 10x)")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--duration", type=float, default=300.0)
     ap.add_argument("--rate", type=float, default=12.0)
+    ap.add_argument("--distserve", default=os.environ.get("HEDRA_DISTSERVE"),
+                    help="a DistServe checkout (the folder holding simdistserve/)")
+    ap.add_argument("--distserve-python", default=os.environ.get("HEDRA_DISTSERVE_PYTHON", sys.executable),
+                    help="the Python that runs DistServe's simulator (with numpy, pandas, simpy, tqdm)")
     ap.add_argument("--demo", action="store_true", help="also time `hedra demo`")
     args = ap.parse_args()
-    profile = load_profile()
-    latency = LatencyModel(profile)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "irg.jsonl"
-        t0 = time.perf_counter()
-        write_jsonl(generate_trace(TraceConfig(("irg",), args.rate, args.duration, seed=0)), path)
-        t1 = time.perf_counter()
-        requests = load_trace(path, nlist=profile.index.nlist)
-        t2 = time.perf_counter()
-        print(f"trace: {len(requests)} irg requests over {args.duration:.0f} s at {args.rate:g} req/s;"
-              f" generated in {t1 - t0:.2f} s, loaded in {t2 - t1:.2f} s")
-        speeds = {}
-        for policy in ("flashrag", "hedra"):
-            runs = []
-            for _ in range(args.repeats):
-                res = Simulation(requests, make_policy(policy, latency), latency, timeline=False).run()
-                runs.append((res.sim_s / res.wall_s, res.wall_s, res.sim_s))
-            speed, wall, sim_s = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
-                                  runs[0][2])
-            speeds[policy] = speed
-            print(f"{policy:9s} {sim_s:7.1f} simulated s in {wall:.3f} wall s (median of {args.repeats}):"
-                  f" {speed:7.0f}x real time")
-        print(f"hedra speed: {speeds['hedra']:.0f}x real time (goal >= 500x);"
-              f" hedra/flashrag speed ratio {speeds['hedra'] / speeds['flashrag']:.2f}")
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        irg(tmp, args)
+        generation_only(tmp, args)
         if args.demo:
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "experiments.cli", "demo", "--out", str(Path(tmp) / "demo")],
-                           check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "experiments.cli", "demo", "--out", str(tmp / "demo")],
+                           cwd=ROOT, check=True, capture_output=True)
             print(f"hedra demo: {time.perf_counter() - t:.1f} s wall (goal < 120 s)")
 
 

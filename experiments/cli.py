@@ -18,11 +18,6 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from backends.corpus import CorpusError, default_corpus_dir, read_manifest
-from backends.embedder import EmbedderUnavailable
-from backends.ivf import RetrieverUnavailable
-from backends.real import BackendError
-from backends.vllm_engine import EngineUnavailable, VLLMHandleError
 from experiments.outdir import OutputError, check_output_dir
 from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from ragraph.policies import PolicyError, parse_policy
@@ -40,13 +35,25 @@ class UsageError(ValueError):
     """An option value that cannot work."""
 
 
+# Input errors of the real backend's modules, looked up only where the module was imported: the
+# simulator's commands never import them (they are slow to import), and so cannot raise them.
+_BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("BackendError",),
+                   "backends.embedder": ("EmbedderUnavailable",), "backends.ivf": ("RetrieverUnavailable",),
+                   "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError")}
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    backend = tuple(getattr(sys.modules[module], name) for module, names in _BACKEND_ERRORS.items()
+                    if module in sys.modules for name in names)
+    return (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, *backend)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn input errors into one stderr line and exit code 2."""
     try:
         yield
-    except (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, CorpusError,
-            BackendError, EmbedderUnavailable, RetrieverUnavailable, EngineUnavailable, VLLMHandleError) as exc:
+    except _input_errors() as exc:
         typer.echo(f"hedra: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # e.g. an output path under a regular file, or no permission
@@ -165,7 +172,11 @@ def trace_stats(
 
     with user_errors():
         requests = load_trace(trace, load_workflows(workflows))
-    typer.echo(json.dumps(stats_of(requests), indent=2))
+    stats = stats_of(requests)
+    typer.echo(json.dumps(stats, indent=2))
+    if stats["out_of_order_arrivals"]:
+        typer.echo(f"note: {stats['out_of_order_arrivals']} requests arrive before a line above them;"
+                   " hedra sim and hedra run sort requests by arrival_s", err=True)
 
 
 corpus_app = typer.Typer(help="Real corpora: passages, embeddings and a FAISS IVF index.", no_args_is_help=True)
@@ -234,7 +245,7 @@ def sim(
     workflows: WorkflowsOpt = None,
 ) -> None:
     """Simulate a trace under a policy; write requests.parquet, summary.json, timeline.json."""
-    from experiments.results import write_run
+    from experiments.results import lane_tracks, write_run
     from experiments.simulate import simulate
 
     with user_errors():
@@ -246,7 +257,9 @@ def sim(
                                      " (hedra calibrate) or regenerate the trace")
         parse_policy(policy)  # refuse a bad spec before running
         run = simulate(requests, policy, prof, seed=seed, meta={"trace": str(trace)})
-        write_run(out, run.result.records, run.summary, run.result.timeline)
+        hw = prof.hardware
+        write_run(out, run.result.records, run.summary, run.result.timeline,
+                  lane_tracks(hw.gpu, hw.gen_cores, hw.retrieval_cores))
     s = run.summary
     lat = s["latency_s"]
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
@@ -370,7 +383,7 @@ def run(
     from rich.console import Console
 
     from experiments.realrun import run_real
-    from experiments.results import write_run
+    from experiments.results import lane_tracks, write_run
     from hwmodel.latency import LatencyModel
 
     console = Console(stderr=True)
@@ -383,7 +396,9 @@ def run(
         console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
         run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
                         meta={"trace": str(trace), "profile": prof.name})
-        write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)
+        write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
+                  lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
+                              body.retrieval_cores))
         body.close()
     s = run_.summary
     lat = s["latency_s"]
@@ -399,7 +414,7 @@ def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry,
     than the corpus, a profile measured on another index. Returns (body, the requests of
     each trace); the checks run before the engines load where the
     corpus exists already, and once more after a first-use build."""
-    from backends.corpus import index_identity
+    from backends.corpus import default_corpus_dir, index_identity, read_manifest
     from backends.real import RealBackend
 
     corpus_dir = options.corpus or default_corpus_dir()

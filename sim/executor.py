@@ -177,21 +177,24 @@ class Simulation:
     def _lane(self, lane: Lane, done: simpy.Event):
         env, sched, name = self.env, self.sched, lane.value
         dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
+        timeline = self._timeline if self._keep_timeline else None
+        busy, free, execute, timeout = self._busy_s, self._lane_free, self._execute, env.timeout  # (hot loop)
         while True:
-            item = sched.next_work(lane, env.now)
+            now = env.now
+            item = sched.next_work(lane, now)
             if item is None:
                 yield self._wake
                 continue
-            seconds, result, args, changed = self._execute(item, env.now - self._lane_free[name])
+            seconds, result, args, changed = execute(item, now - free[name])
             if seconds:
-                yield env.timeout(seconds + dispatch)
-                self._lane_free[name] = env.now
-                self._busy_s[name] += seconds
-                if self._keep_timeline:
-                    self._timeline.append((name, type(item).__name__, env.now - seconds - dispatch, seconds, args))
+                yield timeout(seconds + dispatch)
+                now = free[name] = env.now
+                busy[name] += seconds
+                if timeline is not None:
+                    timeline.append((name, type(item).__name__, now - seconds - dispatch, seconds, args))
             if isinstance(item, SearchBatch):
                 result = self._scans.finish(item)  # the running top-k as of now, not as of the dispatch
-            sched.complete(item, result, env.now)
+            sched.complete(item, result, now)
             if changed:
                 self._notify()
                 self._check_done(done)

@@ -26,3 +26,11 @@ def test_stats_recover_rate_burstiness_overlap_and_skew():
     assert bursty["gap_cv"] > 2.0
     flat = trace_stats(requests(zipf=0.0))
     assert poisson["top10pct_lists_share"] > flat["top10pct_lists_share"] + 0.05
+
+
+def test_stats_count_out_of_order_arrivals():
+    reqs = requests(duration_s=5.0)
+    assert trace_stats(reqs)["out_of_order_arrivals"] == 0
+    swapped = [reqs[1], reqs[0], *reqs[2:]]  # the first line arrives after the second
+    assert trace_stats(swapped)["out_of_order_arrivals"] == 1
+    assert trace_stats([*reqs[1:], reqs[0]])["out_of_order_arrivals"] == 1  # the first request, moved last
