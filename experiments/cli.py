@@ -595,6 +595,57 @@ def model_tiny(
     typer.echo(f"wrote a random-weight Llama ({layers} layers, hidden {hidden}) to {out}")
 
 
+@app.command("figure")
+def figure(
+    number: Annotated[int, typer.Argument(help="The HedraRAG paper's figure: 12, 13, 14 or 16.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default hedra-figure-N).")] = None,
+    log: Annotated[bool, typer.Option("--log", help="Log-scale y axis instead of the paper's capped one.")] = False,
+    duration: Annotated[float | None, typer.Option(
+        help="Seconds of Poisson arrivals per point (default 30; --quick 10); figure 13 is offline (1024 requests"
+             " at once) and takes none.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Two rates, one nprobe row, 64 offline requests:"
+                                                        " a smoke run in seconds.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
+    """Reproduce a HedraRAG (SOSP 2025) figure in simulation on the default profile; write PNG and CSV and
+    print the paper's numbers beside Hedra's."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from experiments.figures import FIGURES, run_figure
+
+    console = Console(stderr=True)
+    with user_errors():
+        if number not in FIGURES:
+            raise UsageError(f"figure {number}: not reproduced (figures: {', '.join(map(str, FIGURES))})")
+        fig = FIGURES[number]
+        if duration is not None and fig.offline:
+            raise UsageError(f"--duration {duration:g}: figure {number} is offline ({fig.requests} requests at"
+                             " t = 0); leave --duration out")
+        if duration is not None and not (1 <= duration <= 3600):
+            raise UsageError(f"--duration {duration:g}: need between 1 and 3600 s of arrivals")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers {workers}: need at least 1")
+        out = out if out is not None else Path(f"hedra-figure-{number}")
+        check_output_dir(out)
+        with console.status(f"figure {number}: simulating...") as status:
+            result = run_figure(number, out, duration_s=duration or (10.0 if quick else 30.0), quick=quick,
+                                log=log, workers=workers,
+                                progress=lambda d, t: status.update(f"figure {number}: {d}/{t} points simulated"))
+    table = Table(title=f"{fig.title}\nHedra: simulated on {DEFAULT_PROFILE}; paper: H100 + 64-core EPYC"
+                        " (docs/figures.md)", title_justify="left")
+    for col in ("quantity", "paper", "hedra"):
+        table.add_column(col, overflow="fold")
+    for c in result.comparisons:
+        table.add_row(c.quantity, c.paper, c.hedra)
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout.width = 132
+    stdout.print(table)
+    typer.echo(f"figure-{number}.png, figure-{number}.csv and figure-{number}-paper.csv in {out}/"
+               f" ({len(result.rows)} simulations, {result.wall_s:.0f} s)")
+
+
 def main() -> None:
     app(prog_name="hedra")
 
