@@ -8,6 +8,7 @@ there is one, exits with code 2 and writes nothing.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -23,15 +24,17 @@ from backends.embedder import EmbedderUnavailable
 from backends.ivf import RetrieverUnavailable
 from backends.real import BackendError
 from backends.vllm_engine import EngineUnavailable, VLLMHandleError
-from experiments.outdir import OutputError, check_output_dir
+from experiments.listing import KINDS, help_epilog, workflow_lines
+from experiments.listing import lines as listing_lines
+from experiments.outdir import OutputError, check_output_dir, check_output_file, output_errors
 from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
-from ragraph.policies import PolicyError, parse_policy
-from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
-from traces.generate import TraceConfig, generate_trace, write_jsonl
+from ragraph.policies import POLICIES, PolicyError, parse_policy
+from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError, WorkflowRegistry, WorkflowSpec
+from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
 app = typer.Typer(help="Hedra: RAG serving policies, simulated and real.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, epilog=help_epilog())
 trace_app = typer.Typer(help="Make and inspect workload traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
@@ -83,7 +86,9 @@ WorkflowsOpt = Annotated[Path | None, typer.Option("--workflows", help="TOML/JSO
 
 @trace_app.command("gen")
 def trace_gen(
-    workflow: Annotated[str, typer.Option(help="Workflow name, or several comma-separated (equal mix).")],
+    workflow: Annotated[str, typer.Option(
+        help=f"Workflow name ({', '.join(BUILTIN_WORKFLOWS)}, or one of --workflows), or several comma-separated"
+             " (equal mix).")],
     rate: Annotated[float, typer.Option(help="Mean arrivals per second.")],
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.")],
     out: Annotated[Path, typer.Option(help="Trace file to write (JSON Lines).")],
@@ -108,6 +113,7 @@ def trace_gen(
 ) -> None:
     """Generate a trace: synthetic, or with real questions and probe lists from a corpus (--corpus)."""
     with user_errors():
+        check_output_file(out)
         registry = load_workflows(workflows)
         names = tuple(w.strip() for w in workflow.split(",") if w.strip())
         if not names:
@@ -137,6 +143,9 @@ def trace_gen(
             nprobe = max(1, nlist // 8) if nprobe is None else nprobe
             if nprobe > nlist:
                 raise UsageError(f"--nprobe {nprobe} exceeds the {nlist} lists of the corpus index at {real.path}")
+        _check_trace_options(rate=rate, duration=duration, arrival=arrival, cv=cv, k=k, zipf=zipf, overlap=overlap,
+                             nprobe=256 if nprobe is None else nprobe, nlist=4096 if nlist is None else nlist,
+                             iterations=iterations)
         try:
             cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
                               4096 if nlist is None else nlist, zipf, overlap, iterations)
@@ -151,8 +160,32 @@ def trace_gen(
 
             rows = realize_trace(rows, real, embedder_for(real), seed=seed, questions=asked,
                                  progress=sys.stderr.isatty())
-        write_jsonl(rows, out)
+        check_output_file(out)
+        with output_errors(out):
+            write_jsonl(rows, out)
     typer.echo(f"wrote {len(rows)} requests to {out}")
+
+
+def _check_trace_options(*, rate: float, duration: float, arrival: str, cv: float, k: int, zipf: float,
+                         overlap: float, nprobe: int, nlist: int, iterations: int | None) -> None:
+    """Refuse the first impossible `trace gen` option, by its name and the value typed."""
+    checks = [
+        ("--rate", rate, math.isfinite(rate) and rate > 0, "need a finite number of arrivals per second > 0"),
+        ("--duration", duration, math.isfinite(duration) and duration > 0, "need a finite number of seconds > 0"),
+        ("--arrival", arrival, arrival in ("poisson", "gamma"), "expected poisson or gamma"),
+        ("--cv", cv, math.isfinite(cv) and cv > 0, "need a finite coefficient of variation > 0"),
+        ("--k", k, k >= 1, "need at least 1 passage per retrieval"),
+        ("--nlist", nlist, nlist >= 1, "need at least 1 list"),
+        ("--nprobe", nprobe, 1 <= nprobe <= nlist, f"need 1 <= nprobe <= nlist ({nlist})"),
+        ("--zipf", zipf, math.isfinite(zipf) and zipf >= 0, "need a finite exponent >= 0"),
+        ("--overlap", overlap, 0 <= overlap <= 1, "need a fraction between 0 and 1"),
+        ("--iterations", iterations, iterations is None or iterations >= 0, "need 0 or more"),
+    ]
+    for option, value, ok, need in checks:
+        if not ok:
+            raise UsageError(f"{option} {f'{value:g}' if isinstance(value, float) else value}: {need}")
+    if rate * duration > MAX_REQUESTS:
+        raise UsageError(f"--rate {rate:g} x --duration {duration:g}: over {MAX_REQUESTS:,} requests; split the trace")
 
 
 @trace_app.command("stats")
@@ -227,9 +260,11 @@ def corpus_info(
 @app.command("sim")
 def sim(
     trace: Annotated[Path, typer.Option(help="Trace file (JSON Lines).")],
-    policy: Annotated[str, typer.Option(help="Policy spec, e.g. hedra or hedra:no-wavefront.")],
+    policy: Annotated[str, typer.Option(help=f"Policy spec: {', '.join(POLICIES)}, with options, e.g."
+                                             " hedra:no-wavefront (hedra list policies).")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    profile: Annotated[str, typer.Option(help="Shipped profile name or a profile file.")] = DEFAULT_PROFILE,
+    profile: Annotated[str, typer.Option(help="Shipped profile name (hedra list profiles) or a profile file.")
+                       ] = DEFAULT_PROFILE,
     seed: Annotated[int, typer.Option(help="Seed for stochastic result models.")] = 0,
     workflows: WorkflowsOpt = None,
 ) -> None:
@@ -593,6 +628,21 @@ def model_tiny(
             raise UsageError(f"--hidden {hidden} / --heads {heads}: head size must be a whole number >= 32")
         make_tiny_model(out, layers=layers, hidden=hidden, heads=heads, vocab=vocab, seed=seed)
     typer.echo(f"wrote a random-weight Llama ({layers} layers, hidden {hidden}) to {out}")
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[str, typer.Argument(help="policies, workflows or profiles.",
+                                        metavar="policies|workflows|profiles")],
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Print the policies (with their options), workflows or shipped profiles a command accepts."""
+    with user_errors():
+        if kind not in KINDS:
+            raise UsageError(f"hedra list {kind}: expected one of {', '.join(KINDS)}")
+        registry = load_workflows(workflows) if workflows is not None else None
+        text = workflow_lines(registry) if kind == "workflows" else listing_lines(kind)
+    typer.echo("\n".join(text))
 
 
 @app.command("figure")
