@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import threading
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -400,8 +403,10 @@ def run(
     cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's own log lines (INFO).")] = False,
 ) -> None:
-    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
+    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
+    Ctrl-C stops it: every request ends (completed or failed "interrupted"), the outputs are written, exit 130."""
     from rich.console import Console
 
     from experiments.realrun import run_real
@@ -409,24 +414,68 @@ def run(
     from hwmodel.latency import LatencyModel
 
     console = Console(stderr=True)
-    with user_errors():
-        check_output_dir(out)
-        parse_policy(policy)  # refuse a bad spec before loading anything
-        prof = _profile_of_body(profile, backend)
-        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
-        body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
-        console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
-        run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
-                        meta={"trace": str(trace), "profile": prof.name})
-        write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)
-        body.close()
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process (backends.paths)
+    body = None
+    try:
+        with user_errors():
+            check_output_dir(out)
+            parse_policy(policy)  # refuse a bad spec before loading anything
+            prof = _profile_of_body(profile, backend)
+            options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
+            body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
+            console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+            with _replay_progress(console) as hook:
+                run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
+                                meta={"trace": str(trace), "profile": prof.name}, executor_hook=hook)
+            write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None)
+    except KeyboardInterrupt:  # before the replay began (loading, building): nothing to write
+        typer.echo("hedra: interrupted before the replay began; nothing written", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if body is not None:
+            body.close()
     s = run_.summary
     lat = s["latency_s"]
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
     typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
                f" {s['wall_s']:.1f} s wall -> {out}")
     if run_.result.stopped == "interrupted":
+        typer.echo(f"hedra: interrupted: {s['completed']} of {s['requests']} requests completed before Ctrl-C,"
+                   f" the rest failed \"interrupted\"; outputs written to {out}", err=True)
         raise typer.Exit(130)
+
+
+@contextmanager
+def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[object], None]]:
+    """Show `requests done/N` while a replay runs: a spinner on a terminal, else a line every
+    `every_s` seconds. Yields the executor hook that starts it."""
+    stop = threading.Event()
+    executors: list = []
+
+    def poll() -> None:
+        last = time.monotonic()
+        with console.status("replaying...") as status:
+            while not stop.wait(0.5):
+                done, total = executors[0].progress()
+                text = f"{done}/{total} requests done"
+                status.update(f"replaying: {text}")
+                if not console.is_terminal and time.monotonic() - last >= every_s:
+                    console.print(text)
+                    last = time.monotonic()
+
+    thread = threading.Thread(target=poll, name="progress", daemon=True)
+
+    def hook(executor: object) -> None:
+        executors.append(executor)
+        thread.start()
+
+    try:
+        yield hook
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(2)
 
 
 def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry, console):
