@@ -82,3 +82,14 @@ def test_write_errors_name_the_out_path_not_the_temporary(tmp_path):
     assert str(err.value).startswith(f"{path}: cannot write") and ".tmp-" not in str(err.value)
     with pytest.raises(OSError, match="unrelated"), atomic_dir(out):  # other files' errors pass unchanged
         raise OSError(errno.ENOENT, "unrelated", "/elsewhere/file")
+
+
+def test_corpus_build_progress_as_messages():
+    from backends.corpus import _bar
+
+    seen: list[str] = []
+    with _bar(1000, "embedding passages", seen.append) as bar:
+        bar.update(512)
+        bar.update(488)
+    assert seen == ["embedding passages: 0/1,000 passages", "embedding passages: 512/1,000 passages",
+                    "embedding passages: 1,000/1,000 passages"]
