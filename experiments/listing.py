@@ -89,7 +89,7 @@ def help_epilog() -> str:
         parts.append(f"{name}: {ptype.summary}. " + (f"Options: {options}." if options else "No options."))
     registry = WorkflowRegistry()
     parts.append(f"Workflows: {', '.join(registry.names())} (hedra list workflows; your own with --workflows FILE).")
-    profiles = [line.split(":")[0] for line in profile_lines()[:-1]]
+    profiles = sorted(p.stem for p in PROFILE_DIR.glob("*.json"))  # names only: no profile is parsed at start-up
     parts.append(f"Profiles: {', '.join(profiles)}, or a profile file (hedra list profiles).")
     return "\n\n".join(parts)
 
