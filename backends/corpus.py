@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,7 +133,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+Progress = bool | Callable[[str], None]  # a tqdm bar on stderr (True), none (False), or messages to a callback
+
+
+class _MessageBar:
+    """A tqdm-like bar that reports `desc: done/total passages` to a callback (a spinner's text)."""
+
+    def __init__(self, total: int, desc: str, report: Callable[[str], None]) -> None:
+        self.total, self.desc, self.report, self.done = total, desc, report, 0
+
+    def __enter__(self) -> _MessageBar:
+        self.report(f"{self.desc}: 0/{self.total:,} passages")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.report(f"{self.desc}: {self.done:,}/{self.total:,} passages")
+
+
+def _bar(total: int, desc: str, enabled: Progress) -> Any:
+    if callable(enabled):
+        return _MessageBar(total, desc, enabled)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="psg", disable=not enabled, file=sys.stderr, leave=False)
@@ -199,7 +223,7 @@ def _flashrag_contents(title: str, text: str) -> str:
     return f'"{title}"\n{text}'
 
 
-def _embed_passages(passages: pd.DataFrame, embedder: Embedder, progress: bool) -> tuple[np.ndarray, float]:
+def _embed_passages(passages: pd.DataFrame, embedder: Embedder, progress: Progress) -> tuple[np.ndarray, float]:
     contents = [_flashrag_contents(t, x) for t, x in zip(passages["title"], passages["text"], strict=True)]
     vecs = np.zeros((len(contents), embedder.dim), dtype=np.float32)
     t0 = time.perf_counter()
@@ -226,7 +250,7 @@ def _train_index(vecs: np.ndarray, nlist: int, seed: int) -> tuple[Any, float]:
 
 
 def _embed_and_index(passages: pd.DataFrame, embedder: Embedder | None, nlist: int | None, seed: int,
-                     progress: bool) -> tuple[Any, Embedder, dict[str, float]]:
+                     progress: Progress) -> tuple[Any, Embedder, dict[str, float]]:
     """Embed the passages and train their IVF index (nlist by `nlist_for` unless given; checked
     before the embedder loads); returns the index, the embedder used and the manifest's timings."""
     n_lists = nlist if nlist is not None else nlist_for(len(passages))
@@ -387,7 +411,7 @@ def _split_articles(rows: list[dict], passage_words: int) -> tuple[pd.DataFrame,
 
 def build_wiki_corpus(out_dir: str | Path, *, max_articles: int | None = None, passage_words: int = 100,
                       nlist: int | None = None, seed: int = 0, embedder: Embedder | None = None,
-                      progress: bool = True) -> Corpus:
+                      progress: Progress = True) -> Corpus:
     """Build the Wikipedia-summaries corpus into `out_dir` (which must not exist, or be empty)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -421,7 +445,7 @@ def build_wiki_corpus(out_dir: str | Path, *, max_articles: int | None = None, p
 
 def ensure_wiki_corpus(out_dir: str | Path | None = None, *, max_articles: int | None = None,
                        passage_words: int = 100, nlist: int | None = None, seed: int = 0,
-                       embedder: Embedder | None = None, progress: bool = True) -> Corpus:
+                       embedder: Embedder | None = None, progress: Progress = True) -> Corpus:
     """Load the wiki corpus at `out_dir` (default `default_corpus_dir()`), building it if absent.
 
     An existing corpus must match the request (source file hash, max_articles,
@@ -677,7 +701,7 @@ def _articles_of(passages: pd.DataFrame) -> pd.DataFrame:
 
 def build_corpus_from_flashrag(jsonl: str | Path, out_dir: str | Path, index_path: str | Path | None = None, *,
                                nlist: int | None = None, seed: int = 0, embedder: Embedder | None = None,
-                               progress: bool = True) -> Corpus:
+                               progress: Progress = True) -> Corpus:
     """A corpus folder from a FlashRAG corpus JSONL.
 
     Without `index_path` the passages are embedded and indexed (IndexIVFFlat, inner

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends.paths import vllm_environment
 from backends.worker_process import WorkerProcess, serve, started
 from ragraph.work import GenStep, GenStepResult
 
@@ -35,6 +36,7 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
     if cores:
         os.sched_setaffinity(0, set(cores))
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    vllm_environment()
 
     def build() -> tuple[Any, dict[str, object]]:
         import torch

@@ -106,6 +106,10 @@ class RealExecutor:
     def now(self) -> float:
         return self._clock() - self._t0
 
+    def progress(self) -> tuple[int, int]:
+        """(requests ended, requests in the run): for a progress display, from any thread."""
+        return self._ended, len(self.requests)
+
     def stop(self, reason: StopReason = "interrupted") -> None:
         """End the run early (Ctrl-C does this): lanes finish their item, the rest fails."""
         with self._cond:

@@ -1,4 +1,4 @@
-"""Where the real backend caches what it builds once: models and corpora."""
+"""Where the real backend caches what it builds once: models, corpora, vLLM's compile cache."""
 
 from __future__ import annotations
 
@@ -9,3 +9,11 @@ from pathlib import Path
 def hedra_home() -> Path:
     """$HEDRA_HOME, default ~/.cache/hedra."""
     return Path(os.environ.get("HEDRA_HOME") or Path.home() / ".cache" / "hedra")
+
+
+def vllm_environment() -> None:
+    """Before vLLM is imported: its caches (torch.compile artefacts, kernels) under
+    $HEDRA_HOME/vllm, and its logging at WARNING (quiet); a value the user set wins
+    (`hedra run -v` sets VLLM_LOGGING_LEVEL=INFO)."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(hedra_home() / "vllm"))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

@@ -126,7 +126,7 @@ class RealBackend:
         gen_cores, ret_cores = options.core_split()  # on a GPU machine the engine thread only drives the GPU
         threads = len(ret_cores)
         progress("loading the corpus and its index (built on first use)")
-        corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus()
+        corpus = load_corpus(options.corpus) if options.corpus else ensure_wiki_corpus(progress=progress)
         progress("loading the embedder")
         # on the CPU the lane's searches run in a worker process on the retrieval cores (GIL: see retrieval_worker.py)
         retrieval = embedder_for(corpus, device="cuda") if gpu else RetrievalProcess(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends.paths import vllm_environment
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 
@@ -99,6 +100,7 @@ def synthetic_prompt_ids(task: GenTask, *, low: int, high: int, seed: int = 0) -
 
 def _vllm_import() -> Any:
     """The vllm module, or EngineUnavailable with one line."""
+    vllm_environment()
     try:
         import vllm
     except ImportError as e:  # also torch missing or broken next to vllm

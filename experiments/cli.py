@@ -8,9 +8,13 @@ there is one, exits with code 2 and writes nothing.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+import threading
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,15 +22,17 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from experiments.outdir import OutputError, check_output_dir
+from experiments.listing import KINDS, help_epilog, workflow_lines
+from experiments.listing import lines as listing_lines
+from experiments.outdir import OutputError, check_output_dir, check_output_file, output_errors
 from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
-from ragraph.policies import PolicyError, parse_policy
-from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
-from traces.generate import TraceConfig, generate_trace, write_jsonl
+from ragraph.policies import POLICIES, PolicyError, parse_policy
+from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError, WorkflowRegistry, WorkflowSpec
+from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
 app = typer.Typer(help="Hedra: RAG serving policies, simulated and real.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, epilog=help_epilog())
 trace_app = typer.Typer(help="Make and inspect workload traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
@@ -90,7 +96,9 @@ WorkflowsOpt = Annotated[Path | None, typer.Option("--workflows", help="TOML/JSO
 
 @trace_app.command("gen")
 def trace_gen(
-    workflow: Annotated[str, typer.Option(help="Workflow name, or several comma-separated (equal mix).")],
+    workflow: Annotated[str, typer.Option(
+        help=f"Workflow name ({', '.join(BUILTIN_WORKFLOWS)}, or one of --workflows), or several comma-separated"
+             " (equal mix).")],
     rate: Annotated[float, typer.Option(help="Mean arrivals per second.")],
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.")],
     out: Annotated[Path, typer.Option(help="Trace file to write (JSON Lines).")],
@@ -115,6 +123,7 @@ def trace_gen(
 ) -> None:
     """Generate a trace: synthetic, or with real questions and probe lists from a corpus (--corpus)."""
     with user_errors():
+        check_output_file(out)
         registry = load_workflows(workflows)
         names = tuple(w.strip() for w in workflow.split(",") if w.strip())
         if not names:
@@ -144,6 +153,9 @@ def trace_gen(
             nprobe = max(1, nlist // 8) if nprobe is None else nprobe
             if nprobe > nlist:
                 raise UsageError(f"--nprobe {nprobe} exceeds the {nlist} lists of the corpus index at {real.path}")
+        _check_trace_options(rate=rate, duration=duration, arrival=arrival, cv=cv, k=k, zipf=zipf, overlap=overlap,
+                             nprobe=256 if nprobe is None else nprobe, nlist=4096 if nlist is None else nlist,
+                             iterations=iterations)
         try:
             cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
                               4096 if nlist is None else nlist, zipf, overlap, iterations)
@@ -158,8 +170,32 @@ def trace_gen(
 
             rows = realize_trace(rows, real, embedder_for(real), seed=seed, questions=asked,
                                  progress=sys.stderr.isatty())
-        write_jsonl(rows, out)
+        check_output_file(out)
+        with output_errors(out):
+            write_jsonl(rows, out)
     typer.echo(f"wrote {len(rows)} requests to {out}")
+
+
+def _check_trace_options(*, rate: float, duration: float, arrival: str, cv: float, k: int, zipf: float,
+                         overlap: float, nprobe: int, nlist: int, iterations: int | None) -> None:
+    """Refuse the first impossible `trace gen` option, by its name and the value typed."""
+    checks = [
+        ("--rate", rate, math.isfinite(rate) and rate > 0, "need a finite number of arrivals per second > 0"),
+        ("--duration", duration, math.isfinite(duration) and duration > 0, "need a finite number of seconds > 0"),
+        ("--arrival", arrival, arrival in ("poisson", "gamma"), "expected poisson or gamma"),
+        ("--cv", cv, math.isfinite(cv) and cv > 0, "need a finite coefficient of variation > 0"),
+        ("--k", k, k >= 1, "need at least 1 passage per retrieval"),
+        ("--nlist", nlist, nlist >= 1, "need at least 1 list"),
+        ("--nprobe", nprobe, 1 <= nprobe <= nlist, f"need 1 <= nprobe <= nlist ({nlist})"),
+        ("--zipf", zipf, math.isfinite(zipf) and zipf >= 0, "need a finite exponent >= 0"),
+        ("--overlap", overlap, 0 <= overlap <= 1, "need a fraction between 0 and 1"),
+        ("--iterations", iterations, iterations is None or iterations >= 0, "need 0 or more"),
+    ]
+    for option, value, ok, need in checks:
+        if not ok:
+            raise UsageError(f"{option} {f'{value:g}' if isinstance(value, float) else value}: {need}")
+    if rate * duration > MAX_REQUESTS:
+        raise UsageError(f"--rate {rate:g} x --duration {duration:g}: over {MAX_REQUESTS:,} requests; split the trace")
 
 
 @trace_app.command("stats")
@@ -238,9 +274,11 @@ def corpus_info(
 @app.command("sim")
 def sim(
     trace: Annotated[Path, typer.Option(help="Trace file (JSON Lines).")],
-    policy: Annotated[str, typer.Option(help="Policy spec, e.g. hedra or hedra:no-wavefront.")],
+    policy: Annotated[str, typer.Option(help=f"Policy spec: {', '.join(POLICIES)}, with options, e.g."
+                                             " hedra:no-wavefront (hedra list policies).")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
-    profile: Annotated[str, typer.Option(help="Shipped profile name or a profile file.")] = DEFAULT_PROFILE,
+    profile: Annotated[str, typer.Option(help="Shipped profile name (hedra list profiles) or a profile file.")
+                       ] = DEFAULT_PROFILE,
     seed: Annotated[int, typer.Option(help="Seed for stochastic result models.")] = 0,
     workflows: WorkflowsOpt = None,
 ) -> None:
@@ -378,8 +416,10 @@ def run(
     cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's own log lines (INFO).")] = False,
 ) -> None:
-    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`."""
+    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
+    Ctrl-C stops it: every request ends (completed or failed "interrupted"), the outputs are written, exit 130."""
     from rich.console import Console
 
     from experiments.realrun import run_real
@@ -387,26 +427,70 @@ def run(
     from hwmodel.latency import LatencyModel
 
     console = Console(stderr=True)
-    with user_errors():
-        check_output_dir(out)
-        parse_policy(policy)  # refuse a bad spec before loading anything
-        prof = _profile_of_body(profile, backend)
-        options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
-        body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
-        console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
-        run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
-                        meta={"trace": str(trace), "profile": prof.name})
-        write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
-                  lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
-                              body.retrieval_cores))
-        body.close()
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process (backends.paths)
+    body = None
+    try:
+        with user_errors():
+            check_output_dir(out)
+            parse_policy(policy)  # refuse a bad spec before loading anything
+            prof = _profile_of_body(profile, backend)
+            options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
+            body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
+            console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+            with _replay_progress(console) as hook:
+                run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
+                                meta={"trace": str(trace), "profile": prof.name}, executor_hook=hook)
+            write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
+                      lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
+                                  body.retrieval_cores))
+    except KeyboardInterrupt:  # before the replay began (loading, building): nothing to write
+        typer.echo("hedra: interrupted before the replay began; nothing written", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if body is not None:
+            body.close()
     s = run_.summary
     lat = s["latency_s"]
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
     typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
                f" {s['wall_s']:.1f} s wall -> {out}")
     if run_.result.stopped == "interrupted":
+        typer.echo(f"hedra: interrupted: {s['completed']} of {s['requests']} requests completed before Ctrl-C,"
+                   f" the rest failed \"interrupted\"; outputs written to {out}", err=True)
         raise typer.Exit(130)
+
+
+@contextmanager
+def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[object], None]]:
+    """Show `requests done/N` while a replay runs: a spinner on a terminal, else a line every
+    `every_s` seconds. Yields the executor hook that starts it."""
+    stop = threading.Event()
+    executors: list = []
+
+    def poll() -> None:
+        last = time.monotonic()
+        with console.status("replaying...") as status:
+            while not stop.wait(0.5):
+                done, total = executors[0].progress()
+                text = f"{done}/{total} requests done"
+                status.update(f"replaying: {text}")
+                if not console.is_terminal and time.monotonic() - last >= every_s:
+                    console.print(text)
+                    last = time.monotonic()
+
+    thread = threading.Thread(target=poll, name="progress", daemon=True)
+
+    def hook(executor: object) -> None:
+        executors.append(executor)
+        thread.start()
+
+    try:
+        yield hook
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(2)
 
 
 def _open_checked(options, prof, traces: list[Path], registry: WorkflowRegistry, console):
@@ -608,6 +692,72 @@ def model_tiny(
             raise UsageError(f"--hidden {hidden} / --heads {heads}: head size must be a whole number >= 32")
         make_tiny_model(out, layers=layers, hidden=hidden, heads=heads, vocab=vocab, seed=seed)
     typer.echo(f"wrote a random-weight Llama ({layers} layers, hidden {hidden}) to {out}")
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[str, typer.Argument(help="policies, workflows or profiles.",
+                                        metavar="policies|workflows|profiles")],
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Print the policies (with their options), workflows or shipped profiles a command accepts."""
+    with user_errors():
+        if kind not in KINDS:
+            raise UsageError(f"hedra list {kind}: expected one of {', '.join(KINDS)}")
+        registry = load_workflows(workflows) if workflows is not None else None
+        text = workflow_lines(registry) if kind == "workflows" else listing_lines(kind)
+    typer.echo("\n".join(text))
+
+
+@app.command("figure")
+def figure(
+    number: Annotated[int, typer.Argument(help="The HedraRAG paper's figure: 12, 13, 14 or 16.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default hedra-figure-N).")] = None,
+    log: Annotated[bool, typer.Option("--log", help="Log-scale y axis instead of the paper's capped one.")] = False,
+    duration: Annotated[float | None, typer.Option(
+        help="Seconds of Poisson arrivals per point (default 30; --quick 10); figure 13 is offline (1024 requests"
+             " at once) and takes none.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Two rates, one nprobe row, 64 offline requests:"
+                                                        " a smoke run in seconds.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+) -> None:
+    """Reproduce a HedraRAG (SOSP 2025) figure in simulation on the default profile; write PNG and CSV and
+    print the paper's numbers beside Hedra's."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from experiments.figures import FIGURES, run_figure
+
+    console = Console(stderr=True)
+    with user_errors():
+        if number not in FIGURES:
+            raise UsageError(f"figure {number}: not reproduced (figures: {', '.join(map(str, FIGURES))})")
+        fig = FIGURES[number]
+        if duration is not None and fig.offline:
+            raise UsageError(f"--duration {duration:g}: figure {number} is offline ({fig.requests} requests at"
+                             " t = 0); leave --duration out")
+        if duration is not None and not (1 <= duration <= 3600):
+            raise UsageError(f"--duration {duration:g}: need between 1 and 3600 s of arrivals")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers {workers}: need at least 1")
+        out = out if out is not None else Path(f"hedra-figure-{number}")
+        check_output_dir(out)
+        with console.status(f"figure {number}: simulating...") as status:
+            result = run_figure(number, out, duration_s=duration or (10.0 if quick else 30.0), quick=quick,
+                                log=log, workers=workers,
+                                progress=lambda d, t: status.update(f"figure {number}: {d}/{t} points simulated"))
+    table = Table(title=f"{fig.title}\nHedra: simulated on {DEFAULT_PROFILE}; paper: H100 + 64-core EPYC"
+                        " (docs/figures.md)", title_justify="left")
+    for col in ("quantity", "paper", "hedra"):
+        table.add_column(col, overflow="fold")
+    for c in result.comparisons:
+        table.add_row(c.quantity, c.paper, c.hedra)
+    stdout = Console()
+    if not stdout.is_terminal:
+        stdout.width = 132
+    stdout.print(table)
+    typer.echo(f"figure-{number}.png, figure-{number}.csv and figure-{number}-paper.csv in {out}/"
+               f" ({len(result.rows)} simulations, {result.wall_s:.0f} s)")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ real one (`backends.real.RealBackend`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from ragraph.policies import parse_policy
 from ragraph.records import RunResult
 
 if TYPE_CHECKING:
+    from backends.executor import RealExecutor
     from backends.real import RealBackend
 
 
@@ -26,10 +28,12 @@ class RealRun:
 
 
 def run_real(backend: RealBackend, requests: list[Request], policy: str, costs: SearchCostModel, *,
-             timeline: bool = True, meta: dict[str, object] | None = None) -> RealRun:
+             timeline: bool = True, meta: dict[str, object] | None = None,
+             executor_hook: Callable[[RealExecutor], None] | None = None) -> RealRun:
     """Replay `requests` on `backend` under the policy spec `policy` (its time-based decisions
-    priced by `costs`, the profile's latency model)."""
-    result = backend.replay(requests, policy, costs, timeline=timeline)
+    priced by `costs`, the profile's latency model); `executor_hook` sees the executor before
+    it starts (the CLI reads its progress)."""
+    result = backend.replay(requests, policy, costs, timeline=timeline, executor_hook=executor_hook)
     options = parse_policy(policy).resolved()
     summary = summarize(result, {"body": "real", "policy": policy, "policy_options": options, **backend.describe(),
                                  **(meta or {})})

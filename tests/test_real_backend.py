@@ -190,6 +190,8 @@ def test_cli_run_and_ctrl_c(tmp_path, tiny_model_dir, wiki_corpus, embedder, cal
     reader.join(10)
     err = "".join(err_lines)
     assert proc.returncode == 130, err[-2000:]
+    assert "hedra: interrupted:" in err and f"outputs written to {out}" in err
+    assert " INFO " not in err, err[-2000:]  # vLLM's INFO lines only with -v
     summary = json.loads((out / "summary.json").read_text())
     frame = pd.read_parquet(out / "requests.parquet")
     assert summary["requests"] == len(rows) == len(frame)
