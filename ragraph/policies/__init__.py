@@ -9,13 +9,12 @@ from __future__ import annotations
 from ragraph.costs import SearchCostModel
 from ragraph.policies import flashrag, hedra, langchain
 from ragraph.policies.base import Policy, PolicyError
-from ragraph.policies.spec import PolicyChoice, PolicyType, describe
+from ragraph.policies.spec import PolicyChoice, PolicyType
 from ragraph.policies.spec import parse_policy as _parse
 
 POLICIES: dict[str, PolicyType] = {p.name: p for p in (langchain.POLICY, flashrag.POLICY, hedra.POLICY)}
 
-__all__ = ["POLICIES", "Policy", "PolicyChoice", "PolicyError", "PolicyType", "describe", "make_policy",
-           "parse_policy"]
+__all__ = ["POLICIES", "Policy", "PolicyChoice", "PolicyError", "PolicyType", "make_policy", "parse_policy"]
 
 
 def parse_policy(spec: str) -> PolicyChoice:

@@ -93,12 +93,3 @@ def parse_policy(spec: str, registry: dict[str, PolicyType]) -> PolicyChoice:
         err = exc.errors()[0]
         where = f"option {'.'.join(str(p) for p in err['loc'])}" if err["loc"] else "options"
         raise PolicyError(f"policy {ptype.name!r}: {where}: {err['msg']}") from None
-
-
-def describe(ptype: PolicyType) -> list[str]:
-    """Lines describing a policy's options (name, type, default), for listings."""
-    lines = []
-    for key, field in ptype.options.model_fields.items():
-        kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        lines.append(f"{key}: {kind} = {field.default!r}" + (f"  # {field.description}" if field.description else ""))
-    return lines
