@@ -1,4 +1,4 @@
-"""Terminal rendering of the demo's results."""
+"""Terminal rendering of the demo's results (and `hedra compare`'s table)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ SHORT = {"langchain": "LC", "flashrag": "FR", "hedra": "HD"}
 
 def demo_table(table: pd.DataFrame, profile: str) -> Table:
     """P50/P99 latency per workflow, rate and policy, with hedra's speedup over each baseline."""
+    ablations = [p for p in dict.fromkeys(table["policy"]) if p not in SHORT]
     t = Table(title=f"Simulated latency in seconds ({profile}); LC langchain, FR flashrag, HD hedra;"
-                    " speedup = baseline / hedra", title_justify="left")
+                    " speedup = baseline / hedra" + ("; HD ablations: P50" if ablations else ""), title_justify="left")
     t.add_column("workflow")
     t.add_column("req/s", justify="right")
     for q in ("P50", "P99"):
@@ -19,6 +20,8 @@ def demo_table(table: pd.DataFrame, profile: str) -> Table:
             t.add_column(f"{q} {policy}", justify="right")
     t.add_column("HD speedup P50\nvs LC / FR", justify="right")
     t.add_column("HD speedup P99\nvs LC / FR", justify="right")
+    for policy in ablations:
+        t.add_column(policy.removeprefix("hedra:").replace("substages=", "substages\n="), justify="right")
     by = table.set_index(["workflow", "rate", "policy"])
     for wf in dict.fromkeys(table["workflow"]):
         for i, rate in enumerate(sorted(set(table.loc[table["workflow"] == wf, "rate"]))):
@@ -28,6 +31,7 @@ def demo_table(table: pd.DataFrame, profile: str) -> Table:
             h = by.loc[(wf, rate, "hedra")]
             for q in ("p50", "p99"):
                 cells.append(f"{h[f'{q}_x_vs_langchain']:.1f} / {h[f'{q}_x_vs_flashrag']:.1f}")
+            cells += [f"{by.loc[(wf, rate, p), 'p50_s']:.2f}" for p in ablations]
             t.add_row(*cells)
         t.add_section()
     return t
