@@ -323,6 +323,38 @@ def sweep(
     typer.echo(f"{len(table)} cells -> {out}/sweep.parquet")
 
 
+@app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (hedra sim / run) and sweep folders (hedra sweep).")],
+    out: Annotated[Path, typer.Option(help="Output folder: compare.csv and plots.")],
+    by: Annotated[str, typer.Option(help="What the series are: policy, workflow, body, profile, seed, trace, run.")]
+    = "policy",
+    baseline: Annotated[str | None, typer.Option(
+        help="The --by value speedups are against (default: the first run's), e.g. flashrag.")] = None,
+) -> None:
+    """Compare runs: one table (CSV and printed) and plots (latency CDFs, latency against rate, lane
+    utilisation, speedups against the baseline)."""
+    from rich.console import Console
+
+    from experiments.compare import BY, CompareError
+    from experiments.compare import compare as run_compare
+    from experiments.report import compare_table
+
+    with user_errors():
+        if by not in BY:
+            raise UsageError(f"--by {by}: expected one of {', '.join(BY)}")
+        check_output_dir(out)
+        try:
+            table, base = run_compare(runs, out, by=by, baseline=baseline)
+        except CompareError as exc:
+            raise UsageError(str(exc)) from None
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    console.print(compare_table(table, by, base))
+    typer.echo(f"compare.csv and plots in {out}/")
+
+
 def _sweep_runner(workers: int | None, ray: str | None):
     """The runner of `--workers N` / `--ray [ADDRESS]` (checked before anything runs)."""
     from experiments.sweep import default_workers, inline_runner, pool_runner, ray_runner

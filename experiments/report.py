@@ -35,3 +35,23 @@ def demo_table(table: pd.DataFrame, profile: str) -> Table:
             t.add_row(*cells)
         t.add_section()
     return t
+
+
+def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
+    """`hedra compare`'s runs: what ran, latency, throughput and the speedup over the baseline."""
+    t = Table(title=f"Runs by {by}; speedup = {baseline}'s latency / the run's (same workflow and rate)",
+              title_justify="left")
+    cols = [by, *(c for c in ("workflow", "rate", "body", "policy", "seed") if c != by)]
+    for c in cols:
+        t.add_column(c, justify="right" if c in ("rate", "seed") else "left")
+    for c in ("done/all", "P50 s", "P99 s", "req/s out", f"P50 x vs {baseline}", f"P99 x vs {baseline}"):
+        t.add_column(c, justify="right")
+
+    def num(v: object, fmt: str) -> str:
+        return "-" if v is None or pd.isna(v) else format(v, fmt)
+
+    for r in table.to_dict("records"):
+        t.add_row(*(str(r[c]) if c != "rate" else f"{r[c]:g}" for c in cols), f"{r['completed']}/{r['requests']}",
+                  num(r["p50_s"], ".3f"), num(r["p99_s"], ".3f"), num(r["throughput_rps"], ".2f"),
+                  num(r[f"p50_x_vs_{baseline}"], ".2f"), num(r[f"p99_x_vs_{baseline}"], ".2f"))
+    return t

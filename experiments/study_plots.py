@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import get_args
 
 import matplotlib
 
@@ -19,10 +20,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from experiments.sweepspec import Plot
 from ragraph.work import LANES
 
 POLICY_STYLE = {"langchain": "tab:gray", "flashrag": "tab:blue", "hedra": "tab:red"}
 MAX_PANELS = 6  # CDF panels (rates) per figure
+PLOTS_OF_RUNS: tuple[str, ...] = get_args(Plot)  # every plot there is
 
 
 def file_stem(text: str) -> str:
@@ -137,11 +140,11 @@ def speedup(rows: pd.DataFrame, path: Path, title: str, baseline: str) -> Path:
 
 
 def study_plots(table: pd.DataFrame, out: Path, plots: Iterable[str], by: str, baseline: str | None,
-                subtitle: str) -> list[Path]:
-    """Write the asked plots, one PNG per workflow each: `<plot>-<workflow>.png`."""
+                subtitle: str, panel: str = "workflow") -> list[Path]:
+    """Write the asked plots, one PNG per `panel` value (workflow) each: `<plot>-<workflow>.png`."""
     rows = table.assign(series=series_of(table, by))
     written = []
-    for wf, g in rows.groupby("workflow", sort=False):
+    for wf, g in rows.groupby(panel, sort=False):
         stem, title = file_stem(str(wf)), f"{wf} ({subtitle})"
         for plot in plots:
             path = out / f"{plot}-{stem}.png"

@@ -233,8 +233,9 @@ def prepare_out(out: Path) -> None:
 
 def run_cells(cells: list[Cell], out: Path, runner: Runner, *, options: CellOptions = CellOptions(),
               progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
-    """Run the cells not stored yet under `out`, storing each as it finishes; return every
+    """Run the cells not stored yet under `out` (made a sweep folder), storing each as it finishes; return every
     cell's row in grid order. Ctrl-C raises SweepInterrupted (stored cells stay)."""
+    prepare_out(out)
     store = CellStore(out)
     rows: dict[Cell, dict] = {}
     for cell in cells:
@@ -294,7 +295,6 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, runner: Runner,
     from experiments.study_plots import sweep_plots
 
     started = time.perf_counter()
-    prepare_out(out)
     options = CellOptions(str(out / "runs") if spec.runs or spec.timeline else "", spec.timeline)
     rows = run_cells(cells, out, runner, options=options, progress=progress)
     table = sweep_table(rows, spec.baseline or spec.policy_specs()[0])

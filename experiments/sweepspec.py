@@ -39,7 +39,7 @@ from ragraph.policies import PolicyError, parse_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry
 from traces.schema import TraceError, load_trace
 
-PLOTS = ("latency-vs-rate", "cdf", "utilisation", "speedup")
+Plot = Literal["latency-vs-rate", "cdf", "utilisation", "speedup"]  # drawn by experiments.study_plots
 Positive = Annotated[float, Field(gt=0, lt=1e6, allow_inf_nan=False)]
 
 
@@ -106,7 +106,7 @@ class SweepSpec(_Strict):
     workflows: list[str] = Field(default_factory=list)
     rates: list[Positive] = Field(default_factory=list)
     workload: list[Workload] = Field(default_factory=list)
-    plots: list[Literal[PLOTS]] = Field(default_factory=lambda: ["latency-vs-rate"])  # type: ignore[valid-type]
+    plots: list[Plot] = Field(default_factory=lambda: ["latency-vs-rate"])
     runs: bool = False  # keep each cell's run folder (requests.parquet, summary.json) under runs/
     timeline: bool = False  # ... and its timeline.json (slow; for a few cells)
 
@@ -176,11 +176,24 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        # a str | PolicyGrid field reports both branches; the table's error is the one to show
-        err = next((e for e in errors if "PolicyGrid" in map(str, e["loc"])), errors[0]) if isinstance(
-            data.get("policies"), list) else errors[0]
-        raise _fail(path, _loc(err["loc"]), err["msg"]) from None
+        raise _fail(path, *_first_error(exc.errors(), data)) from None
+
+
+def _first_error(errors: list, data: dict) -> tuple[str, str]:
+    """(field, message) of the error to show: a policies entry that is neither a string nor a
+    table says so, once; an unknown key is called one."""
+    err = errors[0]
+    loc = err["loc"]
+    if loc[:1] == ("policies",) and len(loc) >= 2 and isinstance(loc[1], int):
+        entry = data["policies"][loc[1]]
+        table_errors = [e for e in errors if e["loc"][:3] == ("policies", loc[1], "PolicyGrid")]
+        if isinstance(entry, dict) and table_errors:
+            err = table_errors[0]
+        elif not isinstance(entry, str | dict):
+            return f"policies[{loc[1]}]", 'expected a policy spec ("hedra:no-reorder") or a table { name, grid }'
+    if err["type"] == "extra_forbidden":
+        return _loc(err["loc"]), "unknown key"
+    return _loc(err["loc"]), err["msg"].removeprefix("Value error, ")
 
 
 def profile_ref(ref: str, base: Path) -> str:
