@@ -267,7 +267,7 @@ def demo(
     from rich.console import Console
 
     from experiments.demo import run_demo
-    from experiments.report import demo_table
+    from experiments.report import ablation_table, demo_table
 
     with user_errors():
         if not (10 <= duration <= 3600):
@@ -281,6 +281,7 @@ def demo(
     if not out_console.is_terminal:
         out_console.width = 132
     out_console.print(demo_table(table, prof.name))
+    out_console.print(ablation_table(table) or "")
     typer.echo(f"table, summary and plots in {out}/")
 
 
@@ -365,11 +366,11 @@ def _sweep_runner(workers: int | None, ray: str | None):
             import ray as _ray  # noqa: F401
         except ImportError:
             raise UsageError("--ray: Ray is not installed (pip install -e '.[ray]')") from None
-        return ray_runner(None if ray == RAY_LOCAL else ray, n)
+        return ray_runner(ray, n)
     return inline_runner if n == 1 else pool_runner(n)
 
 
-RAY_LOCAL = "local"  # what a bare `--ray` stands for: start a local Ray instance
+RAY_LOCAL = "local"  # what a bare `--ray` stands for: start a local Ray instance (Ray's own word for it)
 
 
 @contextmanager

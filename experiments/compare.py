@@ -4,8 +4,9 @@ Reads run folders (`hedra sim`, `hedra run`: requests.parquet + summary.json) an
 folders (`hedra sweep`, `hedra demo`: sweep.parquet, one row per cell), puts one row per
 run into one table, and adds each row's P50/P99 speedup over the baseline: the row whose
 `--by` value is the baseline and which agrees with it on the other columns that say what
-ran (workflow, rate, policy, profile, seed; with `--by body` only workflow, rate and
-policy, since a real run has no seed and runs on the machine its profile measured).
+ran (workflow, rate, policy, profile, seed, body; a value a run does not record, such as a
+real run's seed, matches any; with `--by body` only workflow, rate and policy count, since
+the simulator and the real body are compared on the same trace whatever their profiles).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from experiments.sweep import QUANTILES
 from ragraph.work import LANES
 
 BY = ("policy", "workflow", "body", "profile", "seed", "trace", "run")
-CONTEXT = ("workflow", "rate", "policy", "profile", "seed")
+CONTEXT = ("workflow", "rate", "policy", "profile", "seed", "body")
 METRICS = ["requests", "completed", "failed", "mean_s", "p50_s", "p95_s", "p99_s", "throughput_rps",
            *(f"util_{lane.value}" for lane in LANES)]
 

@@ -10,9 +10,8 @@ SHORT = {"langchain": "LC", "flashrag": "FR", "hedra": "HD"}
 
 def demo_table(table: pd.DataFrame, profile: str) -> Table:
     """P50/P99 latency per workflow, rate and policy, with hedra's speedup over each baseline."""
-    ablations = [p for p in dict.fromkeys(table["policy"]) if p not in SHORT]
     t = Table(title=f"Simulated latency in seconds ({profile}); LC langchain, FR flashrag, HD hedra;"
-                    " speedup = baseline / hedra" + ("; HD ablations: P50" if ablations else ""), title_justify="left")
+                    " speedup = baseline / hedra", title_justify="left")
     t.add_column("workflow")
     t.add_column("req/s", justify="right")
     for q in ("P50", "P99"):
@@ -20,8 +19,6 @@ def demo_table(table: pd.DataFrame, profile: str) -> Table:
             t.add_column(f"{q} {policy}", justify="right")
     t.add_column("HD speedup P50\nvs LC / FR", justify="right")
     t.add_column("HD speedup P99\nvs LC / FR", justify="right")
-    for policy in ablations:
-        t.add_column(policy.removeprefix("hedra:").replace("substages=", "substages\n="), justify="right")
     by = table.set_index(["workflow", "rate", "policy"])
     for wf in dict.fromkeys(table["workflow"]):
         for i, rate in enumerate(sorted(set(table.loc[table["workflow"] == wf, "rate"]))):
@@ -31,7 +28,28 @@ def demo_table(table: pd.DataFrame, profile: str) -> Table:
             h = by.loc[(wf, rate, "hedra")]
             for q in ("p50", "p99"):
                 cells.append(f"{h[f'{q}_x_vs_langchain']:.1f} / {h[f'{q}_x_vs_flashrag']:.1f}")
-            cells += [f"{by.loc[(wf, rate, p), 'p50_s']:.2f}" for p in ablations]
+            t.add_row(*cells)
+        t.add_section()
+    return t
+
+
+def ablation_table(table: pd.DataFrame) -> Table | None:
+    """hedra's P50 latency with each of its techniques off (the policies beyond LC/FR/HD), None if none ran."""
+    ablations = [p for p in dict.fromkeys(table["policy"]) if p not in SHORT]
+    if not ablations:
+        return None
+    t = Table(title="hedra's ablations: P50 latency in seconds (P99 in brackets)", title_justify="left")
+    t.add_column("workflow")
+    t.add_column("req/s", justify="right")
+    for policy in ["hedra", *ablations]:
+        t.add_column(policy.removeprefix("hedra:"), justify="right")
+    by = table.set_index(["workflow", "rate", "policy"])
+    for wf in dict.fromkeys(table["workflow"]):
+        for i, rate in enumerate(sorted(set(table.loc[table["workflow"] == wf, "rate"]))):
+            cells = [wf if i == 0 else "", f"{rate:g}"]
+            for p in ["hedra", *ablations]:
+                r = by.loc[(wf, rate, p)]
+                cells.append(f"{r['p50_s']:.2f} ({r['p99_s']:.2f})")
             t.add_row(*cells)
         t.add_section()
     return t
@@ -50,8 +68,11 @@ def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
     def num(v: object, fmt: str) -> str:
         return "-" if v is None or pd.isna(v) else format(v, fmt)
 
+    def cell(c: str, v: object) -> str:
+        return num(v, "g") if c in ("rate", "seed") else str(v)
+
     for r in table.to_dict("records"):
-        t.add_row(*(str(r[c]) if c != "rate" else f"{r[c]:g}" for c in cols), f"{r['completed']}/{r['requests']}",
+        t.add_row(*(cell(c, r[c]) for c in cols), f"{r['completed']}/{r['requests']}",
                   num(r["p50_s"], ".3f"), num(r["p99_s"], ".3f"), num(r["throughput_rps"], ".2f"),
                   num(r[f"p50_x_vs_{baseline}"], ".2f"), num(r[f"p99_x_vs_{baseline}"], ".2f"))
     return t

@@ -170,17 +170,18 @@ def pool_runner(workers: int) -> Runner:
     return run
 
 
-def ray_runner(address: str | None, workers: int) -> Runner:
-    """Cells as Ray tasks: on the cluster at `address`, on the instance this process already
-    started, or on a local instance of `workers` CPUs."""
+def ray_runner(address: str, workers: int) -> Runner:
+    """Cells as Ray tasks: on the instance this process already started, on a new local
+    instance of `workers` CPUs (address "local"), or on the cluster at `address` ("auto",
+    "ray://head:10001")."""
 
     def run(cells: list[Cell], options: CellOptions) -> Finished:
         import ray
 
         started = not ray.is_initialized()
         if started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     **({"num_cpus": workers} if address is None else {}))
+            local = {"num_cpus": workers} if address == "local" else {}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
         task = ray.remote(num_cpus=1)(run_cell)
         pending = {task.remote(c, options): c for c in cells}
         try:

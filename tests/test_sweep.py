@@ -220,7 +220,7 @@ def test_local_pool_and_ray_give_identical_tables(tmp_path, small):
     pooled = run_sweep(spec, cells, tmp_path / "pool", pool_runner(2))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        on_ray = run_sweep(spec, cells, tmp_path / "ray", ray_runner(None, 2))
+        on_ray = run_sweep(spec, cells, tmp_path / "ray", ray_runner("local", 2))
     finally:
         ray.shutdown()
     same_table(pooled, table)
@@ -274,4 +274,21 @@ def test_demo_end_to_end(tmp_path):
     for wf in ("one-shot", "hyde", "recomp", "multistep", "irg"):
         assert (out / f"latency-vs-rate-{wf}.png").is_file()
     assert (out / "summary.json").is_file() and (out / "sweep.parquet").is_file()
-    assert "hedra:no-wavefront" in proc.stdout or "no-wavefront" in proc.stdout
+    assert "ablations" in proc.stdout and "no-wavefront" in proc.stdout
+
+
+def test_bare_ray_flag_means_a_local_instance():
+    from experiments.cli import _bare_ray
+
+    assert _bare_ray(["sweep", "s.toml", "--ray"]) == ["sweep", "s.toml", "--ray", "local"]
+    assert _bare_ray(["sweep", "--ray", "--out", "o"]) == ["sweep", "--ray", "local", "--out", "o"]
+    assert _bare_ray(["sweep", "--ray", "auto"]) == ["sweep", "--ray", "auto"]
+
+
+def test_sweep_cli_on_a_local_ray_instance(tmp_path, small):
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path, SMALL)
+    out = tmp_path / "out"
+    proc = hedra("sweep", spec, "--out", out, "--workers", "2", "--ray", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    same_table(pd.read_parquet(out / "sweep.parquet"), small[2])
