@@ -275,8 +275,12 @@ def demo(
         check_output_dir(out)
         prof = load_profile(profile)
         runner = _sweep_runner(workers, None)
-        with _sweep_progress("simulating") as progress:
-            table = run_demo(out, runner, profile=profile, duration_s=duration, seed=seed, progress=progress)
+        try:
+            with _sweep_progress("simulating") as progress:
+                table = run_demo(out, runner, profile=profile, duration_s=duration, seed=seed, progress=progress)
+        except KeyboardInterrupt:
+            typer.echo(f"hedra: interrupted; nothing written to {out}", err=True)
+            raise typer.Exit(130) from None
     out_console = Console()
     if not out_console.is_terminal:
         out_console.width = 132
@@ -296,7 +300,7 @@ def sweep(
                                            " no address for a local instance.")] = None,
 ) -> None:
     """Run a grid of simulations; write sweep.parquet (one row per cell) and the spec's plots."""
-    from experiments.sweep import SweepError, SweepInterrupted, run_sweep
+    from experiments.sweep import SweepError, SweepInterrupted, prepare_out, run_sweep
     from experiments.sweepspec import SpecError, expand, load_spec
 
     with user_errors():
@@ -308,15 +312,17 @@ def sweep(
         if workers is not None and workers < 1:
             raise UsageError(f"--workers {workers}: need at least 1")
         runner = _sweep_runner(workers, ray)
+        prepare_out(out)  # refuses a folder Hedra did not write, before the progress bar starts
         try:
-            from experiments.sweep import prepare_out
-
-            prepare_out(out)
             with _sweep_progress(spec_model.name) as progress:
                 table = run_sweep(spec_model, cells, out, runner, progress)
         except SweepInterrupted as exc:
             typer.echo(f"hedra: interrupted: {exc.done} of {exc.total} cells done, kept in {out}/cells;"
                        " run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # every cell was done: only the table and plots are missing
+            typer.echo(f"hedra: interrupted: all cells done, kept in {out}/cells; run the same command again"
+                       " to write the table and plots", err=True)
             raise typer.Exit(130) from None
         except SweepError as exc:
             typer.echo(f"hedra: error: {exc}", err=True)

@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ QUANTILES = np.linspace(0, 100, 101)  # the latency CDF a row keeps (for CDF plo
 
 
 class SweepError(RuntimeError):
-    """A cell failed (a bug, not bad input): names the cell."""
+    """A cell or the runner failed (a bug, or an unreachable Ray cluster; not bad input)."""
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -85,7 +85,7 @@ def trace_requests(cfg: TraceConfig, registry: WorkflowRegistry) -> list[Request
 
 def _requests(cell: Cell, nlist: int) -> list[Request]:
     """The cell's requests, from this worker's cache when a neighbouring cell made them."""
-    key = (cell.trace, cell.label, cell.rate, cell.duration_s, cell.trace_options, cell.seed, nlist)
+    key = (*cell.trace_key(), nlist)
     if key in _traces:
         _traces.move_to_end(key)
         return _traces[key]
@@ -151,22 +151,48 @@ def inline_runner(cells: list[Cell], options: CellOptions) -> Finished:
 
 
 def pool_runner(workers: int) -> Runner:
-    """Cells on a local process pool of `workers` processes."""
+    """Cells on `workers` local processes, one cell at a time each. A process that finishes a
+    cell takes the next of the same trace (it has that trace cached), else the first trace no
+    other process is on, else the trace with the most cells left: each trace is generated
+    about once, and no process idles while cells are left."""
 
     def run(cells: list[Cell], options: CellOptions) -> Finished:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_quiet_worker)
+        groups: OrderedDict[tuple, deque[Cell]] = OrderedDict()
+        for cell in cells:
+            groups.setdefault(cell.trace_key(), deque()).append(cell)
+        pools = [ProcessPoolExecutor(max_workers=1, initializer=_quiet_worker) for _ in range(min(workers, len(cells)))]
+        on: list[tuple | None] = [None] * len(pools)  # the trace each process works on
+        running: dict[Future, tuple[int, Cell]] = {}
+
+        def submit(i: int) -> None:
+            if on[i] not in groups:
+                free = [k for k in groups if k not in on]
+                if not groups:
+                    return
+                on[i] = free[0] if free else max(groups, key=lambda k: len(groups[k]))
+            key = on[i]
+            cell = groups[key].popleft()
+            if not groups[key]:
+                del groups[key]
+            running[pools[i].submit(run_cell, cell, options)] = (i, cell)
+
         try:
-            pending: dict[Future, Cell] = {pool.submit(run_cell, c, options): c for c in cells}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for i in range(len(pools)):
+                submit(i)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield pending.pop(fut), fut.result()
+                    i, cell = running.pop(fut)
+                    row = fut.result()
+                    submit(i)  # before the driver stores this one: the process stays busy
+                    yield cell, row
         finally:
-            procs = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            if pending:  # interrupted: a running cell need not finish
-                for proc in procs:
-                    proc.terminate()
+            for pool in pools:
+                procs = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                if running:  # interrupted: a running cell need not finish
+                    for proc in procs:
+                        proc.terminate()
     return run
 
 
@@ -253,7 +279,7 @@ def run_cells(cells: list[Cell], out: Path, runner: Runner, *, options: CellOpti
     except KeyboardInterrupt:
         raise SweepInterrupted(len(rows), len(set(cells))) from None
     except Exception as exc:
-        raise SweepError(f"a cell failed ({type(exc).__name__}: {exc}); {len(rows)} finished cells are"
+        raise SweepError(f"the sweep stopped ({type(exc).__name__}: {exc}); {len(rows)} finished cells are"
                          f" kept in {store.dir}") from exc
     finally:
         finished.close()  # stops the runner's workers now, not when the generator is collected

@@ -144,6 +144,10 @@ class Cell:
     profile: str  # a shipped profile's name, or an absolute profile path
     seed: int  # the trace's seed and the simulation's
 
+    def trace_key(self) -> tuple:
+        """What makes two cells run the same requests (cells differing only in policy share it)."""
+        return self.trace, self.label, self.rate, self.duration_s, self.trace_options, self.seed, self.profile
+
     def key(self) -> dict[str, object]:
         """What makes two cells the same simulation (the stored cell's identity)."""
         return {"trace": self.trace, "workflow": self.label, "rate": self.rate, "duration_s": self.duration_s,
