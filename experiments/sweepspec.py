@@ -26,6 +26,7 @@ fault raises SpecError with one line naming the file and the field, e.g.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import tomllib
 from dataclasses import dataclass
@@ -134,7 +135,6 @@ class SweepSpec(_Strict):
 class Cell:
     """One simulation of the grid; everything a worker needs to run it (and nothing else)."""
 
-    workload: int  # index into SweepSpec.workloads()
     label: str  # the workflow name(s), or the trace file's stem
     trace: str  # absolute trace file path ("" for synthetic arrivals)
     rate: float  # req/s of synthetic arrivals; a trace file's measured rate
@@ -143,15 +143,17 @@ class Cell:
     policy: str  # the policy spec
     profile: str  # a shipped profile's name, or an absolute profile path
     seed: int  # the trace's seed and the simulation's
+    inputs: str = ""  # digest of the profile's and the trace file's contents (a changed file is a new cell)
 
     def trace_key(self) -> tuple:
         """What makes two cells run the same requests (cells differing only in policy share it)."""
-        return self.trace, self.label, self.rate, self.duration_s, self.trace_options, self.seed, self.profile
+        return self.trace, self.label, self.rate, self.duration_s, self.trace_options, self.seed, self.inputs
 
     def key(self) -> dict[str, object]:
         """What makes two cells the same simulation (the stored cell's identity)."""
         return {"trace": self.trace, "workflow": self.label, "rate": self.rate, "duration_s": self.duration_s,
-                **dict(self.trace_options), "policy": self.policy, "profile": self.profile, "seed": self.seed}
+                **dict(self.trace_options), "policy": self.policy, "profile": self.profile, "seed": self.seed,
+                "inputs": self.inputs}
 
 
 def _fail(path: Path, field: str, msg: str) -> SpecError:
@@ -227,14 +229,15 @@ def expand(spec: SweepSpec, path: str | Path, registry: WorkflowRegistry | None 
     for i, ref in enumerate(spec.profiles):
         resolved = profile_ref(ref, base)
         try:
-            profiles.append((resolved, load_profile(resolved)))
+            prof = load_profile(resolved)
+            profiles.append((resolved, prof, _digest(prof.model_dump_json().encode())))
         except ProfileError as exc:
             raise _fail(path, f"profiles[{i}]", str(exc)) from None
     cells: list[Cell] = []
     for w, wl in enumerate(spec.workloads()):
         field = f"workload[{w - len(spec.workflows)}]" if w >= len(spec.workflows) else f"workflows[{w}]"
         options = tuple((k, getattr(wl, k)) for k in ("arrival", "cv", "nprobe", "k", "zipf", "overlap", "iterations"))
-        for ref, prof in profiles:
+        for ref, prof, prof_digest in profiles:
             if wl.trace is not None:
                 trace = Path(wl.trace) if Path(wl.trace).is_absolute() else base / wl.trace
                 try:
@@ -244,6 +247,7 @@ def expand(spec: SweepSpec, path: str | Path, registry: WorkflowRegistry | None 
                 span = max(r.arrival_s for r in reqs) - min(r.arrival_s for r in reqs)
                 rate = round((len(reqs) - 1) / span, 3) if span > 0 else float(len(reqs))
                 sources = [(str(trace.resolve()), trace.stem, rate, 0.0, ())]
+                digest = _digest(prof_digest.encode() + trace.read_bytes())
             else:
                 names = [n.strip() for n in (wl.workflow or "").split(",") if n.strip()]
                 try:
@@ -256,7 +260,13 @@ def expand(spec: SweepSpec, path: str | Path, registry: WorkflowRegistry | None 
                                                          f" of profile {prof.name}")
                 sources = [("", ",".join(names), float(r), float(wl.duration_s or spec.duration_s), options)
                            for r in wl.rates or ()]
+                digest = prof_digest
             for trace_path, label, rate, duration, opts in sources:
                 for seed in spec.seeds:
-                    cells += [Cell(w, label, trace_path, rate, duration, opts, p, ref, seed) for p in policies]
-    return cells
+                    cells += [Cell(label, trace_path, rate, duration, opts, p, ref, seed, digest)
+                              for p in policies]
+    return list(dict.fromkeys(cells))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:12]

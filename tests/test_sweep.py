@@ -16,6 +16,7 @@ from test_cli import ROOT, assert_usage_error, hedra
 from experiments.sweep import (
     CellStore,
     SweepInterrupted,
+    cell_id,
     inline_runner,
     pool_runner,
     ray_runner,
@@ -245,6 +246,11 @@ def test_trace_file_workload(tmp_path):
     runs = list((tmp_path / "out" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "requests.parquet").is_file() for r in runs)
     assert not any((r / "timeline.json").exists() for r in runs)
+    # a trace file that changed is new input: its cells are not the stored ones
+    before = {cell_id(c) for c in expand(spec, path)}
+    assert hedra("trace", "gen", "--workflow", "irg", "--rate", 3, "--duration", 10, "--out", trace,
+                 "--seed", 9).returncode == 0
+    assert before.isdisjoint(cell_id(c) for c in expand(spec, path))
 
 
 # --- the demo ---------------------------------------------------------------------------------------
