@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.demo import trace_requests
 from experiments.simulate import simulate
+from experiments.sweep import trace_requests
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
 from ragraph.workflows import WorkflowRegistry

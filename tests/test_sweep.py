@@ -1,0 +1,300 @@
+"""`hedra sweep` and `hedra demo`: spec validation, resuming, runners agreeing, outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_cli import ROOT, assert_usage_error, hedra
+
+from experiments.sweep import (
+    CellStore,
+    SweepInterrupted,
+    cell_id,
+    inline_runner,
+    pool_runner,
+    ray_runner,
+    run_cells,
+    run_sweep,
+    sweep_table,
+)
+from experiments.sweepspec import SpecError, SweepSpec, expand, load_spec
+
+MEASURED = ["sim_wall_s"]  # the one column that may differ between two runs of the same cells
+SMALL = """
+name = "small"
+duration_s = 20
+seeds = [0, 1]
+policies = ["flashrag", "hedra", "hedra:no-spec-gen"]
+plots = ["latency-vs-rate", "cdf", "utilisation", "speedup"]
+workflows = ["irg", "hyde"]
+rates = [2, 4]
+"""  # 2 workflows x 2 rates x 2 seeds x 3 policies = 24 cells
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def same_table(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal in every value but the measured wall times (a CDF read back from Parquet is an array)."""
+    def plain(t: pd.DataFrame) -> pd.DataFrame:
+        return t.drop(columns=MEASURED).assign(latency_cdf_s=t["latency_cdf_s"].map(lambda q: tuple(map(float, q))))
+    pd.testing.assert_frame_equal(plain(a), plain(b), check_exact=True)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[SweepSpec, list, pd.DataFrame]:
+    """The small spec, its cells and its table from one uninterrupted in-process run."""
+    path = write_spec(tmp_path_factory.mktemp("spec"), SMALL)
+    spec = load_spec(path)
+    cells = expand(spec, path)
+    table = run_sweep(spec, cells, tmp_path_factory.mktemp("sweep") / "out", inline_runner)
+    return spec, cells, table
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+BAD_SPECS = [
+    ('policies = ["flashrag", "hedra", "hedra:chunk=0"]\nworkflows = ["irg"]\nrates = [2]',
+     "field policies[2]: policy 'hedra': option chunk:"),
+    ('policies = ["nope"]\nworkflows = ["irg"]\nrates = [2]', "field policies[0]: unknown policy 'nope'"),
+    ('policies = ["hedra"]\nworkflows = ["irg"]\nrates = [2]\ncolour = "red"', "field colour: unknown key"),
+    ('policies = ["hedra"]\nworkflows = ["irg"]\nrates = [-1]', "field rates[0]:"),
+    ('policies = ["hedra"]\nworkflows = ["nope"]\nrates = [2]', "field workflows[0].workflow: unknown workflow"),
+    ('policies = ["hedra"]\n[[workload]]\nworkflow = "irg"\nrates = [2]\nnprobe = "x"', "field workload[0].nprobe:"),
+    ('policies = ["hedra"]\n[[workload]]\nworkflow = "irg"', "field workload[0]: a workflow needs rates"),
+    ('policies = ["hedra"]\n[[workload]]\ntrace = "missing.jsonl"', "field workload[0].trace:"),
+    ('policies = ["hedra"]\nprofiles = ["nope"]\nworkflows = ["irg"]\nrates = [2]', "field profiles[0]: nope:"),
+    ('policies = ["hedra"]\nworkflows = ["irg"]\nrates = [2]\nplots = ["pie"]', "field plots[0]:"),
+    ('policies = ["hedra"]\nworkflows = ["irg"]\nrates = [2]\nbaseline = "flashrag"', "field baseline:"),
+    ('policies = [{ name = "hedra", grid = { chunk = [4, 0] } }]\nworkflows = ["irg"]\nrates = [2]',
+     "field policies[0]: policy 'hedra': option chunk:"),
+    ('policies = [{ name = "hedra", grids = {} }]\nworkflows = ["irg"]\nrates = [2]', "field policies[0].grids:"),
+    ('policies = ["hedra"]', "field (top level): no workload"),
+    ("policies = [", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_SPECS)
+def test_spec_errors_are_one_line_naming_file_and_field(tmp_path, text, expected):
+    spec = write_spec(tmp_path, text)
+    out = tmp_path / "out"
+    line = assert_usage_error(hedra("sweep", spec, "--out", out), out)
+    assert line.startswith(f"hedra: error: {spec}: "), line
+    assert expected in line, line
+
+
+def test_spec_errors_in_process(tmp_path):
+    spec = write_spec(tmp_path, BAD_SPECS[0][0])
+    with pytest.raises(SpecError, match=r"spec.toml: field policies\[2\]: policy 'hedra': option chunk"):
+        expand(load_spec(spec), spec)
+
+
+def test_missing_spec_and_bad_workers(tmp_path):
+    out = tmp_path / "out"
+    assert "cannot read the sweep spec" in assert_usage_error(hedra("sweep", tmp_path / "no.toml", "--out", out), out)
+    spec = write_spec(tmp_path, SMALL)
+    assert "--workers 0" in assert_usage_error(hedra("sweep", spec, "--out", out, "--workers", "0"), out)
+
+
+def test_policy_grid_expands_to_specs(tmp_path):
+    spec = load_spec(write_spec(tmp_path, 'policies = ["flashrag", { name = "hedra:no-reorder", grid = '
+                                          '{ chunk = [4, 16], fill = ["round_robin"] } }]\n'
+                                          'workflows = ["irg"]\nrates = [2]'))
+    assert spec.policy_specs() == ["flashrag", "hedra:no-reorder,chunk=4,fill=round_robin",
+                                   "hedra:no-reorder,chunk=16,fill=round_robin"]
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def test_table_has_a_row_per_cell_with_parameters_options_and_metrics(small):
+    _, cells, table = small
+    assert len(table) == len(cells) == 24
+    assert list(table["policy"][:3]) == ["flashrag", "hedra", "hedra:no-spec-gen"]
+    for col in ("workflow", "rate", "policy", "profile", "seed", "opt_spec_gen", "mean_s", "p50_s", "p95_s", "p99_s",
+                "throughput_rps", "completed", "failed", "util_gpu_gen", "util_cpu_retrieval", "sim_wall_s",
+                "p50_x_vs_flashrag"):
+        assert col in table, col
+    assert (table["completed"] + table["failed"] == table["requests"]).all()
+    assert set(table.loc[table["policy"] == "hedra:no-spec-gen", "opt_spec_gen"]) == {False}
+    assert set(table.loc[table["policy"] == "hedra", "opt_spec_gen"]) == {True}
+    assert (table.loc[table["policy"] == "flashrag", "p50_x_vs_flashrag"] == 1.0).all()
+    assert (table["p50_s"] > 0).all()
+
+
+def test_sweep_outputs_and_a_rerun_reuses_every_cell(tmp_path):
+    spec = write_spec(tmp_path, SMALL)
+    out = tmp_path / "out"
+    proc = hedra("sweep", spec, "--out", out, "--workers", "2", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "24 cells" in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"sweep.parquet", "sweep.json", "cells"} <= names
+    for plot in ("latency-vs-rate", "cdf", "utilisation", "speedup"):
+        assert {f"{plot}-irg.png", f"{plot}-hyde.png"} <= names, plot
+    assert len(list((out / "cells").glob("*.json"))) == 24
+    assert not (out / "runs").exists()  # no run folders, no timelines unless asked
+    first = pd.read_parquet(out / "sweep.parquet")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    proc = hedra("sweep", spec, "--out", out, "--workers", "2", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}  # nothing re-run
+    pd.testing.assert_frame_equal(first, pd.read_parquet(out / "sweep.parquet"))
+
+
+def test_sweep_refuses_a_folder_hedra_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    proc = hedra("sweep", write_spec(tmp_path, SMALL), "--out", out)
+    assert proc.returncode == 2 and "not a hedra output folder" in proc.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def interrupted_after(n: int):
+    """A runner that runs `n` cells, then is interrupted as by Ctrl-C."""
+    def run(cells, options):
+        for i, done in enumerate(inline_runner(cells, options)):
+            if i == n:
+                raise KeyboardInterrupt
+            yield done
+    return run
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_table(tmp_path, small):
+    spec, cells, table = small
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SweepInterrupted) as info:
+        run_cells(cells, out, interrupted_after(7))
+    assert (info.value.done, info.value.total) == (7, 24)
+    assert len(list((out / "cells").glob("*.json"))) == 7
+    ran: list = []
+
+    def counting(todo, options):
+        ran.extend(todo)
+        yield from pool_runner(2)(todo, options)
+
+    resumed = run_sweep(spec, cells, out, counting)
+    assert len(ran) == 24 - 7
+    same_table(resumed, table)
+    assert not [p for p in (out / "cells").iterdir() if p.name.startswith(".")]  # no half-written cell
+
+
+def test_ctrl_c_keeps_finished_cells_and_a_rerun_finishes(tmp_path):
+    text = SMALL.replace("duration_s = 20", "duration_s = 40").replace("rates = [2, 4]", "rates = [4, 8]")
+    spec = write_spec(tmp_path, text)  # 24 cells of up to 320 requests: seconds
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "experiments.cli", "sweep", str(spec), "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "cells").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    kept = list((out / "cells").glob("*.json"))
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "run the same command again to resume" in err
+    assert 1 <= len(kept) < 24
+    assert not (out / "sweep.parquet").exists()
+    proc = hedra("sweep", spec, "--out", out, "--workers", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    resumed = pd.read_parquet(out / "sweep.parquet")
+    assert len(resumed) == 24
+    path = spec
+    fresh = sweep_table(run_cells(expand(load_spec(path), path), tmp_path / "fresh", inline_runner), "flashrag")
+    same_table(resumed, fresh)
+
+
+def test_local_pool_and_ray_give_identical_tables(tmp_path, small):
+    ray = pytest.importorskip("ray")
+    spec, cells, table = small
+    pooled = run_sweep(spec, cells, tmp_path / "pool", pool_runner(2))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_sweep(spec, cells, tmp_path / "ray", ray_runner("local", 2))
+    finally:
+        ray.shutdown()
+    same_table(pooled, table)
+    same_table(on_ray, table)
+
+
+def test_a_stored_cell_of_another_key_is_not_reused(tmp_path, small):
+    _, cells, _ = small
+    store = CellStore(tmp_path)
+    store.put(cells[0], {"x": 1})
+    assert store.get(cells[0]) == {"x": 1}
+    assert store.get(cells[1]) is None
+
+
+def test_trace_file_workload(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    assert hedra("trace", "gen", "--workflow", "irg", "--rate", 3, "--duration", 10, "--out", trace).returncode == 0
+    path = write_spec(tmp_path, 'policies = ["flashrag", "hedra"]\nruns = true\n[[workload]]\ntrace = "t.jsonl"')
+    spec = load_spec(path)
+    table = run_sweep(spec, expand(spec, path), tmp_path / "out", inline_runner)
+    assert list(table["workflow"]) == ["t", "t"] and set(table["trace"]) == {str(trace.resolve())}
+    runs = list((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "requests.parquet").is_file() for r in runs)
+    assert not any((r / "timeline.json").exists() for r in runs)
+    # a trace file that changed is new input: its cells are not the stored ones
+    before = {cell_id(c) for c in expand(spec, path)}
+    assert hedra("trace", "gen", "--workflow", "irg", "--rate", 3, "--duration", 10, "--out", trace,
+                 "--seed", 9).returncode == 0
+    assert before.isdisjoint(cell_id(c) for c in expand(spec, path))
+
+
+# --- the demo ---------------------------------------------------------------------------------------
+
+def test_demo_spec_is_valid_and_holds_the_ablations():
+    from experiments.demo import DEMO_SPEC
+
+    spec = load_spec(DEMO_SPEC)
+    assert spec.policy_specs() == ["langchain", "flashrag", "hedra", "hedra:no-wavefront", "hedra:substages=off",
+                                   "hedra:no-reorder", "hedra:no-spec-gen"]
+    assert len(expand(spec, DEMO_SPEC)) == 7 * 32
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = hedra("demo", "--out", out, "--duration", 10, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "table.csv")
+    assert len(table) == len(table.drop_duplicates(["workflow", "rate", "policy"])) == 7 * 32
+    for col in ("p50_x_vs_langchain", "p99_x_vs_langchain", "p50_x_vs_flashrag", "p99_x_vs_flashrag"):
+        assert col in table
+    # each row's own speedup: the baselines' rows differ from hedra's, and a baseline over itself is 1
+    fr = table[table["policy"] == "flashrag"]
+    assert (fr["p50_x_vs_flashrag"] == 1).all()
+    hd = table[table["policy"] == "hedra"].set_index(["workflow", "rate"])
+    assert (hd["p50_x_vs_flashrag"] != fr.set_index(["workflow", "rate"])["p50_x_vs_flashrag"]).any()
+    for wf in ("one-shot", "hyde", "recomp", "multistep", "irg"):
+        assert (out / f"latency-vs-rate-{wf}.png").is_file()
+    assert (out / "summary.json").is_file() and (out / "sweep.parquet").is_file()
+    assert "ablations" in proc.stdout and "no-wavefront" in proc.stdout
+
+
+def test_bare_ray_flag_means_a_local_instance():
+    from experiments.cli import _bare_ray
+
+    assert _bare_ray(["sweep", "s.toml", "--ray"]) == ["sweep", "s.toml", "--ray", "local"]
+    assert _bare_ray(["sweep", "--ray", "--out", "o"]) == ["sweep", "--ray", "local", "--out", "o"]
+    assert _bare_ray(["sweep", "--ray", "auto"]) == ["sweep", "--ray", "auto"]
+
+
+def test_sweep_cli_on_a_local_ray_instance(tmp_path, small):
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path, SMALL)
+    out = tmp_path / "out"
+    proc = hedra("sweep", spec, "--out", out, "--workers", "2", "--ray", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    same_table(pd.read_parquet(out / "sweep.parquet"), small[2])
