@@ -50,8 +50,8 @@ class Cell:
 
 def run_cell(cell: Cell) -> dict:
     """One simulation; the summary figures the comparisons use."""
-    from experiments.demo import trace_requests
     from experiments.simulate import simulate
+    from experiments.sweep import trace_requests
     from hwmodel.profile import load_profile
     from ragraph.workflows import WorkflowRegistry
     from traces.generate import TraceConfig

@@ -260,8 +260,8 @@ def test_demo_spec_is_valid_and_holds_the_ablations():
 
     spec = load_spec(DEMO_SPEC)
     assert spec.policy_specs() == ["langchain", "flashrag", "hedra", "hedra:no-wavefront", "hedra:substages=off",
-                                   "hedra:no-reorder", "hedra:no-spec-gen"]
-    assert len(expand(spec, DEMO_SPEC)) == 7 * 32
+                                   "hedra:no-reorder", "hedra:no-spec-gen", "hedra:no-spec-retr", "hedra:no-gpu-cache"]
+    assert len(expand(spec, DEMO_SPEC)) == 9 * 32
 
 
 def test_demo_end_to_end(tmp_path):
@@ -269,7 +269,7 @@ def test_demo_end_to_end(tmp_path):
     proc = hedra("demo", "--out", out, "--duration", 10, timeout=600)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "table.csv")
-    assert len(table) == len(table.drop_duplicates(["workflow", "rate", "policy"])) == 7 * 32
+    assert len(table) == len(table.drop_duplicates(["workflow", "rate", "policy"])) == 9 * 32
     for col in ("p50_x_vs_langchain", "p99_x_vs_langchain", "p50_x_vs_flashrag", "p99_x_vs_flashrag"):
         assert col in table
     # each row's own speedup: the baselines' rows differ from hedra's, and a baseline over itself is 1

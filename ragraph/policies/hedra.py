@@ -66,6 +66,8 @@ class HedraOptions(BaseModel):
     spec_threshold: float = Field(SPEC_THRESHOLD, gt=0, le=1,
                                   description="τ: speculate while engine throughput / peak is below it")
     spec_after: int | None = Field(None, ge=1, description="speculate once after this many sub-stages (baseline)")
+    spec_retr_threshold: float = Field(SPEC_THRESHOLD, gt=0, le=1,
+                                       description="speculative retrieval while engine throughput / peak is below it")
     spec_retr_at: Literal[0.25, 0.5, 0.75] = Field(0.5, description="share of a generation decoded before "
                                                    "the next retrieval starts on it")
     gpu_cache_clusters: int | None = Field(None, ge=0, description="clusters cached (default: sized by Eq. 2)")
@@ -91,7 +93,8 @@ class HedraPolicy(Policy):
         self.reorder = SimilarityReorder() if o.reorder else None
         self.spec_gen = SpeculativeGeneration(costs.peak_decode_tokens_s(), o.spec_threshold, o.spec_after) \
             if o.spec_gen else None
-        self.spec_retr = SpeculativeRetrieval(o.spec_retr_at) if o.spec_retr else None
+        self.spec_retr = SpeculativeRetrieval(costs.peak_decode_tokens_s(), o.spec_retr_at, o.spec_retr_threshold) \
+            if o.spec_retr else None
         self.gpu = None
         if o.gpu_cache and getattr(costs, "has_gpu_cache", False):
             self.gpu = GpuIndexCache(costs, clusters=o.gpu_cache_clusters, refresh_every=o.refresh_every,

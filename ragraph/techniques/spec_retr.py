@@ -6,7 +6,10 @@ body embeds the same share of the eventual query's words (`ragraph.graph.query_p
 tiny model's tokens are not text, so on the real body the prefix is that of the query text
 the trace records) and searches the prefix's own probe list, as one search call. The
 generation that waits on the retrieval may then start speculatively on that result
-(`ragraph.techniques.spec_gen`).
+(`ragraph.techniques.spec_gen`). Like speculative generation, it is issued only while the
+engine's decode throughput is below `threshold` x its peak: a speculative search doubles the
+retrieval work of its stage (the real query is searched anyway), which costs latency once
+retrieval queues (measured: docs/techniques.md).
 
 When the generation ends, the real query is searched (its heap seeded with the speculative
 result, so a right guess is complete at once) and the speculation is kept iff that search
@@ -33,8 +36,11 @@ if TYPE_CHECKING:
 
 
 class SpeculativeRetrieval:
-    def __init__(self, fraction: float = 0.5, max_per_call: int = 4) -> None:
+    def __init__(self, peak_tokens_s: float, fraction: float = 0.5, threshold: float = 0.1,
+                 max_per_call: int = 4) -> None:
+        self.peak_tokens_s = peak_tokens_s  # the engine's peak decode throughput (T_max)
         self.fraction = fraction
+        self.threshold = threshold
         self.max_per_call = max_per_call
         self.issued = self.confirmed = self.aborted = self.wasted_scans = 0
 
@@ -45,6 +51,8 @@ class SpeculativeRetrieval:
                 s.watch_generation(node, self.fraction)
 
     def on_generation_progress(self, s: SchedulerView, node: NodeRun, fraction: float, now: float) -> None:
+        if s.decode_tokens_s >= self.threshold * self.peak_tokens_s:
+            return
         child = _next_retrieval(s.requests[node.key[0]], node)
         if child is not None and child.state is NodeState.BLOCKED:
             s.speculate_retrieval(child, fraction, now)
