@@ -25,6 +25,7 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Set
 from typing import TYPE_CHECKING
 
@@ -114,7 +115,8 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        order = sorted(range(len(self.sizes)), key=lambda c: (-self.heat[c], c))
+        # hottest first, ties by cluster id (a stable sort, reversed, keeps ids ascending among ties)
+        order = sorted(range(len(self.sizes)), key=self.heat.__getitem__, reverse=True)
         if self.fixed_clusters is not None:
             desired = [c for c in order[: self.fixed_clusters] if self.heat[c] > 0]
         else:
@@ -194,11 +196,15 @@ class GpuIndexCache:
         total_heat = sum(self.heat) or 1.0
         # hot share of scan work covered by the hottest clusters within x bytes
         cum_bytes, cum_heat = [0.0], [0.0]
+        heat, sizes, vb = self.heat, self.sizes, costs.bytes_per_vector
+        b = h = 0.0
         for c in order:
-            if self.heat[c] <= 0:
+            if heat[c] <= 0:
                 break
-            cum_bytes.append(cum_bytes[-1] + self.sizes[c] * costs.bytes_per_vector)
-            cum_heat.append(cum_heat[-1] + self.heat[c])
+            b += sizes[c] * vb
+            h += heat[c]
+            cum_bytes.append(b)
+            cum_heat.append(h)
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))
@@ -208,7 +214,7 @@ class GpuIndexCache:
             return tokens_s / out_per_retrieval
 
         def retr_rps(cache_bytes: float) -> float:
-            i = max(j for j, b in enumerate(cum_bytes) if b <= cache_bytes)
+            i = bisect_right(cum_bytes, cache_bytes) - 1  # the last prefix within cache_bytes (cum_bytes ascends)
             hot = cum_heat[i] / total_heat
             cpu = costs.scan_s(int(vectors_per_retrieval * (1 - hot)))
             gpu = costs.gpu_search_s(int(vectors_per_retrieval * hot * costs.bytes_per_vector)) if hot else 0.0
