@@ -203,7 +203,10 @@ class Scheduler:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them
         (`node.order` becomes a new tuple, so caches keyed on it see the change); `seed`:
         candidate ids for its heap before the first scan (only before that scan)."""
-        if sorted(remaining) != sorted(node.order[node.next_pos:]):
+        rest = node.order[node.next_pos:]
+        distinct = set(rest)
+        if len(remaining) != len(rest) or set(remaining) != distinct or \
+                (len(distinct) != len(rest) and sorted(remaining) != sorted(rest)):  # (sorted: lists repeat)
             raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
         if seed and node.next_pos:
             raise SchedulerError(f"{node.key}: a seed must be given before the first scan")

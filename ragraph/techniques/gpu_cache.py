@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Set
+from itertools import filterfalse
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ragraph.costs import GpuCacheCosts
 from ragraph.graph import Generate, Retrieve
@@ -65,6 +68,7 @@ class GpuIndexCache:
         self.refresh_every = refresh_every
         self.decay = decay
         self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster
+        self._bytes = np.asarray(self.sizes, dtype=np.int64) * costs.bytes_per_vector  # bytes per cluster
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
         self._retrievals = 0  # retrievals submitted
@@ -95,12 +99,14 @@ class GpuIndexCache:
     def note(self, tasks: tuple[ScanTask, ...], lane: Lane) -> None:
         """A sub-stage was planned on `lane` with these scans."""
         sizes, heat = self.sizes, self.heat
-        pairs = 0
+        pairs = vectors = 0
         for t in tasks:
             pairs += len(t.clusters)
             for c in t.clusters:
-                heat[c] += sizes[c]
-                self._vectors += sizes[c]
+                n = sizes[c]
+                heat[c] += n
+                vectors += n
+        self._vectors += vectors
         if lane is Lane.GPU_RETRIEVAL:
             self.gpu_pairs += pairs
         else:
@@ -115,29 +121,26 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        # hottest first, ties by cluster id (a stable sort, reversed, keeps ids ascending among ties)
-        order = sorted(range(len(self.sizes)), key=self.heat.__getitem__, reverse=True)
+        heat = np.array(self.heat)
+        # the clusters with heat (it is never negative), hottest first, ties by cluster id
+        order = np.argsort(-heat, kind="stable")[: len(heat) - self.heat.count(0.0)]
+        cum_bytes = np.cumsum(self._bytes[order]).tolist()  # bytes of the hottest i + 1 clusters (exact ints)
         if self.fixed_clusters is not None:
-            desired = [c for c in order[: self.fixed_clusters] if self.heat[c] > 0]
+            desired = order[: self.fixed_clusters].tolist()
         else:
-            self.target_bytes = self._size_bytes(order)
-            desired, used, vb = [], 0, self.costs.bytes_per_vector
-            for c in order:
-                if self.heat[c] <= 0 or used + self.sizes[c] * vb > self.target_bytes:
-                    break
-                desired.append(c)
-                used += self.sizes[c] * vb
-        self.heat = [h * self.decay for h in self.heat]
+            self.target_bytes = self._size_bytes(heat[order], cum_bytes)
+            desired = order[: bisect_right(cum_bytes, self.target_bytes)].tolist()
+        self.heat = (heat * self.decay).tolist()
         self.clusters = len(desired)
-        self.bytes = sum(self.sizes[c] for c in desired) * self.costs.bytes_per_vector
-        want = set(desired)
-        load = tuple(c for c in desired if c not in s.gpu_cache)
-        evict = tuple(sorted(c for c in s.gpu_cache if c not in want))
+        self.bytes = cum_bytes[len(desired) - 1] if desired else 0
+        cache = s.gpu_cache
+        load = tuple(filterfalse(cache.__contains__, desired))
+        evict = tuple(sorted(cache.difference(desired)))
         if not load and not evict:
             return None
         self.refreshes += 1
         self.clusters_copied += len(load)
-        self.bytes_copied += sum(self.sizes[c] for c in load) * self.costs.bytes_per_vector
+        self.bytes_copied += sum(map(self.sizes.__getitem__, load)) * self.costs.bytes_per_vector
         return CacheLoad(load, evict)
 
     def plan_gpu(self, s: SchedulerView) -> SearchBatch | None:
@@ -185,8 +188,9 @@ class GpuIndexCache:
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
-    def _size_bytes(self, order: list[int]) -> float:
-        """The index cache's share of the KV pool by Eq. 2, for the workload seen so far."""
+    def _size_bytes(self, hot_heat: np.ndarray, hot_bytes: list[int]) -> float:
+        """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
+        the heat of the clusters with heat, hottest first, and their cumulative bytes."""
         costs = self.costs
         pool = costs.kv_pool_bytes()
         retrievals = max(self._retrievals, 1)
@@ -194,17 +198,10 @@ class GpuIndexCache:
         seq_tokens = self._seq_tokens / self._gens if self._gens else DEFAULT_SEQUENCE_TOKENS
         vectors_per_retrieval = self._vectors / retrievals
         total_heat = sum(self.heat) or 1.0
-        # hot share of scan work covered by the hottest clusters within x bytes
-        cum_bytes, cum_heat = [0.0], [0.0]
-        heat, sizes, vb = self.heat, self.sizes, costs.bytes_per_vector
-        b = h = 0.0
-        for c in order:
-            if heat[c] <= 0:
-                break
-            b += sizes[c] * vb
-            h += heat[c]
-            cum_bytes.append(b)
-            cum_heat.append(h)
+        # hot share of scan work covered by the hottest clusters within x bytes (cumsum adds in
+        # order, as a loop would)
+        cum_bytes = [0, *hot_bytes]
+        cum_heat = [0.0, *np.cumsum(hot_heat).tolist()]
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))
