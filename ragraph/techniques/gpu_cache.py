@@ -25,9 +25,8 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Set
-from itertools import filterfalse
+from itertools import chain, filterfalse
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,8 +66,10 @@ class GpuIndexCache:
         self.fixed_clusters = clusters
         self.refresh_every = refresh_every
         self.decay = decay
-        self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster
-        self._bytes = np.asarray(self.sizes, dtype=np.int64) * costs.bytes_per_vector  # bytes per cluster
+        self._sizes = np.asarray(self.sizes, dtype=np.int64)
+        self._bytes = self._sizes * costs.bytes_per_vector  # bytes per cluster
+        self.heat = np.zeros(len(self.sizes))  # decayed vectors scanned per cluster, as of the last `_tally`
+        self._noted: list[tuple[int, ...]] = []  # clusters of the scans noted since (tallied when read)
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
         self._retrievals = 0  # retrievals submitted
@@ -98,15 +99,10 @@ class GpuIndexCache:
 
     def note(self, tasks: tuple[ScanTask, ...], lane: Lane) -> None:
         """A sub-stage was planned on `lane` with these scans."""
-        sizes, heat = self.sizes, self.heat
-        pairs = vectors = 0
+        noted, pairs = self._noted, 0
         for t in tasks:
             pairs += len(t.clusters)
-            for c in t.clusters:
-                n = sizes[c]
-                heat[c] += n
-                vectors += n
-        self._vectors += vectors
+            noted.append(t.clusters)
         if lane is Lane.GPU_RETRIEVAL:
             self.gpu_pairs += pairs
         else:
@@ -121,18 +117,18 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        heat = np.array(self.heat)
+        heat = self._tally()
         # the clusters with heat (it is never negative), hottest first, ties by cluster id
-        order = np.argsort(-heat, kind="stable")[: len(heat) - self.heat.count(0.0)]
-        cum_bytes = np.cumsum(self._bytes[order]).tolist()  # bytes of the hottest i + 1 clusters (exact ints)
+        order = np.argsort(-heat, kind="stable")[: np.count_nonzero(heat)]
+        cum_bytes = np.cumsum(self._bytes[order])  # bytes of the hottest i + 1 clusters (exact)
         if self.fixed_clusters is not None:
             desired = order[: self.fixed_clusters].tolist()
         else:
             self.target_bytes = self._size_bytes(heat[order], cum_bytes)
-            desired = order[: bisect_right(cum_bytes, self.target_bytes)].tolist()
-        self.heat = (heat * self.decay).tolist()
+            desired = order[: int(np.searchsorted(cum_bytes, self.target_bytes, side="right"))].tolist()
+        heat *= self.decay
         self.clusters = len(desired)
-        self.bytes = cum_bytes[len(desired) - 1] if desired else 0
+        self.bytes = int(cum_bytes[len(desired) - 1]) if desired else 0
         cache = s.gpu_cache
         load = tuple(filterfalse(cache.__contains__, desired))
         evict = tuple(sorted(cache.difference(desired)))
@@ -153,6 +149,8 @@ class GpuIndexCache:
             if node.next_pos == 0:
                 continue  # not embedded yet: its first sub-stage runs on the CPU
             rest = node.order[node.next_pos:]
+            if cache.isdisjoint(rest):
+                continue
             hot = [c for c in rest if c in cache]
             if hot:
                 if len(hot) < len(rest):
@@ -188,7 +186,18 @@ class GpuIndexCache:
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
-    def _size_bytes(self, hot_heat: np.ndarray, hot_bytes: list[int]) -> float:
+    def _tally(self) -> np.ndarray:
+        """Add the scans noted since the last call to the heat (and the vectors scanned); each
+        cluster's heat grows scan by scan in the order noted, as adding one at a time would."""
+        if self._noted:
+            clusters = np.fromiter(chain.from_iterable(self._noted), dtype=np.intp)
+            self._noted = []
+            sizes = self._sizes[clusters]
+            np.add.at(self.heat, clusters, sizes.astype(np.float64))  # unbuffered: in order
+            self._vectors += int(sizes.sum())
+        return self.heat
+
+    def _size_bytes(self, hot_heat: np.ndarray, hot_bytes: np.ndarray) -> float:
         """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
         the heat of the clusters with heat, hottest first, and their cumulative bytes."""
         costs = self.costs
@@ -197,10 +206,11 @@ class GpuIndexCache:
         out_per_retrieval = self._out_tokens / retrievals if self._out_tokens else DEFAULT_TOKENS_PER_RETRIEVAL
         seq_tokens = self._seq_tokens / self._gens if self._gens else DEFAULT_SEQUENCE_TOKENS
         vectors_per_retrieval = self._vectors / retrievals
-        total_heat = sum(self.heat) or 1.0
-        # hot share of scan work covered by the hottest clusters within x bytes (cumsum adds in
-        # order, as a loop would)
-        cum_bytes = [0, *hot_bytes]
+        # (cumsum adds in order, as a loop would)
+        total_heat = float(np.cumsum(self.heat)[-1]) if len(self.heat) else 0.0
+        total_heat = total_heat or 1.0
+        # hot share of scan work covered by the hottest clusters within x bytes
+        cum_bytes = np.concatenate(([0], hot_bytes))
         cum_heat = [0.0, *np.cumsum(hot_heat).tolist()]
 
         def gen_rps(kv_bytes: float) -> float:
@@ -211,7 +221,7 @@ class GpuIndexCache:
             return tokens_s / out_per_retrieval
 
         def retr_rps(cache_bytes: float) -> float:
-            i = bisect_right(cum_bytes, cache_bytes) - 1  # the last prefix within cache_bytes (cum_bytes ascends)
+            i = int(np.searchsorted(cum_bytes, cache_bytes, side="right")) - 1  # the last prefix within cache_bytes
             hot = cum_heat[i] / total_heat
             cpu = costs.scan_s(int(vectors_per_retrieval * (1 - hot)))
             gpu = costs.gpu_search_s(int(vectors_per_retrieval * hot * costs.bytes_per_vector)) if hot else 0.0
