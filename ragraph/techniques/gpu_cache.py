@@ -25,6 +25,7 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Set
 from itertools import chain, filterfalse
 from typing import TYPE_CHECKING
@@ -119,8 +120,8 @@ class GpuIndexCache:
         self._since = 0
         heat = self._tally()
         # the clusters with heat (it is never negative), hottest first, ties by cluster id
-        order = np.argsort(-heat, kind="stable")[: np.count_nonzero(heat)]
-        cum_bytes = np.cumsum(self._bytes[order])  # bytes of the hottest i + 1 clusters (exact)
+        order = (-heat).argsort(kind="stable")[: np.count_nonzero(heat)]
+        cum_bytes = self._bytes[order].cumsum()  # bytes of the hottest i + 1 clusters (exact)
         if self.fixed_clusters is not None:
             desired = order[: self.fixed_clusters].tolist()
         else:
@@ -210,7 +211,7 @@ class GpuIndexCache:
         total_heat = float(np.cumsum(self.heat)[-1]) if len(self.heat) else 0.0
         total_heat = total_heat or 1.0
         # hot share of scan work covered by the hottest clusters within x bytes
-        cum_bytes = np.concatenate(([0], hot_bytes))
+        cum_bytes = [0, *hot_bytes.tolist()]
         cum_heat = [0.0, *np.cumsum(hot_heat).tolist()]
 
         def gen_rps(kv_bytes: float) -> float:
@@ -221,7 +222,7 @@ class GpuIndexCache:
             return tokens_s / out_per_retrieval
 
         def retr_rps(cache_bytes: float) -> float:
-            i = int(np.searchsorted(cum_bytes, cache_bytes, side="right")) - 1  # the last prefix within cache_bytes
+            i = bisect_right(cum_bytes, cache_bytes) - 1  # the last prefix within cache_bytes (it ascends)
             hot = cum_heat[i] / total_heat
             cpu = costs.scan_s(int(vectors_per_retrieval * (1 - hot)))
             gpu = costs.gpu_search_s(int(vectors_per_retrieval * hot * costs.bytes_per_vector)) if hot else 0.0

@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 def reordered(order: Sequence[int], previous: Retrieve) -> list[int]:
     """`order` (the new probe list, coarse order) regrouped around the previous retrieval."""
     assert previous.truth is not None
-    hits, before = previous.truth.hit_clusters, set(previous.clusters)
+    hits = previous.truth.hit_clusters
+    before = set(previous.clusters) - hits
+    seen = before | hits
     first = [c for c in order if c in hits]
-    second = [c for c in order if c in before and c not in hits]
-    rest = [c for c in order if c not in before and c not in hits]
+    second = [c for c in order if c in before]
+    rest = [c for c in order if c not in seen]
     return first + second + rest
 
 
