@@ -51,13 +51,12 @@ def completion_point(order: Sequence[int], truth: SearchTruth, seed: Sequence[in
     holds the whole top-k)."""
     seeded = set(seed)
     need = {h for i, h in zip(truth.topk, truth.hits, strict=True) if i not in seeded}
-    if not need:
-        return 0
-    for pos, cluster in enumerate(order):
-        need.discard(cluster)
-        if not need:
-            return pos + 1
-    return len(order)
+    end = 0
+    for cluster in need:  # (the first position holding each: a scan of `order` per hit list, in C)
+        if cluster not in order:
+            return len(order)
+        end = max(end, order.index(cluster) + 1)
+    return end
 
 
 class SimilarityReorder:
