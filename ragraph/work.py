@@ -23,6 +23,10 @@ class Lane(StrEnum):
     GPU_RETRIEVAL = "gpu_retrieval"  # scans of GPU-resident clusters
     PCIE = "pcie"  # host-to-device copies of clusters into the GPU cache
 
+    # hashed as the string it equals (Enum's own __hash__, hash of the name, is a Python call
+    # on every dict lookup by lane, and disagrees with ==)
+    __hash__ = str.__hash__
+
 
 LANES: tuple[Lane, ...] = tuple(Lane)
 
