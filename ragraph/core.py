@@ -51,6 +51,7 @@ class LaneBusy(RuntimeError):
 
 GEN_STEP_EMA = 0.2  # weight of the newest generation-step duration in its moving average
 _CONTINUE = GenStep()  # an engine step with nothing to add or drop
+_RESULT_OF = {GenStep: GenStepResult, SearchBatch: SearchResult}  # result type per item type (else CacheLoadResult)
 
 
 class Scheduler:
@@ -127,7 +128,7 @@ class Scheduler:
         SchedulerError, with nothing changed, if the lane does not hold `item`."""
         self._release_lane(item)
         self._now = now
-        expected = {GenStep: GenStepResult, SearchBatch: SearchResult}.get(type(item), CacheLoadResult)
+        expected = _RESULT_OF.get(type(item), CacheLoadResult)
         if not isinstance(result, expected):
             self._busy[item.lane] = item  # nothing changed
             raise SchedulerError(f"a {type(item).__name__} completed with a {type(result).__name__}")
