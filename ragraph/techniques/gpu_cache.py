@@ -27,10 +27,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Set
-from itertools import chain, filterfalse
+from itertools import accumulate, chain, filterfalse
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from ragraph.costs import GpuCacheCosts
 from ragraph.graph import Generate, Retrieve
@@ -67,9 +65,8 @@ class GpuIndexCache:
         self.fixed_clusters = clusters
         self.refresh_every = refresh_every
         self.decay = decay
-        self._sizes = np.asarray(self.sizes, dtype=np.int64)
-        self._bytes = self._sizes * costs.bytes_per_vector  # bytes per cluster
-        self.heat = np.zeros(len(self.sizes))  # decayed vectors scanned per cluster, as of the last `_tally`
+        self._bytes = [n * costs.bytes_per_vector for n in self.sizes]  # bytes per cluster
+        self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster, as of the last `_tally`
         self._noted: list[tuple[int, ...]] = []  # clusters of the scans noted since (tallied when read)
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
@@ -119,17 +116,18 @@ class GpuIndexCache:
             return None
         self._since = 0
         heat = self._tally()
-        # the clusters with heat (it is never negative), hottest first, ties by cluster id
-        order = (-heat).argsort(kind="stable")[: np.count_nonzero(heat)]
-        cum_bytes = self._bytes[order].cumsum()  # bytes of the hottest i + 1 clusters (exact)
+        # the clusters with heat (it is never negative), hottest first, ties by cluster id (a
+        # stable sort, reversed, keeps ids ascending among ties)
+        order = sorted(range(len(heat)), key=heat.__getitem__, reverse=True)[: len(heat) - heat.count(0.0)]
+        cum_bytes = [0, *accumulate(map(self._bytes.__getitem__, order))]  # [i]: bytes of the hottest i
         if self.fixed_clusters is not None:
-            desired = order[: self.fixed_clusters].tolist()
+            desired = order[: self.fixed_clusters]
         else:
-            self.target_bytes = self._size_bytes(heat[order], cum_bytes)
-            desired = order[: int(np.searchsorted(cum_bytes, self.target_bytes, side="right"))].tolist()
-        heat *= self.decay
+            self.target_bytes = self._size_bytes(order, cum_bytes)
+            desired = order[: bisect_right(cum_bytes, self.target_bytes) - 1]
+        self.heat = [h * self.decay for h in heat]
         self.clusters = len(desired)
-        self.bytes = int(cum_bytes[len(desired) - 1]) if desired else 0
+        self.bytes = cum_bytes[len(desired)]
         cache = s.gpu_cache
         load = tuple(filterfalse(cache.__contains__, desired))
         evict = tuple(sorted(cache.difference(desired)))
@@ -187,32 +185,30 @@ class GpuIndexCache:
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
-    def _tally(self) -> np.ndarray:
-        """Add the scans noted since the last call to the heat (and the vectors scanned); each
-        cluster's heat grows scan by scan in the order noted, as adding one at a time would."""
-        if self._noted:
-            clusters = np.fromiter(chain.from_iterable(self._noted), dtype=np.intp)
-            self._noted = []
-            sizes = self._sizes[clusters]
-            np.add.at(self.heat, clusters, sizes.astype(np.float64))  # unbuffered: in order
-            self._vectors += int(sizes.sum())
-        return self.heat
+    def _tally(self) -> list[float]:
+        """Add the scans noted since the last call to the heat (and the vectors scanned), scan by
+        scan in the order noted."""
+        heat, sizes, vectors = self.heat, self.sizes, 0
+        for c in chain.from_iterable(self._noted):
+            n = sizes[c]
+            heat[c] += n
+            vectors += n
+        self._noted = []
+        self._vectors += vectors
+        return heat
 
-    def _size_bytes(self, hot_heat: np.ndarray, hot_bytes: np.ndarray) -> float:
+    def _size_bytes(self, order: list[int], cum_bytes: list[int]) -> float:
         """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
-        the heat of the clusters with heat, hottest first, and their cumulative bytes."""
+        the clusters with heat, hottest first, and their cumulative bytes."""
         costs = self.costs
         pool = costs.kv_pool_bytes()
         retrievals = max(self._retrievals, 1)
         out_per_retrieval = self._out_tokens / retrievals if self._out_tokens else DEFAULT_TOKENS_PER_RETRIEVAL
         seq_tokens = self._seq_tokens / self._gens if self._gens else DEFAULT_SEQUENCE_TOKENS
         vectors_per_retrieval = self._vectors / retrievals
-        # (cumsum adds in order, as a loop would)
-        total_heat = float(np.cumsum(self.heat)[-1]) if len(self.heat) else 0.0
-        total_heat = total_heat or 1.0
+        total_heat = sum(self.heat) or 1.0
         # hot share of scan work covered by the hottest clusters within x bytes
-        cum_bytes = [0, *hot_bytes.tolist()]
-        cum_heat = [0.0, *np.cumsum(hot_heat).tolist()]
+        cum_heat = list(accumulate(map(self.heat.__getitem__, order), initial=0.0))
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))
