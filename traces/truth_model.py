@@ -36,6 +36,7 @@ lists is not fitted directly but follows from `same_list`, `follow`, `cache_rank
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,7 @@ class TruthModel:
         self._pos /= self._pos.sum()
         self._pos_cdf = _cdf(self._pos)
         self._follow_cdf = [_cdf(f) for f in params.follow]  # per rank, over CATEGORIES
-        self._hit_cdf: dict[tuple[int, int], np.ndarray] = {}  # (rank, previous results) -> cdf over them
+        self._hit_cdf: dict[tuple[int, int], list[float]] = {}  # (rank, previous results) -> cdf over them
 
     # --- follow-ups: what the previous retrieval lends, decided before the probe list is drawn
 
@@ -216,17 +217,18 @@ def _nearest(want: int, n: int, ok: Callable[[int], bool]) -> int:
     return -1
 
 
-def _cdf(p: object) -> np.ndarray:
+def _cdf(p: object) -> list[float]:
     """The cumulative distribution `Generator.choice(len(p), p=_norm(p))` samples from."""
     cdf = _norm(p).cumsum()
     cdf /= cdf[-1]
-    return cdf
+    return cdf.tolist()
 
 
-def _pick(rng: np.random.Generator, cdf: np.ndarray) -> int:
-    """`rng.choice(len(cdf), p=...)` for the distribution of `_cdf`: one uniform draw, as
-    NumPy's `choice` draws it (the same stream and result, without its checks of `p`)."""
-    return int(cdf.searchsorted(rng.random(), side="right"))
+def _pick(rng: np.random.Generator, cdf: list[float]) -> int:
+    """`rng.choice(len(cdf), p=...)` for the distribution of `_cdf`: one uniform draw, placed
+    as NumPy's `choice` places it (`searchsorted(side="right")`): the same stream and result,
+    without its checks of `p`."""
+    return bisect_right(cdf, rng.random())
 
 
 def _norm(p: object) -> np.ndarray:
