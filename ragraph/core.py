@@ -51,6 +51,7 @@ class LaneBusy(RuntimeError):
 
 GEN_STEP_EMA = 0.2  # weight of the newest generation-step duration in its moving average
 _CONTINUE = GenStep()  # an engine step with nothing to add or drop
+_RESULT_OF = {GenStep: GenStepResult, SearchBatch: SearchResult}  # result type per item type (else CacheLoadResult)
 
 
 class Scheduler:
@@ -127,7 +128,7 @@ class Scheduler:
         SchedulerError, with nothing changed, if the lane does not hold `item`."""
         self._release_lane(item)
         self._now = now
-        expected = {GenStep: GenStepResult, SearchBatch: SearchResult}.get(type(item), CacheLoadResult)
+        expected = _RESULT_OF.get(type(item), CacheLoadResult)
         if not isinstance(result, expected):
             self._busy[item.lane] = item  # nothing changed
             raise SchedulerError(f"a {type(item).__name__} completed with a {type(result).__name__}")
@@ -203,7 +204,10 @@ class Scheduler:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them
         (`node.order` becomes a new tuple, so caches keyed on it see the change); `seed`:
         candidate ids for its heap before the first scan (only before that scan)."""
-        if sorted(remaining) != sorted(node.order[node.next_pos:]):
+        rest = node.order[node.next_pos:]
+        distinct = set(rest)
+        if len(remaining) != len(rest) or set(remaining) != distinct or \
+                (len(distinct) != len(rest) and sorted(remaining) != sorted(rest)):  # (sorted: lists repeat)
             raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
         if seed and node.next_pos:
             raise SchedulerError(f"{node.key}: a seed must be given before the first scan")

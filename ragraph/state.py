@@ -21,7 +21,14 @@ from __future__ import annotations
 from enum import Enum
 
 
-class NodeState(Enum):
+class _FastEnum(Enum):
+    """An Enum hashed by identity (its members are singletons compared by identity): Enum's own
+    __hash__ is a Python call, paid on every lookup in the transition tables."""
+
+    __hash__ = object.__hash__
+
+
+class NodeState(_FastEnum):
     BLOCKED = "blocked"
     READY = "ready"
     RUNNING = "running"
@@ -31,7 +38,7 @@ class NodeState(Enum):
     FAILED = "failed"
 
 
-class NodeEvent(Enum):
+class NodeEvent(_FastEnum):
     DEPS_DONE = "deps_done"
     DISPATCH = "dispatch"
     FINISH = "finish"
@@ -42,13 +49,13 @@ class NodeEvent(Enum):
     FAIL = "fail"
 
 
-class RequestState(Enum):
+class RequestState(_FastEnum):
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
 
 
-class RequestEvent(Enum):
+class RequestEvent(_FastEnum):
     ALL_DONE = "all_done"
     FAIL = "fail"
 

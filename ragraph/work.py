@@ -23,6 +23,10 @@ class Lane(StrEnum):
     GPU_RETRIEVAL = "gpu_retrieval"  # scans of GPU-resident clusters
     PCIE = "pcie"  # host-to-device copies of clusters into the GPU cache
 
+    # hashed as the string it equals (Enum's own __hash__, hash of the name, is a Python call
+    # on every dict lookup by lane, and disagrees with ==)
+    __hash__ = str.__hash__
+
 
 LANES: tuple[Lane, ...] = tuple(Lane)
 
@@ -145,16 +149,25 @@ class SearchBatch:
         (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded;
         embed_max_chars: the longest of those texts (the embedder pads to it); speculative: scans
         on a prefix of their query (speculative retrievals)."""
+        return dict(zip(SEARCH_FEATURES, self.features(list_sizes), strict=True))
+
+    def features(self, list_sizes: Sequence[int]) -> tuple[int, int, int, int, int, int, int]:
+        """`timeline_args` as a tuple, in `SEARCH_FEATURES` order (the simulator prices every call)."""
         pairs = vectors = new = chars = longest = speculative = 0
+        size = list_sizes.__getitem__
         for t in self.tasks:
             pairs += len(t.clusters)
-            vectors += sum(map(list_sizes.__getitem__, t.clusters))
+            vectors += sum(map(size, t.clusters))
             new += t.first
-            chars += t.embed_chars
-            longest = max(longest, t.embed_chars)
+            c = t.embed_chars
+            chars += c
+            if c > longest:
+                longest = c
             speculative += t.prefix < 1
-        return {"queries": len(self.tasks), "new_queries": new, "clusters": pairs, "vectors": vectors,
-                "embed_chars": chars, "embed_max_chars": longest, "speculative": speculative}
+        return len(self.tasks), new, pairs, vectors, chars, longest, speculative
+
+
+SEARCH_FEATURES = ("queries", "new_queries", "clusters", "vectors", "embed_chars", "embed_max_chars", "speculative")
 
 
 @dataclass(frozen=True, slots=True)

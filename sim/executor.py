@@ -27,6 +27,7 @@ from ragraph.graph import PREFIX_FRACTIONS, NodeKey, Request, Retrieve, SearchTr
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
+    SEARCH_FEATURES,
     CacheLoad,
     CacheLoadResult,
     GenStep,
@@ -211,13 +212,14 @@ class Simulation:
             return seconds, res, args, may_open_work(res) or not seconds
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
-            f = item.timeline_args(sizes)  # the call's features: priced here, shown on the timeline
+            f = item.features(sizes)  # the call's features: priced here, shown on the timeline
+            queries, new, pairs, vectors, chars, longest, _ = f
             if item.lane is Lane.GPU_RETRIEVAL:
-                seconds = self.latency.gpu_search_s(f["vectors"] * vec_bytes)
-            else:
-                seconds = self.latency.search_call_s(f, idle_s)
+                seconds = self.latency.gpu_search_s(vectors * vec_bytes)
+            else:  # (LatencyModel.search_call_s, without building its dict)
+                seconds = self.latency.search_s(queries, new, pairs, vectors, longest, chars, idle_s)
             self._scans.start(item)
-            return seconds, _NO_TOPK, f, True
+            return seconds, _NO_TOPK, dict(zip(SEARCH_FEATURES, f, strict=True)) if self._keep_timeline else {}, True
         assert isinstance(item, CacheLoad)
         loaded = self._lend_for_cache(item, sizes, vec_bytes)
         f = CacheLoad(loaded).timeline_args(sizes)

@@ -36,6 +36,8 @@ lists is not fitted directly but follows from `same_list`, `follow`, `cache_rank
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +97,9 @@ class TruthModel:
         self.rng = rng
         self._pos = np.asarray(params.position_pmf, dtype=float)
         self._pos /= self._pos.sum()
+        self._pos_cdf = _cdf(self._pos)
+        self._follow_cdf = [_cdf(f) for f in params.follow]  # per rank, over CATEGORIES
+        self._hit_cdf: dict[tuple[int, int], list[float]] = {}  # (rank, previous results) -> cdf over them
 
     # --- follow-ups: what the previous retrieval lends, decided before the probe list is drawn
 
@@ -106,17 +111,20 @@ class TruthModel:
         taken: set[int] = set()
         n = len(prev.ids)
         for j in range(TOP):
-            cat = CATEGORIES[int(self.rng.choice(4, p=_norm(self.p.follow[j])))]
+            cat = CATEGORIES[_pick(self.rng, self._follow_cdf[j])]
             r = -1
             if cat == "cache":
                 free = [i for i in range(n) if i not in taken]
                 if not free:
                     cat = "previous_hit_list"
                 else:
-                    r = free[int(self.rng.choice(len(free), p=_norm([self.p.cache_rank[j][i] for i in free])))]
+                    r = free[_pick(self.rng, _cdf([self.p.cache_rank[j][i] for i in free]))]
                     taken.add(r)
             if cat == "previous_hit_list":
-                r = int(self.rng.choice(n, p=_norm(self.p.hit_rank[j][:n])))
+                cdf = self._hit_cdf.get((j, n))
+                if cdf is None:
+                    cdf = self._hit_cdf[j, n] = _cdf(self.p.hit_rank[j][:n])
+                r = _pick(self.rng, cdf)
             cats.append((cat, r))
         keep = list(dict.fromkeys(prev.lists[r] for _, r in cats if r >= 0))
         return cats, keep
@@ -130,6 +138,7 @@ class TruthModel:
         avoid = set(prev.ids) if prev else set()
         prev_probe = set(prev.probe) if prev else set()
         prev_hits = set(prev.lists) if prev else set()
+        options: list[int] | None = None  # lists of the previous probe list that held no previous result
         for j in range(TOP):
             cat, r = plan[j] if plan else ("first", -1)
             if r >= 0 and prev is not None and prev.lists[r] not in here:
@@ -143,7 +152,8 @@ class TruthModel:
                 assert prev is not None
                 c = prev.lists[r]
             elif cat == "previous_probe_list":
-                options = [c for c in probe if c in prev_probe and c not in prev_hits]
+                if options is None:  # (probe is only reordered after the loop)
+                    options = [c for c in probe if c in prev_probe and c not in prev_hits]
                 c = (options[int(self.rng.integers(len(options)))] if options
                      else self._new_list(probe, lists, prev_probe))
             elif cat == "first" and j and self.rng.random() < self.p.same_list[j]:
@@ -165,17 +175,18 @@ class TruthModel:
 
     def _position(self, nprobe: int) -> int:
         """A probe-list position drawn from the fitted pmf, scaled to `nprobe` by quantile."""
-        p = int(self.rng.choice(len(self._pos), p=self._pos))
+        p = _pick(self.rng, self._pos_cdf)
         return min(nprobe - 1, int((p + self.rng.random()) / len(self._pos) * nprobe))
 
     def _new_list(self, probe: list[int], used: list[int], prev_probe: set[int]) -> int:
         """A list of `probe` not yet holding a result, preferably one the previous retrieval did
         not probe, near a position drawn from the fitted pmf."""
         taken = set(used)
-        free = [i for i, c in enumerate(probe) if c not in taken and c not in prev_probe]
-        free = free or [i for i, c in enumerate(probe) if c not in taken] or list(range(len(probe)))
         want = self._position(len(probe))
-        return probe[min(free, key=lambda i: (abs(i - want), i))]
+        i = _nearest(want, len(probe), lambda i: probe[i] not in taken and probe[i] not in prev_probe)
+        if i < 0:
+            i = _nearest(want, len(probe), lambda i: probe[i] not in taken)
+        return probe[i if i >= 0 else want]
 
     def _new_id(self, c: int, avoid: set[int]) -> int:
         while True:
@@ -188,11 +199,36 @@ class TruthModel:
         fixed: set[int] = set()
         for c in dict.fromkeys(lists):
             want = self._position(len(probe))
-            free = [i for i in range(len(probe)) if i not in fixed]
-            to = min(free, key=lambda i: (abs(i - want), i))
+            to = _nearest(want, len(probe), lambda i: i not in fixed)
+            assert to >= 0, "more distinct hit lists than probe positions"
             at = probe.index(c)
             probe[at], probe[to] = probe[to], probe[at]
             fixed.add(to)
+
+
+def _nearest(want: int, n: int, ok: Callable[[int], bool]) -> int:
+    """The position in [0, n) nearest `want` (in it) where `ok` holds, the lower on a tie; -1 if
+    none: min(filter(ok, range(n)), key=lambda i: (abs(i - want), i)), searched outward."""
+    for d in range(max(want + 1, n - want)):
+        if d <= want and ok(want - d):
+            return want - d
+        if d and want + d < n and ok(want + d):
+            return want + d
+    return -1
+
+
+def _cdf(p: object) -> list[float]:
+    """The cumulative distribution `Generator.choice(len(p), p=_norm(p))` samples from."""
+    cdf = _norm(p).cumsum()
+    cdf /= cdf[-1]
+    return cdf.tolist()
+
+
+def _pick(rng: np.random.Generator, cdf: list[float]) -> int:
+    """`rng.choice(len(cdf), p=...)` for the distribution of `_cdf`: one uniform draw, placed
+    as NumPy's `choice` places it (`searchsorted(side="right")`): the same stream and result,
+    without its checks of `p`."""
+    return bisect_right(cdf, rng.random())
 
 
 def _norm(p: object) -> np.ndarray:

@@ -25,7 +25,9 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Set
+from itertools import accumulate, chain, filterfalse
 from typing import TYPE_CHECKING
 
 from ragraph.costs import GpuCacheCosts
@@ -63,7 +65,9 @@ class GpuIndexCache:
         self.fixed_clusters = clusters
         self.refresh_every = refresh_every
         self.decay = decay
-        self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster
+        self._bytes = [n * costs.bytes_per_vector for n in self.sizes]  # bytes per cluster
+        self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster, as of the last `_tally`
+        self._noted: list[tuple[int, ...]] = []  # clusters of the scans noted since (tallied when read)
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
         self._retrievals = 0  # retrievals submitted
@@ -93,13 +97,10 @@ class GpuIndexCache:
 
     def note(self, tasks: tuple[ScanTask, ...], lane: Lane) -> None:
         """A sub-stage was planned on `lane` with these scans."""
-        sizes, heat = self.sizes, self.heat
-        pairs = 0
+        noted, pairs = self._noted, 0
         for t in tasks:
             pairs += len(t.clusters)
-            for c in t.clusters:
-                heat[c] += sizes[c]
-                self._vectors += sizes[c]
+            noted.append(t.clusters)
         if lane is Lane.GPU_RETRIEVAL:
             self.gpu_pairs += pairs
         else:
@@ -114,28 +115,27 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        order = sorted(range(len(self.sizes)), key=lambda c: (-self.heat[c], c))
+        heat = self._tally()
+        # the clusters with heat (it is never negative), hottest first, ties by cluster id (a
+        # stable sort, reversed, keeps ids ascending among ties)
+        order = sorted(range(len(heat)), key=heat.__getitem__, reverse=True)[: len(heat) - heat.count(0.0)]
+        cum_bytes = [0, *accumulate(map(self._bytes.__getitem__, order))]  # [i]: bytes of the hottest i
         if self.fixed_clusters is not None:
-            desired = [c for c in order[: self.fixed_clusters] if self.heat[c] > 0]
+            desired = order[: self.fixed_clusters]
         else:
-            self.target_bytes = self._size_bytes(order)
-            desired, used, vb = [], 0, self.costs.bytes_per_vector
-            for c in order:
-                if self.heat[c] <= 0 or used + self.sizes[c] * vb > self.target_bytes:
-                    break
-                desired.append(c)
-                used += self.sizes[c] * vb
-        self.heat = [h * self.decay for h in self.heat]
+            self.target_bytes = self._size_bytes(order, cum_bytes)
+            desired = order[: bisect_right(cum_bytes, self.target_bytes) - 1]
+        self.heat = [h * self.decay for h in heat]
         self.clusters = len(desired)
-        self.bytes = sum(self.sizes[c] for c in desired) * self.costs.bytes_per_vector
-        want = set(desired)
-        load = tuple(c for c in desired if c not in s.gpu_cache)
-        evict = tuple(sorted(c for c in s.gpu_cache if c not in want))
+        self.bytes = cum_bytes[len(desired)]
+        cache = s.gpu_cache
+        load = tuple(filterfalse(cache.__contains__, desired))
+        evict = tuple(sorted(cache.difference(desired)))
         if not load and not evict:
             return None
         self.refreshes += 1
         self.clusters_copied += len(load)
-        self.bytes_copied += sum(self.sizes[c] for c in load) * self.costs.bytes_per_vector
+        self.bytes_copied += sum(map(self.sizes.__getitem__, load)) * self.costs.bytes_per_vector
         return CacheLoad(load, evict)
 
     def plan_gpu(self, s: SchedulerView) -> SearchBatch | None:
@@ -148,6 +148,8 @@ class GpuIndexCache:
             if node.next_pos == 0:
                 continue  # not embedded yet: its first sub-stage runs on the CPU
             rest = node.order[node.next_pos:]
+            if cache.isdisjoint(rest):
+                continue
             hot = [c for c in rest if c in cache]
             if hot:
                 if len(hot) < len(rest):
@@ -183,8 +185,21 @@ class GpuIndexCache:
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
-    def _size_bytes(self, order: list[int]) -> float:
-        """The index cache's share of the KV pool by Eq. 2, for the workload seen so far."""
+    def _tally(self) -> list[float]:
+        """Add the scans noted since the last call to the heat (and the vectors scanned), scan by
+        scan in the order noted."""
+        heat, sizes, vectors = self.heat, self.sizes, 0
+        for c in chain.from_iterable(self._noted):
+            n = sizes[c]
+            heat[c] += n
+            vectors += n
+        self._noted = []
+        self._vectors += vectors
+        return heat
+
+    def _size_bytes(self, order: list[int], cum_bytes: list[int]) -> float:
+        """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
+        the clusters with heat, hottest first, and their cumulative bytes."""
         costs = self.costs
         pool = costs.kv_pool_bytes()
         retrievals = max(self._retrievals, 1)
@@ -193,12 +208,7 @@ class GpuIndexCache:
         vectors_per_retrieval = self._vectors / retrievals
         total_heat = sum(self.heat) or 1.0
         # hot share of scan work covered by the hottest clusters within x bytes
-        cum_bytes, cum_heat = [0.0], [0.0]
-        for c in order:
-            if self.heat[c] <= 0:
-                break
-            cum_bytes.append(cum_bytes[-1] + self.sizes[c] * costs.bytes_per_vector)
-            cum_heat.append(cum_heat[-1] + self.heat[c])
+        cum_heat = list(accumulate(map(self.heat.__getitem__, order), initial=0.0))
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))
@@ -208,7 +218,7 @@ class GpuIndexCache:
             return tokens_s / out_per_retrieval
 
         def retr_rps(cache_bytes: float) -> float:
-            i = max(j for j, b in enumerate(cum_bytes) if b <= cache_bytes)
+            i = bisect_right(cum_bytes, cache_bytes) - 1  # the last prefix within cache_bytes (it ascends)
             hot = cum_heat[i] / total_heat
             cpu = costs.scan_s(int(vectors_per_retrieval * (1 - hot)))
             gpu = costs.gpu_search_s(int(vectors_per_retrieval * hot * costs.bytes_per_vector)) if hot else 0.0

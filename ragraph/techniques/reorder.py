@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 def reordered(order: Sequence[int], previous: Retrieve) -> list[int]:
     """`order` (the new probe list, coarse order) regrouped around the previous retrieval."""
     assert previous.truth is not None
-    hits, before = previous.truth.hit_clusters, set(previous.clusters)
+    hits = previous.truth.hit_clusters
+    before = set(previous.clusters) - hits
+    seen = before | hits
     first = [c for c in order if c in hits]
-    second = [c for c in order if c in before and c not in hits]
-    rest = [c for c in order if c not in before and c not in hits]
+    second = [c for c in order if c in before]
+    rest = [c for c in order if c not in seen]
     return first + second + rest
 
 
@@ -49,13 +51,12 @@ def completion_point(order: Sequence[int], truth: SearchTruth, seed: Sequence[in
     holds the whole top-k)."""
     seeded = set(seed)
     need = {h for i, h in zip(truth.topk, truth.hits, strict=True) if i not in seeded}
-    if not need:
-        return 0
-    for pos, cluster in enumerate(order):
-        need.discard(cluster)
-        if not need:
-            return pos + 1
-    return len(order)
+    end = 0
+    for cluster in need:  # (the first position holding each: a scan of `order` per hit list, in C)
+        if cluster not in order:
+            return len(order)
+        end = max(end, order.index(cluster) + 1)
+    return end
 
 
 class SimilarityReorder:
