@@ -72,7 +72,7 @@ class HedraOptions(BaseModel):
                                                    "the next retrieval starts on it")
     gpu_cache_clusters: int | None = Field(None, ge=0, description="clusters cached (default: sized by Eq. 2)")
     refresh_every: int = Field(50, ge=1, description="sub-stages between GPU cache refreshes")
-    gpu_cache_decay: float = Field(0.5, ge=0, le=1, description="access-frequency decay per refresh")
+    gpu_cache_decay: float = Field(0.9, ge=0, le=1, description="access-frequency decay per refresh")
 
     @model_validator(mode="after")
     def _budgets_ordered(self) -> HedraOptions:

@@ -59,7 +59,7 @@ def eq2_split(pool_bytes: float, gen_rps: Callable[[float], float], retr_rps: Ca
 
 class GpuIndexCache:
     def __init__(self, costs: GpuCacheCosts, *, clusters: int | None = None, refresh_every: int = 50,
-                 decay: float = 0.5) -> None:
+                 decay: float = 0.9) -> None:
         self.costs = costs
         self.sizes = list(costs.list_sizes)
         self.fixed_clusters = clusters
