@@ -196,9 +196,13 @@ class Scheduler:
         return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars, node.seed if first else ())
 
     def query_chars(self, node: NodeRun) -> int:
-        """Characters of the text a body embeds for a Retrieve node's query: its own `query`,
-        else its request's `question` (0: no text; the body then embeds nothing)."""
-        return len(retrieve_spec(node).query or self.requests[node.key[0]].request.question)
+        """Characters of the text a body embeds for a Retrieve node's query (0: no text; the
+        body then embeds nothing)."""
+        return len(self._query_text(node))
+
+    def _query_text(self, node: NodeRun) -> str:
+        """A Retrieve node's query text: its own `query`, else its request's `question`."""
+        return retrieve_spec(node).query or self.requests[node.key[0]].request.question
 
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None:
         """Replace the not-yet-dispatched clusters of `node` with a permutation of them
@@ -255,9 +259,8 @@ class Scheduler:
             raise SchedulerError(f"{node.key}: no speculative retrieval waits to be dispatched")
         spec = retrieve_spec(node)
         node.in_flight += 1
-        text = spec.query or self.requests[node.key[0]].request.question
-        return ScanTask(node.key, spec.clusters, spec.k, True, True, len(query_prefix(text, node.spec_prefix)),
-                        (), node.spec_prefix)
+        return ScanTask(node.key, spec.clusters, spec.k, True, True,
+                        len(query_prefix(self._query_text(node), node.spec_prefix)), (), node.spec_prefix)
 
     def restart_speculation(self, node: NodeRun, now: float) -> None:
         """Throw away a speculative Generate node's work and start it again (its partial
@@ -310,6 +313,10 @@ class Scheduler:
 
     def _make_ready(self, node: NodeRun, now: float) -> None:
         node.fire(NodeEvent.DEPS_DONE)
+        self._queue_ready(node, now)
+
+    def _queue_ready(self, node: NodeRun, now: float) -> None:
+        """A READY node joins its queue (a retrieval's policy may reorder it first)."""
         node.ready_s = now
         if isinstance(node.spec, Retrieve):
             self.retr_waiting[node.key] = node
@@ -395,7 +402,6 @@ class Scheduler:
         node.spec_topk = topk
         if node.redo_when_landed:  # its generation finished meanwhile: search the real query now
             node.redo_when_landed = False
-            node.fire(NodeEvent.ABORT)
             self._redo_retrieval(node, now)
             return
         node.fire(NodeEvent.FINISH)  # SPEC_DONE: its result is speculative
@@ -426,7 +432,6 @@ class Scheduler:
     def _resolve_speculation(self, node: NodeRun, now: float) -> None:
         if node.is_retrieve:  # the real query is known now: search it (seeded with the speculative result)
             if self.retr_speculative.pop(node.key, None) is not None or node.state is NodeState.SPEC_DONE:
-                node.fire(NodeEvent.ABORT)
                 self._redo_retrieval(node, now)
             else:  # its speculative search is in flight: redo when it lands
                 node.redo_when_landed = True
@@ -441,17 +446,15 @@ class Scheduler:
         self.gen_ready.pop(node.key, None)
         node.fire(NodeEvent.ABORT)
         node.aborted += 1
-        node.ready_s = now
-        self.gen_ready[node.key] = node
+        self._queue_ready(node, now)
 
     def _redo_retrieval(self, node: NodeRun, now: float) -> None:
         """A speculatively started Retrieve node's query is final: it searches that query like
         a node that just became READY, its heap seeded with what the speculation found."""
+        node.fire(NodeEvent.ABORT)
         node.topk = ()
         node.seed = tuple(i for i in node.spec_topk or () if i >= 0)
-        node.ready_s = now
-        self.retr_waiting[node.key] = node
-        self.policy.on_retrieve_ready(self.view, node, now)
+        self._queue_ready(node, now)
 
     def _end(self, run: RequestRun, now: float) -> None:
         run.finish_s = now

@@ -110,11 +110,11 @@ class HedraPolicy(Policy):
             return None
         if self.spec_retr is not None and (spec := self.spec_retr.plan(s)):
             return SearchBatch(tuple(spec))
-        if self.gpu is None:
-            return SearchBatch(tuple(self.substages.plan(s, self.wavefront.queries(s))))
-        self.gpu.defer_cached(s)
+        if self.gpu is not None:
+            self.gpu.defer_cached(s)  # leave the resident clusters to the GPU lane
         tasks = tuple(self.substages.plan(s, self.wavefront.queries(s)))
-        self.gpu.note(tasks, lane)
+        if self.gpu is not None:
+            self.gpu.note(tasks, lane)
         return SearchBatch(tasks)
 
     def plan_pcie(self, s: SchedulerView, now: float) -> CacheLoad | None:

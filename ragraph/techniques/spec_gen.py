@@ -53,11 +53,11 @@ class SpeculativeGeneration:
             if self.after is not None:
                 if node.substages - node.in_flight != self.after:
                     return
-            elif self.load(s) >= self.threshold:
+            elif not has_headroom(s, self.peak_tokens_s, self.threshold):
                 return
             s.speculate(child, now)
         elif self.after is None and child.key in self._started_on and self._started_on[child.key][1] != topk:
-            if self.load(s) >= self.threshold:
+            if not has_headroom(s, self.peak_tokens_s, self.threshold):
                 return
             s.restart_speculation(child, now)
             self.restarted += 1
@@ -65,10 +65,6 @@ class SpeculativeGeneration:
             return
         self._started_on[child.key] = (node.key, topk)
         self.issued += 1
-
-    def load(self, s: SchedulerView) -> float:
-        """T_cur / T_max: the engine's recent decode throughput over its peak (0 when idle)."""
-        return s.decode_tokens_s / self.peak_tokens_s if s.gen_in_engine else 0.0
 
     def keep(self, s: SchedulerView, node: NodeRun) -> bool:
         """The retrieval `node` waited on is final: keep the speculation iff it ran on that result."""
@@ -87,6 +83,13 @@ class SpeculativeGeneration:
         decided = self.confirmed + self.aborted
         return {"issued": self.issued, "confirmed": self.confirmed, "aborted": self.aborted,
                 "restarted": self.restarted, "accuracy": self.confirmed / decided if decided else 0.0}
+
+
+def has_headroom(s: SchedulerView, peak_tokens_s: float, threshold: float) -> bool:
+    """Whether speculation may be issued: T_cur / T_max < τ, the engine's recent decode
+    throughput over its peak below `threshold` (an idle engine always has room). Speculative
+    generation and retrieval share this gate."""
+    return not s.gen_in_engine or s.decode_tokens_s / peak_tokens_s < threshold
 
 
 def _waiting_generation(s: SchedulerView, node: NodeRun) -> NodeRun | None:

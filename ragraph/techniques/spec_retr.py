@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from ragraph.graph import Generate, Retrieve
 from ragraph.state import NodeState
+from ragraph.techniques.spec_gen import has_headroom
 from ragraph.work import ScanTask
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class SpeculativeRetrieval:
                 s.watch_generation(node, self.fraction)
 
     def on_generation_progress(self, s: SchedulerView, node: NodeRun, fraction: float, now: float) -> None:
-        if s.decode_tokens_s >= self.threshold * self.peak_tokens_s:
+        if not has_headroom(s, self.peak_tokens_s, self.threshold):
             return
         child = _next_retrieval(s.requests[node.key[0]], node)
         if child is not None and child.state is NodeState.BLOCKED:
