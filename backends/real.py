@@ -2,11 +2,10 @@
 
 `RealBackend.open(options)` builds the parts once (model load and index load take tens of
 seconds); the engine runs the one engine configuration `options.engine` (the same
-`hwmodel.profile.Engine` the simulator reads from a profile). `replay(requests, policy,
-costs)` then runs one trace through `RealExecutor` under a policy built from its spec and a
-cost model, exactly as `hedra sim` builds it (the cost model is the profile's
-`hwmodel.latency.LatencyModel`, fitted on this body by `hedra calibrate`), and can be called
-again with another policy on the same warm engines. Heavy libraries load here, lazily.
+`hwmodel.profile.Engine` the simulator reads from a profile). `replay(requests, policy)`
+then runs one trace through `RealExecutor` under a built policy (`runs.run_real` builds it
+from a validated `PolicyChoice` and the profile's latency model, as `runs.simulate` does),
+and can be called again with another policy on the same warm engines. Heavy libraries load here, lazily.
 
 Cores: on a CPU-only machine the engine thread and the retrieval threads are pinned to
 disjoint cores (default: the first usable core generates, the rest retrieve), each with its
@@ -31,9 +30,8 @@ from backends.paths import hedra_home
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
-from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
-from ragraph.policies import make_policy
+from ragraph.policies.base import Policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
 
@@ -161,16 +159,16 @@ class RealBackend:
             return self._retrieval.begin(requests)
         return RetrievalService(self.retriever, self._retrieval.encode, requests, self.cache)
 
-    def replay(self, requests: list[Request], policy: str, costs: SearchCostModel, *, timeline: bool = True,
+    def replay(self, requests: list[Request], policy: Policy, *, timeline: bool = True,
                executor_hook: Callable[[RealExecutor], None] | None = None) -> RunResult:
-        """Run `requests` under the policy spec `policy`, whose time-based decisions use `costs`
-        (the profile's latency model); every request ends in the records. `executor_hook`
-        sees the executor before it starts (tests use it to inject faults)."""
+        """Run `requests` under `policy` (built for this run, with the profile's latency model
+        as its cost model: `runs.run_real` does it); every request ends in the records.
+        `executor_hook` sees the executor before it starts (tests use it to inject faults)."""
         service = self.retrieval_body(requests)
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),
                  Lane.CPU_RETRIEVAL: lambda: thread_setup(ret_cores, search_threads=len(ret_cores))}
-        executor = RealExecutor(requests, make_policy(policy, costs), self.engine, service,
+        executor = RealExecutor(requests, policy, self.engine, service,
                                 lane_setup=setup, timeline=timeline)
         if executor_hook is not None:
             executor_hook(executor)

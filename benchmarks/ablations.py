@@ -50,17 +50,18 @@ class Cell:
 
 def run_cell(cell: Cell) -> dict:
     """One simulation; the summary figures the comparisons use."""
-    from experiments.simulate import simulate
     from experiments.sweep import trace_requests
     from hwmodel.profile import load_profile
+    from ragraph.policies import parse_policy
     from ragraph.workflows import WorkflowRegistry
+    from runs.run import simulate
     from traces.generate import TraceConfig
 
     profile = load_profile()
     cfg = TraceConfig((cell.workflow,), cell.rate, cell.duration, seed=cell.seed, nprobe=cell.nprobe,
                       nlist=profile.index.nlist)
     requests = trace_requests(cfg, WorkflowRegistry())
-    run = simulate(requests, cell.policy, profile, seed=cell.seed, timeline=False)
+    run = simulate(requests, parse_policy(cell.policy), profile, seed=cell.seed, timeline=False)
     records = [r for r in run.result.records if r.status == "completed"]
     retr = [r.retrieval_s / r.retrieve_nodes for r in records if r.retrieve_nodes]
     s = run.summary
@@ -184,10 +185,11 @@ def run_real_body(args: argparse.Namespace) -> list[str]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from backends.real import RealBackend, RealOptions
     from backends.real_trace import realize_trace
-    from experiments.realrun import run_real
     from hwmodel.latency import LatencyModel
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+    from ragraph.policies import parse_policy
     from ragraph.workflows import WorkflowRegistry
+    from runs.run import run_real
     from traces.generate import TraceConfig, generate_trace
     from traces.schema import TraceRequest, to_request
 
@@ -203,7 +205,7 @@ def run_real_body(args: argparse.Namespace) -> list[str]:
             rows = realize_trace(generate_trace(cfg, registry), body.corpus, body.embedder, seed=args.seed)
             requests = [to_request(TraceRequest.model_validate(r), registry) for r in rows]
             for policy in REAL_POLICIES:
-                s = run_real(body, requests, policy, costs, timeline=False).summary
+                s = run_real(body, requests, parse_policy(policy), costs, timeline=False).summary
                 sp, sr, ro = s.get("speculation") or {}, s.get("speculative_retrieval") or {}, s.get("reorder") or {}
                 lat = s["latency_s"]
                 lines.append(f"| {wf} | {rate:g} | {policy} | {lat['p50']:.3f} | {lat['mean']:.3f} | "

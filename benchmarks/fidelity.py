@@ -45,14 +45,15 @@ def main() -> None:
     from backends.real import RealBackend, RealOptions
     from calibration.report import error_table
     from calibration.validate import Case, at_rate, capacity_rps, corpus_requests, run_validation
-    from experiments.outdir import atomic_dir
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+    from ragraph.policies import parse_policy
+    from runs.outdir import atomic_dir
 
     console = Console(stderr=True)
     prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
     workflows = [w.strip() for w in args.workflows.split(",") if w.strip()]
     loads = [float(x) for x in args.loads.split(",")]
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = [parse_policy(p.strip()) for p in args.policies.split(",") if p.strip()]
     body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: console.print(f"[setup] {m}"))
     if body.corpus.index_identity != prof.index.identity:
         sys.exit(f"the profile was measured on index {prof.index.identity}, the corpus is {body.corpus.index_identity}")

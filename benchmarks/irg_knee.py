@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.simulate import simulate
 from experiments.sweep import trace_requests
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
+from ragraph.policies import parse_policy
 from ragraph.workflows import WorkflowRegistry
+from runs.run import simulate
 from traces.generate import TraceConfig
 
 POLICIES = (
@@ -41,7 +42,7 @@ def main() -> None:
         requests = trace_requests(TraceConfig(("irg",), rate, args.duration, seed=1), WorkflowRegistry())
         rows = []
         for spec, what in POLICIES:
-            s = simulate(requests, spec, profile, timeline=False, latency=latency).summary
+            s = simulate(requests, parse_policy(spec), profile, timeline=False, latency=latency).summary
             rows.append((spec, what, s["latency_s"]["p50"], s["latency_s"]["p99"],
                          s["lane_utilization"]["gpu_gen"], s["lane_utilization"]["cpu_retrieval"]))
         ref = next(r for r in rows if r[0] == "flashrag")

@@ -31,10 +31,11 @@ def main() -> None:
 
     from backends.real import RealBackend, RealOptions
     from backends.real_trace import realize_trace
-    from experiments.realrun import run_real
     from hwmodel.latency import LatencyModel
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+    from ragraph.policies import parse_policy
     from ragraph.workflows import WorkflowRegistry
+    from runs.run import run_real
     from traces.generate import TraceConfig, generate_trace
     from traces.schema import TraceRequest, to_request
 
@@ -53,7 +54,7 @@ def main() -> None:
         requests = [to_request(TraceRequest.model_validate(r), registry) for r in rows]
         results = {}
         for policy in POLICIES:
-            s = run_real(body, requests, policy, costs, timeline=False).summary
+            s = run_real(body, requests, parse_policy(policy), costs, timeline=False).summary
             results[policy] = s
         print(f"\n{args.workflow} at {rate:g} req/s: {len(requests)} requests, {args.duration:.0f} s of arrivals,"
               f" seed {args.seed}")

@@ -242,10 +242,11 @@ def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False
     its own seed) and return the back-to-back gaps of each lane (`profiler.dispatch_gaps`)."""
     from calibration.validate import at_rate, corpus_requests
     from hwmodel.latency import LatencyModel
+    from ragraph.policies import make_policy
 
     n = 16 if quick else 80
     requests = at_rate(corpus_requests(body, DISPATCH_WORKFLOWS, n, seed=DISPATCH_SEED), 4.0)
-    result = body.replay(requests, "hedra", LatencyModel(profile))
+    result = body.replay(requests, make_policy("hedra", LatencyModel(profile)))
     return dispatch_gaps(result.timeline)
 
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments.simulate import simulate
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.graph import Request
+from ragraph.policies import PolicyChoice, parse_policy
 from ragraph.records import TimelineEvent
+from runs.run import run_real, simulate
 
 if TYPE_CHECKING:
     from backends.real import RealBackend
@@ -92,21 +93,19 @@ def _body_figures(summary: dict) -> dict[str, object]:
             "failed": summary["failed"], "lane_busy": summary["lane_utilization"]}
 
 
-def validate_case(body: RealBackend, profile: Profile, case: Case, policy: str,
+def validate_case(body: RealBackend, profile: Profile, case: Case, policy: PolicyChoice,
                   progress: Callable[[str], None] = lambda msg: None
                   ) -> tuple[dict, dict[str, list[float]], list[dict[str, object]]]:
     """One cell: (the cell's figures, the two bodies' completed latencies for plots, the real
     run's items re-timed)."""
-    from experiments.realrun import run_real
-
     latency = LatencyModel(profile)
-    progress(f"real body: {case.workflow} at {case.rate:g} req/s under {policy} ({len(case.requests)} requests)")
+    progress(f"real body: {case.workflow} at {case.rate:g} req/s under {policy.spec} ({len(case.requests)} requests)")
     real = run_real(body, case.requests, policy, latency, timeline=True)
-    progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {policy}")
+    progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {policy.spec}")
     sim = simulate(case.requests, policy, profile, timeline=False, latency=latency)
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
-    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy, "requests": len(case.requests),
+    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "requests": len(case.requests),
             "trace": case.source, "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
             "item_errors": item_errors(items)}
@@ -115,7 +114,8 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: str,
     return cell, latencies, items
 
 
-def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[str], out: Path,
+def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[PolicyChoice],
+                   out: Path,
                    progress: Callable[[str], None] = lambda msg: None) -> dict:
     """Validate every (case, policy); write validation.json, report.md and plots into `out`
     (an existing, empty folder: the caller makes it atomic)."""
@@ -130,8 +130,8 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
         for policy in policies:
             cell, lat, cell_items = validate_case(body, profile, case, policy, progress)
             cells.append(cell)
-            latencies[(case.workflow, case.rate, policy)] = lat
-            items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy, **r} for r in cell_items]
+            latencies[(case.workflow, case.rate, policy.spec)] = lat
+            items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, **r} for r in cell_items]
     result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
               "worst": worst_errors(cells)}
     (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -195,13 +195,15 @@ def generated_cases(body: RealBackend, workflows: Sequence[str], rates: Sequence
     return cases
 
 
-def capacity_rps(profile: Profile, requests: Sequence[Request], policy: str = "flashrag") -> tuple[float, bool]:
+def capacity_rps(profile: Profile, requests: Sequence[Request], policy: PolicyChoice | None = None
+                 ) -> tuple[float, bool]:
     """The highest arrival rate `policy` sustains on `profile` for `requests` (arriving at 1 per
     second; `at_rate` rescales them), found on the simulator: the largest rate (bisection, 2%
     resolution) at which they all end within 1.25 x their arrival span plus 10 x the latency
     at a trickle (a queue that keeps growing misses that). Only rates at which the requests
     span at least 4 x that slack can tell; returns (rate, whether it is only a lower bound
     because `requests` are too few to test a higher one)."""
+    policy = policy or parse_policy("flashrag")
     latency = LatencyModel(profile)
     trickle = simulate(at_rate(requests, 0.05), policy, profile, timeline=False, latency=latency)
     slack = 10 * (trickle.summary["latency_s"]["p50"] or 0.0)

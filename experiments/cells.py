@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from experiments.simulate import simulate
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
 from ragraph.graph import Op, Request
+from ragraph.policies import PolicyChoice
 from ragraph.workflows import Step, WorkflowRegistry, WorkflowSpec
+from runs.run import simulate
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, to_request
 
@@ -35,7 +36,7 @@ class Cell:
     workflows: tuple[str, ...]  # mixed in equal shares
     rate: float  # mean Poisson arrivals per second (offline: only spaces the generated trace)
     nprobe: int  # IVF lists searched per retrieval
-    policies: tuple[tuple[str, str], ...]  # (series label, policy spec)
+    policies: tuple[tuple[str, PolicyChoice], ...]  # (series label, validated policy)
     duration_s: float | None = None  # seconds of arrivals; None: `requests` arrivals
     requests: int | None = None  # exactly this many requests (the first ones generated)
     offline: bool = False  # every request arrives at t = 0 (a batch run)
@@ -67,11 +68,11 @@ def run_cell(cell: Cell) -> list[dict[str, object]]:
     latency = LatencyModel(profile)
     requests = cell_requests(cell, profile.index.nlist)
     rows = []
-    for label, spec in cell.policies:
-        s = simulate(requests, spec, profile, seed=cell.seed, timeline=False, latency=latency).summary
+    for label, choice in cell.policies:
+        s = simulate(requests, choice, profile, seed=cell.seed, timeline=False, latency=latency).summary
         lat = s["latency_s"]
         rows.append({**dict(cell.tags), "workflow": "+".join(cell.workflows), "nprobe": cell.nprobe,
-                     "rate": cell.rate, "policy": label, "spec": spec, "requests": s["requests"],
+                     "rate": cell.rate, "policy": label, "spec": choice.spec, "requests": s["requests"],
                      "completed": s["completed"], "mean_s": lat["mean"], "p50_s": lat["p50"],
                      "p95_s": lat["p95"], "p99_s": lat["p99"], "makespan_s": s["sim_s"],
                      "throughput_rps": s["throughput_rps"], "wall_s": s["wall_s"]})

@@ -24,10 +24,10 @@ from pydantic import ValidationError
 
 from experiments.listing import KINDS, help_epilog, workflow_lines
 from experiments.listing import lines as listing_lines
-from experiments.outdir import OutputError, check_output_dir, check_output_file, output_errors
 from hwmodel.profile import DEFAULT_PROFILE, ProfileError, load_profile
 from ragraph.policies import POLICIES, PolicyError, parse_policy
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError, WorkflowRegistry, WorkflowSpec
+from runs.outdir import OutputError, check_output_dir, check_output_file, output_errors
 from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
@@ -283,18 +283,18 @@ def sim(
     workflows: WorkflowsOpt = None,
 ) -> None:
     """Simulate a trace under a policy; write requests.parquet, summary.json, timeline.json."""
-    from experiments.results import lane_tracks, write_run
-    from experiments.simulate import simulate
+    from runs.outputs import lane_tracks, write_run
+    from runs.run import simulate
 
     with user_errors():
         check_output_dir(out)
+        choice = parse_policy(policy)  # refuse a bad spec before anything runs
         prof = load_profile(profile)
         requests = load_trace(trace, load_workflows(workflows), nlist=prof.index.nlist, index=prof.index.identity,
                               target=f"the profile {prof.name} describes index {prof.index.name}"
                                      f" ({prof.index.identity or 'no identity'}); calibrate a profile on that index"
                                      " (hedra calibrate) or regenerate the trace")
-        parse_policy(policy)  # refuse a bad spec before running
-        run = simulate(requests, policy, prof, seed=seed, meta={"trace": str(trace)})
+        run = simulate(requests, choice, prof, seed=seed, meta={"trace": str(trace)})
         hw = prof.hardware
         write_run(out, run.result.records, run.summary, run.result.timeline,
                   lane_tracks(hw.gpu, hw.gen_cores, hw.retrieval_cores))
@@ -558,9 +558,9 @@ def run(
     Ctrl-C stops it: every request ends (completed or failed "interrupted"), the outputs are written, exit 130."""
     from rich.console import Console
 
-    from experiments.realrun import run_real
-    from experiments.results import lane_tracks, write_run
     from hwmodel.latency import LatencyModel
+    from runs.outputs import lane_tracks, write_run
+    from runs.run import run_real
 
     console = Console(stderr=True)
     if verbose:
@@ -569,13 +569,13 @@ def run(
     try:
         with user_errors():
             check_output_dir(out)
-            parse_policy(policy)  # refuse a bad spec before loading anything
+            choice = parse_policy(policy)  # refuse a bad spec before loading anything
             prof = _profile_of_body(profile, backend)
             options = _real_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
             body, (requests,) = _open_checked(options, prof, [trace], load_workflows(workflows), console)
             console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
             with _replay_progress(console) as hook:
-                run_ = run_real(body, requests, policy, LatencyModel(prof), timeline=timeline,
+                run_ = run_real(body, requests, choice, LatencyModel(prof), timeline=timeline,
                                 meta={"trace": str(trace), "profile": prof.name}, executor_hook=hook)
             write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
                       lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
@@ -689,7 +689,7 @@ def calibrate(
     from backends.real import RealBackend
     from calibration.calibrate import CPU_ENGINE, GPU_ENGINE
     from calibration.calibrate import calibrate as run_calibration
-    from experiments.outdir import atomic_file
+    from runs.outdir import atomic_file
 
     console = Console(stderr=True)
     with user_errors():
@@ -747,16 +747,14 @@ def validate(
     from rich.console import Console
 
     from calibration.validate import Case, generated_cases, run_validation
-    from experiments.outdir import atomic_dir
+    from runs.outdir import atomic_dir
 
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
-        specs = [p.strip() for p in policies.split(",") if p.strip()]
-        if not specs:
+        choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
+        if not choices:
             raise UsageError("--policies names no policy")
-        for spec in specs:
-            parse_policy(spec)
         if bool(trace) == bool(workflow):
             raise UsageError("give either --trace FILE(s) or --workflow W with --rates R1,R2")
         rate_list = _rates(rates) if workflow else []
@@ -780,7 +778,7 @@ def validate(
                     cases = [Case(",".join(sorted({r.workflow for r in reqs})), _rate_of(reqs), reqs, str(path))
                              for path, reqs in zip(trace or [], loaded, strict=True)]
                 with atomic_dir(out) as tmp:
-                    result = run_validation(body, prof, cases, specs, tmp, progress=status.update)
+                    result = run_validation(body, prof, cases, choices, tmp, progress=status.update)
         finally:
             body.close()
     from calibration.report import error_table

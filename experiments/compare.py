@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.outdir import atomic_dir
 from experiments.study_plots import PLOTS_OF_RUNS, study_plots
 from experiments.sweep import QUANTILES
 from ragraph.work import LANES
+from runs.outdir import atomic_dir
 
 BY = ("policy", "workflow", "body", "profile", "seed", "trace", "run")
 CONTEXT = ("workflow", "rate", "policy", "profile", "seed", "body")

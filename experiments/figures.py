@@ -18,7 +18,8 @@ import pandas as pd
 
 from experiments.cells import Cell, run_cells
 from experiments.figplot import latency_grid, normalized_bars
-from experiments.outdir import atomic_dir
+from ragraph.policies import parse_policy
+from runs.outdir import atomic_dir
 
 SLO_S = 10.0  # the paper's latency SLO and Fig. 12/14 y-axis cap
 WORKFLOWS = ("one-shot", "hyde", "recomp", "multistep", "irg")
@@ -59,12 +60,13 @@ class Figure:
 
     def cells(self, duration_s: float, quick: bool) -> list[Cell]:
         panels = [p for p in self.panels if not (quick and self.quick_panels) or p.key in self.quick_panels]
+        policies = tuple((label, parse_policy(spec)) for label, spec in self.policies)
         if self.offline:
             n = 64 if quick else self.requests
-            return [Cell(mix, 1000.0, p.nprobe, self.policies, requests=n, offline=True,
+            return [Cell(mix, 1000.0, p.nprobe, policies, requests=n, offline=True,
                          tags=(("panel", p.key),)) for p in panels for mix in p.mixes]
         rates = QUICK_RATES if quick else self.rates
-        return [Cell(mix, float(r), p.nprobe, self.policies, duration_s=duration_s, tags=(("panel", p.key),))
+        return [Cell(mix, float(r), p.nprobe, policies, duration_s=duration_s, tags=(("panel", p.key),))
                 for p in panels for mix in p.mixes for r in rates]
 
 

@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.outdir import MARKER, atomic_file, check_output_dir
 from experiments.sweepspec import Cell, SweepSpec
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile, load_profile
 from ragraph.graph import Request
-from ragraph.policies import parse_policy
 from ragraph.work import LANES
 from ragraph.workflows import WorkflowRegistry
+from runs.outdir import MARKER, atomic_file, check_output_dir
+from runs.outputs import write_run
+from runs.run import simulate
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, load_trace, to_request
 
@@ -104,9 +105,6 @@ def _requests(cell: Cell, nlist: int) -> list[Request]:
 
 def run_cell(cell: Cell, options: CellOptions = CellOptions()) -> dict[str, object]:
     """Simulate one cell and return its table row; called in a worker (or the driver)."""
-    from experiments.results import write_run
-    from experiments.simulate import simulate
-
     prof, latency = _profile(cell.profile)
     reqs = _requests(cell, prof.index.nlist)
     keep = bool(options.runs_dir)
@@ -124,7 +122,7 @@ def row_of(cell: Cell, summary: dict, latencies: list[float]) -> dict[str, objec
     util = summary["lane_utilization"]
     row: dict[str, object] = {
         "workflow": cell.label, "trace": cell.trace, "rate": cell.rate, "duration_s": cell.duration_s,
-        "policy": cell.policy, "policy_name": parse_policy(cell.policy).name, "profile": summary["profile"],
+        "policy": cell.policy.spec, "policy_name": cell.policy.name, "profile": summary["profile"],
         "seed": cell.seed, **{f"opt_{k}": v for k, v in summary["policy_options"].items()},
         "requests": summary["requests"], "completed": summary["completed"], "failed": summary["failed"],
         **{f"{k}_s": lat[k] for k in ("mean", "p50", "p95", "p99")},

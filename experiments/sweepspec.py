@@ -36,7 +36,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hwmodel.profile import PROFILE_DIR, ProfileError, load_profile
-from ragraph.policies import PolicyError, parse_policy
+from ragraph.policies import PolicyChoice, PolicyError, parse_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry
 from traces.schema import TraceError, load_trace
 
@@ -140,7 +140,7 @@ class Cell:
     rate: float  # req/s of synthetic arrivals; a trace file's measured rate
     duration_s: float  # seconds of synthetic arrivals (0 for a trace file)
     trace_options: tuple[tuple[str, object], ...]  # arrival, cv, nprobe, k, zipf, overlap, iterations
-    policy: str  # the policy spec
+    policy: PolicyChoice  # the policy, validated
     profile: str  # a shipped profile's name, or an absolute profile path
     seed: int  # the trace's seed and the simulation's
     inputs: str = ""  # digest of the profile's and the trace file's contents (a changed file is a new cell)
@@ -152,7 +152,7 @@ class Cell:
     def key(self) -> dict[str, object]:
         """What makes two cells the same simulation (the stored cell's identity)."""
         return {"trace": self.trace, "workflow": self.label, "rate": self.rate, "duration_s": self.duration_s,
-                **dict(self.trace_options), "policy": self.policy, "profile": self.profile, "seed": self.seed,
+                **dict(self.trace_options), "policy": self.policy.spec, "profile": self.profile, "seed": self.seed,
                 "inputs": self.inputs}
 
 
@@ -216,15 +216,16 @@ def expand(spec: SweepSpec, path: str | Path, registry: WorkflowRegistry | None 
     path = Path(path)
     base = path.parent
     registry = registry or WorkflowRegistry()
-    policies = spec.policy_specs()
+    choices: dict[str, PolicyChoice] = {}
     for i, p in enumerate(spec.policies):
         for s in [p] if isinstance(p, str) else p.specs():
             try:
-                parse_policy(s)
+                choices.setdefault(s, parse_policy(s))
             except PolicyError as exc:
                 raise _fail(path, f"policies[{i}]", str(exc)) from None
-    if spec.baseline is not None and spec.baseline not in policies:
-        raise _fail(path, "baseline", f"{spec.baseline!r} is not one of the policies ({', '.join(policies)})")
+    policies = list(choices.values())
+    if spec.baseline is not None and spec.baseline not in choices:
+        raise _fail(path, "baseline", f"{spec.baseline!r} is not one of the policies ({', '.join(choices)})")
     profiles = []
     for i, ref in enumerate(spec.profiles):
         resolved = profile_ref(ref, base)

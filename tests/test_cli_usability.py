@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.outdir import OutputError, atomic_dir, atomic_file
 from hwmodel.profile import DEFAULT_PROFILE
 from ragraph.policies import POLICIES
 from ragraph.workflows import BUILTIN_WORKFLOWS
+from runs.outdir import OutputError, atomic_dir, atomic_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

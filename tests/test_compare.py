@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from test_cli import assert_usage_error, hedra
 
-from experiments.results import write_run
-from experiments.simulate import simulate
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+from ragraph.policies import parse_policy
+from runs.outputs import write_run
+from runs.run import simulate
 from traces.schema import load_trace
 
 DATA = Path(__file__).parent / "data" / "real-run"  # see its README.md: how it was recorded
@@ -32,7 +33,7 @@ def runs(tmp_path) -> dict[str, Path]:
     reqs = load_trace(trace)
     out = {"real": real, "trace": trace}
     for policy in ("hedra", "flashrag"):
-        run = simulate(reqs, policy, prof, seed=0, timeline=False, meta={"trace": "trace.jsonl"})
+        run = simulate(reqs, parse_policy(policy), prof, seed=0, timeline=False, meta={"trace": "trace.jsonl"})
         out[policy] = write_run(tmp_path / f"sim-{policy}", run.result.records, run.summary, None)
     return out
 

@@ -12,6 +12,7 @@ import pytest
 
 from experiments.cells import Cell, run_cells
 from experiments.figures import FIGURES, rate_ratio, sustainable_rate
+from ragraph.policies import parse_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +52,8 @@ def test_figure_log_scale_and_errors(tmp_path):
 
 
 def test_run_cells_pool_equals_in_process():
-    cells = [Cell(("one-shot",), r, 128, (("flashrag", "flashrag"), ("hedra", "hedra")), duration_s=3.0)
-             for r in (4.0, 12.0)]
+    policies = (("flashrag", parse_policy("flashrag")), ("hedra", parse_policy("hedra")))
+    cells = [Cell(("one-shot",), r, 128, policies, duration_s=3.0) for r in (4.0, 12.0)]
     assert _same_but_wall(run_cells(cells, 1), run_cells(cells, 2))
 
 
@@ -62,7 +63,8 @@ def _same_but_wall(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_offline_cell_arrives_at_once():
-    (row,) = run_cells([Cell(("one-shot",), 1000.0, 128, (("hedra", "hedra"),), requests=50, offline=True)], 1)
+    cell = Cell(("one-shot",), 1000.0, 128, (("hedra", parse_policy("hedra")),), requests=50, offline=True)
+    (row,) = run_cells([cell], 1)
     assert row["requests"] == 50 and row["completed"] == 50
     assert row["mean_s"] < row["makespan_s"]
 

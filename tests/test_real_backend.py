@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from test_cli import assert_usage_error, hedra  # the CLI as a subprocess, and the bad-input contract
 
+from ragraph.policies import make_policy, parse_policy
 from ragraph.records import RunResult
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace, write_jsonl
@@ -85,10 +86,10 @@ def trace_rows(wiki_corpus, embedder) -> list[dict]:
 
 @pytest.mark.parametrize("policy", ["langchain", "flashrag", "hedra"])
 def test_replay_accounts_for_every_request(backend, costs, trace_rows, policy):
-    from experiments.realrun import run_real
+    from runs.run import run_real
 
     requests = requests_of(trace_rows)
-    run = run_real(backend, requests, policy, costs)
+    run = run_real(backend, requests, parse_policy(policy), costs)
     assert isinstance(run.result, RunResult)
     records = {r.id: r for r in run.result.records}
     assert len(run.result.records) == len(requests) == len(records)
@@ -108,11 +109,11 @@ def test_replay_accounts_for_every_request(backend, costs, trace_rows, policy):
 
 
 def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, costs, calibrated_profile, trace_rows):
-    from experiments.realrun import run_real
-    from experiments.simulate import simulate
+    from runs.run import run_real, simulate
 
     requests = requests_of(trace_rows[:10])
-    policy = "hedra:no-spec-retr"  # a speculative retrieval embeds a prefix of the query besides the query
+    # a speculative retrieval embeds a prefix of the query besides the query
+    policy = parse_policy("hedra:no-spec-retr")
     real = run_real(backend, requests, policy, costs)
     sim = simulate(requests, policy, calibrated_profile)
     assert set(sim.summary) - {"profile", "profile_kind", "seed"} <= set(real.summary)
@@ -138,13 +139,13 @@ def test_engine_error_fails_only_the_requests_it_touched(backend, costs, trace_r
         return real_step()
 
     monkeypatch.setattr(engine, "step", flaky_step)
-    result = backend.replay(requests, "hedra", costs)
+    result = backend.replay(requests, make_policy("hedra", costs))
     assert len(result.records) == len(requests)
     failed = [r for r in result.records if r.status != "completed"]
     assert failed and all(r.reason == "gpu_gen error: RuntimeError: injected engine fault" for r in failed)
     assert len(failed) < len(requests)  # the lane carried on after the fault
     monkeypatch.undo()
-    again = backend.replay(requests[:5], "flashrag", costs)  # the engine was left clean
+    again = backend.replay(requests[:5], make_policy("flashrag", costs))  # the engine was left clean
     assert all(r.status == "completed" for r in again.records)
 
 
@@ -153,7 +154,7 @@ def test_stop_ends_every_request_arrived_or_not(backend, costs, wiki_corpus, emb
     requests = requests_of(rows)
     hook = lambda ex: threading.Timer(2.0, ex.stop).start()  # noqa: E731
     t0 = time.monotonic()
-    result = backend.replay(requests, "hedra", costs, executor_hook=hook)
+    result = backend.replay(requests, make_policy("hedra", costs), executor_hook=hook)
     assert time.monotonic() - t0 < 20
     assert result.stopped == "interrupted"
     assert sorted(r.id for r in result.records) == sorted(r.id for r in requests)

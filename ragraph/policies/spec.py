@@ -32,13 +32,20 @@ class PolicyType:
     techniques: tuple[str, ...] = ()  # switchable by name: `TECH` / `no-TECH`
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PolicyChoice:
-    """A parsed, validated policy spec."""
+    """A parsed, validated policy spec: what the edge (CLI, sweep spec) hands inward, never
+    the spec's text. Equal and hashed as its spec."""
 
     spec: str  # as the user wrote it
     type: PolicyType
     options: BaseModel  # an instance of `type.options`
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PolicyChoice) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
 
     @property
     def name(self) -> str:

@@ -1,0 +1,61 @@
+"""One run of a trace on either body, from validated inputs to a `Run` (records + summary).
+
+The one place a run is made: `hedra sim`, `hedra run`, sweeps, validation, calibration and
+the benchmarks all call `simulate` or `run_real`. Both take a `PolicyChoice` (a spec parsed
+and validated once, at the edge: the CLI or a sweep spec), build the policy once with the
+body's cost model, run, and summarise with the same keys (`runs.summary`). Writing the
+run's folder is `runs.outputs.write_run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hwmodel.latency import LatencyModel
+from hwmodel.profile import Profile
+from ragraph.costs import SearchCostModel
+from ragraph.graph import Request
+from ragraph.policies.spec import PolicyChoice
+from ragraph.records import RunResult
+from runs.summary import summarize
+from sim.executor import Simulation
+
+if TYPE_CHECKING:
+    from backends.executor import RealExecutor
+    from backends.real import RealBackend
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What one run gave, on either body."""
+
+    result: RunResult  # the executor's records, clocks, lane busy time and timeline
+    summary: dict[str, object]  # summary.json's content
+
+
+def _policy_meta(choice: PolicyChoice) -> dict[str, object]:
+    return {"policy": choice.spec, "policy_options": choice.resolved()}
+
+
+def simulate(requests: list[Request], choice: PolicyChoice, profile: Profile, *, seed: int = 0,
+             timeline: bool = True, latency: LatencyModel | None = None,
+             meta: dict[str, object] | None = None) -> Run:
+    """Simulate `requests` under `choice` on `profile` (`latency`: the profile's latency model,
+    when the caller keeps one across runs)."""
+    latency = latency or LatencyModel(profile)
+    result = Simulation(requests, choice.build(latency), latency, seed=seed, timeline=timeline).run()
+    return Run(result, summarize(result, {"body": "sim", **_policy_meta(choice), "profile": profile.name,
+                                          "profile_kind": profile.kind, "seed": seed, **(meta or {})}))
+
+
+def run_real(backend: RealBackend, requests: list[Request], choice: PolicyChoice, costs: SearchCostModel, *,
+             timeline: bool = True, meta: dict[str, object] | None = None,
+             executor_hook: Callable[[RealExecutor], None] | None = None) -> Run:
+    """Replay `requests` on the real `backend` under `choice`, its time-based decisions priced by
+    `costs` (the profile's latency model); `executor_hook` sees the executor before it starts
+    (the CLI reads its progress, tests inject faults)."""
+    result = backend.replay(requests, choice.build(costs), timeline=timeline, executor_hook=executor_hook)
+    return Run(result, summarize(result, {"body": "real", **_policy_meta(choice), **backend.describe(),
+                                          **(meta or {})}))
