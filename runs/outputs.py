@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from runs.outdir import atomic_dir
-from ragraph.records import RequestRecord, RunResult, TimelineEvent
+from ragraph.records import RequestRecord, TimelineEvent
 from ragraph.work import LANES, Lane
+from runs.outdir import atomic_dir
 
 
 def lane_tracks(gpu: str | None, gen_cores: Sequence[int] | None = None,

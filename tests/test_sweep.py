@@ -284,11 +284,11 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_bare_ray_flag_means_a_local_instance():
-    from experiments.cli import _bare_ray
+    from experiments.cli import bare_ray
 
-    assert _bare_ray(["sweep", "s.toml", "--ray"]) == ["sweep", "s.toml", "--ray", "local"]
-    assert _bare_ray(["sweep", "--ray", "--out", "o"]) == ["sweep", "--ray", "local", "--out", "o"]
-    assert _bare_ray(["sweep", "--ray", "auto"]) == ["sweep", "--ray", "auto"]
+    assert bare_ray(["sweep", "s.toml", "--ray"]) == ["sweep", "s.toml", "--ray", "local"]
+    assert bare_ray(["sweep", "--ray", "--out", "o"]) == ["sweep", "--ray", "local", "--out", "o"]
+    assert bare_ray(["sweep", "--ray", "auto"]) == ["sweep", "--ray", "auto"]
 
 
 def test_sweep_cli_on_a_local_ray_instance(tmp_path, small):

@@ -1,0 +1,90 @@
+"""Assembling the real body from a command's options: which profile, which options, which
+corpus, and the checks that refuse a body that cannot match its traces or profile.
+
+`hedra run`, `calibrate` and `validate` parse their options and call these; a mismatch
+raises `BackendError` (one line, naming the option and the command that fixes it) before
+the engines load wherever that can be known then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from backends.real import BackendError, RealBackend, RealOptions, require_cuda
+from hwmodel.profile import DEFAULT_CPU_PROFILE, Engine, Profile, load_profile
+from ragraph.graph import Request
+from ragraph.workflows import WorkflowRegistry
+from traces.schema import TraceError, load_trace
+
+
+def real_options(backend: str, model: Path | None, corpus: Path | None, gen_cores: tuple[int, ...] | None,
+                 retrieval_cores: tuple[int, ...] | None, setup: Profile | Engine,
+                 cache_vectors: int = 0) -> RealOptions:
+    """Validated `RealOptions`; `setup` is a measured profile (its engine configuration, and its
+    cores unless given) or, for `hedra calibrate`, the engine configuration to measure.
+    Raises BackendError, or pydantic's ValidationError for an option RealOptions refuses."""
+    if backend not in ("cpu", "gpu"):
+        raise BackendError(f"--backend {backend!r}: expected cpu or gpu")
+    if model is not None and not (model / "config.json").is_file():
+        raise BackendError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+    options = {"backend": backend, "model": model, "corpus": corpus, "cache_vectors": cache_vectors,
+               "gen_cores": gen_cores, "retrieval_cores": retrieval_cores}
+    if isinstance(setup, Profile):
+        return RealOptions.of_profile(setup, **options)
+    return RealOptions(engine=setup, **options)
+
+
+def profile_of_body(profile: str | None, backend: str) -> Profile:
+    """The measured profile a real run uses (`--profile`, else the shipped one of the CPU rig)."""
+    if backend == "gpu":
+        require_cuda()
+    if profile is None and backend == "gpu":
+        raise BackendError("--profile: the gpu backend needs a measured profile of this machine"
+                           " (hedra calibrate --backend gpu --out PROFILE.json)")
+    return load_profile(profile or DEFAULT_CPU_PROFILE)
+
+
+def check_profile_index(profile: Profile, corpus_dir: Path, identity: str) -> None:
+    """Refuse a profile measured on another index than the corpus the body searches."""
+    if profile.index.identity != identity:
+        measured = profile.index.identity or "(none: analytic)"
+        raise BackendError(f"--profile {profile.name}: measured on index {measured}, but the corpus at {corpus_dir}"
+                           f" has index {identity}; calibrate this body (hedra calibrate --corpus {corpus_dir}"
+                           " --out PROFILE.json) and pass --profile PROFILE.json")
+
+
+def open_checked(options: RealOptions, profile: Profile, traces: list[Path], registry: WorkflowRegistry,
+                 progress: Callable[[str], None] = lambda msg: None) -> tuple[RealBackend, list[list[Request]]]:
+    """Open the real body after refusing what cannot match it: traces made on another index
+    than the corpus, a profile measured on another index. Returns (body, the requests of
+    each trace); the checks run before the engines load where the corpus exists already,
+    and once more after a first-use build."""
+    from backends.corpus import default_corpus_dir, index_identity, read_manifest
+
+    corpus_dir = options.corpus or default_corpus_dir()
+
+    def against(ident: str) -> str:
+        return (f"the corpus at {corpus_dir} has index {ident}; replay the trace on the corpus it was made on"
+                f" (--corpus) or regenerate it on this one (hedra trace gen --corpus {corpus_dir})")
+
+    def check(ident: str, nlist: int) -> list[list[Request]]:
+        loaded = [load_trace(p, registry, nlist=nlist, index=ident, target=against(ident)) for p in traces]
+        check_profile_index(profile, corpus_dir, ident)
+        return loaded
+
+    identity = ""
+    if (corpus_dir / "manifest.json").is_file():
+        manifest = read_manifest(corpus_dir)
+        identity = index_identity(manifest)
+        loaded = check(identity, manifest["index"]["nlist"])
+    else:  # no corpus yet: RealBackend.open builds it, and everything is checked against it then
+        loaded = [load_trace(p, registry) for p in traces]
+    body = RealBackend.open(options, progress=progress)
+    if identity != body.corpus.index_identity:  # the corpus was built just now
+        try:
+            loaded = check(body.corpus.index_identity, body.retriever.nlist)
+        except (TraceError, BackendError):
+            body.close()
+            raise
+    return body, loaded

