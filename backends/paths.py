@@ -13,7 +13,8 @@ def hedra_home() -> Path:
 
 def vllm_environment() -> None:
     """Before vLLM is imported: its caches (torch.compile artefacts, kernels) under
-    $HEDRA_HOME/vllm, and its logging at WARNING (quiet); a value the user set wins
-    (`hedra run -v` sets VLLM_LOGGING_LEVEL=INFO)."""
+    $HEDRA_HOME/vllm, and its logging at ERROR (quiet: its start-up warnings about this
+    machine's libraries are not the user's business); a value the user set wins
+    (`hedra run|calibrate|validate -v` sets VLLM_LOGGING_LEVEL=INFO)."""
     os.environ.setdefault("VLLM_CACHE_ROOT", str(hedra_home() / "vllm"))
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

@@ -47,9 +47,16 @@ RetrievalCoresOpt = Annotated[str | None, typer.Option(
     help="Cores of the retrieval lane, e.g. 1 (default: the profile's).")]
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's own log lines (INFO).")]
 RealProfileOpt = Annotated[str | None, typer.Option(
     help="Measured profile of this body (hedra calibrate): its engine configuration runs, its cost model prices"
          " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
+
+
+def _vllm_logs(verbose: bool) -> None:
+    """vLLM logs at INFO with -v; otherwise errors only (backends.paths)."""
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process
 
 
 def _options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
@@ -86,7 +93,7 @@ def run(
     cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's own log lines (INFO).")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
     Ctrl-C stops it: every request ends (completed or failed "interrupted"), the outputs are written, exit 130."""
@@ -97,8 +104,7 @@ def run(
     from runs.run import run_real
 
     console = Console(stderr=True)
-    if verbose:
-        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process (backends.paths)
+    _vllm_logs(verbose)
     body = None
     try:
         with user_errors():
@@ -181,6 +187,7 @@ def calibrate(
     block_size: Annotated[int | None, typer.Option(help="KV block size in tokens (cpu default 128).")] = None,
     repeats: Annotated[int, typer.Option(help="Passes over the profiling grid.")] = 2,
     quick: Annotated[bool, typer.Option(help="A small grid (tests, smoke runs); less accurate.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Profile the real body on a designed grid, fit the simulator's latency models, write a measured profile."""
     from rich.console import Console
@@ -190,6 +197,7 @@ def calibrate(
     from calibration.calibrate import calibrate as run_calibration
     from runs.outdir import atomic_file
 
+    _vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         if out.suffix != ".json":
@@ -241,6 +249,7 @@ def validate(
     gen_cores: GenCoresOpt = None,
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Replay traces on the real body and on the simulator with the profile; report how far apart they are."""
     from rich.console import Console
@@ -248,6 +257,7 @@ def validate(
     from calibration.validate import Case, generated_cases, run_validation
     from runs.outdir import atomic_dir
 
+    _vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
