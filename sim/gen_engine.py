@@ -51,23 +51,14 @@ budget walks the whole running list.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
+from sim.block_pool import BlockPool, Chain, Run
 
 _WAITING, _PREFILL, _DECODE, _DONE = range(4)
-
-
-@dataclass(slots=True, eq=False)
-class _Chain:
-    """The cache of one shared prefix's full blocks (block i holds the prefix's i-th block of tokens)."""
-
-    cached: int = 0  # blocks 0..cached-1 are cached (held by running sequences, or free)
-    held: int = 0  # blocks 0..held-1 are held by running sequences
-    extents: dict[int, int] = field(default_factory=dict)  # blocks held by a sequence -> how many hold that many
-    free_runs: list[_Run] = field(default_factory=list)  # its free blocks, oldest (highest indices) first
 
 
 @dataclass(slots=True, eq=False)  # identity equality: a key of the running dicts
@@ -75,7 +66,7 @@ class _Seq:
     """One task in the engine, waiting or running."""
 
     task: GenTask
-    chain: _Chain | None  # its shared prefix's cache (None: no full prefix block, or caching off)
+    chain: Chain | None  # its shared prefix's cache (None: no full prefix block, or caching off)
     kp: int  # full blocks of its shared prefix
     state: int = _WAITING
     computed: int = 0  # tokens in the KV cache (vLLM's num_computed_tokens); while decoding: tick - base
@@ -83,18 +74,8 @@ class _Seq:
     shared: int = 0  # prefix blocks 0..shared-1 it holds from the cache (the rest of its blocks are its own)
     base: int = 0  # while decoding: computed = engine tick - base
     finish_tick: int = -1  # while decoding: the tick of the step that samples its last token
-    own_run: _Run | None = None  # while preempted: its own blocks still cached
+    own_run: Run | None = None  # while preempted: its own blocks still cached
     first_hit: int = -1  # prefix-cache tokens at its first admission (reported with its first token)
-
-
-@dataclass(slots=True, eq=False)
-class _Run:
-    """Cached free blocks in the free queue: blocks lo..hi-1 of `owner`, evicted from hi-1 down.
-    owner: a shared prefix, a preempted sequence (its own blocks), or None (content nobody reuses)."""
-
-    owner: _Chain | _Seq | None
-    lo: int
-    hi: int
 
 
 class _Plan:
@@ -125,11 +106,7 @@ class GenEngineModel:
         self.caching = engine.enable_prefix_caching
         self.total_blocks = latency.profile.kv_capacity_blocks()
         self._longest = min(self.max_model_len, self.total_blocks * self.block)  # tokens a sequence may reach
-        self.anon = self.total_blocks  # free blocks with no cached content (reused first)
-        self.lent = 0  # blocks lent to the GPU index cache (`lend`): neither free nor the sequences'
-        self.cached_free = 0  # free blocks with cached content, in `lru`
-        self.lru: deque[_Run] = deque()
-        self.chains: dict[str, _Chain] = {}
+        self.pool = BlockPool(self.total_blocks, self.block, self.caching)
         self.seqs: dict[NodeKey, _Seq] = {}
         self.waiting: deque[_Seq] = deque()
         self.running: dict[_Seq, None] = {}  # in running order
@@ -159,11 +136,7 @@ class GenEngineModel:
                 self._rejected.append((task.key, self._never_runs(task)))
                 continue
             kp = min(task.prefix_tokens, task.prompt_tokens) // self.block if task.prefix and self.caching else 0
-            chain = None
-            if kp:
-                chain = self.chains.get(task.prefix)
-                if chain is None:
-                    chain = self.chains[task.prefix] = _Chain()
+            chain = self.pool.chain(task.prefix) if kp else None
             self.seqs[task.key] = seq = _Seq(task, chain, kp)
             self.waiting.append(seq)
             self._admitted += 1
@@ -177,11 +150,12 @@ class GenEngineModel:
         if n and self.fast_path and not (self.prefilling or self.waiting or self._rejected or self._aborted_tokens) \
                 and n <= self.token_budget:
             k = self.need[self.tick % self.block]  # blocks the decoders need: allocated by count
-            if k <= self.anon:
-                self.anon -= k
+            pool = self.pool
+            if k <= pool.anon:
+                pool.anon -= k
                 return self._decode_step(n)
-            if k <= self.anon + self.cached_free:
-                self._take(k)
+            if k <= pool.anon + pool.cached_free:
+                pool.take(k)
                 return self._decode_step(n)
         plan = _Plan()
         budget = self._serve_running(plan)
@@ -214,7 +188,8 @@ class GenEngineModel:
     @property
     def kv_used_blocks(self) -> int:
         """Blocks held by running sequences (cached free blocks count as free, as in vLLM's usage)."""
-        return self.total_blocks - self.anon - self.cached_free - self.lent
+        pool = self.pool
+        return pool.total - pool.anon - pool.cached_free - pool.lent
 
     # --- memory shared with the GPU index cache ---------------------------------------------------
 
@@ -222,24 +197,16 @@ class GenEngineModel:
         """Give up to `blocks` free blocks (cached content evicted if need be) to the GPU index
         cache; returns how many it got. KV use plus lent blocks never exceed the capacity, and
         enough stay free for the longest sequence, so an emptied engine can always admit."""
-        reserve = self._blocks(self._longest)
-        k = min(blocks, self.anon + self.cached_free - reserve)
-        if k > 0:
-            self._take(k)
-            self.lent += k
-        return max(k, 0)
+        return self.pool.lend(blocks, self._blocks(self._longest))
 
     def reclaim(self, blocks: int) -> None:
         """The GPU index cache returns `blocks` lent blocks (they become free, with no content)."""
-        if not 0 <= blocks <= self.lent:
-            raise ValueError(f"reclaim {blocks} blocks, {self.lent} are lent")
-        self.lent -= blocks
-        self.anon += blocks
+        self.pool.reclaim(blocks)
 
     def audit_blocks(self) -> int:
         """Blocks held, recounted from the sequences' state (for tests: equals `kv_used_blocks`)."""
         own = sum(self._blocks(self._computed(s)) - s.shared for s in self.running)
-        return own + sum(c.held for c in self.chains.values())
+        return own + self.pool.audit()
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -251,8 +218,9 @@ class GenEngineModel:
         seconds = self.latency.gen_step_s(0, n, context)
         finished = self._finish_decoders(t) if t in self.finishing else ()
         self.tick = t + 1
-        total = self.total_blocks
-        used = total - self.anon - self.cached_free - self.lent
+        pool = self.pool
+        total = pool.total
+        used = total - pool.anon - pool.cached_free - pool.lent
         return seconds, GenStepResult(finished=finished, kv_used_blocks=used,
                                       kv_total_blocks=total, running=n, decode_tokens=n, context_tokens=context)
 
@@ -268,20 +236,21 @@ class GenEngineModel:
             for _, c, n in chunks:
                 tokens += n
                 blocks += self._blocks(c + n) - self._blocks(c)
-        if tokens > self.token_budget or blocks > self.anon + self.cached_free:
+        pool = self.pool
+        if tokens > self.token_budget or blocks > pool.anon + pool.cached_free:
             return self._walk_running(plan)
         if blocks:
-            self._take(blocks)
+            pool.take(blocks)
         plan.decoders, plan.context = n_dec, n_dec * t - self.base_sum
         for seq, c, n in chunks:
             plan.chunks.append((seq, c, n))
             if seq.chain is not None:
-                self._register(seq, c, c + n)
+                self.pool.register(seq, c, c + n)
         return self.token_budget - tokens
 
     def _walk_running(self, plan: _Plan) -> int:
         """Phase 1 as vLLM runs it: in running order, preempting from the end when blocks run out."""
-        t = self.tick
+        t, pool = self.tick, self.pool
         order = list(self.running)
         end, i, budget = len(order), 0, self.token_budget
         while i < end and budget > 0:
@@ -290,45 +259,45 @@ class GenEngineModel:
             c = t - seq.base if decoding else seq.computed
             n = 1 if decoding else min(seq.task.prompt_tokens + seq.generated - c, budget)
             need = self._blocks(c + n) - self._blocks(c)
-            while need > self.anon + self.cached_free and end > i:
+            while need > pool.anon + pool.cached_free and end > i:
                 end -= 1
                 self._preempt(order[end])
                 plan.preempted += 1
             if end == i:  # it was preempted itself: serve no further running sequence
                 break
-            self._take(need)
+            pool.take(need)
             budget -= n
             if decoding:
                 plan.decoders += 1
                 plan.context += c
             else:
                 plan.chunks.append((seq, c, n))
-                self._register(seq, c, c + n)
+                self.pool.register(seq, c, c + n)
             i += 1
         plan.skipped = [s for s in order[i:end] if s.state == _DECODE]
         return budget
 
     def _admit_waiting(self, plan: _Plan, budget: int) -> None:
         """Phase 2: admit waiting sequences in order while budget, max_num_seqs and blocks allow."""
-        b, waiting, running = self.block, self.waiting, self.running
+        b, waiting, running, pool = self.block, self.waiting, self.running, self.pool
         while budget > 0 and waiting and len(running) < self.max_seqs:
             seq = waiting[0]
             hit = touched = 0
             if seq.chain is not None or seq.own_run is not None:
-                hit, touched = self._lookup(seq)
+                hit, touched = pool.lookup(seq)
             length = seq.task.prompt_tokens + seq.generated
-            if -(-length // b) - hit + touched > self.anon + self.cached_free:
+            if -(-length // b) - hit + touched > pool.anon + pool.cached_free:
                 break
             waiting.popleft()
             if hit or seq.own_run is not None:
-                self._touch(seq, hit)
+                pool.touch(seq, hit)
             c = hit * b
             n = length - c if length - c < budget else budget
             k = -(-(c + n) // b) - hit
-            if k <= self.anon:
-                self.anon -= k
+            if k <= pool.anon:
+                pool.anon -= k
             else:
-                self._take(k)
+                pool.take(k)
             if seq.first_hit < 0:
                 seq.first_hit = c
             seq.state, seq.computed = _PREFILL, c
@@ -336,7 +305,7 @@ class GenEngineModel:
             self.prefilling[seq] = None
             plan.chunks.append((seq, c, n))
             if seq.chain is not None:
-                self._register(seq, c, c + n)
+                self.pool.register(seq, c, c + n)
             budget -= n
 
     def _tally(self, plan: _Plan) -> tuple[int, int, int, int]:
@@ -415,7 +384,7 @@ class GenEngineModel:
                 self.base_sum -= base
                 need[base % block] -= 1
                 del running[seq]
-                self._release(seq, preempted=False)
+                self.pool.release(seq, preempted=False)
                 seq.state = _DONE
                 key = seq.task.key
                 del seqs[key]
@@ -434,13 +403,13 @@ class GenEngineModel:
     def _preempt(self, seq: _Seq) -> None:
         """Recompute preemption: free its blocks, back to the front of the waiting queue."""
         self._leave_running(seq)
-        self._release(seq, preempted=True)
+        self.pool.release(seq, preempted=True)
         seq.state, seq.computed = _WAITING, 0
         self.waiting.appendleft(seq)
 
     def _end(self, seq: _Seq) -> None:
         """It has left the running list: it ended, or was aborted."""
-        self._release(seq, preempted=False)
+        self.pool.release(seq, preempted=False)
         seq.state = _DONE
         del self.seqs[seq.task.key]
 
@@ -471,135 +440,3 @@ class GenEngineModel:
 
     def _computed(self, seq: _Seq) -> int:
         return self.tick - seq.base if seq.state == _DECODE else seq.computed
-
-    def _take(self, k: int) -> None:
-        """Allocate `k` blocks from the free queue: blocks with no content first, then cached ones
-        in LRU order, evicting them. Content nobody reuses that reaches the queue's head joins
-        the blocks with no content (the same order of reuse, fewer runs to walk)."""
-        lru = self.lru
-        while k > self.anon:
-            run = lru[0]
-            n = run.hi - run.lo
-            if run.owner is None or n == 0:
-                lru.popleft()
-            else:
-                n = min(n, k - self.anon)
-                run.hi -= n
-                if isinstance(run.owner, _Chain):
-                    run.owner.cached = min(run.owner.cached, run.hi)
-                    if run.hi == run.lo:
-                        run.owner.free_runs.remove(run)
-                if run.hi == run.lo:
-                    lru.popleft()
-            self.cached_free -= n
-            self.anon += n
-        self.anon -= k
-
-    def _append(self, run: _Run) -> None:
-        """Put cached free blocks of a prefix or a preempted sequence at the tail of the free queue."""
-        self.cached_free += run.hi - run.lo
-        self.lru.append(run)
-        if isinstance(run.owner, _Chain):
-            run.owner.free_runs.append(run)
-
-    def _release(self, seq: _Seq, preempted: bool) -> None:
-        """Free a sequence's blocks in vLLM's order: its partial last block to the front of the
-        free queue, its full blocks (cached) to the tail, own blocks before prefix blocks. A
-        preempted sequence may find its own blocks again; those of a sequence that ended nobody reuses."""
-        c, kp = seq.computed, seq.kp
-        full = c // self.block
-        partial = c > full * self.block
-        if not self.caching:
-            self.anon += full + partial
-            return
-        self.anon += partial
-        own = full - kp if full > kp else 0
-        unused = (full if full < kp else kp) - seq.shared  # prefix blocks it computed while another copy was cached
-        if preempted and own:
-            seq.own_run = run = _Run(seq, kp, full)
-            self._append(run)
-        else:
-            unused += own
-        if unused > 0:  # content nobody will reuse, merged with the tail's if that is the same
-            self.cached_free += unused
-            lru = self.lru
-            if lru and lru[-1].owner is None:
-                lru[-1].hi += unused
-            else:
-                lru.append(_Run(None, 0, unused))
-        if seq.shared:
-            self._unhold(seq.chain, seq.shared)
-            seq.shared = 0
-
-    def _lookup(self, seq: _Seq) -> tuple[int, int]:
-        """(blocks hit in the prefix cache, of which free ones) for admitting `seq` now."""
-        if not self.caching:
-            return 0, 0
-        cap = (seq.task.prompt_tokens + seq.generated - 1) // self.block  # the last token is always computed
-        hit = touched = 0
-        chain = seq.chain
-        if chain is not None:
-            hit = min(chain.cached, seq.kp, cap)
-            touched = hit - chain.held if hit > chain.held else 0
-        run = seq.own_run
-        if run is not None and run.owner is seq and run.lo == hit == seq.kp:
-            top = min(run.hi, cap)
-            if top > hit:
-                touched += top - hit
-                hit = top
-        return hit, touched
-
-    def _touch(self, seq: _Seq, hit: int) -> None:
-        """Take the `hit` cached blocks for an admitted sequence (free ones leave the free queue)."""
-        chain, run = seq.chain, seq.own_run
-        prefix_hit = hit if hit < seq.kp else seq.kp
-        if chain is not None and prefix_hit:
-            runs = chain.free_runs
-            while runs and runs[-1].lo < prefix_hit:  # its free blocks, lowest indices last
-                last = runs[-1]
-                cut = min(last.hi, prefix_hit) - last.lo
-                self.cached_free -= cut
-                last.lo += cut
-                if last.lo < last.hi:
-                    break
-                runs.pop()
-            chain.extents[prefix_hit] = chain.extents.get(prefix_hit, 0) + 1
-            if prefix_hit > chain.held:
-                chain.held = prefix_hit
-            seq.shared = prefix_hit
-        if run is not None:
-            if hit > run.lo and run.owner is seq:
-                self.cached_free -= hit - run.lo
-                run.lo = hit
-            run.owner = None  # what is left of it is never reached again
-            seq.own_run = None
-
-    def _register(self, seq: _Seq, before: int, after: int) -> None:
-        """Cache the prefix blocks that computing tokens before..after fills, if it computes the
-        prefix's cached copy (as vLLM's `cache_blocks` at allocation time)."""
-        chain, old = seq.chain, seq.shared
-        if chain is None or old != chain.cached or old != before // self.block:
-            return
-        top = min(after // self.block, seq.kp)
-        if top > old:  # it held blocks 0..old-1 (so did nobody further: old == cached); now 0..top-1
-            extents = chain.extents
-            if old:
-                if extents[old] > 1:
-                    extents[old] -= 1
-                else:
-                    del extents[old]
-            extents[top] = extents.get(top, 0) + 1
-            seq.shared = chain.cached = chain.held = top
-
-    def _unhold(self, chain: _Chain | None, blocks: int) -> None:
-        """A sequence stops holding blocks 0..blocks-1 of `chain`: those nobody holds become free."""
-        assert chain is not None
-        left = chain.extents[blocks] - 1
-        if left:
-            chain.extents[blocks] = left
-            return
-        del chain.extents[blocks]
-        if blocks == chain.held:
-            chain.held = max(chain.extents, default=0)
-            if chain.held < blocks:
-                self._append(_Run(chain, chain.held, blocks))

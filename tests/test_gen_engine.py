@@ -190,7 +190,7 @@ def test_prefix_caching_off_gives_no_cached_tokens():
         e.apply(GenStep(admit=(task(rid, 200, 2, "wf/answer", 64),)))
         steps = run_to_end(e)
         assert sum(r.cached_prompt_tokens for r in steps) == 0 and steps[0].prefill_tokens == 200
-        assert e.cached_free == 0 and e.anon == e.total_blocks
+        assert e.pool.cached_free == 0 and e.pool.anon == e.total_blocks
 
 
 def test_blocks_are_shared_by_content_across_prefix_lengths():
@@ -208,11 +208,11 @@ def test_a_reused_prefix_is_taken_before_blocks_are_evicted():
     run_to_end(e)
     e.apply(GenStep(admit=(task("d", 64, 1, "wf/q", 64),)))
     run_to_end(e)
-    assert e.cached_free == 8  # two idle prefixes, 4 blocks each
+    assert e.pool.cached_free == 8  # two idle prefixes, 4 blocks each
     e.apply(GenStep(admit=(task("b", 16 * 60, 16, "wf/p", 64),)))  # needs one block more than the uncached ones
     _, r = checked_step(e)
     assert r.cached_prompt_tokens == 64
-    assert e.chains["wf/p"].cached == 4 and e.chains["wf/q"].cached == 3  # Q's last block evicted, not P
+    assert e.pool.chains["wf/p"].cached == 4 and e.pool.chains["wf/q"].cached == 3  # Q's last block evicted, not P
 
 
 def test_abort_frees_the_sequence():

@@ -100,12 +100,12 @@ def test_lent_blocks_come_back_and_never_overlap_sequences():
     engine = GenEngineModel(LatencyModel(small_kv_profile(2000)))
     reserve = engine._blocks(engine._longest)  # an emptied engine can always admit its longest sequence
     assert engine.lend(engine.total_blocks) == engine.total_blocks - reserve
-    engine.reclaim(engine.lent)
+    engine.reclaim(engine.pool.lent)
     got = engine.lend(150)
     assert got == 150
-    assert engine.kv_used_blocks == 0 and engine.lent == got
+    assert engine.kv_used_blocks == 0 and engine.pool.lent == got
     engine.reclaim(got)
-    assert engine.lent == 0 and engine.anon == engine.total_blocks
+    assert engine.pool.lent == 0 and engine.pool.anon == engine.total_blocks
     with pytest.raises(ValueError):
         engine.reclaim(1)
 
@@ -121,7 +121,7 @@ def run_recorded(requests, spec, profile, monkeypatch):
 
     def checked_step(self):
         out = step(self)
-        kv_checks.append(self.kv_used_blocks + self.lent <= self.total_blocks and self.kv_used_blocks >= 0)
+        kv_checks.append(self.kv_used_blocks + self.pool.lent <= self.total_blocks and self.kv_used_blocks >= 0)
         return out
 
     monkeypatch.setattr(GenEngineModel, "step", checked_step)
