@@ -340,7 +340,8 @@ class Scheduler:
             if node.key in self._watch:
                 self._schedule_watch(node.key, spec)
             admit.append(GenTask(node.key, spec.prompt_tokens, spec.output_tokens, spec.prefix,
-                                 spec.prefix_tokens, node.state is NodeState.SPECULATIVE))
+                                 spec.prefix_tokens, node.state is NodeState.SPECULATIVE, spec.hash_ids,
+                                 spec.block_tokens))
         if not admit and not self.gen_in_engine and not self._aborts:
             return None
         step = GenStep(tuple(admit), tuple(self._aborts))

@@ -30,8 +30,24 @@ class Generate:
     prefix_tokens: int = 0  # leading prompt tokens shared with other requests (template)
     prefix: str = ""  # identity of that shared prefix ("" = none); equal ids share KV blocks
     role: str = "answer"  # the step's role in its workflow (answer, hypothesis, compress, reason)
+    # the prompt's leading blocks as a chain of block ids (Mooncake's `hash_ids`): block j holds
+    # tokens j*block_tokens..(j+1)*block_tokens-1, and two prompts whose ids agree up to block j
+    # share those tokens (a tree of prefixes); () = none declared (`prefix` may be used instead)
+    hash_ids: tuple[int, ...] = ()
+    block_tokens: int = 0  # tokens per declared block (with hash_ids)
 
     op = Op.GENERATE
+
+    @property
+    def prefix_id(self) -> PrefixId | None:
+        """The identity of its shared prefix (None: none): see `PrefixId`."""
+        if self.hash_ids:
+            return (self.block_tokens, *self.hash_ids)
+        return self.prefix or None
+
+
+PrefixId = str | tuple[int, ...]
+"""A shared prefix's identity: a template's name (`Generate.prefix`), or (block_tokens, *hash_ids)."""
 
 
 PREFIX_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75)

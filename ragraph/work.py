@@ -43,6 +43,8 @@ class GenTask:
     prefix: str  # shared-prefix identity ("" = none)
     prefix_tokens: int  # tokens of that shared prefix
     speculative: bool = False  # started before its inputs were final (may be aborted)
+    hash_ids: tuple[int, ...] = ()  # the prompt's declared leading blocks (ragraph.graph.Generate.hash_ids)
+    block_tokens: int = 0  # tokens per declared block
 
 
 def never_runs(task: GenTask, *, max_model_len: int, block_size: int, total_blocks: int) -> str:

@@ -11,15 +11,27 @@ to the GPU index cache (`lend` / `reclaim`), or free. A free block has no cached
 in `free`): free blocks with no content are reused first, cached ones in LRU order (vLLM's
 free queue: a freed sequence's tail first); reusing a cached block evicts its content.
 
-Cached content comes in runs (`Run`): consecutive blocks of one shared prefix (`Chain`: one
-prefix id is one token sequence, block i holds its i-th block of tokens), a preempted
-sequence's own blocks (it may find them again when it resumes), or content nobody reuses.
-A chain's cached blocks are always 0..cached-1 (a block's holders include those of every
-block after it, so the later block reaches the free queue first); the blocks 0..held-1 are
-held by running sequences.
+Cached content comes in runs (`Run`): consecutive blocks of one node of the prefix tree
+(`Chain`), a preempted sequence's own blocks (it may find them again when it resumes), or
+content nobody reuses.
 
-The sequences the pool serves are the engine's: it reads and writes their `chain`, `kp` (full
-prefix blocks), `shared` (prefix blocks held from the cache), `own_run` and `computed`.
+The prefix tree. A sequence's declared prefix is a path of `Chain` nodes from a root: a
+template prefix (`GenTask.prefix`, one token sequence of any length) is one root node; a
+chain of block ids (`GenTask.hash_ids`, Mooncake-style, `block_tokens` tokens per id) is one
+node per id, the child of the node of the ids before it, so prompts whose ids agree share
+those nodes. Blocks are numbered in the sequence (block b holds tokens b*B..(b+1)*B-1 for the
+engine's block size B); a node holds the engine blocks whose *last* token lies in its id's
+tokens, blocks floor(j*D/B)..floor((j+1)*D/B)-1 for the j-th id of D tokens: as vLLM hashes
+a block with its parent's hash and its own tokens, an engine block's content is fixed by the
+ids up to the one holding its last token. Within a node, the cached blocks are always
+start..cached-1 and a node has cached blocks only where its parent is wholly cached: a block's
+holders include those of every block after it on a path, so the later block reaches the free
+queue first, and is evicted first. Blocks start..held-1 are held by running sequences.
+Nodes of id chains that hold nothing, cache nothing and have no children are dropped.
+
+The sequences the pool serves are the engine's: it reads and writes their `path` (the nodes
+of their declared prefix), `kp` (its full engine blocks), `shared` (prefix blocks held from
+the cache), `own_run` and `computed`.
 """
 
 from __future__ import annotations
@@ -28,15 +40,27 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+UNBOUNDED = 1 << 62  # the end of a template prefix's node (its length is the sequence's prefix_tokens)
+
 
 @dataclass(slots=True, eq=False)
 class Chain:
-    """The cache of one shared prefix's full blocks (block i holds the prefix's i-th block of tokens)."""
+    """A node of the prefix tree: the cache of engine blocks start..end-1 of the prefixes through it."""
 
-    cached: int = 0  # blocks 0..cached-1 are cached (held by running sequences, or free)
-    held: int = 0  # blocks 0..held-1 are held by running sequences
-    extents: dict[int, int] = field(default_factory=dict)  # blocks held by a sequence -> how many hold that many
+    start: int = 0  # its first block (a sequence's block index)
+    end: int = UNBOUNDED  # one past its last block
+    parent: Chain | None = None
+    key: object = None  # its key in its parent's `children` (or in the pool's roots)
+    cached: int = -1  # blocks start..cached-1 are cached (held by running sequences, or free)
+    held: int = -1  # blocks start..held-1 are held by running sequences
+    extents: dict[int, int] = field(default_factory=dict)  # a holder's last block + 1 -> how many hold that far
     free_runs: list[Run] = field(default_factory=list)  # its free blocks, oldest (highest indices) first
+    children: dict[int, Chain] = field(default_factory=dict)  # next block id -> node
+    alive: bool = True  # still in the tree (a dropped node is never reached again)
+
+    def __post_init__(self) -> None:
+        if self.cached < 0:
+            self.cached = self.held = self.start
 
 
 @dataclass(slots=True, eq=False)
@@ -61,7 +85,8 @@ class BlockPool:
         self.lent = 0  # blocks lent to the GPU index cache (`lend`): neither free nor the sequences'
         self.cached_free = 0  # free blocks with cached content, in `lru`
         self.lru: deque[Run] = deque()
-        self.chains: dict[str, Chain] = {}
+        self.chains: dict[str, Chain] = {}  # template prefixes' nodes
+        self.roots: dict[tuple[int, int], Chain] = {}  # (block_tokens, first id) -> node of an id chain
 
     @property
     def used(self) -> int:
@@ -69,11 +94,49 @@ class BlockPool:
         return self.total - self.anon - self.cached_free - self.lent
 
     def chain(self, prefix: str) -> Chain:
-        """The cache of shared prefix `prefix` (made on first use)."""
+        """The node of template prefix `prefix` (made on first use)."""
         chain = self.chains.get(prefix)
         if chain is None:
             chain = self.chains[prefix] = Chain()
         return chain
+
+    def path(self, ids: tuple[int, ...], block_tokens: int, blocks: int) -> tuple[Chain, ...]:
+        """The nodes of the id chain `ids` (made on first use) that hold some of a sequence's
+        first `blocks` engine blocks."""
+        out: list[Chain] = []
+        node: Chain | None = None
+        b = self.block
+        for j, h in enumerate(ids):
+            start = j * block_tokens // b
+            if start >= blocks:
+                break
+            kids = self.roots if node is None else node.children
+            key = (block_tokens, h) if node is None else h
+            child = kids.get(key)  # type: ignore[call-overload]
+            if child is None:
+                child = Chain(start, (j + 1) * block_tokens // b, node, key)
+                kids[key] = child  # type: ignore[index]
+            out.append(child)
+            node = child
+        return tuple(out)
+
+    def find(self, ids: tuple[int, ...], block_tokens: int) -> Chain | None:
+        """The node of the last id of `ids`, if the tree has it (nothing is made)."""
+        node = self.roots.get((block_tokens, ids[0])) if ids else None
+        for h in ids[1:]:
+            if node is None:
+                return None
+            node = node.children.get(h)
+        return node
+
+    def _drop(self, node: Chain | None) -> None:
+        """Remove id-chain nodes that hold, cache and lead to nothing, from `node` up."""
+        while (node is not None and node.alive and node.end != UNBOUNDED and not node.children
+               and node.cached == node.start and not node.extents):
+            node.alive = False
+            parent = node.parent
+            del (self.roots if parent is None else parent.children)[node.key]  # type: ignore[arg-type]
+            node = parent
 
     # --- memory shared with the GPU index cache ---------------------------------------------------
 
@@ -109,9 +172,12 @@ class BlockPool:
                 n = min(n, k - self.anon)
                 run.hi -= n
                 if isinstance(run.owner, Chain):
-                    run.owner.cached = min(run.owner.cached, run.hi)
+                    node = run.owner
+                    node.cached = min(node.cached, run.hi)
                     if run.hi == run.lo:
-                        run.owner.free_runs.remove(run)
+                        node.free_runs.remove(run)
+                        if node.cached == node.start and node.end != UNBOUNDED:
+                            self._drop(node)
                 if run.hi == run.lo:
                     lru.popleft()
             self.cached_free -= n
@@ -150,9 +216,16 @@ class BlockPool:
                 lru[-1].hi += unused
             else:
                 lru.append(Run(None, 0, unused))
-        if seq.shared:
-            self.unhold(seq.chain, seq.shared)
+        shared = seq.shared
+        if shared:
+            path = seq.path
+            for i in range(len(path) - 1, -1, -1):  # the deepest first: the free queue's order
+                node = path[i]
+                if node.start < shared and node.start < node.end:
+                    self.unhold(node, shared if shared < node.end else node.end)
             seq.shared = 0
+        if seq.path and seq.path[-1].end != UNBOUNDED:
+            self._drop(seq.path[-1])
 
     # --- the prefix cache -------------------------------------------------------------------------
 
@@ -162,10 +235,16 @@ class BlockPool:
             return 0, 0
         cap = (seq.task.prompt_tokens + seq.generated - 1) // self.block  # the last token is always computed
         hit = touched = 0
-        chain = seq.chain
-        if chain is not None:
-            hit = min(chain.cached, seq.kp, cap)
-            touched = hit - chain.held if hit > chain.held else 0
+        top = seq.kp if seq.kp < cap else cap
+        for node in seq.path:  # the cached blocks along the path, up to the first node not wholly cached
+            if node.start >= top:
+                break
+            c = node.cached if node.cached < top else top
+            if c > node.held:
+                touched += c - node.held
+            hit = c
+            if node.cached < node.end:
+                break
         run = seq.own_run
         if run is not None and run.owner is seq and run.lo == hit == seq.kp:
             top = min(run.hi, cap)
@@ -176,21 +255,27 @@ class BlockPool:
 
     def touch(self, seq: Any, hit: int) -> None:
         """Take the `hit` cached blocks for an admitted sequence (free ones leave the free queue)."""
-        chain, run = seq.chain, seq.own_run
+        run = seq.own_run
         prefix_hit = hit if hit < seq.kp else seq.kp
-        if chain is not None and prefix_hit:
-            runs = chain.free_runs
-            while runs and runs[-1].lo < prefix_hit:  # its free blocks, lowest indices last
-                last = runs[-1]
-                cut = min(last.hi, prefix_hit) - last.lo
-                self.cached_free -= cut
-                last.lo += cut
-                if last.lo < last.hi:
+        if prefix_hit:
+            for node in seq.path:
+                if node.start >= prefix_hit:
                     break
-                runs.pop()
-            chain.extents[prefix_hit] = chain.extents.get(prefix_hit, 0) + 1
-            if prefix_hit > chain.held:
-                chain.held = prefix_hit
+                if node.start == node.end:
+                    continue
+                h = prefix_hit if prefix_hit < node.end else node.end
+                runs = node.free_runs
+                while runs and runs[-1].lo < h:  # its free blocks, lowest indices last
+                    last = runs[-1]
+                    cut = min(last.hi, h) - last.lo
+                    self.cached_free -= cut
+                    last.lo += cut
+                    if last.lo < last.hi:
+                        break
+                    runs.pop()
+                node.extents[h] = node.extents.get(h, 0) + 1
+                if h > node.held:
+                    node.held = h
             seq.shared = prefix_hit
         if run is not None:
             if hit > run.lo and run.owner is seq:
@@ -201,34 +286,64 @@ class BlockPool:
 
     def register(self, seq: Any, before: int, after: int) -> None:
         """Cache the prefix blocks that computing tokens before..after fills, if it computes the
-        prefix's cached copy (as vLLM's `cache_blocks` at allocation time)."""
-        chain, old = seq.chain, seq.shared
-        if chain is None or old != chain.cached or old != before // self.block:
+        prefix's cached copy (as vLLM's `cache_blocks` at allocation time): the blocks it holds
+        end where the cache along its path ends."""
+        old = seq.shared
+        if old != before // self.block or old >= seq.kp:
             return
         top = min(after // self.block, seq.kp)
-        if top > old:  # it held blocks 0..old-1 (so did nobody further: old == cached); now 0..top-1
-            extents = chain.extents
-            if old:
+        if top <= old:
+            return
+        path = seq.path
+        if not path[-1].alive:  # its nodes left the tree (it held none of them): the same ids afresh
+            seq.path = path = self.path(seq.task.hash_ids, seq.task.block_tokens, seq.kp)
+        i = 0
+        while path[i].end <= old:  # nodes it wholly holds (the path reaches kp > old)
+            i += 1
+        if path[i].cached != old:
+            return  # the cache along its path ends elsewhere: it computes a copy nobody reuses
+        for node in path[i:]:
+            if node.start >= top:
+                break
+            if node.start == node.end:
+                continue
+            h = top if top < node.end else node.end
+            extents = node.extents
+            if node.start < old:  # it held node.start..old-1 of this node (nobody held further)
                 if extents[old] > 1:
                     extents[old] -= 1
                 else:
                     del extents[old]
-            extents[top] = extents.get(top, 0) + 1
-            seq.shared = chain.cached = chain.held = top
+            extents[h] = extents.get(h, 0) + 1
+            node.cached = node.held = h
+        seq.shared = top
 
-    def unhold(self, chain: Chain | None, blocks: int) -> None:
-        """A sequence stops holding blocks 0..blocks-1 of `chain`: those nobody holds become free."""
-        assert chain is not None
+    def unhold(self, chain: Chain, blocks: int) -> None:
+        """A sequence stops holding blocks start..blocks-1 of `chain`: those nobody holds become free."""
         left = chain.extents[blocks] - 1
         if left:
             chain.extents[blocks] = left
             return
         del chain.extents[blocks]
         if blocks == chain.held:
-            chain.held = max(chain.extents, default=0)
+            chain.held = max(chain.extents, default=chain.start)
             if chain.held < blocks:
                 self.append(Run(chain, chain.held, blocks))
 
+    def nodes(self) -> list[Chain]:
+        """Every node of the tree (for tests and audits)."""
+        out, todo = list(self.chains.values()), list(self.roots.values())
+        while todo:
+            node = todo.pop()
+            out.append(node)
+            todo.extend(node.children.values())
+        return out
+
     def audit(self) -> int:
-        """Prefix blocks held, recounted from the chains (for tests)."""
-        return sum(c.held for c in self.chains.values())
+        """Prefix blocks held, recounted from the nodes (for tests); checks the tree's invariants."""
+        held = 0
+        for node in self.nodes():
+            assert node.start <= node.held <= node.cached <= node.end, node
+            assert node.cached == node.start or node.parent is None or node.parent.cached == node.parent.end, node
+            held += node.held - node.start
+        return held

@@ -66,8 +66,8 @@ class _Seq:
     """One task in the engine, waiting or running."""
 
     task: GenTask
-    chain: Chain | None  # its shared prefix's cache (None: no full prefix block, or caching off)
-    kp: int  # full blocks of its shared prefix
+    path: tuple[Chain, ...]  # the prefix tree's nodes of its declared prefix (() : none, or caching off)
+    kp: int  # full blocks of its declared prefix
     state: int = _WAITING
     computed: int = 0  # tokens in the KV cache (vLLM's num_computed_tokens); while decoding: tick - base
     generated: int = 0  # output tokens sampled
@@ -135,9 +135,16 @@ class GenEngineModel:
                     and task.prompt_tokens + task.output_tokens <= self._longest):
                 self._rejected.append((task.key, self._never_runs(task)))
                 continue
-            kp = min(task.prefix_tokens, task.prompt_tokens) // self.block if task.prefix and self.caching else 0
-            chain = self.pool.chain(task.prefix) if kp else None
-            self.seqs[task.key] = seq = _Seq(task, chain, kp)
+            path: tuple[Chain, ...] = ()
+            kp = 0
+            if self.caching:
+                if task.hash_ids:
+                    kp = min(len(task.hash_ids) * task.block_tokens, task.prompt_tokens) // self.block
+                    path = self.pool.path(task.hash_ids, task.block_tokens, kp) if kp else ()
+                elif task.prefix:
+                    kp = min(task.prefix_tokens, task.prompt_tokens) // self.block
+                    path = (self.pool.chain(task.prefix),) if kp else ()
+            self.seqs[task.key] = seq = _Seq(task, path, kp)
             self.waiting.append(seq)
             self._admitted += 1
             self._admitted_tokens += task.prompt_tokens
@@ -244,8 +251,8 @@ class GenEngineModel:
         plan.decoders, plan.context = n_dec, n_dec * t - self.base_sum
         for seq, c, n in chunks:
             plan.chunks.append((seq, c, n))
-            if seq.chain is not None:
-                self.pool.register(seq, c, c + n)
+            if seq.path:
+                pool.register(seq, c, c + n)
         return self.token_budget - tokens
 
     def _walk_running(self, plan: _Plan) -> int:
@@ -272,7 +279,7 @@ class GenEngineModel:
                 plan.context += c
             else:
                 plan.chunks.append((seq, c, n))
-                self.pool.register(seq, c, c + n)
+                pool.register(seq, c, c + n)
             i += 1
         plan.skipped = [s for s in order[i:end] if s.state == _DECODE]
         return budget
@@ -283,7 +290,10 @@ class GenEngineModel:
         while budget > 0 and waiting and len(running) < self.max_seqs:
             seq = waiting[0]
             hit = touched = 0
-            if seq.chain is not None or seq.own_run is not None:
+            path = seq.path
+            if path and not path[-1].alive:  # a node of its id chain left the tree while it waited
+                seq.path = path = pool.path(seq.task.hash_ids, seq.task.block_tokens, seq.kp)
+            if path or seq.own_run is not None:
                 hit, touched = pool.lookup(seq)
             length = seq.task.prompt_tokens + seq.generated
             if -(-length // b) - hit + touched > pool.anon + pool.cached_free:
@@ -304,8 +314,8 @@ class GenEngineModel:
             running[seq] = None
             self.prefilling[seq] = None
             plan.chunks.append((seq, c, n))
-            if seq.chain is not None:
-                self.pool.register(seq, c, c + n)
+            if path:
+                pool.register(seq, c, c + n)
             budget -= n
 
     def _tally(self, plan: _Plan) -> tuple[int, int, int, int]:

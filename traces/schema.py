@@ -27,6 +27,7 @@ class _Strict(BaseModel):
 
 
 Count = Annotated[int, Field(gt=0, lt=2**31)]
+DEFAULT_BLOCK_TOKENS = 512  # tokens per hash id (Mooncake's traces)
 
 
 class GenerateStage(_Strict):
@@ -36,11 +37,18 @@ class GenerateStage(_Strict):
     output_tokens: Count
     prefix_tokens: int = Field(default=0, ge=0, lt=2**31)
     prefix: str = ""
+    hash_ids: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=list)
+    block_tokens: Count = DEFAULT_BLOCK_TOKENS
 
     @model_validator(mode="after")
     def _prefix_fits(self) -> GenerateStage:
         if self.prefix_tokens > self.prompt_tokens:
             raise ValueError("prefix_tokens exceeds prompt_tokens")
+        if self.hash_ids and (self.prefix or self.prefix_tokens):
+            raise ValueError("a prompt declares its shared prefix by prefix/prefix_tokens or by hash_ids, not both")
+        if (len(self.hash_ids) - 1) * self.block_tokens >= self.prompt_tokens:
+            raise ValueError(f"hash_ids has {len(self.hash_ids)} blocks of {self.block_tokens} tokens,"
+                             f" more than the prompt's {self.prompt_tokens} tokens fill")
         return self
 
 
@@ -133,7 +141,8 @@ class TraceRequest(_Strict):
         out: list[NodeSpec] = []
         for s in self.stages:
             if isinstance(s, GenerateStage):
-                out.append(Generate(s.prompt_tokens, s.output_tokens, s.prefix_tokens, s.prefix, s.role))
+                out.append(Generate(s.prompt_tokens, s.output_tokens, s.prefix_tokens, s.prefix, s.role,
+                                    tuple(s.hash_ids), s.block_tokens if s.hash_ids else 0))
             else:
                 truth = s.truth.spec() if s.truth is not None else None
                 out.append(Retrieve(s.nprobe, s.k, tuple(s.clusters), s.role, s.query, truth))
