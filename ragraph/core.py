@@ -24,7 +24,8 @@ from __future__ import annotations
 import heapq
 from math import ceil
 
-from ragraph.graph import Generate, NodeKey, Request, Retrieve, query_prefix
+from ragraph.graph import Generate, NodeKey, PrefixId, Request, Retrieve, query_prefix
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy, prefix_steps
 from ragraph.policies.base import Policy
 from ragraph.records import RequestRecord, record_of
 from ragraph.runtime import NodeRun, RequestRun, SchedulerError, generate_spec, retrieve_spec
@@ -57,8 +58,10 @@ _RESULT_OF = {GenStep: GenStepResult, SearchBatch: SearchResult}  # result type 
 class Scheduler:
     """Owns request state; asks the policy what each idle lane should run."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, kv_policy: KVPolicy | None = None) -> None:
         self.policy = policy
+        self.kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
+        self._kv_dirty = self.kv_policy.wants_steps  # the graphs in flight changed since the last kv_steps
         self.requests: dict[str, RequestRun] = {}  # active requests by id
         # Generate nodes READY (or SPECULATIVE) and not yet handed to the engine, oldest first
         self.gen_ready: dict[NodeKey, NodeRun] = {}
@@ -95,6 +98,7 @@ class Scheduler:
             raise SchedulerError(f"request id {request.id!r} is already active")
         run = RequestRun.start(request)
         self.requests[request.id] = run
+        self._kv_dirty = self.kv_policy.wants_steps
         self._submitted += 1
         self.policy.on_submit(self.view, run, now)
         for node in run.nodes:
@@ -313,6 +317,7 @@ class Scheduler:
 
     def _make_ready(self, node: NodeRun, now: float) -> None:
         node.fire(NodeEvent.DEPS_DONE)
+        self._kv_dirty = self.kv_policy.wants_steps
         self._queue_ready(node, now)
 
     def _queue_ready(self, node: NodeRun, now: float) -> None:
@@ -326,7 +331,9 @@ class Scheduler:
 
     def _plan_gen(self, now: float) -> GenStep | None:
         if not self.gen_ready and not self._aborts:  # the common case: keep stepping
-            return _CONTINUE if self.gen_in_engine else None
+            if not self.gen_in_engine:
+                return None
+            return _CONTINUE if not self._kv_dirty else GenStep(kv_steps=self._kv_steps())
         admit_nodes = self.policy.admit_generations(self.view, now)
         admit: list[GenTask] = []
         for node in admit_nodes:
@@ -344,9 +351,14 @@ class Scheduler:
                                  spec.block_tokens))
         if not admit and not self.gen_in_engine and not self._aborts:
             return None
-        step = GenStep(tuple(admit), tuple(self._aborts))
+        step = GenStep(tuple(admit), tuple(self._aborts), self._kv_steps() if self._kv_dirty else None)
         self._aborts.clear()
         return step
+
+    def _kv_steps(self) -> tuple[tuple[PrefixId, int], ...]:
+        """Steps to execution of the declared prefixes of the requests in flight (ragraph.kvpolicy)."""
+        self._kv_dirty = False
+        return prefix_steps(self.requests.values())
 
     def _complete_gen(self, step: GenStep, res: GenStepResult, now: float) -> None:
         took = now - self._dispatched_s[Lane.GPU_GEN]
@@ -459,6 +471,7 @@ class Scheduler:
 
     def _end(self, run: RequestRun, now: float) -> None:
         run.finish_s = now
+        self._kv_dirty = self.kv_policy.wants_steps
         assert run.state is not RequestState.ACTIVE
         self._finished.append(record_of(run, self.policy.name))
         self.policy.on_request_end(self.view, run, now)

@@ -133,3 +133,18 @@ def chain(request_id: str, arrival_s: float, workflow: str, nodes: list[NodeSpec
     """A request whose nodes run one after another (every built-in workflow is a chain)."""
     deps = tuple(() if i == 0 else (i - 1,) for i in range(len(nodes)))
     return Request(request_id, arrival_s, workflow, tuple(nodes), deps, question)
+
+
+def levels(request_id: str, arrival_s: float, workflow: str, nodes: list[NodeSpec], widths: list[int],
+           question: str = "") -> Request:
+    """A request whose nodes run level by level (`widths[i]` nodes side by side at level i), each
+    node after every node of the level before it (an AND join)."""
+    if sum(widths) != len(nodes):
+        raise ValueError(f"request {request_id}: levels hold {sum(widths)} nodes, got {len(nodes)}")
+    deps: list[tuple[int, ...]] = []
+    prev: tuple[int, ...] = ()
+    for w in widths:
+        level = tuple(range(len(deps), len(deps) + w))
+        deps.extend(prev for _ in level)
+        prev = level
+    return Request(request_id, arrival_s, workflow, tuple(nodes), tuple(deps), question)

@@ -61,6 +61,7 @@ class RunResult:
     kv_total_blocks: int = 0  # KV-cache capacity in blocks (0 if the engine never stepped)
     stopped: StopReason = ""  # why the run ended early ("" when it ran to the end)
     techniques: dict[str, object] = field(default_factory=dict)  # what the policy's techniques did (Policy.report)
+    kv_cache: dict[str, object] = field(default_factory=dict)  # what the KV cache did (the engine's counts)
 
 
 def record_of(run: RequestRun, policy: str) -> RequestRecord:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ragraph.graph import NodeKey
+from ragraph.graph import NodeKey, PrefixId
 
 
 class Lane(StrEnum):
@@ -70,6 +70,9 @@ class GenStep:
 
     admit: tuple[GenTask, ...] = ()  # new sequences for the engine's waiting queue
     abort: tuple[NodeKey, ...] = ()  # sequences to drop (failed speculation)
+    # for a KV policy that orders evictions by the workflows in flight (ragraph.kvpolicy): each
+    # declared prefix's steps to execution, as of now; None: unchanged since the last step
+    kv_steps: tuple[tuple[PrefixId, int], ...] | None = None
     lane: Lane = field(default=Lane.GPU_GEN, init=False)
 
 

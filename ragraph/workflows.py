@@ -2,7 +2,10 @@
 
 A workflow is a `head` of steps, a `loop` body repeated `iterations + extra_iterations`
 times, and a `tail`; every step depends on the one before it (all five workflows of the
-HedraRAG evaluation are such chains). The trace pins `iterations` per request, so a
+HedraRAG evaluation are such chains). A one-step loop may run `branches` copies of its step
+side by side in an iteration (widths cycling through `branches`): each copy depends on every
+node of the level before it, and the next level on all of them (an AND join), as KVFlow's
+branching agent workflows do. The trace pins `iterations` per request, so a
 dynamic workflow is unrolled iteration by iteration into a fixed graph that the
 simulated and the real body both execute.
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ragraph.graph import NodeSpec, Op, Request, chain
+from ragraph.graph import NodeSpec, Op, Request, chain, levels
 
 
 class WorkflowError(ValueError):
@@ -48,12 +51,22 @@ class WorkflowSpec(BaseModel):
     extra_iterations: int = Field(default=0, ge=0)
     default_iterations: int = Field(default=0, ge=0)
     max_iterations: int = Field(default=0, ge=0)  # largest iteration count a trace may ask for
+    branches: tuple[int, ...] = ()  # a one-step loop's width per iteration, cycling (() = 1 each)
 
     @model_validator(mode="after")
     def _has_steps(self) -> WorkflowSpec:
         if not self.head and not self.tail and not (self.loop and self.default_iterations + self.extra_iterations):
             raise ValueError("a workflow needs steps at its default iterations (head, tail, or a loop that runs)")
+        if self.branches and (len(self.loop) != 1 or min(self.branches) < 1):
+            raise ValueError("branches needs a loop of one step and widths >= 1")
         return self
+
+    def widths(self, iterations: int) -> list[int]:
+        """Nodes per level of the unrolled graph (1 per step, a loop iteration `branches` wide)."""
+        reps = iterations + self.extra_iterations if self.loop else 0
+        loop = [self.branches[i % len(self.branches)] if self.branches else 1
+                for i in range(reps) for _ in self.loop]
+        return [1] * len(self.head) + loop + [1] * len(self.tail)
 
     def unroll(self, iterations: int) -> list[Step]:
         """The chain of steps for a request with `iterations` loop iterations."""
@@ -63,7 +76,9 @@ class WorkflowSpec(BaseModel):
             raise WorkflowError(f"workflow {self.name!r}: {iterations} iterations not allowed"
                                 f" (max {self.max_iterations if self.loop else 0})")
         reps = iterations + self.extra_iterations if self.loop else 0
-        return [*self.head, *(s for _ in range(reps) for s in self.loop), *self.tail]
+        width = self.branches or (1,)
+        return [*self.head, *(s for i in range(reps) for s in self.loop for _ in range(width[i % len(width)])),
+                *self.tail]
 
 
 def _steps(*ops: str) -> tuple[Step, ...]:
@@ -76,7 +91,7 @@ def _steps(*ops: str) -> tuple[Step, ...]:
     return tuple(out)
 
 
-BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
+RAG_WORKFLOWS: dict[str, WorkflowSpec] = {
     w.name: w
     for w in (
         WorkflowSpec(name="one-shot", description="R -> G (sequential RAG)", dataset="nq",
@@ -93,6 +108,27 @@ BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {
                      default_iterations=2, max_iterations=8),
     )
 }
+"""The HedraRAG evaluation's five RAG workflows."""
+
+AGENT_WORKFLOWS: dict[str, WorkflowSpec] = {
+    w.name: w
+    for w in (
+        WorkflowSpec(name="agent-chain", description="G(agent 1) -> G(agent 2) -> ... x n (KVFlow's sequential"
+                     " workflow: a fixed prompt per agent, a dynamic part, a short output)",
+                     loop=_steps("G:agent"), default_iterations=10, max_iterations=64),
+        WorkflowSpec(name="agent-branch", description="agents in levels 1, 2, 1, 2, ... wide, each level after"
+                     " all of the one before (KVFlow's workflow with branches)",
+                     loop=_steps("G:agent"), default_iterations=10, max_iterations=64, branches=(1, 2)),
+    )
+}
+"""KVFlow's agent workflows (`hedra trace gen` gives each agent a fixed prompt shared as prefix blocks)."""
+
+OTHER_WORKFLOWS: dict[str, WorkflowSpec] = {
+    "gen-only": WorkflowSpec(name="gen-only", description="G only: one generation (e.g. an imported Mooncake"
+                             " request)", head=_steps("G:answer")),
+}
+
+BUILTIN_WORKFLOWS: dict[str, WorkflowSpec] = {**RAG_WORKFLOWS, **AGENT_WORKFLOWS, **OTHER_WORKFLOWS}
 
 
 class WorkflowRegistry:
@@ -128,4 +164,6 @@ def build_request(spec: WorkflowSpec, request_id: str, arrival_s: float, iterati
     for i, (step, stage) in enumerate(zip(steps, stages, strict=True)):
         if stage.op is not step.op:
             raise WorkflowError(f"stage {i} must be {step.op.value} ({step.role}), got {stage.op.value}")
+    if spec.branches:
+        return levels(request_id, arrival_s, spec.name, stages, spec.widths(iterations), question)
     return chain(request_id, arrival_s, spec.name, stages, question)

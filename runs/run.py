@@ -17,6 +17,7 @@ from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
+from ragraph.kvpolicy import KVPolicy
 from ragraph.policies.spec import PolicyChoice
 from ragraph.records import RunResult
 from runs.summary import summarize
@@ -41,11 +42,12 @@ def _policy_meta(choice: PolicyChoice) -> dict[str, object]:
 
 def simulate(requests: list[Request], choice: PolicyChoice, profile: Profile, *, seed: int = 0,
              timeline: bool = True, latency: LatencyModel | None = None,
-             meta: dict[str, object] | None = None) -> Run:
-    """Simulate `requests` under `choice` on `profile` (`latency`: the profile's latency model,
-    when the caller keeps one across runs)."""
+             meta: dict[str, object] | None = None, kv_policy: KVPolicy | None = None) -> Run:
+    """Simulate `requests` under `choice` (and `kv_policy`, default lru) on `profile` (`latency`:
+    the profile's latency model, when the caller keeps one across runs)."""
     latency = latency or LatencyModel(profile)
-    result = Simulation(requests, choice.build(latency), latency, seed=seed, timeline=timeline).run()
+    result = Simulation(requests, choice.build(latency), latency, seed=seed, timeline=timeline,
+                        kv_policy=kv_policy).run()
     return Run(result, summarize(result, {"body": "sim", **_policy_meta(choice), "profile": profile.name,
                                           "profile_kind": profile.kind, "seed": seed, **(meta or {})}))
 

@@ -52,4 +52,5 @@ def summarize(result: RunResult, meta: dict[str, object]) -> dict[str, object]:
         "lane_utilization": {lane: (busy / sim_s if sim_s > 0 else 0.0) for lane, busy in result.lane_busy_s.items()},
         "per_workflow": per_workflow,
         **result.techniques,  # e.g. speculation, reorder: what the policy's techniques did
+        **({"kv_cache": result.kv_cache} if result.kv_cache else {}),  # what the KV cache did
     }

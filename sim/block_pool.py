@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 UNBOUNDED = 1 << 62  # the end of a template prefix's node (its length is the sequence's prefix_tokens)
+FAR = 1 << 30  # kvflow: the steps to execution of a prefix no request in flight will use
 
 
 @dataclass(slots=True, eq=False)
@@ -57,6 +58,7 @@ class Chain:
     free_runs: list[Run] = field(default_factory=list)  # its free blocks, oldest (highest indices) first
     children: dict[int, Chain] = field(default_factory=dict)  # next block id -> node
     alive: bool = True  # still in the tree (a dropped node is never reached again)
+    steps: int = FAR  # kvflow: steps to execution of the nearest prefix through it (FAR: none in flight)
 
     def __post_init__(self) -> None:
         if self.cached < 0:
@@ -71,14 +73,20 @@ class Run:
     owner: Any  # Chain | the engine's sequence | None
     lo: int
     hi: int
+    age: int = 0  # when it was freed (kvflow: the least recently freed first among equals)
 
 
 class BlockPool:
     """KV blocks of one engine: free blocks (with and without cached content), lent blocks,
     and the prefix cache. Held blocks are `total - anon - cached_free - lent`."""
 
-    def __init__(self, total: int, block_size: int, caching: bool) -> None:
+    def __init__(self, total: int, block_size: int, caching: bool, kv_policy: str = "lru") -> None:
         self.total = total
+        self.kvflow = kv_policy == "kvflow"  # else lru (ragraph.kvpolicy)
+        self.free_nodes: dict[Chain, None] = {}  # kvflow: nodes with free cached blocks (not in `lru`)
+        self._marked: list[Chain] = []  # kvflow: nodes whose steps are set
+        self._freed = 0  # runs freed so far (their ages)
+        self.evicted = 0  # cached blocks whose content an allocation evicted (content someone could reuse)
         self.block = block_size
         self.caching = caching
         self.anon = total  # free blocks with no cached content (reused first)
@@ -164,12 +172,18 @@ class BlockPool:
         the blocks with no content (the same order of reuse, fewer runs to walk)."""
         lru = self.lru
         while k > self.anon:
+            if not lru:  # kvflow: the unshared suffixes are gone; prefixes by steps to execution
+                n = self._evict_prefix(k - self.anon)
+                self.cached_free -= n
+                self.anon += n
+                continue
             run = lru[0]
             n = run.hi - run.lo
             if run.owner is None or n == 0:
                 lru.popleft()
             else:
                 n = min(n, k - self.anon)
+                self.evicted += n
                 run.hi -= n
                 if isinstance(run.owner, Chain):
                     node = run.owner
@@ -185,11 +199,71 @@ class BlockPool:
         self.anon -= k
 
     def append(self, run: Run) -> None:
-        """Put cached free blocks of a prefix or a preempted sequence at the tail of the free queue."""
+        """Put cached free blocks of a prefix or a preempted sequence at the tail of the free queue
+        (kvflow: a prefix's blocks join their node's free blocks instead)."""
         self.cached_free += run.hi - run.lo
-        self.lru.append(run)
         if isinstance(run.owner, Chain):
             run.owner.free_runs.append(run)
+            if self.kvflow:
+                self._freed += 1
+                run.age = self._freed
+                self.free_nodes[run.owner] = None
+                return
+        self.lru.append(run)
+
+    # --- kvflow -----------------------------------------------------------------------------------
+
+    def set_steps(self, steps: tuple[tuple[object, int], ...]) -> None:
+        """Steps to execution per declared prefix (`GenStep.kv_steps`): each on the prefix's last
+        node, a node taking the smallest of the prefixes through it; the rest are FAR."""
+        for node in self._marked:
+            node.steps = FAR
+        marked = []
+        for pid, s in steps:
+            node = self.chains.get(pid) if isinstance(pid, str) else self._deepest(pid)  # type: ignore[arg-type]
+            while node is not None and s < node.steps:
+                node.steps = s
+                marked.append(node)
+                node = node.parent
+        self._marked = marked
+
+    def _deepest(self, pid: tuple[int, ...]) -> Chain | None:
+        """The deepest node the tree has of the id chain `pid` = (block_tokens, *ids)."""
+        node = self.roots.get((pid[0], pid[1])) if len(pid) > 1 else None
+        for h in pid[2:]:
+            child = node.children.get(h) if node is not None else None
+            if child is None:
+                break
+            node = child
+        return node
+
+    def _evict_prefix(self, want: int) -> int:
+        """kvflow: evict up to `want` free blocks of one node: the largest steps to execution, the
+        least recently freed among equals, never a node with cached blocks below it (its branches
+        go first); its highest blocks first. Returns how many."""
+        best, best_key = None, None
+        for node in list(self.free_nodes):
+            if not node.free_runs:
+                del self.free_nodes[node]
+                continue
+            if any(c.cached > c.start for c in node.children.values()):
+                continue
+            key = (node.steps, -node.free_runs[0].age)
+            if best_key is None or key > best_key:
+                best, best_key = node, key
+        assert best is not None, "kvflow: no free prefix block to evict"
+        run = best.free_runs[0]  # its oldest free run holds its highest blocks
+        n = min(run.hi - run.lo, want)
+        run.hi -= n
+        best.cached = min(best.cached, run.hi)
+        self.evicted += n
+        if run.hi == run.lo:
+            best.free_runs.pop(0)
+            if not best.free_runs:
+                del self.free_nodes[best]
+            if best.cached == best.start and best.end != UNBOUNDED:
+                self._drop(best)
+        return n
 
     def release(self, seq: Any, preempted: bool) -> None:
         """Free a sequence's blocks in vLLM's order: its partial last block to the front of the

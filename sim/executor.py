@@ -24,6 +24,7 @@ import simpy
 from hwmodel.latency import LatencyModel
 from ragraph.core import Scheduler
 from ragraph.graph import PREFIX_FRACTIONS, NodeKey, Request, Retrieve, SearchTruth
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
@@ -115,12 +116,13 @@ class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
-                 seed: int = 0, timeline: bool = True) -> None:
+                 seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
-        self.sched = Scheduler(policy)
+        kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
+        self.sched = Scheduler(policy, kv_policy)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
-        self.engine = GenEngineModel(latency)
+        self.engine = GenEngineModel(latency, kv_policy.name)
         self.env = simpy.Environment()
         self._wake = self.env.event()
         self._keep_timeline = timeline
@@ -152,7 +154,8 @@ class Simulation:
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                         self._kv_peak, self.engine.total_blocks, stopped, self.sched.report())
+                         self._kv_peak, self.engine.total_blocks, stopped, self.sched.report(),
+                         self.engine.kv_cache_report())
 
     # --- processes ------------------------------------------------------------------------
 

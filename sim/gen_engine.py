@@ -96,7 +96,7 @@ class GenEngineModel:
 
     fast_path = True  # run steps where everything decodes by counts (tests switch it off: same results)
 
-    def __init__(self, latency: LatencyModel) -> None:
+    def __init__(self, latency: LatencyModel, kv_policy: str = "lru") -> None:
         engine = latency.profile.engine
         self.latency = latency
         self.block = engine.block_size
@@ -106,7 +106,11 @@ class GenEngineModel:
         self.caching = engine.enable_prefix_caching
         self.total_blocks = latency.profile.kv_capacity_blocks()
         self._longest = min(self.max_model_len, self.total_blocks * self.block)  # tokens a sequence may reach
-        self.pool = BlockPool(self.total_blocks, self.block, self.caching)
+        self.pool = BlockPool(self.total_blocks, self.block, self.caching, kv_policy)
+        self.kv_policy = kv_policy
+        self.hit_tokens = 0  # prompt tokens found in the prefix cache, every admission
+        self.prefill_tokens = 0  # prompt tokens computed (recomputation after preemption included)
+        self.preemptions = 0
         self.seqs: dict[NodeKey, _Seq] = {}
         self.waiting: deque[_Seq] = deque()
         self.running: dict[_Seq, None] = {}  # in running order
@@ -126,6 +130,8 @@ class GenEngineModel:
     def apply(self, step: GenStep) -> None:
         """Drop `step.abort` (unknown keys are ignored), then queue `step.admit`; tasks that can
         never run are reported by the next `step()`. Raises ValueError for a key already queued."""
+        if step.kv_steps is not None:
+            self.pool.set_steps(step.kv_steps)
         for key in step.abort:
             self._abort(key)
         for task in step.admit:
@@ -166,6 +172,7 @@ class GenEngineModel:
                 return self._decode_step(n)
         plan = _Plan()
         budget = self._serve_running(plan)
+        self.preemptions += plan.preempted
         if not plan.preempted:
             self._admit_waiting(plan, budget)
         rejected: tuple[tuple[NodeKey, str], ...] = ()
@@ -183,6 +190,7 @@ class GenEngineModel:
                                       preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens,
                                       aborted_tokens=aborted_tokens)
         prefill, sampled, context, attention = self._tally(plan)
+        self.prefill_tokens += prefill
         seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
         finished, cached = self._advance(plan)
         return seconds, GenStepResult(
@@ -191,6 +199,13 @@ class GenEngineModel:
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
+
+    def kv_cache_report(self) -> dict[str, object]:
+        """What the KV cache did over the run (summary.json `kv_cache`)."""
+        cached, computed = self.hit_tokens, self.prefill_tokens
+        return {"kv_policy": self.kv_policy, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
+                "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
+                "evicted_blocks": self.pool.evicted, "preemptions": self.preemptions}
 
     @property
     def kv_used_blocks(self) -> int:
@@ -310,6 +325,7 @@ class GenEngineModel:
                 pool.take(k)
             if seq.first_hit < 0:
                 seq.first_hit = c
+            self.hit_tokens += c
             seq.state, seq.computed = _PREFILL, c
             running[seq] = None
             self.prefilling[seq] = None

@@ -25,11 +25,11 @@ from test_cli import assert_usage_error, hedra  # the CLI as a subprocess, and t
 
 from ragraph.policies import make_policy, parse_policy
 from ragraph.records import RunResult
-from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from ragraph.workflows import RAG_WORKFLOWS, WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceRequest, to_request
 
-WORKFLOWS = tuple(BUILTIN_WORKFLOWS)
+WORKFLOWS = tuple(RAG_WORKFLOWS)
 PER_WORKFLOW = 20
 HERE = Path(__file__).resolve().parent.parent
 

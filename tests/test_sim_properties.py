@@ -20,7 +20,7 @@ from ragraph.policies import make_policy
 from ragraph.policies.hedra import HedraOptions, HedraPolicy
 from ragraph.records import RunResult
 from ragraph.work import CacheLoad, CacheLoadResult, GenStep, GenStepResult, Lane, SearchBatch, SearchResult
-from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowRegistry
+from ragraph.workflows import RAG_WORKFLOWS, WorkflowRegistry
 from sim.gen_engine import GenEngineModel
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, to_request
@@ -105,7 +105,7 @@ def check_invariants(requests, result, log, kv_total):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    workflows=st.lists(st.sampled_from(sorted(BUILTIN_WORKFLOWS)), min_size=1, max_size=3, unique=True),
+    workflows=st.lists(st.sampled_from(sorted(RAG_WORKFLOWS)), min_size=1, max_size=3, unique=True),
     rate=st.floats(0.5, 12.0),
     seed=st.integers(0, 2**16),
     nprobe=st.sampled_from([1, 7, 64, 256]),

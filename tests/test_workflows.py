@@ -6,7 +6,15 @@ import pytest
 from pydantic import ValidationError
 
 from ragraph.graph import Generate, Op, Request, Retrieve
-from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError, WorkflowRegistry, WorkflowSpec, build_request
+from ragraph.workflows import (
+    AGENT_WORKFLOWS,
+    BUILTIN_WORKFLOWS,
+    RAG_WORKFLOWS,
+    WorkflowError,
+    WorkflowRegistry,
+    WorkflowSpec,
+    build_request,
+)
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
@@ -53,9 +61,20 @@ def stages_for(spec: WorkflowSpec, iterations: int) -> list:
     return out
 
 
-def test_builtins_are_the_five_paper_workflows():
-    assert set(BUILTIN_WORKFLOWS) == {"one-shot", "hyde", "recomp", "multistep", "irg"}
-    assert WorkflowRegistry().names()[:5] == list(BUILTIN_WORKFLOWS)
+def test_builtins_are_the_five_paper_workflows_then_kvflows_agents():
+    assert set(RAG_WORKFLOWS) == {"one-shot", "hyde", "recomp", "multistep", "irg"}
+    assert set(AGENT_WORKFLOWS) == {"agent-chain", "agent-branch"}
+    assert WorkflowRegistry().names() == list(BUILTIN_WORKFLOWS)
+    assert WorkflowRegistry().names()[:5] == list(RAG_WORKFLOWS)
+
+
+def test_agent_branch_levels_join_all_of_the_level_before():
+    spec = AGENT_WORKFLOWS["agent-branch"]
+    assert spec.widths(4) == [1, 2, 1, 2]
+    req = build_request(spec, "q", 0.0, 4, [Generate(100, 5, role="agent") for _ in range(6)])
+    assert req.deps == ((), (0,), (0,), (1, 2), (3,), (3,))
+    chain_ = build_request(AGENT_WORKFLOWS["agent-chain"], "q", 0.0, 3, [Generate(100, 5) for _ in range(3)])
+    assert chain_.deps == ((), (0,), (1,))
 
 
 @pytest.mark.parametrize(("name", "iterations"), list(EXPECTED))

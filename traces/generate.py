@@ -54,6 +54,11 @@ class TraceConfig:
     overlap: float = 0.5  # fraction of a retrieval's lists its successor keeps
     iterations: int | None = None  # fixed iteration count (default: per workflow)
     truth: bool = True  # draw each retrieval's truth from the fitted model (traces.truth_model)
+    # agent workflows (KVFlow's): each agent's prompt is a fixed part, declared as prefix blocks
+    # shared by every request of its workflow set, then a dynamic part; its output is short
+    agent_tokens: tuple[int, int, int] = (8192, 32, 32)  # fixed / dynamic / output tokens
+    agent_sets: int = 1  # distinct agent workflows (sets of agent prompts), requests spread evenly
+    agent_system: int = 0  # leading tokens of every fixed prompt shared by all agents of a set
 
     def __post_init__(self) -> None:
         for name in ("rate", "duration_s", "cv", "zipf", "overlap"):
@@ -69,6 +74,10 @@ class TraceConfig:
             raise ValueError("arrival must be poisson or gamma, with cv > 0")
         if not 1 <= self.nprobe <= self.nlist or self.k < 1:
             raise ValueError(f"need 1 <= nprobe <= nlist ({self.nlist}) and k >= 1")
+        fixed, dynamic, output = self.agent_tokens
+        if min(fixed, output) < 1 or dynamic < 0 or self.agent_sets < 1 or not 0 <= self.agent_system <= fixed:
+            raise ValueError("agent tokens: fixed and output >= 1, dynamic >= 0, 0 <= system <= fixed;"
+                             " agent sets >= 1")
 
 
 def arrival_times(cfg: TraceConfig, rng: np.random.Generator) -> np.ndarray:
@@ -99,6 +108,38 @@ class _Lengths:
 
     def output(self, median: int) -> int:
         return int(np.clip(round(self.rng.lognormal(np.log(median), OUTPUT_SIGMA)), 1, OUTPUT_CAP))
+
+
+def agent_block_tokens(fixed: int, system: int) -> int:
+    """Tokens per declared block of agent prompts: the largest power of two up to 512 that
+    divides the fixed (and system) part, at least 16."""
+    bt = 512
+    while bt > 16 and (fixed % bt or system % bt):
+        bt //= 2
+    return bt
+
+
+def agent_ids(cfg: TraceConfig, workflow_set: int, agent: int) -> tuple[list[int], int]:
+    """(hash ids, block tokens) of agent `agent`'s fixed prompt in workflow set `workflow_set`:
+    the set's system blocks (shared by its agents), then the agent's own."""
+    fixed, system = cfg.agent_tokens[0], cfg.agent_system
+    bt = agent_block_tokens(fixed, system)
+    head = (workflow_set + 1) << 40
+    ids = [head | j for j in range(system // bt)]
+    ids += [head | (agent + 1) << 20 | j for j in range(system // bt, fixed // bt)]
+    return ids, bt
+
+
+def _agent_request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, iters: int,
+                   workflow_set: int) -> dict:
+    fixed, dynamic, output = cfg.agent_tokens
+    stages = []
+    for agent, _step in enumerate(spec.unroll(iters)):
+        ids, bt = agent_ids(cfg, workflow_set, agent)
+        stages.append({"op": "generate", "role": "agent", "prompt_tokens": fixed + dynamic,
+                       "output_tokens": output, "hash_ids": ids, "block_tokens": bt})
+    return {"id": rid, "arrival_s": round(arrival, 6), "workflow": spec.name, "iterations": iters,
+            "stages": stages}
 
 
 def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, iters: int,
@@ -157,7 +198,10 @@ def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -
             iters = int(mix_rng.choice(len(ITERATIONS[spec.name]), p=ITERATIONS[spec.name]))
         else:
             iters = spec.default_iterations
-        out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes, truths))
+        if all(st.role == "agent" for st in spec.unroll(iters)):
+            out.append(_agent_request(spec, f"r{i:06d}", float(t), cfg, iters, i % cfg.agent_sets))
+        else:
+            out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes, truths))
     return out
 
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from experiments.listing import help_epilog
 from hwmodel.profile import ProfileError
+from ragraph.kvpolicy import KVPolicyError
 from ragraph.policies import PolicyError
 from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from runs.outdir import OutputError
@@ -47,7 +48,8 @@ _BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("Backe
 def _input_errors() -> tuple[type[Exception], ...]:
     backend = tuple(getattr(sys.modules[module], name) for module, names in _BACKEND_ERRORS.items()
                     if module in sys.modules for name in names)
-    return (TraceError, ProfileError, PolicyError, WorkflowError, UsageError, OutputError, *backend)
+    return (TraceError, ProfileError, PolicyError, KVPolicyError, WorkflowError, UsageError, OutputError,
+            *backend)
 
 
 @contextmanager

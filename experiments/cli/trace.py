@@ -17,10 +17,10 @@ from experiments.cli.common import (
     load_workflows,
     user_errors,
 )
-from ragraph.workflows import BUILTIN_WORKFLOWS
+from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError
 from runs.outdir import check_output_file, output_errors
 from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl
-from traces.schema import load_trace
+from traces.schema import TraceError, load_trace
 
 trace_app = typer.Typer(help="Make and inspect workload traces.", no_args_is_help=True)
 
@@ -53,6 +53,13 @@ def trace_gen(
     questions: Annotated[Path | None, typer.Option(
         help="FlashRAG dataset JSONL (question, golden_answers) whose questions the trace asks, in order;"
              " needs --corpus.")] = None,
+    agent_tokens: Annotated[str, typer.Option(
+        help="Agent workflows: FIXED/DYNAMIC/OUTPUT tokens of each agent (the fixed prompt is shared"
+             " prefix blocks).")] = "8192/32/32",
+    agent_sets: Annotated[int, typer.Option(
+        help="Agent workflows: distinct workflows (sets of agent prompts); requests take them in turn.")] = 1,
+    agent_system: Annotated[int, typer.Option(
+        help="Agent workflows: leading tokens of every fixed prompt shared by all agents of a set.")] = 0,
 ) -> None:
     """Generate a trace: synthetic, or with real questions and probe lists from a corpus (--corpus)."""
     with user_errors():
@@ -89,9 +96,11 @@ def trace_gen(
         _check_trace_options(rate=rate, duration=duration, arrival=arrival, cv=cv, k=k, zipf=zipf, overlap=overlap,
                              nprobe=256 if nprobe is None else nprobe, nlist=4096 if nlist is None else nlist,
                              iterations=iterations)
+        agent = _agent_tokens(agent_tokens)
         try:
             cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
-                              4096 if nlist is None else nlist, zipf, overlap, iterations)
+                              4096 if nlist is None else nlist, zipf, overlap, iterations, agent_tokens=agent,
+                              agent_sets=agent_sets, agent_system=agent_system)
             rows = generate_trace(cfg, registry)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -104,6 +113,50 @@ def trace_gen(
             rows = realize_trace(rows, real, embedder_for(real), seed=seed, questions=asked,
                                  progress=sys.stderr.isatty())
         check_output_file(out)
+        with output_errors(out):
+            write_jsonl(rows, out)
+    typer.echo(f"wrote {len(rows)} requests to {out}")
+
+
+def _agent_tokens(text: str) -> tuple[int, int, int]:
+    parts = text.split("/")
+    try:
+        fixed, dynamic, output = (int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--agent-tokens {text}: expected FIXED/DYNAMIC/OUTPUT token counts, e.g. 8192/32/32"
+                         ) from None
+    return fixed, dynamic, output
+
+
+@trace_app.command("import")
+def trace_import(
+    format_: Annotated[str, typer.Argument(metavar="FORMAT", help="Trace format: mooncake.")],
+    file: Annotated[Path, typer.Argument(help="The trace to import.")],
+    out: Annotated[Path, typer.Option(help="Hedra trace to write (JSON Lines).")],
+    workflow: Annotated[str, typer.Option(
+        help="Workflow of each request: one generation (gen-only), or with a retrieval before it (one-shot).")
+                        ] = "gen-only",
+    block_tokens: Annotated[int, typer.Option(help="Prompt tokens per hash id.")] = 512,
+    nprobe: Annotated[int, typer.Option(help="IVF lists searched per retrieval (workflows that retrieve).")] = 256,
+    nlist: Annotated[int, typer.Option(help="IVF lists of the index the trace targets.")] = 4096,
+    k: Annotated[int, typer.Option(help="Passages kept per retrieval.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic probe lists.")] = 0,
+    workflows: WorkflowsOpt = None,
+) -> None:
+    """Import a public trace (Mooncake's format: timestamp ms, input_length, output_length, hash_ids)."""
+    from traces.mooncake import import_mooncake
+
+    with user_errors():
+        if format_ != "mooncake":
+            raise UsageError(f"trace format {format_!r}: known formats: mooncake")
+        check_output_file(out)
+        try:
+            rows = import_mooncake(file, workflow, block_tokens=block_tokens, registry=load_workflows(workflows),
+                                   nprobe=nprobe, k=k, nlist=nlist, seed=seed)
+        except ValueError as exc:
+            if isinstance(exc, TraceError | WorkflowError):
+                raise
+            raise UsageError(str(exc)) from None
         with output_errors(out):
             write_jsonl(rows, out)
     typer.echo(f"wrote {len(rows)} requests to {out}")

@@ -17,6 +17,7 @@ from experiments.cli.common import (
 from experiments.listing import KINDS, workflow_lines
 from experiments.listing import lines as listing_lines
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy
 from ragraph.policies import POLICIES, parse_policy
 from runs.outdir import check_output_dir
 from traces.schema import load_trace
@@ -32,6 +33,7 @@ def sim(
                        ] = DEFAULT_PROFILE,
     seed: Annotated[int, typer.Option(help="Seed for stochastic result models.")] = 0,
     workflows: WorkflowsOpt = None,
+    kv_policy: Annotated[str, typer.Option(help=f"KV-cache policy: {', '.join(KV_POLICIES)}.")] = DEFAULT_KV_POLICY,
 ) -> None:
     """Simulate a trace under a policy; write requests.parquet, summary.json, timeline.json."""
     from runs.outputs import lane_tracks, write_run
@@ -40,12 +42,13 @@ def sim(
     with user_errors():
         check_output_dir(out)
         choice = parse_policy(policy)  # refuse a bad spec before anything runs
+        kv = parse_kv_policy(kv_policy)
         prof = load_profile(profile)
         requests = load_trace(trace, load_workflows(workflows), nlist=prof.index.nlist, index=prof.index.identity,
                               target=f"the profile {prof.name} describes index {prof.index.name}"
                                      f" ({prof.index.identity or 'no identity'}); calibrate a profile on that index"
                                      " (hedra calibrate) or regenerate the trace")
-        run = simulate(requests, choice, prof, seed=seed, meta={"trace": str(trace)})
+        run = simulate(requests, choice, prof, seed=seed, meta={"trace": str(trace)}, kv_policy=kv)
         hw = prof.hardware
         write_run(out, run.result.records, run.summary, run.result.timeline,
                   lane_tracks(hw.gpu, hw.gen_cores, hw.retrieval_cores))

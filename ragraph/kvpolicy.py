@@ -1,0 +1,92 @@
+"""KV-cache policies: which cached prefix blocks an engine evicts first, an axis of its own.
+
+A KV policy is chosen beside the scheduling policy (`--kv-policy`, DESIGN §5). The core
+computes what a policy needs from the workflow graphs in flight and hands it to the engine
+with each step (`GenStep.kv_steps`); the body's block pool orders its evictions by it (the
+simulator: `sim.block_pool`). This module is pure: no clock, no I/O.
+
+- `lru`: vLLM's own order (the free queue: least recently freed first, a sequence's tail
+  before its head). Needs nothing from the core.
+- `kvflow` (KVFlow, Pan et al., arXiv 2507.07400): each pending generation's *steps to
+  execution* in its request's graph: 0 if it runs now (or is ready to); for a node still
+  waiting, the largest of its predecessors' + 1 (an AND join: all must finish) or the smallest
+  + 1 (an OR join). The value goes on the last block of the node's declared prefix (an agent's
+  fixed prompt); a shared block takes the minimum of the blocks below it. Eviction takes
+  unshared suffixes first (content no declared prefix holds), then the prefix blocks of the
+  largest steps to execution (blocks no request in flight will use: infinitely far), the
+  least recently freed first among equals, a branch before the stem it hangs from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ragraph.graph import Generate, PrefixId
+from ragraph.runtime import RequestRun
+from ragraph.state import NodeState
+
+KV_POLICIES: dict[str, str] = {
+    "lru": "vLLM's order: least recently freed cached blocks first",
+    "kvflow": "KVFlow: unshared suffixes first, then prefixes by largest steps to execution in the workflow graphs",
+}
+DEFAULT_KV_POLICY = "lru"
+_DONE = -1  # a finished node's steps (its successors may run now: max(...) + 1 = 0)
+_NOW = (NodeState.READY, NodeState.RUNNING, NodeState.SPECULATIVE, NodeState.SPEC_DONE)
+
+
+class KVPolicyError(ValueError):
+    """An unknown KV policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class KVPolicy:
+    """A validated KV policy choice (parsed once at the edge, passed inward)."""
+
+    name: str
+
+    @property
+    def wants_steps(self) -> bool:
+        """Whether the core computes steps to execution for the engine (`GenStep.kv_steps`)."""
+        return self.name == "kvflow"
+
+
+def parse_kv_policy(spec: str) -> KVPolicy:
+    """The KV policy named `spec`; raises KVPolicyError naming the known ones."""
+    name = spec.strip()
+    if name not in KV_POLICIES:
+        raise KVPolicyError(f"unknown KV policy {spec!r} (known: {', '.join(KV_POLICIES)})")
+    return KVPolicy(name)
+
+
+def steps_to_execution(run: RequestRun, or_joins: frozenset[int] = frozenset()) -> list[int]:
+    """Per node of `run` (by index): -1 if it finished, 0 if it runs or may run now, else over
+    its predecessors max + 1 (an AND join) or min + 1 (for the nodes in `or_joins`)."""
+    deps = run.request.deps
+    out: list[int] = []
+    for i, node in enumerate(run.nodes):
+        state = node.state
+        if state is NodeState.DONE or state is NodeState.FAILED:
+            out.append(_DONE)
+        elif state in _NOW or not deps[i]:
+            out.append(0)
+        else:
+            pred = [out[d] for d in deps[i]]
+            out.append((min(pred) if i in or_joins else max(pred)) + 1)
+    return out
+
+
+def prefix_steps(runs: Iterable[RequestRun],
+                 or_joins: Mapping[str, frozenset[int]] | None = None) -> tuple[tuple[PrefixId, int], ...]:
+    """(prefix identity, steps to execution) of every unfinished generation with a declared prefix
+    in the requests `runs`, the smallest per prefix, in first-seen order (deterministic)."""
+    best: dict[PrefixId, int] = {}
+    for run in runs:
+        steps = steps_to_execution(run, (or_joins or {}).get(run.request.id, frozenset()))
+        for spec, s in zip(run.request.nodes, steps, strict=True):
+            if s < 0 or not isinstance(spec, Generate):
+                continue
+            pid = spec.prefix_id
+            if pid is not None and s < best.get(pid, s + 1):
+                best[pid] = s
+    return tuple(best.items())
