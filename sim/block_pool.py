@@ -36,6 +36,7 @@ the cache), `own_run` and `computed`.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,8 @@ class BlockPool:
         self.total = total
         self.kvflow = kv_policy == "kvflow"  # else lru (ragraph.kvpolicy)
         self.free_nodes: dict[Chain, None] = {}  # kvflow: nodes with free cached blocks (not in `lru`)
+        self._heap: list[tuple[int, int, int, Chain]] = []  # kvflow: (-steps, age, serial, node), checked when popped
+        self._serial = 0
         self._marked: list[Chain] = []  # kvflow: nodes whose steps are set
         self._freed = 0  # runs freed so far (their ages)
         self.evicted = 0  # cached blocks whose content an allocation evicted (content someone could reuse)
@@ -208,6 +211,7 @@ class BlockPool:
                 self._freed += 1
                 run.age = self._freed
                 self.free_nodes[run.owner] = None
+                self._push(run.owner)
                 return
         self.lru.append(run)
 
@@ -216,16 +220,27 @@ class BlockPool:
     def set_steps(self, steps: tuple[tuple[object, int], ...]) -> None:
         """Steps to execution per declared prefix (`GenStep.kv_steps`): each on the prefix's last
         node, a node taking the smallest of the prefixes through it; the rest are FAR."""
-        for node in self._marked:
-            node.steps = FAR
-        marked = []
+        new: dict[Chain, int] = {}
         for pid, s in steps:
             node = self.chains.get(pid) if isinstance(pid, str) else self._deepest(pid)  # type: ignore[arg-type]
-            while node is not None and s < node.steps:
-                node.steps = s
-                marked.append(node)
+            while node is not None and s < new.get(node, FAR):
+                new[node] = s
                 node = node.parent
-        self._marked = marked
+        moved = [node for node in self._marked if node not in new]
+        for node in moved:
+            node.steps = FAR
+        for node, s in new.items():
+            if node.steps != s:
+                node.steps = s
+                moved.append(node)
+        self._marked = list(new)
+        for node in moved:  # their place in the eviction order moved
+            if node.free_runs:
+                self._push(node)
+
+    def _push(self, node: Chain) -> None:
+        self._serial += 1
+        heapq.heappush(self._heap, (-node.steps, node.free_runs[0].age, self._serial, node))
 
     def _deepest(self, pid: tuple[int, ...]) -> Chain | None:
         """The deepest node the tree has of the id chain `pid` = (block_tokens, *ids)."""
@@ -241,27 +256,34 @@ class BlockPool:
         """kvflow: evict up to `want` free blocks of one node: the largest steps to execution, the
         least recently freed among equals, never a node with cached blocks below it (its branches
         go first); its highest blocks first. Returns how many."""
-        best, best_key = None, None
-        for node in list(self.free_nodes):
-            if not node.free_runs:
-                del self.free_nodes[node]
+        heap = self._heap
+        while True:  # entries are checked when popped: a node's key may have moved since its push
+            neg_steps, age, _, best = heapq.heappop(heap)  # IndexError: nothing free to evict (a bug)
+            runs = best.free_runs
+            if not runs:
+                self.free_nodes.pop(best, None)
                 continue
-            if any(c.cached > c.start for c in node.children.values()):
-                continue
-            key = (node.steps, -node.free_runs[0].age)
-            if best_key is None or key > best_key:
-                best, best_key = node, key
-        assert best is not None, "kvflow: no free prefix block to evict"
-        run = best.free_runs[0]  # its oldest free run holds its highest blocks
+            if neg_steps != -best.steps or age != runs[0].age:
+                continue  # a stale entry: the node was pushed again with its current key
+            if any(c.cached > c.start for c in best.children.values()):
+                continue  # pushed again when its last cached branch goes
+            break
+        run = runs[0]  # its oldest free run holds its highest blocks
         n = min(run.hi - run.lo, want)
         run.hi -= n
         best.cached = min(best.cached, run.hi)
         self.evicted += n
         if run.hi == run.lo:
-            best.free_runs.pop(0)
-            if not best.free_runs:
-                del self.free_nodes[best]
-            if best.cached == best.start and best.end != UNBOUNDED:
+            runs.pop(0)
+        if runs:
+            self._push(best)
+        else:
+            del self.free_nodes[best]
+        if best.cached == best.start:
+            parent = best.parent
+            if parent is not None and parent.free_runs:
+                self._push(parent)  # it may be the next to go
+            if best.end != UNBOUNDED:
                 self._drop(best)
         return n
 
