@@ -59,6 +59,7 @@ class TraceConfig:
     agent_tokens: tuple[int, int, int] = (8192, 32, 32)  # fixed / dynamic / output tokens
     agent_sets: int = 1  # distinct agent workflows (sets of agent prompts), requests spread evenly
     agent_system: int = 0  # leading tokens of every fixed prompt shared by all agents of a set
+    agent_count: int = 0  # distinct agents of a workflow, called in turn (0: one per step, none called twice)
 
     def __post_init__(self) -> None:
         for name in ("rate", "duration_s", "cv", "zipf", "overlap"):
@@ -75,7 +76,8 @@ class TraceConfig:
         if not 1 <= self.nprobe <= self.nlist or self.k < 1:
             raise ValueError(f"need 1 <= nprobe <= nlist ({self.nlist}) and k >= 1")
         fixed, dynamic, output = self.agent_tokens
-        if min(fixed, output) < 1 or dynamic < 0 or self.agent_sets < 1 or not 0 <= self.agent_system <= fixed:
+        if min(fixed, output) < 1 or dynamic < 0 or self.agent_sets < 1 or not 0 <= self.agent_system <= fixed \
+                or self.agent_count < 0:
             raise ValueError("agent tokens: fixed and output >= 1, dynamic >= 0, 0 <= system <= fixed;"
                              " agent sets >= 1")
 
@@ -134,8 +136,8 @@ def _agent_request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfi
                    workflow_set: int) -> dict:
     fixed, dynamic, output = cfg.agent_tokens
     stages = []
-    for agent, _step in enumerate(spec.unroll(iters)):
-        ids, bt = agent_ids(cfg, workflow_set, agent)
+    for i, _step in enumerate(spec.unroll(iters)):
+        ids, bt = agent_ids(cfg, workflow_set, i % cfg.agent_count if cfg.agent_count else i)
         stages.append({"op": "generate", "role": "agent", "prompt_tokens": fixed + dynamic,
                        "output_tokens": output, "hash_ids": ids, "block_tokens": bt})
     return {"id": rid, "arrival_s": round(arrival, 6), "workflow": spec.name, "iterations": iters,

@@ -60,6 +60,9 @@ def trace_gen(
         help="Agent workflows: distinct workflows (sets of agent prompts); requests take them in turn.")] = 1,
     agent_system: Annotated[int, typer.Option(
         help="Agent workflows: leading tokens of every fixed prompt shared by all agents of a set.")] = 0,
+    agent_count: Annotated[int, typer.Option(
+        help="Agent workflows: distinct agents, called in turn (0: one per step; with --iterations 30 and"
+             " --agent-count 10, each agent runs 3 times).")] = 0,
 ) -> None:
     """Generate a trace: synthetic, or with real questions and probe lists from a corpus (--corpus)."""
     with user_errors():
@@ -100,7 +103,7 @@ def trace_gen(
         try:
             cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
                               4096 if nlist is None else nlist, zipf, overlap, iterations, agent_tokens=agent,
-                              agent_sets=agent_sets, agent_system=agent_system)
+                              agent_sets=agent_sets, agent_system=agent_system, agent_count=agent_count)
             rows = generate_trace(cfg, registry)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
