@@ -166,3 +166,37 @@ def test_kvflow_keeps_kv_use_within_capacity_and_never_evicts_a_held_block(tasks
     w["tasks"] = rows
     drive_ids(e, w)  # audits the tree (held <= cached: no held block evicted) and KV use after every step
     assert e.kv_used_blocks == 0 and e.pool.audit() == 0
+
+
+# --- agent workflows and the command line ----------------------------------------------------
+
+def test_agent_traces_share_each_agents_fixed_prompt_across_requests():
+    from traces.generate import TraceConfig, generate_trace
+
+    cfg = TraceConfig(("agent-chain",), 4.0, 2.0, agent_tokens=(1024, 32, 16), agent_sets=2, agent_system=512,
+                      iterations=6, agent_count=3)
+    rows = generate_trace(cfg)
+    first, second, third = rows[0]["stages"], rows[1]["stages"], rows[2]["stages"]
+    assert [s["prompt_tokens"] for s in first] == [1056] * 6 and {s["output_tokens"] for s in first} == {16}
+    assert first[0]["hash_ids"] == first[3]["hash_ids"] != first[1]["hash_ids"]  # 3 agents called in turn
+    assert first[0]["hash_ids"][0] == first[1]["hash_ids"][0]  # the set's system prompt: one shared block
+    assert first[0]["hash_ids"] == third[0]["hash_ids"] != second[0]["hash_ids"]  # sets taken in turn
+    assert first[0]["block_tokens"] == 512 and len(first[0]["hash_ids"]) == 2
+
+
+def test_sim_records_the_kv_policy_and_refuses_an_unknown_one(tmp_path):
+    import json
+
+    from tests.test_cli import assert_usage_error, hedra
+
+    trace = tmp_path / "a.jsonl"
+    assert hedra("trace", "gen", "--workflow", "agent-chain", "--rate", 2, "--duration", 5, "--out", trace,
+                 "--agent-tokens", "1024/32/8", "--iterations", 3).returncode == 0
+    out = tmp_path / "run"
+    ok = hedra("sim", "--trace", trace, "--policy", "hedra", "--kv-policy", "kvflow", "--out", out)
+    assert ok.returncode == 0, ok.stderr
+    kv = json.loads((out / "summary.json").read_text())["kv_cache"]
+    assert kv["kv_policy"] == "kvflow" and kv["prompt_tokens_computed"] > 0
+    line = assert_usage_error(hedra("sim", "--trace", trace, "--policy", "hedra", "--kv-policy", "lfu",
+                                    "--out", tmp_path / "bad"), tmp_path / "bad")
+    assert "unknown KV policy 'lfu'" in line
