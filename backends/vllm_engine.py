@@ -8,7 +8,8 @@ a `GenStepResult`, the same record the simulated engine (`sim.gen_engine`) produ
 Requests are synthetic: a `GenTask` fixes the prompt length, the exact output length and a
 shared-prefix identity, not the text. The default prompt is deterministic token ids: the
 first `prefix_tokens` ids depend on the prefix id only (so tasks sharing a prefix share KV
-blocks in vLLM's prefix cache), the rest on the task's key. Decoding is greedy with
+blocks in vLLM's prefix cache), or each declared block's on the block ids up to it
+(`GenTask.hash_ids`: prompts share their common leading blocks), the rest on the task's key. Decoding is greedy with
 `ignore_eos` and `min_tokens == max_tokens`, so a task produces exactly `output_tokens`
 tokens.
 
@@ -89,7 +90,19 @@ def _seeded_ids(parts: Iterable[object], n: int, low: int, high: int) -> list[in
 
 def synthetic_prompt_ids(task: GenTask, *, low: int, high: int, seed: int = 0) -> list[int]:
     """Exactly `task.prompt_tokens` ids in [low, high): the shared prefix's ids depend only on
-    (`seed`, `task.prefix`), the rest on (`seed`, `task.key`)."""
+    (`seed`, `task.prefix`), the rest on (`seed`, `task.key`). A prompt declared as block ids
+    (`task.hash_ids`) has, for its j-th id, `block_tokens` ids that depend only on (`seed`,
+    `block_tokens`, its first j + 1 ids), cut at the prompt's end: prompts share exactly the
+    tokens of their common leading ids, so vLLM's prefix cache (a block's hash chains its
+    parent's) shares exactly the engine blocks inside them, as the simulator's tree does."""
+    if task.hash_ids:
+        bt, ids = task.block_tokens, []
+        for j in range(len(task.hash_ids)):
+            n = min(bt, task.prompt_tokens - j * bt)
+            if n <= 0:
+                break
+            ids += _seeded_ids(("block", seed, bt, task.hash_ids[: j + 1]), bt, low, high)[:n]
+        return ids + _seeded_ids(("body", seed, task.key), task.prompt_tokens - len(ids), low, high)
     n_prefix = min(task.prefix_tokens, task.prompt_tokens) if task.prefix else 0
     ids = _seeded_ids(("prefix", seed, task.prefix), n_prefix, low, high) if n_prefix else []
     ids += _seeded_ids(("body", seed, task.key), task.prompt_tokens - n_prefix, low, high)

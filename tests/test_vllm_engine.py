@@ -76,6 +76,22 @@ def test_synthetic_prompts_share_exactly_the_prefix():
     assert no_prefix != a[:10]
 
 
+def ids_task(rid: str, prompt: int, ids: tuple[int, ...], block_tokens: int, out: int = 2) -> GenTask:
+    return GenTask((rid, 0), prompt, out, "", 0, False, ids, block_tokens)
+
+
+def test_synthetic_prompts_of_block_ids_share_exactly_their_common_leading_blocks():
+    a = synthetic_prompt_ids(ids_task("a", 300, (1, 2, 3), 100), low=3, high=4096)
+    b = synthetic_prompt_ids(ids_task("b", 300, (1, 2, 9), 100), low=3, high=4096)
+    c = synthetic_prompt_ids(ids_task("c", 300, (5, 2, 3), 100), low=3, high=4096)
+    d = synthetic_prompt_ids(ids_task("d", 250, (1, 2, 3), 100), low=3, high=4096)  # its last block partial
+    e = synthetic_prompt_ids(ids_task("e", 400, (1,), 100), low=3, high=4096)  # undeclared after 100
+    assert (len(a), len(d), len(e)) == (300, 250, 400)
+    assert a[:200] == b[:200] and a[200:] != b[200:]
+    assert a[:100] != c[:100] and a[100:200] != c[100:200]  # the same id under another parent differs
+    assert d == a[:250] and e[:100] == a[:100] and e[100:200] != a[100:200]
+
+
 # --- the tiny model -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -289,3 +305,32 @@ def test_custom_prompt_ids_are_used_and_checked(engine_module):
     finally:
         engine_module._prompt_ids = None
     assert not engine_module.has_unfinished()
+
+
+def test_block_id_prompts_hit_vllms_prefix_cache_as_the_simulator_predicts(eng):
+    """A replay of prompts from a tree of block ids, one request at a time: the prompt tokens
+    vLLM's prefix cache serves each request equal the simulator's engine model's, request by
+    request (its blocks of the engine's size, its cache large enough to evict nothing)."""
+    from hwmodel.latency import LatencyModel
+    from hwmodel.profile import load_profile
+    from sim.gen_engine import GenEngineModel
+
+    base = load_profile()
+    engine_cfg = {**base.engine.model_dump(), "block_size": eng.block_size, "max_model_len": MAX_MODEL_LEN,
+                  "max_num_batched_tokens": BUDGET, "max_num_seqs": 64}
+    model = GenEngineModel(LatencyModel(type(base).model_validate({**base.model_dump(), "engine": engine_cfg})))
+    bt = 96  # not a multiple of the engine's block: blocks straddle two ids
+    tasks = [ids_task("t0", 700, (1, 2, 3, 4, 5), bt), ids_task("t1", 700, (1, 2, 3, 9, 9), bt),
+             ids_task("t2", 500, (1, 2, 7), bt), ids_task("t3", 900, (1, 2, 3, 4, 5, 6, 7, 8), bt),
+             ids_task("t4", 300, (8, 2, 3), bt), ids_task("t5", 650, (1, 2, 3, 4, 5, 6, 7), bt)]
+    real, sim = [], []
+    for t in tasks:
+        eng.apply(GenStep(admit=(t,)))
+        real.append(sum(r.cached_prompt_tokens for r in run_to_end(eng)))
+        model.apply(GenStep(admit=(t,)))
+        hits = 0
+        while model.seqs:
+            hits += model.step()[1].cached_prompt_tokens
+        sim.append(hits)
+    assert real == sim
+    assert real[0] == 0 and real[1] > 0 and real[4] == 0 and real[3] > real[1]  # the replay exercises sharing
