@@ -21,12 +21,14 @@ token, one reading its prompt its next chunk). Each step spends a token budget:
    whole current length less its prefix-cache hit (vLLM's default
    `scheduler_reserve_full_isl`); the first that does not fit stops admission. A resumed
    sequence recomputes its prompt and the tokens it had generated.
-3. Prefix caching: full blocks are content-addressed. At admission a sequence reuses the
-   longest run of cached blocks (at most its length - 1 tokens): its shared prefix's blocks
-   (one prefix id is one token sequence, whatever its length) and, after a preemption, its
+3. Prefix caching: full blocks are content-addressed (`sim.block_pool`). At admission a
+   sequence reuses the longest run of cached blocks (at most its length - 1 tokens): its
+   declared prefix's blocks (a template prefix id is one token sequence, whatever its
+   length; a chain of block ids is a path in the prefix tree) and, after a preemption, its
    own blocks still cached. Free blocks form vLLM's free queue: blocks with no cached
    content (a partial last block; every block when caching is off) are reused first, cached
-   ones in LRU order, a freed sequence's tail first; reusing a cached block evicts it.
+   ones in the KV policy's order (`lru`: vLLM's, a freed sequence's tail first; `kvflow`:
+   by the workflows' steps to execution); reusing a cached block evicts it.
 
 A sequence ends when its last token is sampled; its blocks are freed after the step. Tasks
 longer than `max_model_len`, or needing more blocks than the cache has, are rejected with
