@@ -100,6 +100,7 @@ class RealExecutor:
         self._timeline: list[TimelineEvent] = []
         self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
         self._kv_peak = self._kv_total = 0
+        self._prompt_cached = self._prompt_computed = self._preempted = 0  # the run's KV-cache counts
         self._ended = 0  # records already told to the retrieval body
         self._errors: list[BaseException] = []  # core errors (bugs): re-raised by run()
 
@@ -161,7 +162,15 @@ class RealExecutor:
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
-                         self._kv_peak, self._kv_total, self._stopped, self.sched.report())
+                         self._kv_peak, self._kv_total, self._stopped, self.sched.report(), self._kv_cache_report())
+
+    def _kv_cache_report(self) -> dict[str, object]:
+        """summary.json `kv_cache`, with the simulator's keys: vLLM's own LRU order; its evictions
+        are not observed (None)."""
+        cached, computed = self._prompt_cached, self._prompt_computed
+        return {"kv_policy": "lru", "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
+                "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
+                "evicted_blocks": None, "preemptions": self._preempted}
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -235,6 +244,9 @@ class RealExecutor:
             res = self.gen.step()
             self._kv_peak = max(self._kv_peak, res.kv_used_blocks)
             self._kv_total = res.kv_total_blocks
+            self._prompt_cached += res.cached_prompt_tokens
+            self._prompt_computed += res.prefill_tokens
+            self._preempted += res.preempted
             return res
         if isinstance(item, SearchBatch):
             return self.retrieval.search(item)
