@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from test_cli import ROOT, assert_usage_error, hedra
 
+from experiments.cell import cell_id
+from experiments.expand import expand
 from experiments.sweep import (
     CellStore,
     SweepInterrupted,
-    cell_id,
     inline_runner,
     pool_runner,
     ray_runner,
@@ -24,7 +25,7 @@ from experiments.sweep import (
     run_sweep,
     sweep_table,
 )
-from experiments.sweepspec import SpecError, SweepSpec, expand, load_spec
+from experiments.sweepspec import SpecError, SweepSpec, load_spec
 
 MEASURED = ["sim_wall_s"]  # the one column that may differ between two runs of the same cells
 SMALL = """
