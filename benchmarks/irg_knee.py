@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.sweep import trace_requests
+from experiments.cell import trace_requests
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
 from ragraph.policies import parse_policy

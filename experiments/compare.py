@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.cell import QUANTILES
 from experiments.study_plots import PLOTS_OF_RUNS, study_plots
-from experiments.sweep import QUANTILES
 from ragraph.work import LANES
 from runs.outdir import atomic_dir
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.expand import expand
 from experiments.sweep import Runner, run_sweep
-from experiments.sweepspec import SweepSpec, expand, load_spec
+from experiments.sweepspec import SweepSpec, load_spec
 from runs.outdir import atomic_dir
 
 DEMO_SPEC = Path(__file__).parent / "specs" / "demo.toml"

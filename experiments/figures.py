@@ -1,9 +1,12 @@
 """`hedra figure N`: HedraRAG's evaluation figures (SOSP 2025, §6) reproduced in simulation.
 
-Each figure is data: its panels (workflow mix and nprobe), request rates, policies, axis
-cap and the paper's numbers (`../shared/PAPERS.md`); one runner turns it into cells
-(`experiments.cells`), runs them on a process pool, plots, and compares Hedra's values with
-the paper's. What each figure shows and how each number is computed: docs/figures.md.
+Each figure's grid is a sweep spec shipped as `experiments/specs/figure-N.toml` (workloads
+tagged with their panel, policies with their labels); `run_figure` runs it through the
+sweep engine (`experiments.sweep`), then plots it with the paper's axes and compares
+Hedra's values with the paper's (`../shared/PAPERS.md`). What stays here is what a spec
+does not say: titles, the subplot grid, the axis cap, which panels `--quick` keeps, and how
+each of the paper's numbers is read off the rows. What each figure shows and how each
+number is computed: docs/figures.md.
 """
 
 from __future__ import annotations
@@ -16,25 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.cells import Cell, run_cells
+from experiments.expand import expand
 from experiments.figplot import latency_grid, normalized_bars
-from ragraph.policies import parse_policy
+from experiments.sweep import Runner, run_sweep
+from experiments.sweepspec import SweepSpec, load_spec
 from runs.outdir import atomic_dir
 
+SPECS = Path(__file__).parent / "specs"
 SLO_S = 10.0  # the paper's latency SLO and Fig. 12/14 y-axis cap
-WORKFLOWS = ("one-shot", "hyde", "recomp", "multistep", "irg")
-PAPER_RATES = (4, 8, 12, 16, 20, 24, 28)  # the artifact's range(4, 30, 4), Poisson, seed 2025
-QUICK_RATES = (4, 28)
-BASELINES = (("langchain", "langchain"), ("flashrag", "flashrag"), ("hedra", "hedra"))
-NO_EXTRAS = "no-reorder,no-spec-gen"  # Fig. 16 isolates sub-stages
-
-
-@dataclass(frozen=True)
-class Panel:
-    key: str  # column `panel` of the CSV
-    title: str
-    nprobe: int
-    mixes: tuple[tuple[str, ...], ...]  # one mix per line figure; one per bar group (offline)
+QUICK_REQUESTS = 64  # --quick: requests of an offline point
+QUICK_DURATION_S, DURATION_S = 10.0, 30.0  # seconds of arrivals per online point (--quick; default)
+CSV_COLUMNS = {"panel": "panel", "workflow": "workflow", "nprobe": "nprobe", "rate": "rate", "label": "policy",
+               "policy": "spec", "requests": "requests", "completed": "completed", "mean_s": "mean_s",
+               "p50_s": "p50_s", "p95_s": "p95_s", "p99_s": "p99_s", "sim_s": "makespan_s",
+               "throughput_rps": "throughput_rps", "sim_wall_s": "wall_s"}  # sweep row -> figure-N.csv
 
 
 @dataclass(frozen=True)
@@ -48,26 +46,45 @@ class Comparison:
 class Figure:
     number: int
     title: str
-    panels: tuple[Panel, ...]
-    policies: tuple[tuple[str, str], ...]  # (label, policy spec)
     compare: Callable[[pd.DataFrame], list[Comparison]]
+    panel_title: str  # a panel's title, from its rows: {mix} (workflows joined by " + ") and {nprobe}
     shape: tuple[int, int] = (1, 1)  # subplot grid (line figures)
-    offline: bool = False  # all requests at t = 0; bars of total time normalised to hedra
-    requests: int | None = None  # offline: requests per run (the artifact's)
     cap: float | None = SLO_S  # y-axis cap of the paper's plot
-    quick_panels: tuple[str, ...] = ()  # panel keys kept by --quick (empty: all)
-    rates: tuple[float, ...] = PAPER_RATES
+    quick_panels: tuple[str, ...] = ()  # panel tags kept by --quick (empty: all)
+    ylabel: str = "mean latency (s)"
 
-    def cells(self, duration_s: float, quick: bool) -> list[Cell]:
-        panels = [p for p in self.panels if not (quick and self.quick_panels) or p.key in self.quick_panels]
-        policies = tuple((label, parse_policy(spec)) for label, spec in self.policies)
-        if self.offline:
-            n = 64 if quick else self.requests
-            return [Cell(mix, 1000.0, p.nprobe, policies, requests=n, offline=True,
-                         tags=(("panel", p.key),)) for p in panels for mix in p.mixes]
-        rates = QUICK_RATES if quick else self.rates
-        return [Cell(mix, float(r), p.nprobe, policies, duration_s=duration_s, tags=(("panel", p.key),))
-                for p in panels for mix in p.mixes for r in rates]
+    @property
+    def spec_path(self) -> Path:
+        return SPECS / f"figure-{self.number}.toml"
+
+    def spec(self) -> SweepSpec:
+        return load_spec(self.spec_path)
+
+    @property
+    def offline(self) -> bool:
+        """All requests at t = 0: bars of total time normalised to hedra."""
+        return any(w.offline for w in self.spec().workload)
+
+    @property
+    def requests(self) -> int | None:
+        """Requests per offline point (the artifact's)."""
+        return next((w.requests for w in self.spec().workload if w.offline), None)
+
+    def run_spec(self, duration_s: float | None, quick: bool) -> SweepSpec:
+        """The spec as run: `duration_s` per online point; --quick keeps the quick panels, each
+        workload's lowest and highest rate, and QUICK_REQUESTS offline requests."""
+        spec = self.spec()
+        workloads = []
+        for w in spec.workload:
+            if quick and self.quick_panels and w.tags.get("panel") not in self.quick_panels:
+                continue
+            if quick:
+                rates = w.rates or []
+                w = w.model_copy(update={"rates": [rates[0], rates[-1]] if not w.offline and len(rates) > 1 else rates,
+                                         "requests": QUICK_REQUESTS if w.offline else w.requests})
+            workloads.append(w)
+        duration = duration_s or (QUICK_DURATION_S if quick else spec.duration_s)
+        return spec.model_copy(update={"workload": workloads, "duration_s": duration})
 
 
 # ---- how Hedra's numbers are read off the rows -------------------------------------------
@@ -172,24 +189,17 @@ def _compare_16(rows: pd.DataFrame) -> list[Comparison]:
     return out
 
 
-def _line_panels(nprobes: tuple[int, ...], mixes: tuple[tuple[str, ...], ...]) -> tuple[Panel, ...]:
-    return tuple(Panel(f"{'+'.join(m)}@{n}", f"{' + '.join(m)}, nprobe {n}", n, (m,)) for n in nprobes for m in mixes)
-
+WORKFLOWS = ("one-shot", "hyde", "recomp", "multistep", "irg")
 
 FIGURES: dict[int, Figure] = {f.number: f for f in (
-    Figure(12, "Fig. 12: online mean latency vs request rate (Poisson; nprobe 128/256/512 rows)",
-           _line_panels((128, 256, 512), tuple((w,) for w in WORKFLOWS)), BASELINES, _compare_12, shape=(3, 5),
-           quick_panels=tuple(f"{w}@256" for w in WORKFLOWS)),
-    Figure(13, "Fig. 13: offline total time of 1024 requests, normalised to hedra",
-           tuple(Panel(f"nprobe {n}", f"nprobe {n}", n, tuple((w,) for w in WORKFLOWS)) for n in (128, 256, 512)),
-           BASELINES, _compare_13, offline=True, requests=1024, cap=2.0),
-    Figure(14, "Fig. 14: concurrent workflow mixes, mean latency vs request rate (nprobe 128)",
-           _line_panels((128,), (("one-shot", "recomp"), ("hyde", "recomp"), ("multistep", "recomp"),
-                                 ("multistep", "irg"))), BASELINES[1:], _compare_14, shape=(2, 2)),
-    Figure(16, "Fig. 16: retrieval alone, mean retrieval latency vs rate, sub-stages on and off",
-           _line_panels((128, 512), (("retrieval-only",),)),
-           (("no split", f"hedra:substages=off,{NO_EXTRAS}"), ("sub-stages", f"hedra:{NO_EXTRAS}"),
-            ("sub-stages (artifact)", f"hedra:substages=fixed,{NO_EXTRAS}")), _compare_16, shape=(1, 2), cap=None),
+    Figure(12, "Fig. 12: online mean latency vs request rate (Poisson; nprobe 128/256/512 rows)", _compare_12,
+           "{mix}, nprobe {nprobe}", shape=(3, 5), quick_panels=tuple(f"{w}@256" for w in WORKFLOWS)),
+    Figure(13, "Fig. 13: offline total time of 1024 requests, normalised to hedra", _compare_13, "nprobe {nprobe}",
+           cap=2.0),
+    Figure(14, "Fig. 14: concurrent workflow mixes, mean latency vs request rate (nprobe 128)", _compare_14,
+           "{mix}, nprobe {nprobe}", shape=(2, 2)),
+    Figure(16, "Fig. 16: retrieval alone, mean retrieval latency vs rate, sub-stages on and off", _compare_16,
+           "{mix}, nprobe {nprobe}", shape=(1, 2), cap=None, ylabel="mean retrieval latency (s)"),
 )}
 
 
@@ -201,26 +211,40 @@ class FigureResult:
     wall_s: float
 
 
-def run_figure(number: int, out_dir: Path, *, duration_s: float = 30.0, quick: bool = False, log: bool = False,
-               workers: int | None = None, progress: Callable[[int, int], None] = lambda _d, _t: None
-               ) -> FigureResult:
-    """Run figure `number`'s cells and write figure-N.png, figure-N.csv (one row per cell and
-    policy) and figure-N-paper.csv (quantity, paper, hedra) into `out_dir`."""
+def figure_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """figure-N.csv's rows from the sweep's table: one per point and policy, the policy by its label."""
+    rows = table[list(CSV_COLUMNS)].rename(columns=CSV_COLUMNS)
+    return rows.assign(workflow=rows["workflow"].str.replace(",", "+"))
+
+
+def _panels(fig: Figure, rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """(panel tag, title) of each panel that ran, in grid order."""
+    out = []
+    for key, g in rows.groupby("panel", sort=False):
+        mix = " + ".join(dict.fromkeys(w for wf in g["workflow"] for w in wf.split("+")))
+        out.append((str(key), fig.panel_title.format(mix=mix, nprobe=int(g["nprobe"].iloc[0]))))
+    return out
+
+
+def run_figure(number: int, out_dir: Path, runner: Runner, *, duration_s: float | None = None, quick: bool = False,
+               log: bool = False, progress: Callable[[int, int], None] = lambda _d, _t: None) -> FigureResult:
+    """Run figure `number`'s spec and write figure-N.png, figure-N.csv (one row per point and
+    policy), figure-N-paper.csv (quantity, paper, hedra) and the sweep's folder (sweep/) into `out_dir`."""
     fig = FIGURES[number]
     started = time.perf_counter()
-    rows = pd.DataFrame(run_cells(fig.cells(duration_s, quick), workers, progress))
-    comparisons = fig.compare(rows)
-    kept = {r for r in rows["panel"]}
-    panels = [(p.key, p.title) for p in fig.panels if p.key in kept]
+    spec = fig.run_spec(duration_s, quick)
     with atomic_dir(out_dir) as tmp:
+        table = run_sweep(spec, expand(spec, fig.spec_path), tmp / "sweep", runner, progress)
+        rows = figure_rows(table)
+        comparisons = fig.compare(rows)
+        panels = _panels(fig, rows)
         png = tmp / f"figure-{number}.png"
         if fig.offline:
             normalized_bars(rows, panels, png, f"{fig.title} (simulated)", fig.cap, log)
             rows = rows.drop(columns=["rate"])
         else:
-            shape = fig.shape if len(panels) == len(fig.panels) else (1, len(panels))
-            ylabel = "mean retrieval latency (s)" if number == 16 else "mean latency (s)"
-            latency_grid(rows, panels, shape, png, f"{fig.title} (simulated)", fig.cap, log, ylabel)
+            shape = fig.shape if len(panels) == fig.shape[0] * fig.shape[1] else (1, len(panels))
+            latency_grid(rows, panels, shape, png, f"{fig.title} (simulated)", fig.cap, log, fig.ylabel)
         rows.to_csv(tmp / f"figure-{number}.csv", index=False, float_format="%.5g")
         pd.DataFrame([c.__dict__ for c in comparisons]).to_csv(tmp / f"figure-{number}-paper.csv", index=False)
     return FigureResult(fig, rows, comparisons, time.perf_counter() - started)

@@ -1,5 +1,10 @@
 """Plots of many runs (a sweep's cells, `hedra compare`'s runs): one PNG per workflow each.
 
+Each figure has one legend, outside its panels on the right. Where the series include the
+known systems (langchain, flashrag, hedra), those are drawn bold and solid and every other
+series (hedra's ablations, option settings) thin, dashed and in a light tint, so the two kinds
+part at a glance. Latency and speedup against rate put P50 and P99 in panels of their own.
+
 Every function takes a table with one row per run: a series column (`by`: policy, body,
 profile...), `workflow`, `rate`, `p50_s`, `p99_s`, `util_<lane>` and `latency_cdf_s` (101
 latency quantiles of the run's completed requests). Rows of one series at one rate (seeds)
@@ -26,6 +31,10 @@ from ragraph.work import LANES
 POLICY_STYLE = {"langchain": "tab:gray", "flashrag": "tab:blue", "hedra": "tab:red"}
 MAX_PANELS = 6  # CDF panels (rates) per figure
 PLOTS_OF_RUNS: tuple[str, ...] = get_args(Plot)  # every plot there is
+# variants (hedra's ablations...) beside the systems: thin dashed lines in light tints, one marker each
+VARIANT_COLORS = ("#ff9f4a", "#5fbf5f", "#a58bd0", "#b0806f", "#f0a0d0", "#c4c440", "#40c0d0", "#9a9a9a",
+                  "#8fb8e0", "#e08f8f")
+MARKERS = "ovs^D<>ph*"
 
 
 def file_stem(text: str) -> str:
@@ -43,61 +52,94 @@ def series_of(table: pd.DataFrame, by: str) -> pd.Series:
     return label
 
 
-def _colors(names: Iterable[str]) -> dict[str, str]:
-    """The known policies' colours; the tableau colours they leave for the other series."""
+def _styles(names: Iterable[str]) -> dict[str, dict[str, object]]:
+    """Line style per series. Where some series are the known systems (langchain, flashrag,
+    hedra), they are drawn bold and solid in their colours, and every other series (a variant:
+    an ablation, an option setting) thin and dashed in a light tint with its own marker, so the
+    two kinds part at a glance; otherwise every series is drawn bold in the tableau colours."""
     names = list(names)
-    taken = {POLICY_STYLE[n] for n in names if n in POLICY_STYLE}
+    systems = [n for n in names if n in POLICY_STYLE]
+    taken = {POLICY_STYLE[n] for n in systems}
     palette = [f"tab:{c}" for c in ("orange", "green", "purple", "brown", "pink", "olive", "cyan", "blue", "red",
                                     "gray")]
-    cycle = iter([c for c in palette if c not in taken] * 8)
-    return {n: POLICY_STYLE.get(n) or next(cycle) for n in names}
+    bold = iter([c for c in palette if c not in taken] * 8)
+    out: dict[str, dict[str, object]] = {}
+    for i, n in enumerate(names):
+        if n in POLICY_STYLE or not systems:
+            out[n] = {"color": POLICY_STYLE.get(n) or next(bold), "lw": 2.2, "ls": "-", "marker": "o", "ms": 5,
+                      "zorder": 3}
+        else:
+            j = i - sum(1 for m in names[:i] if m in POLICY_STYLE)
+            out[n] = {"color": VARIANT_COLORS[j % len(VARIANT_COLORS)], "lw": 1.1, "ls": "--",
+                      "marker": MARKERS[j % len(MARKERS)], "ms": 3.5, "zorder": 4}
+    return out
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def latency_vs_rate(rows: pd.DataFrame, path: Path, title: str) -> Path:
-    """P50 (solid) and P99 (dashed) latency against request rate, one colour per series."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    colors = _colors(dict.fromkeys(rows["series"]))
-    for name, g in rows.groupby("series", sort=False):
-        g = g.groupby("rate", as_index=False)[["p50_s", "p99_s"]].mean()
-        ax.plot(g["rate"], g["p50_s"], "-o", color=colors[name], label=f"{name} P50", ms=4)
-        ax.plot(g["rate"], g["p99_s"], "--", color=colors[name], label=f"{name} P99", alpha=0.7)
-    ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel("latency (s)")
-    top = min(rows["p99_s"].max(), 10 * max(rows["p50_s"].min(), 0.1))
-    ax.set_ylim(0, top * 1.05)
-    if rows["p99_s"].max() > top * 1.05:
-        ax.annotate("higher values beyond the axis", xy=(0.99, 0.99), xycoords="axes fraction", ha="right",
-                    va="top", fontsize=7, color="dimgray")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncols=2)
+def _legend_outside(fig, axes) -> None:
+    """One legend for the figure, to the right of its panels (never over a curve)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7, frameon=False)
+
+
+def _two_quantiles(rows: pd.DataFrame, path: Path, title: str, columns: tuple[str, str], ylabel: str,
+                   cut: bool, ref: float | None = None) -> Path:
+    """P50 and P99 of each series against rate, in two panels side by side; `cut`: each panel's
+    y axis stops at 10x its lowest curve's floor, and the panel says when values lie beyond it."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), dpi=120, layout="constrained")
+    styles = _styles(dict.fromkeys(rows["series"]))
+    for ax, col, quantile in zip(axes, columns, ("P50", "P99"), strict=True):
+        for name, g in rows.groupby("series", sort=False):
+            g = g.groupby("rate", as_index=False)[col].mean()
+            ax.plot(g["rate"], g[col], label=str(name), **styles[name])
+        sub = quantile
+        if cut and rows[col].notna().any():
+            top = min(rows[col].max(), 10 * max(rows[col].min(), 0.1))
+            ax.set_ylim(0, top * 1.05)
+            if rows[col].max() > top * 1.05:
+                sub += f" (higher values beyond the axis, up to {rows[col].max():.3g} s)"
+        if ref is not None:
+            ax.axhline(ref, color="black", lw=0.8)
+        ax.set_title(sub, fontsize=8)
+        ax.set_xlabel("request rate (req/s)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=9)
+    _legend_outside(fig, axes)
     return _save(fig, path)
+
+
+def latency_vs_rate(rows: pd.DataFrame, path: Path, title: str) -> Path:
+    """P50 and P99 latency against request rate, one panel each, one line per series."""
+    return _two_quantiles(rows, path, title, ("p50_s", "p99_s"), "latency (s)", cut=True)
 
 
 def latency_cdf(rows: pd.DataFrame, path: Path, title: str) -> Path:
     """CDF of request latency, one panel per rate (at most MAX_PANELS, the highest kept), one line per series."""
     rates = sorted(set(rows["rate"]))[-MAX_PANELS:]
-    fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates) + 0.6, 3.2), dpi=120, squeeze=False)
-    colors = _colors(dict.fromkeys(rows["series"]))
+    fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates) + 2.2, 3.2), dpi=120, squeeze=False,
+                             layout="constrained")
+    styles = _styles(dict.fromkeys(rows["series"]))
     probs = np.linspace(0, 1, 101)
     for ax, rate in zip(axes[0], rates, strict=True):
         for name, g in rows[rows["rate"] == rate].groupby("series", sort=False):
             qs = [np.asarray(q, dtype=float) for q in g["latency_cdf_s"] if len(q)]
             if qs:
-                ax.plot(np.mean(qs, axis=0), probs, color=colors[name], label=str(name))
+                ax.plot(np.mean(qs, axis=0), probs, label=str(name), **{**styles[name], "marker": None})
         ax.set_title(f"{rate:g} req/s", fontsize=9)
         ax.set_xlabel("latency (s)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of requests")
-    axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    _legend_outside(fig, axes[0])
     return _save(fig, path)
 
 
@@ -105,38 +147,28 @@ def utilisation(rows: pd.DataFrame, path: Path, title: str) -> Path:
     """Busy share of each lane that did anything, against request rate, one line per series."""
     lanes = [lane.value for lane in LANES if f"util_{lane.value}" in rows and rows[f"util_{lane.value}"].max() > 0]
     lanes = lanes or [LANES[0].value]
-    fig, axes = plt.subplots(1, len(lanes), figsize=(3.2 * len(lanes) + 0.6, 3.2), dpi=120, squeeze=False)
-    colors = _colors(dict.fromkeys(rows["series"]))
+    fig, axes = plt.subplots(1, len(lanes), figsize=(3.2 * len(lanes) + 2.2, 3.2), dpi=120, squeeze=False,
+                             layout="constrained")
+    styles = _styles(dict.fromkeys(rows["series"]))
     for ax, lane in zip(axes[0], lanes, strict=True):
         for name, g in rows.groupby("series", sort=False):
             g = g.groupby("rate", as_index=False)[f"util_{lane}"].mean()
-            ax.plot(g["rate"], g[f"util_{lane}"], "-o", ms=4, color=colors[name], label=str(name))
+            ax.plot(g["rate"], g[f"util_{lane}"], label=str(name), **styles[name])
         ax.set_title(lane, fontsize=9)
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("busy share")
-    axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    _legend_outside(fig, axes[0])
     return _save(fig, path)
 
 
 def speedup(rows: pd.DataFrame, path: Path, title: str, baseline: str) -> Path:
-    """P50 (solid) and P99 (dashed) speedup over `baseline` (its latency / the series'), against rate."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    colors = _colors(dict.fromkeys(rows["series"]))
-    col50, col99 = f"p50_x_vs_{baseline}", f"p99_x_vs_{baseline}"
-    for name, g in rows[rows["series"] != baseline].groupby("series", sort=False):
-        g = g.groupby("rate", as_index=False)[[col50, col99]].mean()
-        ax.plot(g["rate"], g[col50], "-o", ms=4, color=colors[name], label=f"{name} P50")
-        ax.plot(g["rate"], g[col99], "--", color=colors[name], alpha=0.7, label=f"{name} P99")
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel(f"speedup over {baseline} (x)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncols=2)
-    return _save(fig, path)
+    """P50 and P99 speedup over `baseline` (its latency / the series'), against rate, one panel each."""
+    return _two_quantiles(rows[rows["series"] != baseline], path, title,
+                          (f"p50_x_vs_{baseline}", f"p99_x_vs_{baseline}"), f"speedup over {baseline} (x)",
+                          cut=False, ref=1.0)
 
 
 def study_plots(table: pd.DataFrame, out: Path, plots: Iterable[str], by: str, baseline: str | None,

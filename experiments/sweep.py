@@ -1,22 +1,24 @@
 """`hedra sweep`: run a spec's grid of simulations, resumably, on local processes or on Ray.
 
-Theory of operation. `sweepspec.expand` lists the cells. Each finished cell is stored as
-`DIR/cells/<id>.json` (its key and its table row), written atomically by the driver; the id
-is a hash of the cell's key, so a rerun of the same spec skips every stored cell and a
-changed spec reuses the cells it shares. Cells run on one of three runners, all yielding
-(cell, row) as cells finish: in this process (one worker), a process pool, or Ray tasks;
-a worker keeps the few traces and profiles it used last, so a trace shared by many cells
-(one per policy) is generated once per worker. A row is a pure function of its cell, so
-the table is the same whatever the runner, the worker count or the interruptions; only
-`sim_wall_s` (the simulation's own wall time) varies. At the end the driver writes
-`DIR/sweep.parquet` (one row per cell, in grid order) and the plots the spec asks for.
+The one cell engine of the project: `hedra sweep`, `hedra demo`, `hedra figure` and the
+ablation benchmark all run their cells here.
+
+Theory of operation. `experiments.expand` lists the cells. Each finished cell is stored as
+`DIR/cells/<id>.json` (its key and its row), written atomically by the driver; the id is a
+hash of the cell's key (`experiments.cell`), so a rerun of the same spec skips every stored
+cell and a changed spec reuses the cells it shares; cells of the same key run once. Cells
+run on one of three runners, all yielding (cell, row) as cells finish: in this process (one
+worker), a process pool, or Ray tasks. A row is a pure function of its cell, so the table
+is the same whatever the runner, the worker count or the interruptions; only `sim_wall_s`
+(the simulation's own wall time) varies. At the end the driver adds each cell's tags and
+policy label and writes `DIR/sweep.parquet` (one row per cell, in grid order) and the plots
+the spec asks for.
 
 Ctrl-C stops the runner; the cells stored by then stay, and SweepInterrupted says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -24,26 +26,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from experiments.sweepspec import Cell, SweepSpec
-from hwmodel.latency import LatencyModel
-from hwmodel.profile import Profile, load_profile
-from ragraph.graph import Request
-from ragraph.work import LANES
-from ragraph.workflows import WorkflowRegistry
+from experiments.cell import NO_RUN_FOLDERS, Cell, CellOptions, cell_id, present, run_cell
+from experiments.sweepspec import SweepSpec
 from runs.outdir import MARKER, atomic_file, check_output_dir
-from runs.outputs import write_run
-from runs.run import simulate
-from traces.generate import TraceConfig, generate_trace
-from traces.schema import TraceRequest, load_trace, to_request
-
-CACHED_TRACES = 4  # traces a worker keeps (cells are grouped so that a trace's cells are adjacent)
-QUANTILES = np.linspace(0, 100, 101)  # the latency CDF a row keeps (for CDF plots without the records)
 
 
 class SweepError(RuntimeError):
@@ -56,81 +45,6 @@ class SweepInterrupted(KeyboardInterrupt):
     def __init__(self, done: int, total: int) -> None:
         super().__init__(f"{done} of {total} cells done")
         self.done, self.total = done, total
-
-
-@dataclass(frozen=True, slots=True)
-class CellOptions:
-    """How every cell of one sweep runs (the same for all its cells)."""
-
-    runs_dir: str = ""  # where to keep each cell's run folder ("" keeps none)
-    timeline: bool = False  # with runs_dir: also write timeline.json
-
-
-# --- one cell, in a worker ------------------------------------------------------------------
-
-_traces: OrderedDict[tuple, list[Request]] = OrderedDict()
-_profiles: dict[str, tuple[Profile, LatencyModel]] = {}
-
-
-def _profile(ref: str) -> tuple[Profile, LatencyModel]:
-    if ref not in _profiles:
-        prof = load_profile(ref)
-        _profiles[ref] = (prof, LatencyModel(prof))
-    return _profiles[ref]
-
-
-def trace_requests(cfg: TraceConfig, registry: WorkflowRegistry) -> list[Request]:
-    """Generate a trace in memory and turn it into requests (validated as a file would be)."""
-    return [to_request(TraceRequest.model_validate(row), registry) for row in generate_trace(cfg, registry)]
-
-
-def _requests(cell: Cell, nlist: int) -> list[Request]:
-    """The cell's requests, from this worker's cache when a neighbouring cell made them."""
-    key = (*cell.trace_key(), nlist)
-    if key in _traces:
-        _traces.move_to_end(key)
-        return _traces[key]
-    registry = WorkflowRegistry()
-    if cell.trace:
-        reqs = load_trace(cell.trace, registry, nlist=nlist)
-    else:
-        cfg = TraceConfig(tuple(cell.label.split(",")), cell.rate, cell.duration_s, seed=cell.seed, nlist=nlist,
-                          **dict(cell.trace_options))
-        reqs = trace_requests(cfg, registry)
-    _traces[key] = reqs
-    while len(_traces) > CACHED_TRACES:
-        _traces.popitem(last=False)
-    return reqs
-
-
-def run_cell(cell: Cell, options: CellOptions = CellOptions()) -> dict[str, object]:
-    """Simulate one cell and return its table row; called in a worker (or the driver)."""
-    prof, latency = _profile(cell.profile)
-    reqs = _requests(cell, prof.index.nlist)
-    keep = bool(options.runs_dir)
-    run = simulate(reqs, cell.policy, prof, seed=cell.seed, timeline=keep and options.timeline, latency=latency,
-                   meta={"trace": cell.trace or f"{cell.label}@{cell.rate:g}/s seed {cell.seed}"})
-    if keep:
-        write_run(Path(options.runs_dir) / cell_id(cell), run.result.records, run.summary,
-                  run.result.timeline if options.timeline else None)
-    return row_of(cell, run.summary, [r.latency_s for r in run.result.records if r.status == "completed"])
-
-
-def row_of(cell: Cell, summary: dict, latencies: list[float]) -> dict[str, object]:
-    """A table row: the cell's parameters, resolved options, latency, throughput, utilisation."""
-    lat = summary["latency_s"]
-    util = summary["lane_utilization"]
-    row: dict[str, object] = {
-        "workflow": cell.label, "trace": cell.trace, "rate": cell.rate, "duration_s": cell.duration_s,
-        "policy": cell.policy.spec, "policy_name": cell.policy.name, "profile": summary["profile"],
-        "seed": cell.seed, **{f"opt_{k}": v for k, v in summary["policy_options"].items()},
-        "requests": summary["requests"], "completed": summary["completed"], "failed": summary["failed"],
-        **{f"{k}_s": lat[k] for k in ("mean", "p50", "p95", "p99")},
-        "throughput_rps": summary["throughput_rps"], **{f"util_{lane}": util.get(lane, 0.0) for lane in LANES},
-        "sim_s": summary["sim_s"], "sim_wall_s": summary["wall_s"],
-        "latency_cdf_s": [float(q) for q in np.percentile(latencies, QUANTILES)] if latencies else [],
-    }
-    return row
 
 
 def _quiet_worker() -> None:
@@ -223,10 +137,6 @@ def ray_runner(address: str, workers: int) -> Runner:
 
 # --- the driver ---------------------------------------------------------------------------
 
-def cell_id(cell: Cell) -> str:
-    return hashlib.sha1(json.dumps(cell.key(), sort_keys=True).encode()).hexdigest()[:16]
-
-
 class CellStore:
     """DIR/cells/<id>.json: one finished cell each, written atomically."""
 
@@ -256,37 +166,41 @@ def prepare_out(out: Path) -> None:
         marker.write_text("written by hedra sweep; finished cells under cells/ are reused by a rerun\n")
 
 
-def run_cells(cells: list[Cell], out: Path, runner: Runner, *, options: CellOptions = CellOptions(),
+def run_cells(cells: list[Cell], out: Path, runner: Runner, *, options: CellOptions = NO_RUN_FOLDERS,
               progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
     """Run the cells not stored yet under `out` (made a sweep folder), storing each as it finishes; return every
-    cell's row in grid order. Ctrl-C raises SweepInterrupted (stored cells stay)."""
+    cell's row (with its tags and label) in grid order. Cells of the same key run once. Ctrl-C raises
+    SweepInterrupted (stored cells stay)."""
     prepare_out(out)
     store = CellStore(out)
-    rows: dict[Cell, dict] = {}
-    for cell in cells:
-        if (row := store.get(cell)) is not None:
-            rows[cell] = row
-    todo = list(dict.fromkeys(c for c in cells if c not in rows))
-    progress(len(rows), len(set(cells)))
+    ids = [cell_id(c) for c in cells]
+    rows: dict[str, dict] = {}
+    for cid, cell in zip(ids, cells, strict=True):
+        if cid not in rows and (row := store.get(cell)) is not None:
+            rows[cid] = row
+    todo = list({cid: c for cid, c in zip(ids, cells, strict=True) if cid not in rows}.values())
+    total = len(set(ids))
+    progress(len(rows), total)
     finished = runner(todo, options)
     try:
         for cell, row in finished:
             store.put(cell, row)
-            rows[cell] = row
-            progress(len(rows), len(set(cells)))
+            rows[cell_id(cell)] = row
+            progress(len(rows), total)
     except KeyboardInterrupt:
-        raise SweepInterrupted(len(rows), len(set(cells))) from None
+        raise SweepInterrupted(len(rows), total) from None
     except Exception as exc:
         raise SweepError(f"the sweep stopped ({type(exc).__name__}: {exc}); {len(rows)} finished cells are"
                          f" kept in {store.dir}") from exc
     finally:
         finished.close()  # stops the runner's workers now, not when the generator is collected
-    return [rows[c] for c in cells]
+    return [present(c, rows[cid]) for cid, c in zip(ids, cells, strict=True)]
 
 
 def sweep_table(rows: Iterable[dict], baseline: str | None) -> pd.DataFrame:
     """One row per cell, in grid order, with each row's P50/P99 speedup over `baseline`
-    (the baseline's latency / the row's, at the same workflow, trace, rate, profile and seed)."""
+    (the baseline's latency / the row's, in the same workload: tags, workflow, trace, rate,
+    trace options, profile and seed)."""
     table = pd.DataFrame(list(rows))
     options = [c for c in table.columns if c.startswith("opt_")]
     first = list(table.columns[:table.columns.get_loc("seed") + 1])
@@ -294,12 +208,11 @@ def sweep_table(rows: Iterable[dict], baseline: str | None) -> pd.DataFrame:
                   + [c for c in table.columns if c not in first and c not in options]]
     if baseline is None or table.empty:
         return table
-    match = ["workflow", "trace", "rate", "profile", "seed"]
-    base = table[table["policy"] == baseline].set_index(match)[["p50_s", "p99_s"]]
-    ratio = base.rename(columns={"p50_s": "base_p50", "p99_s": "base_p99"})
-    joined = table.join(ratio, on=match)
-    table[f"p50_x_vs_{baseline}"] = joined["base_p50"] / table["p50_s"]
-    table[f"p99_x_vs_{baseline}"] = joined["base_p99"] / table["p99_s"]
+    match = [*table.columns[:table.columns.get_loc("policy")], "profile", "seed"]
+    workload = pd.Series([repr(w) for w in table[match].itertuples(index=False)], index=table.index)
+    base = table[table["policy"] == baseline].assign(_w=workload).drop_duplicates("_w").set_index("_w")
+    table[f"p50_x_vs_{baseline}"] = workload.map(base["p50_s"]).astype(float) / table["p50_s"]
+    table[f"p99_x_vs_{baseline}"] = workload.map(base["p99_s"]).astype(float) / table["p99_s"]
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,11 @@ import pandas as pd
 import pytest
 from test_cli import ROOT, assert_usage_error, hedra
 
+from experiments.cell import ROW_COLUMNS, ROW_PREFIXES, ROW_SCHEMA, cell_id
+from experiments.expand import expand
 from experiments.sweep import (
     CellStore,
     SweepInterrupted,
-    cell_id,
     inline_runner,
     pool_runner,
     ray_runner,
@@ -24,7 +26,7 @@ from experiments.sweep import (
     run_sweep,
     sweep_table,
 )
-from experiments.sweepspec import SpecError, SweepSpec, expand, load_spec
+from experiments.sweepspec import SpecError, SweepSpec, load_spec
 
 MEASURED = ["sim_wall_s"]  # the one column that may differ between two runs of the same cells
 SMALL = """
@@ -97,6 +99,97 @@ def test_spec_errors_in_process(tmp_path):
     spec = write_spec(tmp_path, BAD_SPECS[0][0])
     with pytest.raises(SpecError, match=r"spec.toml: field policies\[2\]: policy 'hedra': option chunk"):
         expand(load_spec(spec), spec)
+
+
+W = '[[workload]]\nworkflow = "irg"\nrates = [2]\n'
+NEW_KEY_ERRORS = [  # the keys the figures and the ablations brought, checked in process
+    ('policies = ["hedra"]\nworkflow_files = ["nope.toml"]\n' + W, "field workflow_files[0]: "),
+    (f'policies = ["hedra"]\n{W}tags = {{ rate = 1 }}', "field workload[0].tags: tag 'rate'"),
+    (f'policies = ["hedra"]\n{W}tags = {{ "Panel" = 1 }}', "field workload[0].tags: tag 'Panel'"),
+    (f'policies = ["hedra"]\n{W}requests = 10\nduration_s = 5', "field workload[0]: give requests or duration_s"),
+    (f'policies = ["hedra"]\n{W}requests = 0', "field workload[0].requests:"),
+    (f'policies = ["hedra"]\n{W}policies = ["nope"]', "field workload[0].policies[0]: unknown policy 'nope'"),
+    (f'policies = ["hedra"]\n{W}policies = [3]', "field workload[0].policies[0]: expected a policy spec"),
+    (W, "field (top level): no policies"),
+    ('policies = [{ name = "hedra", label = "x", grid = { chunk = [4] } }]\n' + W,
+     "field policies[0]: a label names one policy"),
+    ('policies = ["hedra"]\n[[workload]]\nworkflow = "irg"\nrates = [999999]\nduration_s = 999999',
+     "field workload[0].rates[0]: rate x duration asks for over"),
+    ('policies = ["hedra"]\n[[workload]]\ntrace = "t.jsonl"\nrequests = 3', "field workload[0]: a trace file"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), NEW_KEY_ERRORS)
+def test_new_keys_are_checked_at_the_edge(tmp_path, text, expected):
+    spec = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        expand(load_spec(spec), spec)
+    assert str(info.value).startswith(f"{spec}: field ") and expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+PANELS = """
+seeds = [3]
+baseline = "flashrag"
+plots = []
+[[workload]]
+workflow = "one-shot"
+rates = [8]
+duration_s = 5
+nprobe = 128
+tags = { panel = "a", n = 128 }
+policies = ["flashrag", { name = "hedra", label = "HD" }]
+[[workload]]
+workflow = "one-shot"
+rates = [8]
+duration_s = 5
+nprobe = 512
+tags = { panel = "b", n = 512 }
+policies = ["flashrag", "hedra", "hedra:no-reorder"]
+[[workload]]
+workflow = "one-shot"
+rates = [8]
+duration_s = 5
+nprobe = 512
+tags = { panel = "c", n = 512 }
+policies = ["hedra"]
+"""
+
+
+def test_workload_policies_tags_labels_and_speedups_within_a_workload(tmp_path):
+    path = write_spec(tmp_path, PANELS)
+    spec = load_spec(path)
+    cells = expand(spec, path)
+    assert [c.policy.spec for c in cells] == ["flashrag", "hedra", "flashrag", "hedra", "hedra:no-reorder", "hedra"]
+    assert cell_id(cells[3]) == cell_id(cells[5])  # tags are presentation: the same simulation
+    ran: list = []
+
+    def counting(todo, options):
+        ran.extend(todo)
+        yield from inline_runner(todo, options)
+
+    table = run_sweep(spec, cells, tmp_path / "out", counting)
+    assert len(ran) == 5 and len(table) == 6  # run once, shown in both panels
+    assert list(table.columns[:3]) == ["panel", "n", "workflow"]
+    assert list(table["label"]) == ["flashrag", "HD", "flashrag", "hedra", "hedra:no-reorder", "hedra"]
+    assert list(table["nprobe"]) == [128, 128, 512, 512, 512, 512]
+    hd128, hd512 = table.iloc[1], table.iloc[3]
+    assert hd128["p50_x_vs_flashrag"] == table.iloc[0]["p50_s"] / hd128["p50_s"]  # against its own nprobe's
+    assert hd512["p50_x_vs_flashrag"] == table.iloc[2]["p50_s"] / hd512["p50_s"]
+    assert pd.isna(table.iloc[5]["p50_x_vs_flashrag"])  # panel c has no flashrag
+    for col in table.columns:  # the one row schema: every column is a known one, a prefixed one or a tag
+        assert col in ROW_COLUMNS or col.startswith(ROW_PREFIXES) or col in ("panel", "n"), col
+
+
+def test_a_stored_cell_of_an_older_row_schema_is_run_again(tmp_path, small):
+    _, cells, _ = small
+    store = CellStore(tmp_path)
+    store.put(cells[0], {"x": 1})
+    path = tmp_path / "cells" / f"{cell_id(cells[0])}.json"
+    stored = json.loads(path.read_text())
+    stored["key"]["row_schema"] = ROW_SCHEMA - 1  # as an older Hedra wrote it under the same file name
+    path.write_text(json.dumps(stored))
+    assert store.get(cells[0]) is None
 
 
 def test_missing_spec_and_bad_workers(tmp_path):

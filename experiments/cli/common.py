@@ -8,9 +8,7 @@ there is one, exits with code 2 and writes nothing.
 
 from __future__ import annotations
 
-import json
 import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from experiments.listing import help_epilog
 from hwmodel.profile import ProfileError
 from ragraph.kvpolicy import KVPolicyError
 from ragraph.policies import PolicyError
-from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
+from ragraph.workflows import WorkflowError
 from runs.outdir import OutputError
 from traces.schema import TraceError
 
@@ -64,29 +62,6 @@ def user_errors() -> Iterator[None]:
         where = exc.filename or ""
         typer.echo(f"hedra: error: {where}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def load_workflows(path: Path | None) -> WorkflowRegistry:
-    """Built-in workflows plus those in a TOML or JSON file ([[workflow]] tables)."""
-    registry = WorkflowRegistry()
-    if path is None:
-        return registry
-    try:
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise WorkflowError(f"{path}: cannot read workflows ({exc})") from None
-    tables = data.get("workflow") if isinstance(data, dict) else None
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise WorkflowError(f"{path}: field workflow: expected a list of workflow tables ([[workflow]])")
-    for i, raw in enumerate(tables):
-        try:
-            registry.register(WorkflowSpec.model_validate(raw))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise WorkflowError(f"{path}: workflow[{i}] field {field}: {err['msg']}") from None
-    return registry
 
 
 WorkflowsOpt = Annotated[Path | None, typer.Option("--workflows", help="TOML/JSON file of extra workflows.")]

@@ -20,13 +20,13 @@ from experiments.cli.common import (
     UsageError,
     WorkflowsOpt,
     app,
-    load_workflows,
     option_error,
     parse_cores,
     parse_rates,
     rate_of,
     user_errors,
 )
+from experiments.workflowfile import load_workflows
 from ragraph.policies import parse_policy
 from ragraph.workflows import WorkflowRegistry
 from runs.outdir import check_output_dir

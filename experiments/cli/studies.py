@@ -64,8 +64,9 @@ def sweep(
                                            " no address for a local instance.")] = None,
 ) -> None:
     """Run a grid of simulations; write sweep.parquet (one row per cell) and the spec's plots."""
+    from experiments.expand import expand
     from experiments.sweep import SweepError, SweepInterrupted, prepare_out, run_sweep
-    from experiments.sweepspec import SpecError, expand, load_spec
+    from experiments.sweepspec import SpecError, load_spec
 
     with user_errors():
         try:
@@ -138,8 +139,8 @@ def figure(
                                                         " a smoke run in seconds.")] = False,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
 ) -> None:
-    """Reproduce a HedraRAG (SOSP 2025) figure in simulation on the default profile; write PNG and CSV and
-    print the paper's numbers beside Hedra's."""
+    """Reproduce a HedraRAG (SOSP 2025) figure in simulation on the default profile (the sweep spec
+    experiments/specs/figure-N.toml); write PNG and CSV and print the paper's numbers beside Hedra's."""
     from rich.console import Console
     from rich.table import Table
 
@@ -159,10 +160,10 @@ def figure(
             raise UsageError(f"--workers {workers}: need at least 1")
         out = out if out is not None else Path(f"hedra-figure-{number}")
         check_output_dir(out)
+        runner = _sweep_runner(workers, None)
         with console.status(f"figure {number}: simulating...") as status:
-            result = run_figure(number, out, duration_s=duration or (10.0 if quick else 30.0), quick=quick,
-                                log=log, workers=workers,
-                                progress=lambda d, t: status.update(f"figure {number}: {d}/{t} points simulated"))
+            result = run_figure(number, out, runner, duration_s=duration, quick=quick, log=log,
+                                progress=lambda d, t: status.update(f"figure {number}: {d}/{t} simulations"))
     table = Table(title=f"{fig.title}\nHedra: simulated on {DEFAULT_PROFILE}; paper: H100 + 64-core EPYC"
                         " (docs/figures.md)", title_justify="left")
     for col in ("quantity", "paper", "hedra"):

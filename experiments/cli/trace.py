@@ -14,9 +14,9 @@ from experiments.cli.common import (
     UsageError,
     WorkflowsOpt,
     app,
-    load_workflows,
     user_errors,
 )
+from experiments.workflowfile import load_workflows
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError
 from runs.outdir import check_output_file, output_errors
 from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl

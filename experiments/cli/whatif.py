@@ -11,11 +11,11 @@ from experiments.cli.common import (
     UsageError,
     WorkflowsOpt,
     app,
-    load_workflows,
     user_errors,
 )
 from experiments.listing import KINDS, workflow_lines
 from experiments.listing import lines as listing_lines
+from experiments.workflowfile import load_workflows
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy
 from ragraph.policies import POLICIES, parse_policy
