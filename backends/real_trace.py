@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from backends.embedder import Embedder
 
 SEED_STREAM = 4  # child 4 of SeedSequence(seed): the generator uses children 0-3
-_ORDER = ("id", "arrival_s", "workflow", "iterations", "question", "dataset", "index", "stages")
+_ORDER = ("id", "arrival_s", "workflow", "iterations", "question", "answers", "dataset", "index", "stages")
 
 _LIFESPAN = re.compile(r"\([^()]*\d[^()]*[–-]\s*(?:c\.\s*)?\d[^()]*\)")  # (1913–1960), (c. 1200 – 1270)
 _BORN = re.compile(r"\((?:born|b\.)\s")
@@ -87,6 +87,7 @@ class _Plan:
     row: dict
     question: str
     hint: str  # what a hypothetical document states beyond the question
+    answers: tuple[str, ...] = ()  # the question's gold answers (a dataset's; none for generated questions)
     retrievals: list[tuple[int, str]] = field(default_factory=list)  # (stage index, "question"|"hyde"|"follow")
 
 
@@ -102,8 +103,8 @@ def _rows(requests: Sequence[TraceRequest | dict]) -> list[dict]:
     return rows
 
 
-def _plan(row: dict, question: str, hint: str, nlist: int) -> _Plan:
-    plan = _Plan(row, question, hint)
+def _plan(row: dict, question: str, hint: str, nlist: int, answers: Sequence[str] = ()) -> _Plan:
+    plan = _Plan(row, question, hint, tuple(answers))
     hypothesis = False
     stages = row.get("stages") or []
     for i, st in enumerate(stages):
@@ -138,7 +139,7 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     for i, row in enumerate(rows):
         if questions is not None:
             q = questions[i % len(questions)]
-            plans.append(_plan(row, q.question, " ".join(q.golden_answers), corpus.nlist))
+            plans.append(_plan(row, q.question, " ".join(q.golden_answers), corpus.nlist, q.golden_answers))
             continue
         j = int(rng.integers(len(arts)))
         title, desc, topic = (str(arts[c].iat[j]) for c in ("title", "description", "topic"))
@@ -195,6 +196,10 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     for plan, original in zip(plans, requests, strict=True):
         row = plan.row
         row["question"] = plan.question
+        if plan.answers:
+            row["answers"] = list(plan.answers)
+        else:
+            row.pop("answers", None)  # answers belong to a question: a generated one replaces the trace's
         row["index"] = identity
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)

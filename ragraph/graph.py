@@ -120,6 +120,7 @@ class Request:
     nodes: tuple[NodeSpec, ...]  # in a topological order
     deps: tuple[tuple[int, ...], ...]  # deps[i]: indices of the nodes node i waits for
     question: str = ""  # the user question, where the trace has one
+    answers: tuple[str, ...] = ()  # its gold answers, where the trace has them (answer quality is scored on them)
 
     def __post_init__(self) -> None:
         if len(self.deps) != len(self.nodes):

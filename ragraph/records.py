@@ -35,6 +35,12 @@ class RequestRecord:
     spec_started: int  # Generate nodes started speculatively
     spec_aborted: int  # speculative runs thrown away
     gpu_cluster_hits: int  # clusters served from the GPU index cache
+    # answer quality (real body with a model that answers, `backends.answers`): the final generation's
+    # text, and its token F1 / exact match against the trace's gold answers (`ragraph.quality`);
+    # None where there is nothing to score (no gold answers, a failed request, the simulator)
+    answer: str = ""
+    f1: float | None = None
+    em: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

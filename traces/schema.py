@@ -9,6 +9,7 @@ the simulator and, later, on the real backend.
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -133,6 +134,7 @@ class TraceRequest(_Strict):
     workflow: str
     iterations: int = Field(default=0, ge=0, lt=2**31)
     question: str = ""
+    answers: list[str] = Field(default_factory=list)  # gold answers to the question ([]: none; quality is not scored)
     dataset: str = ""
     index: str = ""  # identity of the index whose probe lists `stages` carry (backends.corpus); "": synthetic
     stages: list[Stage] = Field(min_length=1)
@@ -150,8 +152,10 @@ class TraceRequest(_Strict):
 
 
 def to_request(tr: TraceRequest, registry: WorkflowRegistry) -> Request:
-    """The request graph of a validated trace line; raises WorkflowError."""
-    return build_request(registry.get(tr.workflow), tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question)
+    """The request graph of a validated trace line (with its gold answers); raises WorkflowError."""
+    request = build_request(registry.get(tr.workflow), tr.id, tr.arrival_s, tr.iterations, tr.node_specs(),
+                            tr.question)
+    return replace(request, answers=tuple(tr.answers)) if tr.answers else request
 
 
 def _where(err: dict) -> str:
@@ -210,9 +214,10 @@ def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None, nlis
         except WorkflowError as exc:
             raise TraceError(f"{where}: field workflow: {exc}") from None
         try:
-            requests.append(build_request(spec, tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question))
+            request = build_request(spec, tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question)
         except WorkflowError as exc:
             raise TraceError(f"{where}: field stages: {exc}") from None
+        requests.append(replace(request, answers=tuple(tr.answers)) if tr.answers else request)
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
     return requests
