@@ -6,7 +6,8 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
 - `question`: a question about a seeded-random article of the corpus, from templates on its
   title, description and topic ("Who was Albert Camus?", "Where is Dakar?", "What is
   Integral, the operation in calculus?"), or, with a FlashRAG dataset, the dataset's
-  questions in file order (cycled when the trace has more requests);
+  questions in file order (cycled when the trace has more requests), their golden answers
+  as the line's `answers` (what the real body scores its answers against);
 - each retrieve stage's `query`, following the workflow's shape: the first retrieval of a
   request searches the question, unless a `hypothesis` generation precedes it (HyDE), which
   searches a hypothetical document (the question followed by the article's title and
