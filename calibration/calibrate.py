@@ -246,7 +246,7 @@ def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False
 
     n = 16 if quick else 80
     requests = at_rate(corpus_requests(body, DISPATCH_WORKFLOWS, n, seed=DISPATCH_SEED), 4.0)
-    result = body.replay(requests, make_policy("hedra", LatencyModel(profile)))
+    result = body.replay(requests, make_policy("hedra", LatencyModel(profile)), text=False)
     return dispatch_gaps(result.timeline)
 
 

@@ -100,7 +100,9 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     run's items re-timed)."""
     latency = LatencyModel(profile)
     progress(f"real body: {case.workflow} at {case.rate:g} req/s under {policy.spec} ({len(case.requests)} requests)")
-    real = run_real(body, case.requests, policy, latency, timeline=True)
+    # synthetic prompts, as the simulator replays them (a model that answers would otherwise get real text,
+    # whose lengths are not the trace's)
+    real = run_real(body, case.requests, policy, latency, timeline=True, text=False)
     progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {policy.spec}")
     sim = simulate(case.requests, policy, profile, timeline=False, latency=latency)
     r, s = _body_figures(real.summary), _body_figures(sim.summary)

@@ -110,7 +110,7 @@ def test_real_replay_with_smollm2_answers_every_request(smollm2_dir, wiki_corpus
         for row in part:
             row["id"] = f"{wf}-{row['id']}"
             if wf == "irg":
-                row["iterations"] = 0  # R G R G: one follow-up retrieval on the generated text
+                row["iterations"] = 1  # R G R G: one follow-up retrieval on the generated text
                 row["stages"] = row["stages"][:4]
         rows += part
     rows = realize_trace(sorted(rows, key=lambda r: r["arrival_s"]), wiki_corpus, embedder, questions=questions)
