@@ -1,5 +1,8 @@
 """The real generation lane: vLLM's V1 engine, driven one engine step at a time.
 
+(Over 500 lines on purpose: the driver and every version-specific vLLM handle it uses live
+together, so a vLLM upgrade is checked against one file.)
+
 `VLLMEngine` runs the scheduler's `GenStep` items on a real vLLM engine built in this
 process (`EngineArgs` -> `LLMEngine.from_engine_args`, multiprocessing off), so each
 `step()` is exactly one vLLM engine step (schedule, forward pass, sample), and reports it as

@@ -52,7 +52,15 @@ def _run_row(folder: Path) -> dict[str, object]:
             "failed": summary.get("failed"), **{f"{k}_s": lat.get(k) for k in ("mean", "p50", "p95", "p99")},
             "throughput_rps": summary.get("throughput_rps"),
             **{f"util_{lane.value}": util.get(lane.value, 0.0) for lane in LANES},
+            **_quality(summary),
             "latency_cdf_s": [float(q) for q in np.percentile(done, QUANTILES)] if len(done) else []}
+
+
+def _quality(summary: dict) -> dict[str, float | None]:
+    """Answer quality beside latency (`summary.json` `quality` of a real run whose model answered
+    questions with gold answers); None where the run has none (never zero)."""
+    quality = summary.get("quality") or {}
+    return {"f1_mean": quality.get("f1_mean"), "em_mean": quality.get("em_mean")}
 
 
 def _sweep_rows(folder: Path) -> list[dict[str, object]]:
@@ -64,7 +72,7 @@ def _sweep_rows(folder: Path) -> list[dict[str, object]]:
     for i, r in enumerate(table.to_dict("records")):
         rows.append({"run": f"{folder.name}#{i}", "body": "sim", "policy": r["policy"], "workflow": r["workflow"],
                      "rate": r["rate"], "profile": r["profile"], "seed": r["seed"], "trace": r["trace"] or None,
-                     **{m: r.get(m) for m in METRICS}, "latency_cdf_s": list(r["latency_cdf_s"])})
+                     **{m: r.get(m) for m in METRICS}, **_quality({}), "latency_cdf_s": list(r["latency_cdf_s"])})
     return rows
 
 

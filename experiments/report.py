@@ -62,7 +62,9 @@ def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
     cols = [by, *(c for c in ("workflow", "rate", "body", "policy", "seed") if c != by)]
     for c in cols:
         t.add_column(c, justify="right" if c in ("rate", "seed") else "left")
-    for c in ("done/all", "P50 s", "P99 s", "req/s out", f"P50 x vs {baseline}", f"P99 x vs {baseline}"):
+    quality = "f1_mean" in table and table["f1_mean"].notna().any()  # some run scored its answers
+    for c in ("done/all", "P50 s", "P99 s", "req/s out", f"P50 x vs {baseline}", f"P99 x vs {baseline}",
+              *(("F1", "EM") if quality else ())):
         t.add_column(c, justify="right")
 
     def num(v: object, fmt: str) -> str:
@@ -74,5 +76,6 @@ def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
     for r in table.to_dict("records"):
         t.add_row(*(cell(c, r[c]) for c in cols), f"{r['completed']}/{r['requests']}",
                   num(r["p50_s"], ".3f"), num(r["p99_s"], ".3f"), num(r["throughput_rps"], ".2f"),
-                  num(r[f"p50_x_vs_{baseline}"], ".2f"), num(r[f"p99_x_vs_{baseline}"], ".2f"))
+                  num(r[f"p50_x_vs_{baseline}"], ".2f"), num(r[f"p99_x_vs_{baseline}"], ".2f"),
+                  *((num(r["f1_mean"], ".3f"), num(r["em_mean"], ".3f")) if quality else ()))
     return t

@@ -59,13 +59,16 @@ def test_conversion_is_a_checked_float32_llama(smollm2_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def engine(smollm2_dir):
+def body(smollm2_dir, wiki_corpus):
+    """The real body serving smollm2 (vLLM in its worker process), on the small test corpus."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from backends.vllm_engine import VLLMEngine
+    from backends.real import RealBackend, RealOptions
+    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 
-    e = VLLMEngine(smollm2_dir, max_model_len=2048, kv_cache_gib=1)
-    yield e
-    e.close()
+    backend = RealBackend.open(RealOptions(model=smollm2_dir, corpus=wiki_corpus.path,
+                                           engine=load_profile(DEFAULT_CPU_PROFILE).engine))
+    yield backend
+    backend.close()
 
 
 def _answer(engine, key) -> tuple[str, int]:
@@ -81,18 +84,18 @@ def _answer(engine, key) -> tuple[str, int]:
     return texts[key], steps
 
 
-def test_vllm_serves_it_with_deterministic_greedy_english(engine):
-    first, steps = _answer(engine, ("q", 0))
-    again, _ = _answer(engine, ("q", 1))
+def test_vllm_serves_it_with_deterministic_greedy_english(body):
+    assert body.text  # a chat model: prompted with real text
+    first, steps = _answer(body.engine, ("q", 0))
+    again, _ = _answer(body.engine, ("q", 1))
     assert first == again  # greedy: the same answer every time
     assert first.isascii() and len(first.split()) >= 3  # an English sentence, not token noise
     assert "Paris" in first  # measured: "The capital of France is Paris."
     assert steps < 48  # it ended its turn itself, before the trace's output length
 
 
-def test_real_replay_with_smollm2_answers_every_request(smollm2_dir, wiki_corpus, embedder):
+def test_real_replay_with_smollm2_answers_every_request(body, wiki_corpus, embedder):
     from backends.corpus import Question
-    from backends.real import RealBackend, RealOptions
     from backends.real_trace import realize_trace
     from hwmodel.latency import LatencyModel
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
@@ -116,15 +119,9 @@ def test_real_replay_with_smollm2_answers_every_request(smollm2_dir, wiki_corpus
     rows = realize_trace(sorted(rows, key=lambda r: r["arrival_s"]), wiki_corpus, embedder, questions=questions)
     assert all(r["answers"] for r in rows)  # the gold answers travel in the trace
     requests = [to_request(TraceRequest.model_validate(r), WorkflowRegistry()) for r in rows]
-    profile = load_profile(DEFAULT_CPU_PROFILE)
-    body = RealBackend.open(RealOptions(model=smollm2_dir, corpus=wiki_corpus.path, engine=profile.engine))
     flows = []
-    try:
-        assert body.text  # a chat model: prompted with real text
-        run = run_real(body, requests, parse_policy("hedra"), LatencyModel(profile),
-                       executor_hook=lambda ex: flows.append(ex.answers))
-    finally:
-        body.close()
+    run = run_real(body, requests, parse_policy("hedra"), LatencyModel(load_profile(DEFAULT_CPU_PROFILE)),
+                   executor_hook=lambda ex: flows.append(ex.answers))
     records = run.result.records
     assert len(records) == len(requests)
     assert all(r.status == "completed" for r in records), [r.reason for r in records]
