@@ -334,3 +334,20 @@ def test_block_id_prompts_hit_vllms_prefix_cache_as_the_simulator_predicts(eng):
         sim.append(hits)
     assert real == sim
     assert real[0] == 0 and real[1] > 0 and real[4] == 0 and real[3] > real[1]  # the replay exercises sharing
+
+
+def test_prompts_take_vllms_supported_input_path(eng):
+    """Token ids reach vLLM as the renderer's processed input, not as a raw prompt dict, which
+    vLLM 0.32's InputProcessor warns is deprecated (it takes the supported path for a dict
+    that carries a "type")."""
+    from backends.vllm_engine import _vllm_engine_input
+
+    engine_input = _vllm_engine_input(eng.llm_engine, [5, 6, 7, 8])
+    assert isinstance(engine_input, dict) and "type" in engine_input
+    assert list(engine_input["prompt_token_ids"]) == [5, 6, 7, 8]
+
+
+def test_the_tiny_model_gets_no_text_prompts(tiny_model: Path):
+    from backends.models import answers_text
+
+    assert not answers_text(tiny_model)  # no chat template: the trace's synthetic prompts, exact lengths
