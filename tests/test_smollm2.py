@@ -76,7 +76,7 @@ def _answer(engine, key) -> tuple[str, int]:
 
     engine.apply(GenStep(admit=(GenTask(key, 1, 48, "", 0),)), {key: [{"role": "user", "content": QUESTION}]})
     texts, steps = {}, 0
-    while engine.has_unfinished():
+    while steps == 0 or engine.has_unfinished():  # the worker gets the admission with the first step
         res = engine.step()
         assert not res.rejected, res.rejected
         texts.update(dict(res.texts))
