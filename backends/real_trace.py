@@ -93,9 +93,9 @@ class _Plan:
     row: dict
     question: str
     hint: str  # what a hypothetical document states beyond the question
+    answers: tuple[str, ...] = ()  # the question's gold answers (a dataset's; none for generated questions)
     retrievals: list[tuple[int, str]] = field(default_factory=list)  # (stage index, "question"|"hyde"|"follow")
     follow_ups: tuple[str, ...] = ()  # the queries of the retrievals after the first (sub-questions), in order
-    answers: tuple[str, ...] | None = None  # gold answers (a dataset question)
 
 
 def _rows(requests: Sequence[TraceRequest | dict]) -> list[dict]:
@@ -110,8 +110,8 @@ def _rows(requests: Sequence[TraceRequest | dict]) -> list[dict]:
     return rows
 
 
-def _plan(row: dict, question: str, hint: str, nlist: int) -> _Plan:
-    plan = _Plan(row, question, hint)
+def _plan(row: dict, question: str, hint: str, nlist: int, answers: Sequence[str] = ()) -> _Plan:
+    plan = _Plan(row, question, hint, tuple(answers))
     hypothesis = False
     stages = row.get("stages") or []
     for i, st in enumerate(stages):
@@ -146,8 +146,8 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     for i, row in enumerate(rows):
         if questions is not None:
             q = questions[i % len(questions)]
-            plan = _plan(row, q.question, " ".join(q.golden_answers), corpus.nlist)
-            plan.follow_ups, plan.answers = q.follow_ups, q.golden_answers
+            plan = _plan(row, q.question, " ".join(q.golden_answers), corpus.nlist, q.golden_answers)
+            plan.follow_ups = q.follow_ups
             plans.append(plan)
             continue
         j = int(rng.integers(len(arts)))
@@ -205,8 +205,10 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     for plan, original in zip(plans, requests, strict=True):
         row = plan.row
         row["question"] = plan.question
-        if plan.answers is not None:
+        if plan.answers:
             row["answers"] = list(plan.answers)
+        else:
+            row.pop("answers", None)  # answers belong to a question: a generated one replaces the trace's
         row["index"] = identity
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)

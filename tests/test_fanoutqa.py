@@ -124,7 +124,7 @@ def test_answers_round_trip_and_the_simulator_ignores_them(tmp_path):
     assert tr.answers == ["a", "b c"]
     assert TraceRequest.model_validate_json(tr.model_dump_json()) == tr
     bare = TraceRequest.model_validate({k: v for k, v in row.items() if k != "answers"})
-    assert bare.answers is None
+    assert bare.answers == []  # none: quality is not scored
     reg = WorkflowRegistry()
     a, b = to_request(tr, reg), to_request(bare, reg)
     assert (a.nodes, a.question, a.workflow) == (b.nodes, b.question, b.workflow)

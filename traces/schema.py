@@ -133,7 +133,7 @@ class TraceRequest(_Strict):
     workflow: str
     iterations: int = Field(default=0, ge=0, lt=2**31)
     question: str = ""
-    answers: list[str] | None = None  # gold answers where known (a dataset's questions); the simulator ignores them
+    answers: list[str] = Field(default_factory=list)  # gold answers to the question ([]: none; quality is not scored)
     dataset: str = ""
     index: str = ""  # identity of the index whose probe lists `stages` carry (backends.corpus); "": synthetic
     stages: list[Stage] = Field(min_length=1)
