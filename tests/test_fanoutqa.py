@@ -183,7 +183,7 @@ def test_flashrag_questions_carry_their_answers_and_keep_the_passage_rule(wiki_c
     qs = [Question("a", "Who wrote Hamlet?", ("William Shakespeare", "Shakespeare")), Question("b", "What is DNA?")]
     _, out = realized_rows(wiki_corpus, embedder, qs, workflows=("irg",))
     for i, row in enumerate(out):
-        assert row["answers"] == list(qs[i % 2].golden_answers)
+        assert row.get("answers", []) == list(qs[i % 2].golden_answers)  # none: no field
         follow = [s for s in row["stages"] if s["op"] == "retrieve"][1:]
         assert follow and all(s["query"].startswith(row["question"] + " ") for s in follow)
 
