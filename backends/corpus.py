@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backends.paths import hedra_home
+from traces.questions import Question  # a dataset question (also what FlashRAG datasets load as)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,15 +66,6 @@ EMBED_CHUNK = 512  # passages per progress step
 
 class CorpusError(ValueError):
     """A corpus, dataset or index that cannot be built or read; the message names file and field."""
-
-
-@dataclass(frozen=True)
-class Question:
-    """One question of a FlashRAG dataset."""
-
-    id: str
-    question: str
-    golden_answers: tuple[str, ...] = ()
 
 
 @dataclass

@@ -17,6 +17,12 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   skipping passages an earlier query of the request already carried: an iterative workflow
   moves on to new text (IRG's next query is its new sentence), so successive queries of one
   request differ instead of repeating once the search converges;
+- sub-question follow-ups (a dataset with decompositions, `--dataset fanoutqa`): the n-th
+  retrieval after a request's first searches the question's n-th sub-question, as written by
+  the dataset's annotators (`Question.follow_ups`: the query a decomposing workflow such as
+  multistep would have its model write); once a request has used all its sub-questions, the
+  rule above takes over;
+- `answers`: a dataset question's gold answers (none for template questions);
 - each retrieve stage's `clusters`: the index's coarse assignment of the embedded query,
   `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
   thus replays the true list skew and the real backend searches exactly those lists;
@@ -90,6 +96,7 @@ class _Plan:
     hint: str  # what a hypothetical document states beyond the question
     answers: tuple[str, ...] = ()  # the question's gold answers (a dataset's; none for generated questions)
     retrievals: list[tuple[int, str]] = field(default_factory=list)  # (stage index, "question"|"hyde"|"follow")
+    follow_ups: tuple[str, ...] = ()  # the queries of the retrievals after the first (sub-questions), in order
 
 
 def _rows(requests: Sequence[TraceRequest | dict]) -> list[dict]:
@@ -140,7 +147,9 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     for i, row in enumerate(rows):
         if questions is not None:
             q = questions[i % len(questions)]
-            plans.append(_plan(row, q.question, " ".join(q.golden_answers), corpus.nlist, q.golden_answers))
+            plan = _plan(row, q.question, " ".join(q.golden_answers), corpus.nlist, q.golden_answers)
+            plan.follow_ups = q.follow_ups
+            plans.append(plan)
             continue
         j = int(rng.integers(len(arts)))
         title, desc, topic = (str(arts[c].iat[j]) for c in ("title", "description", "topic"))
@@ -162,7 +171,7 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
     try:
         for r in range(rounds):
             active = [i for i, p in enumerate(plans) if len(p.retrievals) > r]
-            queries = [_query(plans[i], plans[i].retrievals[r][1], previous_top.get(i, -1), texts) for i in active]
+            queries = [_query(plans[i], r, previous_top.get(i, -1), texts) for i in active]
             stages = [plans[i].row["stages"][plans[i].retrievals[r][0]] for i in active]
             nprobes = [st["nprobe"] for st in stages]
             width = max(TOP_CACHE, r + 1, *(st["k"] for st in stages))  # r + 1: the next query's passage
@@ -236,9 +245,14 @@ def _follows_generation(plan: _Plan, stage: int) -> bool:
     return stage > 0 and plan.row["stages"][stage - 1].get("op") == "generate"
 
 
-def _query(plan: _Plan, kind: str, top: int, texts: Any) -> str:
+def _query(plan: _Plan, r: int, top: int, texts: Any) -> str:
+    """The query of the request's r-th retrieval (see the module docstring); `top`: the passage the
+    passage rule appends (-1: none)."""
+    kind = plan.retrievals[r][1]
     if kind == "hyde":
         return f"{plan.question} {plan.hint}".strip()
+    if kind == "follow" and r - 1 < len(plan.follow_ups):
+        return plan.follow_ups[r - 1]
     if kind == "follow" and top >= 0:
         return f"{plan.question} {texts.iloc[top]}"
     return plan.question

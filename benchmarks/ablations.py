@@ -9,6 +9,9 @@ fitted model), measured in the same run:
 - speculation (Fig. 17: 1.06-1.62x): request latency of hedra's speculative generation
   against speculation after a fixed number of sub-stages (`spec_after=1`, RaLMSpec /
   RAGCache-style);
+- speculative retrieval (not in the paper's evaluation; its §4.3 describes it): request
+  latency with and without (`no-spec-retr`), and how often the query's prefix found the
+  final top-k (accuracy);
 - similarity-aware reordering (Fig. 9b: the search completes up to 28% earlier): the share of
   its probe list a follow-up query scans before its top-k is final, and request latency
   with and without;
@@ -104,21 +107,31 @@ def report(sweep: pd.DataFrame) -> list[str]:
     table("Sub-stages (Fig. 16)", "1.09-1.77x lower retrieval latency",
           "| workflow | req/s | retrieval s, whole | retrieval s, sub-stages | gain | P50 gain |", sub)
 
-    spec, reo = [], []
+    spec, reo, sret = [], [], []
     for wf in ("multistep", "irg", "one-shot"):
         for rate in (2.0, 4.0, 8.0):
             full = get[(wf, rate, 256, "hedra:no-gpu-cache")]
             fixed = get[(wf, rate, 256, "hedra:no-gpu-cache,spec_after=1")]
             nospec = get[(wf, rate, 256, "hedra:no-gpu-cache,no-spec-gen")]
             noreo = get[(wf, rate, 256, "hedra:no-gpu-cache,no-reorder")]
+            nosr = get[(wf, rate, 256, "hedra:no-gpu-cache,no-spec-retr")]
             spec.append(f"| {wf} | {rate:g} | {fmt(ratio(fixed['mean_s'], full['mean_s']))}x | "
                         f"{fmt(ratio(nospec['mean_s'], full['mean_s']))}x | {full.count('tech_speculation_issued')} | "
                         f"{fmt(full['tech_speculation_accuracy'])} | {fixed['tech_speculation_accuracy'] or 0:.2f} | "
                         f"{full.count('tech_speculation_wasted_tokens')} |")
+            issued = full.count("tech_speculative_retrieval_issued")
+            sret.append(f"| {wf} | {rate:g} | {fmt(ratio(nosr['p50_s'], full['p50_s']))}x | "
+                        f"{fmt(ratio(nosr['mean_s'], full['mean_s']))}x | {issued} | "
+                        f"{full.count('tech_speculative_retrieval_confirmed')} | "
+                        f"{full.count('tech_speculative_retrieval_aborted')} | "
+                        f"{full.count('tech_speculative_retrieval_cancelled')} | "
+                        f"{fmt(full['tech_speculative_retrieval_accuracy'] if issued else None)} |")
             reo.append(f"| {wf} | {rate:g} | {full.count('tech_reorder_reordered')} | "
                        f"{fmt(full['tech_reorder_earlier'], '.1%')} | {fmt(ratio(noreo['mean_s'], full['mean_s']))}x |")
     table("Speculative generation (Fig. 17)", "1.06-1.62x over speculation after a fixed number of sub-stages",
           "| workflow | req/s | vs fixed stride | vs none | issued | accuracy | fixed accuracy | wasted tokens |", spec)
+    table("Speculative retrieval (§4.3)", "no figure (described, not measured)",
+          "| workflow | req/s | P50 gain | mean gain | issued | confirmed | aborted | cancelled | accuracy |", sret)
     table("Similarity-aware reordering (Fig. 9b)", "search complete up to 28% earlier",
           "| workflow | req/s | follow-ups reordered | lists to complete, saved | latency gain |", reo)
 

@@ -1,6 +1,7 @@
 """Fit the synthetic truth model (traces/truth_model.py) on a real corpus and write its JSON.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.fit_truth_model [--corpus wiki|DIR] [--requests 300]
+        [--dataset fanoutqa|templates]
 
 Generates a corpus trace of the workflows with follow-up retrievals (irg, multistep) and
 retrievals after a generation (hyde), realized on the corpus with k = 20 (so every one of
@@ -13,6 +14,12 @@ the best 20 results has its list), and counts, over its retrievals:
   elsewhere) and which previous rank the first two point to;
 - `prefix_same[k-1]`: for retrievals after a generation, how often the 25/50/75% prefix of
   the query (embedded and searched in its own probe list) finds the same top-k, k = 1..20.
+
+The questions (`--dataset`): `fanoutqa` (the default; needs the fanoutqa package) asks
+FanOutQA's dev questions in order, and a follow-up retrieval searches the question's next
+human-written sub-question (backends/real_trace.py): real follow-up text. `templates` asks the
+corpus's template questions, whose follow-ups search the question plus the previous top
+passage (the fit before FanOutQA: locality near 100%, far above the paper's).
 
 Prints the locality (traces.locality) of a k = 1 corpus trace and of a synthetic one drawn
 from the model at traces/truth_model.json (the new fit, unless --out wrote elsewhere), beside
@@ -33,10 +40,12 @@ from ragraph.graph import PREFIX_FRACTIONS, query_prefix
 from ragraph.workflows import WorkflowRegistry
 from traces.generate import TraceConfig, generate_trace
 from traces.locality import PAPER_FIG9A, locality
+from traces.questions import Question, named_dataset
 from traces.schema import TraceRequest, to_request
 from traces.truth_model import CATEGORIES, MODEL_PATH, TOP, TruthParams
 
 WORKFLOWS = ("irg", "multistep", "hyde")
+FOLLOW_UPS = {True: "sub-questions", False: "question + previous top passage"}  # by: a dataset asked
 
 
 def _retrievals(rows: list[dict]) -> list[list[dict]]:
@@ -93,13 +102,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(MODEL_PATH))
+    ap.add_argument("--dataset", default="fanoutqa", help="fanoutqa (sub-question follow-ups) or templates")
     a = ap.parse_args()
+    questions = None if a.dataset == "templates" else named_dataset(a.dataset)
     corpus = ensure_wiki_corpus() if a.corpus == "wiki" else load_corpus(a.corpus)
     embedder = embedder_for(corpus)
     nprobe = max(1, corpus.nlist // 8)  # what `hedra trace gen --corpus` uses by default
     cfg = TraceConfig(WORKFLOWS, 1.0, float(a.requests), seed=a.seed, nprobe=nprobe, k=TOP, nlist=corpus.nlist,
                       truth=False)
-    rows = realize_trace(generate_trace(cfg), corpus, embedder, seed=a.seed)
+    rows = realize_trace(generate_trace(cfg), corpus, embedder, seed=a.seed, questions=questions)
     after = [st for chain in _retrievals(rows) for st in chain if st["truth"]["prefix_same"]]
     texts = [query_prefix(st["query"], f) for st in after for f in PREFIX_FRACTIONS]
     saved = corpus.index.nprobe
@@ -112,21 +123,22 @@ def main() -> None:
     meta = {"corpus": corpus.manifest.get("kind", ""), "index": corpus.index_identity, "nlist": corpus.nlist,
             "nprobe": nprobe, "ntotal": corpus.ntotal, "workflows": list(WORKFLOWS), "requests": len(rows),
             "retrievals": sum(len(c) for c in _retrievals(rows)), "seed": a.seed,
+            "questions": a.dataset, "follow_up_queries": FOLLOW_UPS[questions is not None],
             "script": "benchmarks/fit_truth_model.py"}
     params = fit(rows, prefix_hits, meta)
     params.dump(a.out)
     print(f"wrote {a.out}: {json.dumps(params.fitted_on)}")
-    measured = report(corpus, embedder, nprobe, a.seed)
+    measured = report(corpus, embedder, nprobe, a.seed, questions)
     params.fitted_on["corpus_locality_k1"] = measured  # what tests hold the synthetic model's figures to
     params.dump(a.out)
 
 
-def report(corpus, embedder, nprobe: int, seed: int) -> dict | None:
+def report(corpus, embedder, nprobe: int, seed: int, questions: list[Question] | None = None) -> dict | None:
     """Locality of k = 1 traces of irg + multistep: the corpus's (returned), the fitted model's,
     the paper's."""
     reg = WorkflowRegistry()
     cfg = TraceConfig(("irg", "multistep"), 1.0, 200.0, seed=seed + 1, nprobe=nprobe, k=1, nlist=corpus.nlist)
-    real = realize_trace(generate_trace(cfg), corpus, embedder, seed=seed + 1)
+    real = realize_trace(generate_trace(cfg), corpus, embedder, seed=seed + 1, questions=questions)
     synth = generate_trace(cfg)
     measured = {}
     for name, rows in (("corpus", real), ("synthetic", synth)):

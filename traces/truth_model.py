@@ -3,7 +3,9 @@
 It draws each retrieval's `truth` (ragraph.graph.SearchTruth): its best 20 results, the
 list holding each, and the outcome of the speculative prefix queries, with parameters
 fitted on the Wikipedia corpus (`truth_model.json` beside this module, refitted by
-`benchmarks/fit_truth_model.py`, which records the corpus, index and nprobe it used).
+`benchmarks/fit_truth_model.py`, which records the corpus, index, nprobe and questions it
+used): FanOutQA's questions, whose follow-up queries are the annotators' sub-questions
+(traces/fanoutqa.py), so a follow-up's locality is that of real follow-up text.
 
 Theory of operation, per retrieval, rank by rank (j = 0..19, best first):
 
@@ -30,7 +32,10 @@ Theory of operation, per retrieval, rank by rank (j = 0..19, best first):
 
 Simplifications, stated: ranks are drawn independently given their category; lists of
 category C are drawn uniformly among the kept previous lists; the number of distinct hit
-lists is not fitted directly but follows from `same_list`, `follow`, `cache_rank`, `hit_rank`.
+lists is not fitted directly but follows from `same_list`, `follow`, `cache_rank`, `hit_rank`;
+every follow-up of a request draws from the same pooled `follow` (on FanOutQA the first
+follow-up is much closer to the question than later ones are to each other: see
+`by_follow_up` of `traces.locality`).
 """
 
 from __future__ import annotations

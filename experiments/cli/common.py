@@ -23,6 +23,7 @@ from ragraph.kvpolicy import KVPolicyError
 from ragraph.policies import PolicyError
 from ragraph.workflows import WorkflowError
 from runs.outdir import OutputError
+from traces.questions import DatasetError
 from traces.schema import TraceError
 
 app = typer.Typer(help="Hedra: RAG serving policies, simulated and real.", no_args_is_help=True,
@@ -47,8 +48,8 @@ _BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("Backe
 def _input_errors() -> tuple[type[Exception], ...]:
     backend = tuple(getattr(sys.modules[module], name) for module, names in _BACKEND_ERRORS.items()
                     if module in sys.modules for name in names)
-    return (TraceError, ProfileError, PolicyError, KVPolicyError, WorkflowError, UsageError, OutputError,
-            *backend)
+    return (TraceError, DatasetError, ProfileError, PolicyError, KVPolicyError, WorkflowError, UsageError,
+            OutputError, *backend)
 
 
 @contextmanager

@@ -53,6 +53,9 @@ def trace_gen(
     questions: Annotated[Path | None, typer.Option(
         help="FlashRAG dataset JSONL (question, golden_answers) whose questions the trace asks, in order;"
              " needs --corpus.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Named dataset whose questions the trace asks, in order: 'fanoutqa' (the FanOutQA dev set, from the"
+             " fanoutqa package; its sub-questions are the follow-up queries); needs --corpus.")] = None,
     agent_tokens: Annotated[str, typer.Option(
         help="Agent workflows: FIXED/DYNAMIC/OUTPUT tokens of each agent (the fixed prompt is shared"
              " prefix blocks).")] = "8192/32/32",
@@ -75,6 +78,9 @@ def trace_gen(
             registry.get(name)
         if questions is not None and corpus is None:
             raise UsageError("--questions needs --corpus (the probe lists come from the corpus index)")
+        if dataset is not None and (corpus is None or questions is not None):
+            raise UsageError("--dataset needs --corpus (the probe lists come from the corpus index)" if corpus is None
+                             else "--dataset and --questions both name the questions; pass one")
         real, asked = None, None
         if corpus is not None:
             from backends.corpus import (
@@ -86,6 +92,10 @@ def trace_gen(
             )
 
             asked = load_flashrag_dataset(questions) if questions is not None else None
+            if dataset is not None:
+                from traces.questions import named_dataset
+
+                asked = named_dataset(dataset)
             if corpus == "wiki" and not (default_corpus_dir() / FILES["manifest"]).exists():
                 typer.echo(f"building the Wikipedia corpus into {default_corpus_dir()} (once; minutes)", err=True)
             real = ensure_wiki_corpus(progress=sys.stderr.isatty()) if corpus == "wiki" else load_corpus(corpus)
