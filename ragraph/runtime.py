@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ragraph.graph import Generate, NodeKey, NodeSpec, Request, Retrieve
 from ragraph.state import NodeEvent, NodeState, RequestState, advance
+from ragraph.synthesis import SynthesisConfig
 
 
 @dataclass(slots=True, eq=False)  # identity equality: usable as a dict key
@@ -62,6 +63,7 @@ class RequestRun:
     done: int = 0  # nodes DONE
     finish_s: float | None = None
     reason: str = ""  # why it failed ("" when it completed)
+    config: SynthesisConfig | None = None  # its synthesis, once the policy chose it (Request.synthesis)
 
     @classmethod
     def start(cls, request: Request) -> RequestRun:

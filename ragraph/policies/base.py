@@ -14,6 +14,7 @@ from ragraph.work import CacheLoad, Lane, SearchBatch
 
 if TYPE_CHECKING:
     from ragraph.runtime import NodeRun, RequestRun
+    from ragraph.synthesis import SynthesisConfig
     from ragraph.view import SchedulerView
 
 
@@ -67,6 +68,14 @@ class Policy(ABC):
         """The inputs of speculatively started `node` are now final: keep its work (True)
         or abort and redo it (False). Default: redo."""
         return False
+
+    def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
+        """Called once per request whose synthesis is chosen at run time (`run.request.synthesis`),
+        when all its fixed nodes are done: the configuration to run; the core then builds and
+        queues its nodes. It must lie in METIS's ranges (else SchedulerError). Default: the
+        request's own default configuration."""
+        assert run.request.synthesis is not None
+        return run.request.synthesis.default
 
     def on_request_end(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         """A request completed or failed."""
