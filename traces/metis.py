@@ -9,7 +9,7 @@ models, and names them in every output:
 
 - `PROFILE_MODEL` ("model:metis-profile-v1"): each question has *true* needs (pieces n in the
   dataset's range, joint reasoning and complexity with the dataset's odds, the summary length
-  it needs); the profiler's confidence is Beta(8, 1.2) (about 2 in 3 at or above METIS's 0.9);
+  it needs); the profiler's confidence is Beta(12, 1) (72% at or above METIS's 0.9);
   a confident profile reports the truth, an unconfident one is off by one or two pieces and
   flips joint / complexity with probability 0.3 each.
 - `QUALITY_MODEL` ("model:metis-curves-v1"): F1 = q x coverage x method fit + noise, with q the
@@ -90,7 +90,7 @@ def draw_needs(ds: MetisDataset, rng: np.random.Generator) -> Needs:
 
 def draw_profile(needs: Needs, rng: np.random.Generator) -> dict:
     """The profiler's output for a question with `needs` (trace `synthesis.profile`)."""
-    confidence = float(rng.beta(8.0, 1.2))
+    confidence = float(rng.beta(12.0, 1.0))
     pieces, joint, complex_ = needs.pieces, needs.joint, needs.complex
     if confidence < CONFIDENT:
         pieces = int(np.clip(pieces + rng.choice([-2, -1, 1, 2]), 1, 10))

@@ -8,11 +8,13 @@ action methods. A policy is built from a validated options model (`ragraph.polic
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from ragraph.work import CacheLoad, Lane, SearchBatch
 
 if TYPE_CHECKING:
+    from ragraph.graph import Request
     from ragraph.runtime import NodeRun, RequestRun
     from ragraph.synthesis import SynthesisConfig
     from ragraph.view import SchedulerView
@@ -27,6 +29,11 @@ class Policy(ABC):
 
     name: ClassVar[str]
     lanes: tuple[Lane, ...] = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL)  # lanes this policy gives work to
+
+    def accepts(self, requests: Sequence[Request]) -> str:
+        """Called at the edge, before a run, by whoever assembles it: why this policy cannot run
+        `requests` ("" if it can; e.g. a fixed configuration a request's quality table lacks)."""
+        return ""
 
     # --- planning (called from Scheduler.next_work) -------------------------------------------
 
