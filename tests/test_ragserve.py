@@ -135,9 +135,12 @@ def synthesis(**kw) -> Synthesis:
     return Synthesis(20, 180, 60, 12, 35, SynthesisConfig(Method.STUFF, 10), profile, **kw)
 
 
-def view(free_tokens: int, waiting: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(kv_block_tokens=16, engine_waiting=waiting, kv_free_tokens=free_tokens,
-                           gen_ready={}, gen_in_engine={})
+def view(free_tokens: int, queued: tuple = ()) -> SimpleNamespace:
+    """A scheduler with `free_tokens` free KV tokens, 100 blocks in use, and `queued` Generate
+    nodes waiting to be admitted."""
+    ready = {("r", i): SimpleNamespace(spec=g) for i, g in enumerate(queued)}
+    return SimpleNamespace(kv_block_tokens=16, kv_used_blocks=100, kv_free_tokens=free_tokens,
+                           gen_ready=ready, gen_in_engine={})
 
 
 def ragserve(**options) -> RagServePolicy:
@@ -170,7 +173,8 @@ def test_fallbacks_when_nothing_fits():
     assert joint == SynthesisConfig(Method.STUFF, 7)
     solo = policy._choose(view(2_000), synthesis(joint=False, pieces=4))
     assert solo.method is Method.MAP_RERANK and solo.num_chunks >= 1
-    full = policy._choose(view(10**6, waiting=3), synthesis())  # the engine queues: nothing is free
+    # free memory promised to generations not yet admitted is not free
+    full = policy._choose(view(10**6, queued=(Generate(10**6 - 200, 10),)), synthesis())
     assert full.method is Method.STUFF and full.num_chunks == 1
     no_fallback = ragserve(feedback=False, fallback=False)._choose(view(1_500), synthesis(pieces=5))
     assert no_fallback == SynthesisConfig(Method.MAP_REDUCE, 5, 50)  # the smallest pruned one
@@ -296,5 +300,5 @@ def test_trace_synthesis_checked(tmp_path, metis_trace):
     row["synthesis"]["default"]["num_chunks"] = 99
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(row) + "\n")
-    with pytest.raises(TraceError, match="synthesis.default"):
+    with pytest.raises(TraceError, match=r"synthesis\.default"):
         load_trace(bad)

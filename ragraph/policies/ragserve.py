@@ -14,8 +14,9 @@ run time (`Policy.configure`, once its profile generation and retrieval are done
 3. `best_fit`: among the pruned configurations whose KV demand (input and output tokens of the
    calls that run at once, +2%) fits in the free KV memory now, the one needing the most. Free
    memory is the engine's free blocks (`SchedulerView.kv_free_tokens`) less what is already
-   committed and not yet allocated: Generate nodes waiting to be admitted (prompt + output),
-   the output still to come of those in the engine; none while the engine queues sequences.
+   committed and not yet allocated: the Generate nodes waiting to be admitted (prompt +
+   output), and what the sequences in the engine will hold at their end (prompt + output)
+   beyond the blocks in use now (sequences the engine queues hold none yet).
    Off: the middle configuration of the pruned range by demand, memory-blind.
 4. `fallback`: nothing fits -> map_rerank (no joint reasoning) or stuff, with as many chunks as
    fit (at least one): never queue for a configuration. Off: the smallest pruned configuration.
@@ -118,8 +119,8 @@ def merge(ranges: list[Ranges]) -> Ranges:
 def committed_tokens(s: SchedulerView) -> int:
     """KV tokens already promised but not yet allocated (module docstring, 3)."""
     ready = sum(n.spec.prompt_tokens + n.spec.output_tokens for n in s.gen_ready.values())  # type: ignore[union-attr]
-    growing = sum(n.spec.output_tokens for n in s.gen_in_engine.values())  # type: ignore[union-attr]
-    return ready + growing
+    engine = sum(n.spec.prompt_tokens + n.spec.output_tokens for n in s.gen_in_engine.values())  # type: ignore[union-attr]
+    return ready + max(0, engine - s.kv_used_blocks * s.kv_block_tokens)
 
 
 class RagServePolicy(ConfiguringPolicy):
@@ -147,8 +148,6 @@ class RagServePolicy(ConfiguringPolicy):
         """Free KV memory now, in tokens, less what is committed (inf before the engine reports)."""
         if not s.kv_block_tokens:
             return float("inf")
-        if s.engine_waiting:
-            return 0.0
         return max(0, s.kv_free_tokens - committed_tokens(s))
 
     def _ranges(self, syn: Synthesis) -> Ranges:
