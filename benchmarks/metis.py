@@ -25,55 +25,17 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.simulate import simulate
-from hwmodel.profile import load_profile
+from experiments.metis_figure import headline, policies, run_points
 from traces.generate import TraceConfig, generate_trace, write_jsonl
-from traces.schema import load_trace
 
 SLO_S = 10.0
-FIXED = (*(f"fixed:synthesis=stuff,chunks={c}" for c in (2, 5, 10, 15, 20, 30, 35)),
-         *(f"fixed:synthesis=map_reduce,chunks={c},length=50" for c in (5, 10, 20, 30)),
-         "fixed:synthesis=map_reduce,chunks=30,length=100",
-         *(f"fixed:synthesis=map_rerank,chunks={c}" for c in (3, 5, 10)))
-RAGSERVE = ("ragserve", "ragserve:no-profiler", "ragserve:no-best-fit", "ragserve:no-history",
-            "ragserve:no-feedback")
-POLICIES = (*RAGSERVE, "adaptive", *FIXED)
+POLICIES = policies(quick=False)
 
 
 def run_rate(rate: float, duration: float, seed: int, out: Path) -> dict[str, dict]:
     path = out / f"metis-{rate:g}.jsonl"
     write_jsonl(generate_trace(TraceConfig(("metis",), rate=rate, duration_s=duration, seed=seed)), path)
-    requests = load_trace(path)
-    profile = load_profile()
-    points = {}
-    for policy in POLICIES:
-        s = simulate(requests, policy, profile, timeline=False).summary
-        lat = s["latency_s"]
-        points[policy] = {"p50_s": lat["p50"], "p95_s": lat["p95"], "mean_s": lat["mean"],
-                          "f1": s["quality"]["f1_mean"], "throughput_rps": s["throughput_rps"],
-                          "completed": s["completed"], "requests": s["requests"]}
-    return points
-
-
-def headline(points: dict[str, dict]) -> dict[str, object]:
-    rs = points["ragserve"]
-    fixed = {p: v for p, v in points.items() if p.startswith("fixed")}
-    best = max(fixed, key=lambda p: fixed[p]["f1"])
-    cheaper = {p: v for p, v in fixed.items() if v["p50_s"] <= rs["p50_s"]}
-    equal_delay = max(cheaper, key=lambda p: cheaper[p]["f1"]) if cheaper else None
-    return {
-        "best_fixed": best, "best_fixed_f1": fixed[best]["f1"], "ragserve_f1": rs["f1"],
-        "delay_ratio_vs_best_fixed": fixed[best]["p50_s"] / rs["p50_s"],
-        "ragserve_at_least_as_good": rs["f1"] >= fixed[best]["f1"],
-        "delay_ratio_vs_adaptive": points["adaptive"]["p50_s"] / rs["p50_s"],
-        "adaptive_f1": points["adaptive"]["f1"],
-        "fixed_at_equal_delay": equal_delay,
-        "f1_gain_at_equal_delay": rs["f1"] / cheaper[equal_delay]["f1"] - 1 if equal_delay else None,
-        "profiler": {"p50_ratio": points["ragserve:no-profiler"]["p50_s"] / rs["p50_s"],
-                     "f1_without": points["ragserve:no-profiler"]["f1"]},
-        "best_fit": {"p50_ratio": points["ragserve:no-best-fit"]["p50_s"] / rs["p50_s"],
-                     "f1_without": points["ragserve:no-best-fit"]["f1"]},
-    }
+    return run_points(path, POLICIES)
 
 
 def main() -> None:

@@ -302,3 +302,15 @@ def test_trace_synthesis_checked(tmp_path, metis_trace):
     bad.write_text(json.dumps(row) + "\n")
     with pytest.raises(TraceError, match=r"synthesis\.default"):
         load_trace(bad)
+
+
+def test_figure_metis_quick_writes_its_points(tmp_path):
+    out = tmp_path / "fig"
+    proc = hedra_cli("figure", "metis", "--quick", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = (out / "points.csv").read_text().splitlines()
+    assert lines[0].startswith("policy,p50_s,mean_s,f1")
+    assert {ln.split(",")[0] for ln in lines[1:]} >= {"ragserve", "adaptive"} and len(lines) == 9
+    assert (out / "metis.png").is_file() and "model:metis-curves-v1" in proc.stdout
+    bad = hedra_cli("figure", "metis2", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and bad.stderr.startswith("hedra: error: figure metis2")
