@@ -314,3 +314,13 @@ def test_figure_metis_quick_writes_its_points(tmp_path):
     assert (out / "metis.png").is_file() and "model:metis-curves-v1" in proc.stdout
     bad = hedra_cli("figure", "metis2", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and bad.stderr.startswith("hedra: error: figure metis2")
+
+
+def test_trace_rows_validate_as_python_objects_too(metis_trace):
+    """A row validated from Python objects (as real_trace hands them), not JSON text."""
+    from traces.schema import TraceRequest, to_request
+
+    row = json.loads(metis_trace.read_text().splitlines()[0])
+    req = to_request(TraceRequest.model_validate(row), WorkflowRegistry())
+    assert req.synthesis is not None
+    assert req.synthesis.profile.summary_range == tuple(row["synthesis"]["profile"]["summary_range"])

@@ -152,13 +152,13 @@ class ProfileRecord(_Strict):
     complexity: Literal["high", "low"]
     joint: bool
     pieces: int = Field(ge=1, le=10)
-    summary_range: tuple[int, int]
+    summary_range: list[int] = Field(min_length=2, max_length=2)
     confidence: float = Field(ge=0, le=1)
     source: str = Field(min_length=1)
 
     @field_validator("summary_range")
     @classmethod
-    def _range(cls, r: tuple[int, int]) -> tuple[int, int]:
+    def _range(cls, r: list[int]) -> list[int]:
         if not 1 <= r[0] <= r[1]:
             raise ValueError(f"summary_range {list(r)} must be [lo, hi] with 1 <= lo <= hi")
         return r
@@ -194,7 +194,7 @@ class SynthesisRecord(_Strict):
 
     def spec(self, max_chunks: int) -> Synthesis:
         p = self.profile
-        profile = None if p is None else QueryProfile(p.complexity, p.joint, p.pieces, p.summary_range,
+        profile = None if p is None else QueryProfile(p.complexity, p.joint, p.pieces, tuple(p.summary_range),
                                                       p.confidence, p.source)
         q = self.quality
         return Synthesis(self.question_tokens, self.chunk_tokens, self.template_tokens, self.answer_tokens,
