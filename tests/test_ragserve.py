@@ -324,3 +324,14 @@ def test_trace_rows_validate_as_python_objects_too(metis_trace):
     req = to_request(TraceRequest.model_validate(row), WorkflowRegistry())
     assert req.synthesis is not None
     assert req.synthesis.profile.summary_range == tuple(row["synthesis"]["profile"]["summary_range"])
+
+
+def test_profile_from_a_decomposition():
+    from traces.metis import profile_from_decomposition
+
+    p = profile_from_decomposition(6)
+    assert p["pieces"] == 6 and p["joint"] and p["complexity"] == "high" and p["source"] == "fanoutqa-decomposition"
+    single = profile_from_decomposition(1)
+    assert single["pieces"] == 1 and not single["joint"]
+    assert prune(QueryProfile(**{**single, "summary_range": tuple(single["summary_range"])})).methods == \
+        (Method.MAP_RERANK,)

@@ -24,6 +24,9 @@ models, and names them in every output:
 
 A question decomposed by its dataset (FanOutQA) gets its profile from the decomposition
 instead (`profile_from_decomposition`: pieces = sub-questions), source "fanoutqa-decomposition".
+The profiling call itself is the workflow's first node, a generation of the `profile` role
+(`traces.datasets.ROLES`: METIS's prompt with one line of database metadata, ~330 tokens, plus
+the question; ~48 output tokens, the profile as JSON), so its cost is paid on both bodies.
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ DECOMPOSITION = "fanoutqa-decomposition"
 INTERMEDIATE_GRID = LENGTH_CHOICES  # intermediate lengths a quality table holds (words)
 CHUNK_TOKENS = 180  # one chunk: 35 of them plus a question fit the H100 profile's 8192-token context
 SYNTH_TEMPLATE = 60  # tokens of a synthesis prompt's template
-PROFILE_TEMPLATE = 330  # METIS's profiler prompt plus one line of database metadata
-PROFILE_OUTPUT = 48  # the profile as JSON (complexity, joint, pieces, summary range)
 DEFAULT_CONFIG = SynthesisConfig(Method.STUFF, 10)  # what a policy that does not choose runs
 NOISE = 0.03
 CONFIDENT = 0.9  # METIS's confidence threshold
