@@ -335,3 +335,13 @@ def test_profile_from_a_decomposition():
     assert single["pieces"] == 1 and not single["joint"]
     assert prune(QueryProfile(**{**single, "summary_range": tuple(single["summary_range"])})).methods == \
         (Method.MAP_RERANK,)
+
+
+def test_free_kv_memory_in_the_schedulers_view():
+    sched = Scheduler(FinishAll())
+    assert sched.view.kv_free_tokens == 0 and sched.view.kv_block_tokens == 0  # before the engine reports
+    sched.submit(build_request(MAP_RERANK, "q", 0.0, 0, [Retrieve(4, 1, (0, 1, 2, 3)), Generate(9, 2)]), 0.0)
+    sched.complete(sched.next_work(Lane.CPU_RETRIEVAL, 0.0), SearchResult(), 0.1)
+    step = sched.next_work(Lane.GPU_GEN, 0.1)
+    sched.complete(step, GenStepResult(kv_used_blocks=10, kv_total_blocks=100, kv_block_tokens=16, running=1), 0.2)
+    assert sched.view.kv_free_tokens == 90 * 16
