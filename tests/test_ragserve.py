@@ -345,3 +345,10 @@ def test_free_kv_memory_in_the_schedulers_view():
     step = sched.next_work(Lane.GPU_GEN, 0.1)
     sched.complete(step, GenStepResult(kv_used_blocks=10, kv_total_blocks=100, kv_block_tokens=16, running=1), 0.2)
     assert sched.view.kv_free_tokens == 90 * 16
+
+
+def test_branches_and_fan_out_are_not_combined():
+    with pytest.raises(ValueError, match="cannot be combined"):
+        WorkflowSpec.model_validate({"name": "x", "head": [{"op": "retrieve"}],
+                                     "loop": [{"op": "generate", "synthesis": "map_rerank"}],
+                                     "default_iterations": 2, "branches": [1, 2]})
