@@ -464,6 +464,7 @@ class Scheduler:
         run.config = config
         for i, (spec, ds) in enumerate(zip(specs, deps, strict=True), start=first):
             run.nodes.append(NodeRun(key=(run.request.id, i), spec=spec, deps_left=sum(d >= first for d in ds)))
+            run.deps.append(ds)
             for d in ds:
                 if d >= first:
                     run.nodes[d].children.append(i)

@@ -64,6 +64,9 @@ class RequestRun:
     finish_s: float | None = None
     reason: str = ""  # why it failed ("" when it completed)
     config: SynthesisConfig | None = None  # its synthesis, once the policy chose it (Request.synthesis)
+    # deps[i]: the nodes node i waits for; `request.deps`, plus the nodes a run-time synthesis
+    # appended (so it covers every node of `nodes`: read this, not `request.deps`, in the core)
+    deps: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
     def start(cls, request: Request) -> RequestRun:
@@ -79,7 +82,7 @@ class RequestRun:
         for i, deps in enumerate(request.deps):
             for d in deps:
                 nodes[d].children.append(i)
-        return cls(request, nodes)
+        return cls(request, nodes, deps=list(request.deps))
 
 
 class SchedulerError(ValueError):

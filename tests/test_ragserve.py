@@ -352,3 +352,13 @@ def test_branches_and_fan_out_are_not_combined():
         WorkflowSpec.model_validate({"name": "x", "head": [{"op": "retrieve"}],
                                      "loop": [{"op": "generate", "synthesis": "map_rerank"}],
                                      "default_iterations": 2, "branches": [1, 2]})
+
+
+@pytest.mark.parametrize("kv_policy", ["lru", "kvflow"])
+def test_run_time_synthesis_under_each_kv_policy(metis_trace, kv_policy):
+    """KVFlow's steps to execution cover the nodes a run-time synthesis appends."""
+    from ragraph.kvpolicy import parse_kv_policy
+
+    requests = load_trace(metis_trace)
+    run = simulate(requests, "ragserve", PROFILE, timeline=False, kv_policy=parse_kv_policy(kv_policy))
+    assert run.summary["completed"] == len(requests)
