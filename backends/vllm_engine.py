@@ -561,7 +561,8 @@ class VLLMEngine:
         aborted_tokens, self._aborted_tokens = self._aborted_tokens, 0
         return GenStepResult(
             finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
-            running=self._probe.scheduled, waiting=waiting, prefill_tokens=self._probe.prefill,
+            kv_block_tokens=self._block_size, running=self._probe.scheduled, waiting=waiting,
+            prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
             aborted_tokens=aborted_tokens, texts=tuple(texts))

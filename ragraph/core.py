@@ -30,6 +30,7 @@ from ragraph.policies.base import Policy
 from ragraph.records import RequestRecord, record_of
 from ragraph.runtime import NodeRun, RequestRun, SchedulerError, generate_spec, retrieve_spec
 from ragraph.state import NodeEvent, NodeState, RequestEvent, RequestState, advance_request
+from ragraph.synthesis import ConfigError, expand
 from ragraph.view import SchedulerView
 from ragraph.work import (
     LANES,
@@ -77,6 +78,7 @@ class Scheduler:
         self.aborted_tokens = 0  # output tokens decoded by aborted (speculative) sequences, all steps
         self.kv_used_blocks = 0  # as last reported by the engine
         self.kv_total_blocks = 0
+        self.kv_block_tokens = 0  # tokens per KV block, as the engine reports it (0 before its first step)
         self.engine_waiting = 0  # sequences the engine reports as queued
         self._aborts: list[NodeKey] = []  # speculative sequences to drop at the next step
         self._gen_steps = 0  # engine steps that ran sequences
@@ -375,6 +377,8 @@ class Scheduler:
                 if node is not None and key in self._watch:
                     self.policy.on_generation_progress(self.view, node, self._watch[key], now)
         self.kv_used_blocks, self.kv_total_blocks = res.kv_used_blocks, res.kv_total_blocks
+        if res.kv_block_tokens:
+            self.kv_block_tokens = res.kv_block_tokens
         self.aborted_tokens += res.aborted_tokens
         self.engine_waiting = res.waiting
         for key, reason in res.rejected:
@@ -436,11 +440,37 @@ class Scheduler:
                 self._make_ready(child, now)
             else:  # it was started speculatively: the policy keeps or redoes it
                 self._resolve_speculation(child, now)
+        if run.done == len(run.nodes) and run.config is None and run.request.synthesis is not None \
+                and run.state is RequestState.ACTIVE:
+            self._configure(run, now)
         # a confirmed speculative child may have finished the request already, recursively
         if run.done == len(run.nodes) and run.state is RequestState.ACTIVE:
             run.state = advance_request(run.state, RequestEvent.ALL_DONE)
             del self.requests[run.request.id]
             self._end(run, now)
+
+    def _configure(self, run: RequestRun, now: float) -> None:
+        """Every fixed node of `run` is done: the policy fixes its synthesis configuration, and
+        the nodes that configuration needs join the graph (their fan-out on its last node)."""
+        syn = run.request.synthesis
+        assert syn is not None
+        config = self.policy.configure(self.view, run, now)
+        first = len(run.nodes)
+        try:
+            specs, deps = expand(syn, config, first, (first - 1,), run.request.workflow)
+        except ConfigError as exc:
+            raise SchedulerError(f"{type(self.policy).__name__} configured request {run.request.id!r}"
+                                 f" with {config.label}: {exc}") from None
+        run.config = config
+        for i, (spec, ds) in enumerate(zip(specs, deps, strict=True), start=first):
+            run.nodes.append(NodeRun(key=(run.request.id, i), spec=spec, deps_left=sum(d >= first for d in ds)))
+            run.deps.append(ds)
+            for d in ds:
+                if d >= first:
+                    run.nodes[d].children.append(i)
+        for node in run.nodes[first:]:
+            if node.deps_left == 0:
+                self._make_ready(node, now)
 
     def _resolve_speculation(self, node: NodeRun, now: float) -> None:
         if node.is_retrieve:  # the real query is known now: search it (seeded with the speculative result)

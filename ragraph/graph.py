@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ragraph.synthesis import Synthesis
 
 NodeKey = tuple[str, int]
 """(request id, node index inside the request): the identity of a node everywhere."""
@@ -121,6 +125,9 @@ class Request:
     deps: tuple[tuple[int, ...], ...]  # deps[i]: indices of the nodes node i waits for
     question: str = ""  # the user question, where the trace has one
     answers: tuple[str, ...] = ()  # its gold answers, where the trace has them (answer quality is scored on them)
+    # a synthesis chosen at run time (RAGServe): the core asks the policy for its configuration
+    # once every node above is done and appends the nodes it builds (ragraph.synthesis)
+    synthesis: Synthesis | None = None
 
     def __post_init__(self) -> None:
         if len(self.deps) != len(self.nodes):

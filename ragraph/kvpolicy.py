@@ -62,7 +62,7 @@ def parse_kv_policy(spec: str) -> KVPolicy:
 def steps_to_execution(run: RequestRun, or_joins: frozenset[int] = frozenset()) -> list[int]:
     """Per node of `run` (by index): -1 if it finished, 0 if it runs or may run now, else over
     its predecessors max + 1 (an AND join) or min + 1 (for the nodes in `or_joins`)."""
-    deps = run.request.deps
+    deps = run.deps  # (with the nodes a run-time synthesis appended)
     out: list[int] = []
     for i, node in enumerate(run.nodes):
         state = node.state
@@ -83,7 +83,8 @@ def prefix_steps(runs: Iterable[RequestRun],
     best: dict[PrefixId, int] = {}
     for run in runs:
         steps = steps_to_execution(run, (or_joins or {}).get(run.request.id, frozenset()))
-        for spec, s in zip(run.request.nodes, steps, strict=True):
+        for node, s in zip(run.nodes, steps, strict=True):
+            spec = node.spec
             if s < 0 or not isinstance(spec, Generate):
                 continue
             pid = spec.prefix_id

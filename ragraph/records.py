@@ -41,6 +41,12 @@ class RequestRecord:
     answer: str = ""
     f1: float | None = None
     em: float | None = None
+    # its synthesis configuration where the policy chose one at run time ("" / 0 otherwise)
+    synthesis: str = ""  # stuff, map_reduce or map_rerank
+    num_chunks: int = 0
+    intermediate_length: int = 0
+    # F1 of that configuration for this question, from the trace's quality table (NaN: no table)
+    config_f1: float = float("nan")
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -99,4 +105,15 @@ def record_of(run: RequestRun, policy: str) -> RequestRecord:
         generate_nodes=gens, retrieve_nodes=rets, prompt_tokens=prompt, output_tokens=out,
         generation_s=gen_s, retrieval_s=ret_s, retrieval_wait_s=wait_s, clusters_searched=clusters,
         substages=substages, spec_started=spec, spec_aborted=aborted, gpu_cluster_hits=hits,
+        **_configuration(run),
     )
+
+
+def _configuration(run: RequestRun) -> dict[str, object]:
+    """The record's synthesis fields: the chosen configuration and its F1 in the quality table."""
+    config, syn = run.config, run.request.synthesis
+    if config is None or syn is None:
+        return {}
+    f1 = syn.f1(config)
+    return {"synthesis": config.method.value, "num_chunks": config.num_chunks,
+            "intermediate_length": config.intermediate_length, "config_f1": float("nan") if f1 is None else f1}

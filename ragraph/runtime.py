@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ragraph.graph import Generate, NodeKey, NodeSpec, Request, Retrieve
 from ragraph.state import NodeEvent, NodeState, RequestState, advance
+from ragraph.synthesis import SynthesisConfig
 
 
 @dataclass(slots=True, eq=False)  # identity equality: usable as a dict key
@@ -62,6 +63,10 @@ class RequestRun:
     done: int = 0  # nodes DONE
     finish_s: float | None = None
     reason: str = ""  # why it failed ("" when it completed)
+    config: SynthesisConfig | None = None  # its synthesis, once the policy chose it (Request.synthesis)
+    # deps[i]: the nodes node i waits for; `request.deps`, plus the nodes a run-time synthesis
+    # appended (so it covers every node of `nodes`: read this, not `request.deps`, in the core)
+    deps: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
     def start(cls, request: Request) -> RequestRun:
@@ -77,7 +82,7 @@ class RequestRun:
         for i, deps in enumerate(request.deps):
             for d in deps:
                 nodes[d].children.append(i)
-        return cls(request, nodes)
+        return cls(request, nodes, deps=list(request.deps))
 
 
 class SchedulerError(ValueError):

@@ -38,6 +38,7 @@ class _Core(Protocol):
     gen_step_s: float | None
     kv_used_blocks: int
     kv_total_blocks: int
+    kv_block_tokens: int
     engine_waiting: int
 
     decode_tokens_s: float
@@ -124,6 +125,18 @@ class SchedulerView:
     def kv_total_blocks(self) -> int:
         """KV-cache capacity in blocks, as the engine last reported (0 before the first step)."""
         return self._core.kv_total_blocks
+
+    @property
+    def kv_block_tokens(self) -> int:
+        """Tokens one KV block holds, as the engine reports it (0 before its first step)."""
+        return self._core.kv_block_tokens
+
+    @property
+    def kv_free_tokens(self) -> int:
+        """Free KV-cache memory, in tokens, as of the engine's last step: the free blocks of its
+        pool (the simulator's engine model, or vLLM's block pool on the real body; cached blocks
+        no sequence holds count as free, as vLLM evicts them on demand) x tokens per block."""
+        return (self._core.kv_total_blocks - self._core.kv_used_blocks) * self._core.kv_block_tokens
 
     @property
     def engine_waiting(self) -> int:

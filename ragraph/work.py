@@ -84,6 +84,7 @@ class GenStepResult:
     rejected: tuple[tuple[NodeKey, str], ...] = ()  # sequences the engine can never run, with why
     kv_used_blocks: int = 0  # KV-cache blocks in use after the step
     kv_total_blocks: int = 0  # KV-cache capacity in blocks
+    kv_block_tokens: int = 0  # tokens one KV block holds (0: not reported)
     running: int = 0  # sequences scheduled in this step
     waiting: int = 0  # sequences queued in the engine after the step (KV cache full, preempted)
     prefill_tokens: int = 0  # prompt tokens computed in this step (and tokens recomputed after a preemption)

@@ -18,9 +18,11 @@ from hwmodel.profile import Profile
 from ragraph.costs import SearchCostModel
 from ragraph.graph import Request
 from ragraph.kvpolicy import KVPolicy
+from ragraph.policies.base import Policy, PolicyError
 from ragraph.policies.spec import PolicyChoice
 from ragraph.quality import quality_summary
 from ragraph.records import RunResult
+from runs.quality import configuration_quality
 from runs.summary import summarize
 from sim.executor import Simulation
 
@@ -41,16 +43,27 @@ def _policy_meta(choice: PolicyChoice) -> dict[str, object]:
     return {"policy": choice.spec, "policy_options": choice.resolved()}
 
 
+def _accepted(policy: Policy, requests: list[Request]) -> Policy:
+    """`policy`, if it can run `requests` (`Policy.accepts`: e.g. a fixed synthesis configuration
+    out of a request's range or missing from its quality table); else PolicyError, before a run."""
+    if why := policy.accepts(requests):
+        raise PolicyError(why)
+    return policy
+
+
 def simulate(requests: list[Request], choice: PolicyChoice, profile: Profile, *, seed: int = 0,
              timeline: bool = True, latency: LatencyModel | None = None,
              meta: dict[str, object] | None = None, kv_policy: KVPolicy | None = None) -> Run:
     """Simulate `requests` under `choice` (and `kv_policy`, default lru) on `profile` (`latency`:
     the profile's latency model, when the caller keeps one across runs)."""
     latency = latency or LatencyModel(profile)
-    result = Simulation(requests, choice.build(latency), latency, seed=seed, timeline=timeline,
-                        kv_policy=kv_policy).run()
-    return Run(result, summarize(result, {"body": "sim", **_policy_meta(choice), "profile": profile.name,
-                                          "profile_kind": profile.kind, "seed": seed, **(meta or {})}))
+    policy = _accepted(choice.build(latency), requests)
+    result = Simulation(requests, policy, latency, seed=seed, timeline=timeline, kv_policy=kv_policy).run()
+    summary = summarize(result, {"body": "sim", **_policy_meta(choice), "profile": profile.name,
+                                 "profile_kind": profile.kind, "seed": seed, **(meta or {})})
+    if quality := configuration_quality(result.records, requests):
+        summary["quality"] = quality
+    return Run(result, summary)
 
 
 def run_real(backend: RealBackend, requests: list[Request], choice: PolicyChoice, costs: SearchCostModel, *,
@@ -60,8 +73,8 @@ def run_real(backend: RealBackend, requests: list[Request], choice: PolicyChoice
     `costs` (the profile's latency model); `executor_hook` sees the executor before it starts
     (the CLI reads its progress, tests inject faults). `text=False`: synthetic prompts only,
     even for a model that answers (`RealBackend.replay`)."""
-    result = backend.replay(requests, choice.build(costs), timeline=timeline, executor_hook=executor_hook,
-                            text=text)
+    policy = _accepted(choice.build(costs), requests)
+    result = backend.replay(requests, policy, timeline=timeline, executor_hook=executor_hook, text=text)
     summary = summarize(result, {"body": "real", **_policy_meta(choice), **backend.describe(), **(meta or {})})
     # answer quality against the trace's gold answers (ragraph.quality); null: nothing scored (no gold
     # answers, or a model that does not answer), never zero

@@ -188,7 +188,8 @@ class GenEngineModel:
             if self.waiting and not plan.preempted:
                 raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
-                                      kv_total_blocks=self.total_blocks, waiting=len(self.waiting),
+                                      kv_total_blocks=self.total_blocks, kv_block_tokens=self.block,
+                                      waiting=len(self.waiting),
                                       preempted=plan.preempted, admitted=admitted, admitted_tokens=admitted_tokens,
                                       aborted_tokens=aborted_tokens)
         prefill, sampled, context, attention = self._tally(plan)
@@ -197,7 +198,8 @@ class GenEngineModel:
         finished, cached = self._advance(plan)
         return seconds, GenStepResult(
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
-            kv_total_blocks=self.total_blocks, running=scheduled, waiting=len(self.waiting), prefill_tokens=prefill,
+            kv_total_blocks=self.total_blocks, kv_block_tokens=self.block, running=scheduled,
+            waiting=len(self.waiting), prefill_tokens=prefill,
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
@@ -246,7 +248,8 @@ class GenEngineModel:
         total = pool.total
         used = total - pool.anon - pool.cached_free - pool.lent
         return seconds, GenStepResult(finished=finished, kv_used_blocks=used,
-                                      kv_total_blocks=total, running=n, decode_tokens=n, context_tokens=context)
+                                      kv_total_blocks=total, kv_block_tokens=self.block, running=n,
+                                      decode_tokens=n, context_tokens=context)
 
     def _serve_running(self, plan: _Plan) -> int:
         """Phase 1: serve the running sequences; returns the token budget left. When every one

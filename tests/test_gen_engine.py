@@ -40,6 +40,7 @@ def checked_step(e: GenEngineModel) -> tuple[float, GenStepResult]:
     seconds, res = e.step()
     assert e.kv_used_blocks == e.audit_blocks() == res.kv_used_blocks
     assert 0 <= res.kv_used_blocks <= e.total_blocks
+    assert res.kv_block_tokens == e.block  # free KV memory in tokens: the scheduler's view
     return seconds, res
 
 

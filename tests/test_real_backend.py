@@ -279,3 +279,20 @@ def test_one_engine_configuration_reaches_both_bodies(backend, calibrated_profil
     assert real == modelled == (cfg.block_size, cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len,
                                 cfg.enable_prefix_caching)
     assert abs(backend.engine.total_blocks - sim.total_blocks) <= 1  # vLLM may round its pool by a block
+
+
+def test_real_replay_of_map_reduce(backend, costs, wiki_corpus, embedder):
+    """RAGServe's fan-out on the real body: a METIS-like trace whose synthesis is configured at
+    run time as map_reduce over 4 chunks; every map runs in vLLM, the reduce after all of them."""
+    from backends.real_trace import realize_trace
+    from runs.run import run_real
+
+    cfg = TraceConfig(("metis",), 4.0, 3.0, seed=5, nprobe=4, nlist=wiki_corpus.nlist)
+    rows = realize_trace(generate_trace(cfg)[:6], wiki_corpus, embedder, seed=5)
+    requests = requests_of(rows)
+    run = run_real(backend, requests, parse_policy("fixed:synthesis=map_reduce,chunks=4,length=10"), costs)
+    records = run.result.records
+    assert len(records) == len(requests) and all(r.status == "completed" for r in records), \
+        [r.reason for r in records]
+    assert all(r.synthesis == "map_reduce" and r.num_chunks == 4 and r.generate_nodes == 1 + 4 + 1 for r in records)
+    assert {r.config_f1 for r in records} and run.summary["completed"] == len(requests)

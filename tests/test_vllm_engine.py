@@ -253,6 +253,7 @@ def test_kv_usage_rises_and_returns_to_zero(eng):
     assert used[0] == sum(-(-t.prompt_tokens // BLOCK) for t in tasks)
     assert max(used) >= used[0] > 0
     assert used[-1] == 0 and all(r.kv_total_blocks == eng.total_blocks > 0 for r in results)
+    assert all(r.kv_block_tokens == BLOCK for r in results)  # free KV memory in tokens: the scheduler's view
     first_done = next(i for i, r in enumerate(results) if r.finished)
     growing = used[:first_done]  # before the first sequence ends, nothing frees blocks
     assert all(u2 >= u1 for u1, u2 in itertools.pairwise(growing)) and growing[-1] == 3 * len(tasks)

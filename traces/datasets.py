@@ -50,6 +50,7 @@ ROLES: dict[str, tuple[int, int]] = {
     "compress": (60, 70),  # RECOMP: "summarise the document with respect to the question"
     "reason": (180, 24),  # multistep: LlamaIndex step-decompose template -> next sub-question
     "sentence": (60, 40),  # IRG: write the next sentence of the answer
+    "profile": (330, 48),  # METIS's profiler prompt + one line of database metadata -> the profile as JSON
 }
 
 # workflow -> role used by its answer-type generations where they differ from "answer"

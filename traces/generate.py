@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ragraph.graph import Op
-from ragraph.workflows import WorkflowRegistry, WorkflowSpec
+from ragraph.synthesis import NUM_CHUNKS, RERANK_SCORE_TOKENS
+from ragraph.workflows import FAN_OUT, Step, WorkflowRegistry, WorkflowSpec
+from traces import metis
 from traces.datasets import (
     ANSWER_ROLE,
     DATASETS,
@@ -37,6 +39,7 @@ from traces.truth_model import DrawnTruth, TruthModel, TruthParams
 
 MAX_REQUESTS = 5_000_000  # one trace file; beyond it, generate several
 TRUTH_STREAM = 5  # child of SeedSequence(seed) feeding the truth model (0-3 here, 4 real_trace)
+METIS_STREAM = 6  # child feeding METIS-like datasets, profiles and quality tables (traces.metis)
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,35 @@ def _agent_request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfi
             "stages": stages}
 
 
+def _fan_out(step: Step, question: int, k: int, lengths: _Lengths) -> list[dict]:
+    """The stages of a map_reduce / map_rerank step over k chunks: a map per chunk (prompt:
+    template, question, one passage; a map_reduce summary is `intermediate_length` words), then
+    map_reduce's reduce over the summaries."""
+    template, median = ROLES["answer"]
+    prefix = f"{step.synthesis}/{step.role}"
+    if step.synthesis == "map_rerank":
+        return [{"op": "generate", "role": "rerank", "prompt_tokens": template + question + PASSAGE_TOKENS,
+                 "output_tokens": lengths.output(median) + RERANK_SCORE_TOKENS, "prefix_tokens": template,
+                 "prefix": prefix} for _ in range(k)]
+    summary = max(1, math.ceil(step.intermediate_length * TOKENS_PER_WORD))
+    maps = [{"op": "generate", "role": "map", "prompt_tokens": template + question + PASSAGE_TOKENS,
+             "output_tokens": summary, "prefix_tokens": template, "prefix": prefix} for _ in range(k)]
+    return [*maps, {"op": "generate", "role": "reduce", "prompt_tokens": template + question + k * summary,
+                    "output_tokens": lengths.output(median), "prefix_tokens": template, "prefix": f"{prefix}/reduce"}]
+
+
 def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, iters: int,
-             lengths: _Lengths, probes: ProbeModel, truths: TruthModel | None) -> dict:
-    question = lengths.question(spec.dataset)
+             lengths: _Lengths, probes: ProbeModel, truths: TruthModel | None,
+             metis_rng: np.random.Generator | None = None) -> dict:
+    dataset = spec.dataset
+    if spec.configured_at_run_time:  # a METIS-like question: its dataset, then its length
+        assert metis_rng is not None
+        ds = metis.pick_dataset(metis_rng)
+        dataset, question = ds.name, metis.question_tokens(ds, metis_rng)
+    else:
+        question = lengths.question(spec.dataset)
+    k = NUM_CHUNKS[1] if spec.configured_at_run_time else cfg.k  # the chunks a run-time synthesis may use
+    synthesis = None
     stages: list[dict] = []
     carried = 0  # generated tokens the next prompt carries
     passages = 0  # retrieved-passage tokens the next prompt carries
@@ -154,10 +183,18 @@ def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, ite
     drawn: DrawnTruth | None = None
     iterative = bool(spec.loop)
     for step in spec.unroll(iters):
+        if step.synthesis == "auto":
+            assert metis_rng is not None
+            synthesis = metis.draw_synthesis(metis_rng, question, k, dataset)
+            break
+        if step.synthesis in FAN_OUT:
+            stages += _fan_out(step, question, k, lengths)
+            carried, passages = stages[-1]["output_tokens"], 0
+            continue
         if step.op is Op.RETRIEVE:
-            if truths is None:
+            if truths is None or spec.configured_at_run_time:  # (the truth model draws 20 ranks, k is 35)
                 previous = probes.probe(cfg.nprobe, previous)
-                stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": cfg.k,
+                stages.append({"op": "retrieve", "role": step.role, "nprobe": cfg.nprobe, "k": k,
                                "clusters": previous})
             else:
                 plan, keep = truths.plan(drawn)
@@ -178,19 +215,23 @@ def _request(spec: WorkflowSpec, rid: str, arrival: float, cfg: TraceConfig, ite
                        "output_tokens": out, "prefix_tokens": template, "prefix": f"{spec.name}/{step.role}"})
         carried = carried + out if iterative else out
         passages = 0
-    return {"id": rid, "arrival_s": round(arrival, 6), "workflow": spec.name, "iterations": iters,
-            "dataset": spec.dataset, "stages": stages}
+    out = {"id": rid, "arrival_s": round(arrival, 6), "workflow": spec.name, "iterations": iters,
+           "dataset": dataset, "stages": stages}
+    if synthesis is not None:
+        out["synthesis"] = synthesis
+    return out
 
 
 def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -> list[dict]:
     """The trace as a list of JSON-ready request dicts (see traces.schema.TraceRequest)."""
     registry = registry or WorkflowRegistry()
     specs = [registry.get(w) for w in cfg.workflows]
-    streams = np.random.SeedSequence(cfg.seed).spawn(TRUTH_STREAM + 1)  # child 4: backends.real_trace
+    streams = np.random.SeedSequence(cfg.seed).spawn(METIS_STREAM + 1)  # child 4: backends.real_trace
     arrivals_rng, mix_rng, length_rng, probe_rng = (np.random.default_rng(s) for s in streams[:4])
     probes = ProbeModel(cfg.nlist, cfg.zipf, cfg.overlap, probe_rng)
     truths = TruthModel(TruthParams.load(), np.random.default_rng(streams[TRUTH_STREAM])) if cfg.truth else None
     lengths = _Lengths(length_rng)
+    metis_rng = np.random.default_rng(streams[METIS_STREAM])
     out = []
     for i, t in enumerate(arrival_times(cfg, arrivals_rng)):
         spec = specs[int(mix_rng.integers(len(specs)))]
@@ -203,7 +244,7 @@ def generate_trace(cfg: TraceConfig, registry: WorkflowRegistry | None = None) -
         if all(st.role == "agent" for st in spec.unroll(iters)):
             out.append(_agent_request(spec, f"r{i:06d}", float(t), cfg, iters, i % cfg.agent_sets))
         else:
-            out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes, truths))
+            out.append(_request(spec, f"r{i:06d}", float(t), cfg, iters, lengths, probes, truths, metis_rng))
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ragraph.graph import PREFIX_FRACTIONS, Generate, NodeSpec, Request, Retrieve, SearchTruth
+from ragraph.synthesis import ConfigError, Method, QueryProfile, Synthesis, SynthesisConfig, parse_config
 from ragraph.workflows import WorkflowError, WorkflowRegistry, build_request
 
 
@@ -128,6 +129,79 @@ class RetrieveStage(_Strict):
 Stage = Annotated[GenerateStage | RetrieveStage, Field(discriminator="op")]
 
 
+class ConfigRecord(_Strict):
+    """A synthesis configuration (ragraph.synthesis): method, num_chunks, intermediate_length."""
+
+    method: Literal["stuff", "map_reduce", "map_rerank"]
+    num_chunks: int
+    intermediate_length: int = 0
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ConfigRecord:
+        if why := self.spec().problem():
+            raise ValueError(why)
+        return self
+
+    def spec(self) -> SynthesisConfig:
+        return SynthesisConfig(Method(self.method), self.num_chunks, self.intermediate_length)
+
+
+class ProfileRecord(_Strict):
+    """METIS's query profile (docs/traces.md, "synthesis"), with where it came from."""
+
+    complexity: Literal["high", "low"]
+    joint: bool
+    pieces: int = Field(ge=1, le=10)
+    summary_range: list[int] = Field(min_length=2, max_length=2)
+    confidence: float = Field(ge=0, le=1)
+    source: str = Field(min_length=1)
+
+    @field_validator("summary_range")
+    @classmethod
+    def _range(cls, r: list[int]) -> list[int]:
+        if not 1 <= r[0] <= r[1]:
+            raise ValueError(f"summary_range {list(r)} must be [lo, hi] with 1 <= lo <= hi")
+        return r
+
+
+class QualityRecord(_Strict):
+    """F1 per configuration label (`stuff:chunks=10`, `map_reduce:chunks=5,length=50`)."""
+
+    source: str = Field(min_length=1)  # "model:metis-curves-v1", "measured", ...
+    f1: dict[str, Annotated[float, Field(ge=0, le=1)]]
+
+    @field_validator("f1")
+    @classmethod
+    def _labels(cls, f1: dict[str, float]) -> dict[str, float]:
+        for label in f1:
+            try:
+                parse_config(label)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return f1
+
+
+class SynthesisRecord(_Strict):
+    """The synthesis a policy chooses at run time (a workflow whose last step is `auto`)."""
+
+    question_tokens: Count
+    chunk_tokens: Count
+    template_tokens: int = Field(default=0, ge=0, lt=2**31)
+    answer_tokens: Count
+    default: ConfigRecord
+    profile: ProfileRecord | None = None
+    quality: QualityRecord | None = None
+
+    def spec(self, max_chunks: int) -> Synthesis:
+        p = self.profile
+        profile = None if p is None else QueryProfile(p.complexity, p.joint, p.pieces, tuple(p.summary_range),
+                                                      p.confidence, p.source)
+        q = self.quality
+        return Synthesis(self.question_tokens, self.chunk_tokens, self.template_tokens, self.answer_tokens,
+                         max_chunks, self.default.spec(), profile, tuple(q.f1.items()) if q else (),
+                         q.source if q else "")
+
+
 class TraceRequest(_Strict):
     id: str = Field(min_length=1)
     arrival_s: float = Field(ge=0, allow_inf_nan=False)
@@ -138,6 +212,24 @@ class TraceRequest(_Strict):
     dataset: str = ""
     index: str = ""  # identity of the index whose probe lists `stages` carry (backends.corpus); "": synthetic
     stages: list[Stage] = Field(min_length=1)
+    synthesis: SynthesisRecord | None = None  # a synthesis chosen at run time (ragraph.synthesis)
+
+    @model_validator(mode="after")
+    def _synthesis_fits(self) -> TraceRequest:
+        if self.synthesis is not None:
+            chunks = self.max_chunks()
+            if chunks == 0:
+                raise ValueError("synthesis: a fan-out over zero chunks (no retrieve stage before it)")
+            if why := self.synthesis.default.spec().problem(chunks):
+                raise ValueError(f"synthesis.default: {why}")
+        return self
+
+    def max_chunks(self) -> int:
+        """Chunks the last retrieval returns (its k): the most a synthesis may use."""
+        return next((s.k for s in reversed(self.stages) if isinstance(s, RetrieveStage)), 0)
+
+    def synthesis_spec(self) -> Synthesis | None:
+        return self.synthesis.spec(self.max_chunks()) if self.synthesis is not None else None
 
     def node_specs(self) -> list[NodeSpec]:
         out: list[NodeSpec] = []
@@ -154,7 +246,7 @@ class TraceRequest(_Strict):
 def to_request(tr: TraceRequest, registry: WorkflowRegistry) -> Request:
     """The request graph of a validated trace line (with its gold answers); raises WorkflowError."""
     request = build_request(registry.get(tr.workflow), tr.id, tr.arrival_s, tr.iterations, tr.node_specs(),
-                            tr.question)
+                            tr.question, tr.synthesis_spec())
     return replace(request, answers=tuple(tr.answers)) if tr.answers else request
 
 
@@ -214,7 +306,8 @@ def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None, nlis
         except WorkflowError as exc:
             raise TraceError(f"{where}: field workflow: {exc}") from None
         try:
-            request = build_request(spec, tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question)
+            request = build_request(spec, tr.id, tr.arrival_s, tr.iterations, tr.node_specs(), tr.question,
+                                    tr.synthesis_spec())
         except WorkflowError as exc:
             raise TraceError(f"{where}: field stages: {exc}") from None
         requests.append(replace(request, answers=tuple(tr.answers)) if tr.answers else request)

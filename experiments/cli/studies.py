@@ -129,7 +129,8 @@ def compare(
 
 @app.command("figure")
 def figure(
-    number: Annotated[int, typer.Argument(help="The HedraRAG paper's figure: 12, 13, 14 or 16.")],
+    number: Annotated[str, typer.Argument(help="The HedraRAG paper's figure: 12, 13, 14 or 16; or metis"
+                                               " (RAGServe/METIS's delay against F1).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default hedra-figure-N).")] = None,
     log: Annotated[bool, typer.Option("--log", help="Log-scale y axis instead of the paper's capped one.")] = False,
     duration: Annotated[float | None, typer.Option(
@@ -147,7 +148,12 @@ def figure(
     from experiments.figures import FIGURES, run_figure
 
     console = Console(stderr=True)
+    if number == "metis":
+        return _figure_metis(out, quick, console)
     with user_errors():
+        if not number.isdigit():
+            raise UsageError(f"figure {number}: not a figure (figures: {', '.join(map(str, FIGURES))}, metis)")
+        number = int(number)
         if number not in FIGURES:
             raise UsageError(f"figure {number}: not reproduced (figures: {', '.join(map(str, FIGURES))})")
         fig = FIGURES[number]
@@ -176,6 +182,23 @@ def figure(
     stdout.print(table)
     typer.echo(f"figure-{number}.png, figure-{number}.csv and figure-{number}-paper.csv in {out}/"
                f" ({len(result.rows)} simulations, {result.wall_s:.0f} s)")
+
+
+def _figure_metis(out: Path | None, quick: bool, console) -> None:
+    """`hedra figure metis`: delay against F1 per policy (experiments.metis_figure)."""
+    from experiments.metis_figure import run_figure
+
+    with user_errors():
+        out = out if out is not None else Path("hedra-figure-metis")
+        check_output_dir(out)
+        with console.status("figure metis: simulating..."):
+            result = run_figure(out, quick=quick)
+    h = result.headline
+    typer.echo(f"ragserve F1 {h['ragserve_f1']:.3f}; best fixed {h['best_fixed']} F1 {h['best_fixed_f1']:.3f},"
+               f" its P50 / ragserve's {h['delay_ratio_vs_best_fixed']:.2f}x;"
+               f" adaptive's {h['delay_ratio_vs_adaptive']:.2f}x (F1 from model:metis-curves-v1)")
+    typer.echo(f"points.csv, metis.png and metis.json in {out}/ ({len(result.points)} simulations,"
+               f" {result.wall_s:.0f} s)")
 
 
 def _sweep_runner(workers: int | None, ray: str | None):

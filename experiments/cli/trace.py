@@ -30,7 +30,7 @@ app.add_typer(trace_app, name="trace")
 @trace_app.command("gen")
 def trace_gen(
     workflow: Annotated[str, typer.Option(
-        help=f"Workflow name ({', '.join(BUILTIN_WORKFLOWS)}, or one of --workflows), or several comma-separated"
+        help=f"Workflow name ({', '.join(BUILTIN_WORKFLOWS)}, metis, or one of --workflows), or several comma-separated"
              " (equal mix).")],
     rate: Annotated[float, typer.Option(help="Mean arrivals per second.")],
     duration: Annotated[float, typer.Option(help="Seconds of arrivals.")],

@@ -55,6 +55,9 @@ def sim(
     s = run.summary
     lat = s["latency_s"]
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
+    q = s.get("quality")
+    if isinstance(q, dict) and q.get("f1_mean") is not None:  # a run that chose synthesis configurations
+        latency += f"; F1 {q['f1_mean']:.3f} ({q['source']})"
     typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
                f" {s['sim_s']:.1f} simulated s in {s['wall_s']:.2f} s -> {out}")
 

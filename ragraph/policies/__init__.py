@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 from ragraph.costs import SearchCostModel
-from ragraph.policies import flashrag, hedra, langchain
+from ragraph.policies import configured, flashrag, hedra, langchain, ragserve
 from ragraph.policies.base import Policy, PolicyError
 from ragraph.policies.spec import PolicyChoice, PolicyType
 from ragraph.policies.spec import parse_policy as _parse
 
-POLICIES: dict[str, PolicyType] = {p.name: p for p in (langchain.POLICY, flashrag.POLICY, hedra.POLICY)}
+POLICIES: dict[str, PolicyType] = {p.name: p for p in (langchain.POLICY, flashrag.POLICY, hedra.POLICY,
+                                                       ragserve.POLICY, configured.FIXED, configured.ADAPTIVE)}
 
 __all__ = ["POLICIES", "Policy", "PolicyChoice", "PolicyError", "PolicyType", "make_policy", "parse_policy"]
 

@@ -8,12 +8,15 @@ action methods. A policy is built from a validated options model (`ragraph.polic
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from ragraph.work import CacheLoad, Lane, SearchBatch
 
 if TYPE_CHECKING:
+    from ragraph.graph import Request
     from ragraph.runtime import NodeRun, RequestRun
+    from ragraph.synthesis import SynthesisConfig
     from ragraph.view import SchedulerView
 
 
@@ -26,6 +29,11 @@ class Policy(ABC):
 
     name: ClassVar[str]
     lanes: tuple[Lane, ...] = (Lane.GPU_GEN, Lane.CPU_RETRIEVAL)  # lanes this policy gives work to
+
+    def accepts(self, requests: Sequence[Request]) -> str:
+        """Called at the edge, before a run, by whoever assembles it: why this policy cannot run
+        `requests` ("" if it can; e.g. a fixed configuration a request's quality table lacks)."""
+        return ""
 
     # --- planning (called from Scheduler.next_work) -------------------------------------------
 
@@ -67,6 +75,14 @@ class Policy(ABC):
         """The inputs of speculatively started `node` are now final: keep its work (True)
         or abort and redo it (False). Default: redo."""
         return False
+
+    def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
+        """Called once per request whose synthesis is chosen at run time (`run.request.synthesis`),
+        when all its fixed nodes are done: the configuration to run; the core then builds and
+        queues its nodes. It must lie in METIS's ranges (else SchedulerError). Default: the
+        request's own default configuration."""
+        assert run.request.synthesis is not None
+        return run.request.synthesis.default
 
     def on_request_end(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         """A request completed or failed."""

@@ -87,6 +87,6 @@ def _next_retrieval(run: RequestRun, node: NodeRun) -> NodeRun | None:
     """The Retrieve node that waits on Generate `node` alone and searches its text."""
     for i in node.children:
         child = run.nodes[i]
-        if isinstance(child.spec, Retrieve) and len(run.request.deps[i]) == 1:
+        if isinstance(child.spec, Retrieve) and len(run.deps[i]) == 1:
             return child
     return None

@@ -1,0 +1,208 @@
+"""`ragserve`: METIS's per-query configuration, chosen jointly with free GPU memory.
+
+Source: RAGServe / METIS (arXiv 2412.10543). For each request whose synthesis is chosen at
+run time (`Policy.configure`, once its profile generation and retrieval are done):
+
+1. `profiler`: read the query's profile (the trace's, produced by the profiling generation the
+   request has already run) and prune the space to METIS's ranges: no joint reasoning ->
+   map_rerank; joint -> stuff, or map_reduce if complex; num_chunks in [n, 3n] for n pieces of
+   information; intermediate_length among `LENGTH_CHOICES` inside the summary range. Off: the
+   whole space (every method, 1-35 chunks).
+2. `history`: a profile with confidence below `confidence` (METIS: 0.9) is not trusted: the
+   pruned ranges of the last `history_size` confident queries are used instead (their methods,
+   the span of their chunk ranges and lengths).
+3. `best_fit`: among the pruned configurations whose KV demand (input and output tokens of the
+   calls that run at once, +2%) fits in the free KV memory now, the one needing the most. Free
+   memory is the engine's free blocks (`SchedulerView.kv_free_tokens`) less what is already
+   committed and not yet allocated: the Generate nodes waiting to be admitted (prompt +
+   output), and what the sequences in the engine will hold at their end (prompt + output)
+   beyond the blocks in use now (sequences the engine queues hold none yet).
+   Off: the middle configuration of the pruned range by demand, memory-blind.
+4. `fallback`: nothing fits -> map_rerank (no joint reasoning) or stuff, with as many chunks as
+   fit (at least one): never queue for a configuration. Off: the smallest pruned configuration.
+5. `feedback`: every `feedback_every` queries (METIS: 30) the request runs the golden
+   configuration (map_reduce, 30 chunks, 100 words) and the policy compares its F1 with that of
+   the configuration it would have chosen, from the request's quality table (the simulator's
+   stand-in for scoring one answer against the other): a gap above `feedback_gap` widens the
+   chunk ranges by 25% (up to 2x), no gap narrows them back. This rule is ours: METIS names the
+   feedback round, not how it updates the profiler.
+
+Scheduling is `hedra`'s (defaults), as for `fixed` and `adaptive` (`ragraph.policies.configured`).
+Each part is switchable: `ragserve:no-best-fit`, `ragserve:no-profiler`, ...
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragraph.costs import GpuCacheCosts
+from ragraph.policies.configured import ConfiguringPolicy
+from ragraph.policies.spec import PolicyType
+from ragraph.synthesis import (
+    INTERMEDIATE_LENGTH,
+    LENGTH_CHOICES,
+    NUM_CHUNKS,
+    Method,
+    QueryProfile,
+    Synthesis,
+    SynthesisConfig,
+    demand_tokens,
+)
+
+if TYPE_CHECKING:
+    from ragraph.runtime import RequestRun
+    from ragraph.view import SchedulerView
+
+GOLDEN = SynthesisConfig(Method.MAP_REDUCE, 30, 100)  # METIS's feedback configuration
+MEMORY_MARGIN = 1.02  # METIS: a configuration's memory is its tokens x KV bytes per token, +2%
+
+
+class RagServeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    profiler: bool = Field(True, description="prune to the profile's ranges (else the whole space)")
+    best_fit: bool = Field(True, description="the largest pruned configuration that fits in free KV memory now")
+    fallback: bool = Field(True, description="nothing fits: map_rerank or stuff with as many chunks as fit")
+    history: bool = Field(True, description="low-confidence profiles use the last queries' ranges")
+    feedback: bool = Field(True, description="a golden-configuration round every feedback_every queries")
+    confidence: float = Field(0.9, ge=0, le=1, description="profiles below it are not trusted")
+    history_size: int = Field(10, ge=1, description="confident queries whose ranges a low-confidence one uses")
+    feedback_every: int = Field(30, ge=2, description="queries between golden-configuration rounds")
+    feedback_gap: float = Field(0.05, ge=0, le=1, description="F1 gap to the golden configuration that widens ranges")
+
+
+class Ranges:
+    """A pruned configuration space: methods, a chunk range, intermediate lengths."""
+
+    __slots__ = ("chunks", "lengths", "methods")
+
+    def __init__(self, methods: tuple[Method, ...], chunks: tuple[int, int], lengths: tuple[int, ...]) -> None:
+        self.methods, self.chunks, self.lengths = methods, chunks, lengths
+
+    def configs(self, max_chunks: int) -> list[SynthesisConfig]:
+        hi = min(self.chunks[1], max_chunks)
+        lo = min(self.chunks[0], hi)
+        out = []
+        for m in self.methods:
+            for c in range(lo, hi + 1):
+                lengths = self.lengths if m is Method.MAP_REDUCE else (0,)
+                out.extend(SynthesisConfig(m, c, length) for length in lengths)
+        return out
+
+
+def prune(profile: QueryProfile, scale: float = 1.0) -> Ranges:
+    """METIS's mapping from a profile to ranges (module docstring, 1)."""
+    if not profile.joint:
+        methods: tuple[Method, ...] = (Method.MAP_RERANK,)
+    else:
+        methods = (Method.MAP_REDUCE,) if profile.complexity == "high" else (Method.STUFF,)
+    n = profile.pieces
+    hi = min(NUM_CHUNKS[1], max(n, round(3 * n * scale)))
+    lo, top = profile.summary_range[0], min(profile.summary_range[1], INTERMEDIATE_LENGTH[1])
+    lengths = tuple(x for x in LENGTH_CHOICES if lo <= x <= top) or \
+        (next((x for x in LENGTH_CHOICES if x >= lo), LENGTH_CHOICES[-1]),)
+    return Ranges(methods, (min(n, NUM_CHUNKS[1]), hi), lengths)
+
+
+WHOLE_SPACE = Ranges(tuple(Method), NUM_CHUNKS, LENGTH_CHOICES)
+
+
+def merge(ranges: list[Ranges]) -> Ranges:
+    """The span of several pruned spaces (what a low-confidence query uses)."""
+    methods = tuple(m for m in Method if any(m in r.methods for r in ranges))
+    lengths = tuple(sorted({x for r in ranges for x in r.lengths}))
+    return Ranges(methods, (min(r.chunks[0] for r in ranges), max(r.chunks[1] for r in ranges)), lengths)
+
+
+def committed_tokens(s: SchedulerView) -> int:
+    """KV tokens already promised but not yet allocated (module docstring, 3)."""
+    ready = sum(n.spec.prompt_tokens + n.spec.output_tokens for n in s.gen_ready.values())  # type: ignore[union-attr]
+    engine = sum(n.spec.prompt_tokens + n.spec.output_tokens for n in s.gen_in_engine.values())  # type: ignore[union-attr]
+    return ready + max(0, engine - s.kv_used_blocks * s.kv_block_tokens)
+
+
+class RagServePolicy(ConfiguringPolicy):
+    name = "ragserve"
+
+    def __init__(self, options: RagServeOptions, costs: GpuCacheCosts) -> None:
+        super().__init__(costs)
+        self.o = options
+        self.recent: deque[Ranges] = deque(maxlen=options.history_size)
+        self.scale = 1.0  # chunk-range widening from feedback rounds
+        self.seen = 0
+        self.counts = {"best_fit": 0, "fallback": 0, "low_confidence": 0, "feedback_rounds": 0,
+                       "feedback_widened": 0}
+
+    def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
+        syn = run.request.synthesis
+        assert syn is not None
+        self.seen += 1
+        choice = self._choose(s, syn)
+        if self.o.feedback and self.seen % self.o.feedback_every == 0:
+            return self.chose(self._feedback(syn, choice))
+        return self.chose(choice)
+
+    def free_tokens(self, s: SchedulerView) -> float:
+        """Free KV memory now, in tokens, less what is committed (inf before the engine reports)."""
+        if not s.kv_block_tokens:
+            return float("inf")
+        return max(0, s.kv_free_tokens - committed_tokens(s))
+
+    def _ranges(self, syn: Synthesis) -> Ranges:
+        p = syn.profile
+        if not self.o.profiler or p is None:
+            return WHOLE_SPACE
+        ranges = prune(p, self.scale)
+        if p.confidence >= self.o.confidence:
+            self.recent.append(ranges)
+            return ranges
+        self.counts["low_confidence"] += 1
+        return merge(list(self.recent)) if self.o.history and self.recent else ranges
+
+    def _choose(self, s: SchedulerView, syn: Synthesis) -> SynthesisConfig:
+        candidates = self._ranges(syn).configs(syn.max_chunks)
+        by_demand = sorted(candidates, key=lambda c: demand_tokens(syn, c))
+        if not self.o.best_fit:
+            return by_demand[len(by_demand) // 2]
+        free = self.free_tokens(s)
+        fits = [c for c in by_demand if demand_tokens(syn, c) * MEMORY_MARGIN <= free]
+        if fits:
+            self.counts["best_fit"] += 1
+            return fits[-1]
+        self.counts["fallback"] += 1
+        if not self.o.fallback:
+            return by_demand[0]
+        joint = syn.profile is not None and syn.profile.joint
+        method = Method.STUFF if joint else Method.MAP_RERANK
+        chunks = 1
+        for c in range(2, syn.max_chunks + 1):
+            if demand_tokens(syn, SynthesisConfig(method, c)) * MEMORY_MARGIN > free:
+                break
+            chunks = c
+        return SynthesisConfig(method, chunks)
+
+    def _feedback(self, syn: Synthesis, choice: SynthesisConfig) -> SynthesisConfig:
+        golden = SynthesisConfig(GOLDEN.method, min(GOLDEN.num_chunks, syn.max_chunks), GOLDEN.intermediate_length)
+        self.counts["feedback_rounds"] += 1
+        gold, own = syn.f1(golden), syn.f1(choice)
+        if gold is not None and own is not None:
+            if gold - own > self.o.feedback_gap:
+                self.scale = min(2.0, self.scale * 1.25)
+                self.counts["feedback_widened"] += 1
+            else:
+                self.scale = max(1.0, self.scale / 1.25)
+        return golden
+
+    def report(self, s: SchedulerView) -> dict[str, object]:
+        return {**super().report(s), "ragserve": {**self.counts, "chunk_scale": self.scale}}
+
+
+def _build(options: RagServeOptions, costs: GpuCacheCosts) -> RagServePolicy:
+    return RagServePolicy(options, costs)
+
+
+POLICY = PolicyType("ragserve", RagServeOptions, _build,
+                    "RAGServe/METIS: per-query configuration from a profile, best fit in free KV memory",
+                    ("profiler", "best-fit", "fallback", "history", "feedback"))
