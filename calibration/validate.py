@@ -117,11 +117,11 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
 
 
 def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[PolicyChoice],
-                   out: Path,
-                   progress: Callable[[str], None] = lambda msg: None) -> dict:
+                   out: Path, progress: Callable[[str], None] = lambda msg: None,
+                   extra: dict[str, object] | None = None) -> dict:
     """Validate every (case, policy) (a case made for one policy: under that policy alone); write
     validation.json, report.md and plots into `out` (an existing, empty folder: the caller makes
-    it atomic)."""
+    it atomic); `extra` joins validation.json's top level (e.g. `profile_check`, `capacities`)."""
     import pandas as pd
 
     from calibration.report import write_plots, write_report
@@ -136,7 +136,7 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
             latencies[(case.workflow, case.rate, policy.spec)] = lat
             items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, **r} for r in cell_items]
     result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
-              "worst": worst_errors(cells)}
+              "worst": worst_errors(cells), **(extra or {})}
     (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
     pd.DataFrame(items).to_parquet(out / "items.parquet", index=False)  # every re-timed real item, for diagnosis
     write_report(out / "report.md", result)

@@ -15,6 +15,7 @@ import typer
 
 from experiments.cli.common import UsageError, WorkflowsOpt, app, load_workflows, user_errors
 from experiments.cli.real import (
+    CheckProfileOpt,
     CorpusOpt,
     GenCoresOpt,
     ModelOpt,
@@ -51,6 +52,7 @@ def capacity(
     gen_cores: GenCoresOpt = None,
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
+    check_profile: CheckProfileOpt = True,
 ) -> None:
     """Find a policy's sustainable rate (P95 latency under --slo-p95) by bisection on the body named."""
     from rich.console import Console
@@ -90,8 +92,10 @@ def capacity(
             from backends.assembly import profile_of_body
 
             prof = profile_of_body(profile, body)
-            real = _open(_options(body, model, corpus, gen_cores, retrieval_cores, prof), prof, [], registry,
-                         console)[0]
+            real, _, check = _open(_options(body, model, corpus, gen_cores, retrieval_cores, prof), prof, [],
+                                   registry, console, check_profile)
+            if check:
+                meta["profile_check"] = check
             try:
                 if nprobe is not None and not 1 <= nprobe <= real.retriever.nlist:
                     raise UsageError(f"--nprobe {nprobe}: need between 1 and the index's {real.retriever.nlist} lists")
