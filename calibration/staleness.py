@@ -3,7 +3,7 @@ profile's prediction.
 
 Before a real run, validation or a benchmark uses a measured profile, `check_profile` runs a
 small slice of the calibration grid (`calibration.profiler`: engine steps of two batch
-shapes, search calls of three sizes, about 100 items, a few seconds on the CPU rig) on the
+shapes, search calls of four sizes, about 45 items, a few seconds on the CPU rig) on the
 body's own cores, prices every item with the profile's latency functions, and takes the
 median signed relative error (predicted - measured) / measured per kind. Beyond `TOLERANCE`
 on either kind it returns one line saying so, with the command that recalibrates. The CPU
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 TOLERANCE = 0.25  # median |predicted / measured - 1| of a kind beyond which the profile is stale
 PROBE_ENGINE = ((16, 256), (64, 64))  # (sequences, prompt tokens): prefill chunks, then decode steps
 PROBE_OUTPUT = 12  # output tokens per sequence
-PROBE_SEARCH = ((1, 8), (8, 8), (32, 4))  # (queries per call, lists per query)
+PROBE_SEARCH = ((1, 8), (4, 16), (8, 8), (32, 4))  # (queries per call, lists per query)
 PROBE_TEXT = (60, 350)  # query text lengths (characters)
 KINDS = {"engine_step": "engine steps", "search_call": "search calls"}
 

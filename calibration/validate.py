@@ -44,6 +44,7 @@ class Case:
     requests: list[Request]
     source: str  # the trace file, or how it was generated
     policy: PolicyChoice | None = None  # the one policy this case is for (its load is a share of its capacity)
+    load: float | None = None  # the rate as a share of that policy's capacity, where it was set so
 
 
 def rel_error(sim: float | None, real: float | None) -> float | None:
@@ -108,7 +109,7 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
     cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "requests": len(case.requests),
-            "trace": case.source, "real": r, "sim": s,
+            "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
             "item_errors": item_errors(items)}
     latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
