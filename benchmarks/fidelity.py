@@ -106,7 +106,7 @@ def main() -> None:
     try:
         from calibration.staleness import warn_if_stale
 
-        check = warn_if_stale(body, prof, lambda m: console.print(f"[yellow]warning:[/] {m}")).to_json()
+        check = warn_if_stale(body, prof, lambda m: print(f"warning: {m}", file=sys.stderr, flush=True)).to_json()
         if check["stale"] and args.require_fresh_profile:
             sys.exit("the profile is stale on this machine (--require-fresh-profile)")
         cases, found = [], []

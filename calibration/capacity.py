@@ -54,6 +54,7 @@ class Trial:
     p95_s: float  # P95 latency, failed requests counted as infinitely late (inf when over 5% failed)
     sustained: bool  # p95_s <= the SLO
     wall_s: float  # seconds the run took
+    duration_s: float  # seconds of arrivals (a screening run: a quarter of the search's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class Capacity:
     slo_p95_s: float
     tolerance: float
     duration_s: float
-    trials: tuple[Trial, ...]  # in the order they ran
+    trials: tuple[Trial, ...]  # every run, in the order they ran (screening runs included)
     note: str = ""  # why the bracket is open, when it is
 
     def to_json(self) -> dict[str, object]:
@@ -91,23 +92,29 @@ def min_duration_s(slo_p95_s: float, tolerance: float) -> float:
     return slo_p95_s * (1 + tolerance) / (tolerance * SLO_QUANTILE)
 
 
-def search(measure: Callable[[float], Trial], guess: float, *, tolerance: float = TOLERANCE, step: float = 2.0,
+Measure = Callable[[float, bool], list[Trial]]  # (rate, screen first) -> its runs, the last one decides
+
+
+def search(measure: Measure, guess: float, *, tolerance: float = TOLERANCE, step: float = 2.0,
            min_rps: float = 0.01, max_rps: float = 10_000.0, slo_p95_s: float = SLO_P95_S,
            duration_s: float = 0.0) -> Capacity:
-    """Bracket and bisect with `measure(rate)`: from `guess`, multiply (passing) or divide
-    (failing) by `step` until the outcome flips, within [min_rps, max_rps]; then bisect
-    geometrically until high <= (1 + tolerance) x low."""
+    """Bracket and bisect with `measure(rate, screen)`: from `guess`, multiply (passing) or
+    divide (failing) by `step` until the outcome flips, within [min_rps, max_rps]; then bisect
+    geometrically until high <= (1 + tolerance) x low. While bracketing, `screen` is True: the
+    measure may first run a shorter trace and fail the rate on it (a queue that grew past the
+    SLO in a quarter of the arrivals grows further in all of them), which makes the far-off
+    rates of the bracketing cheap; near the answer every run is full length."""
     if not (tolerance > 0 and step > 1 and 0 < min_rps <= max_rps):
         raise ValueError("need tolerance > 0, step > 1 and 0 < min_rps <= max_rps")
     trials: list[Trial] = []
 
-    def run(rate: float) -> bool:
-        trials.append(measure(rate))
+    def run(rate: float, screen: bool = False) -> bool:
+        trials.extend(measure(rate, screen))
         return trials[-1].sustained
 
     low, high, rate = 0.0, math.inf, min(max(guess, min_rps), max_rps)
     while low == 0.0 or math.isinf(high):
-        if run(rate):
+        if run(rate, True):
             low = rate
             if not math.isinf(high):
                 break
@@ -132,11 +139,28 @@ def search(measure: Callable[[float], Trial], guess: float, *, tolerance: float 
     return Capacity(low, low, high, slo_p95_s, tolerance, duration_s, tuple(trials))
 
 
-def _trial(rate: float, run: Run, wall_s: float, slo_p95_s: float) -> Trial:
-    records = run.result.records
-    p95 = p95_of(records)
-    done = sum(r.status == "completed" for r in records)
-    return Trial(rate, len(records), done, p95, p95 <= slo_p95_s, wall_s)
+SCREEN = 0.25  # a screening run's share of the duration
+
+
+def _measure(body: str, choice: PolicyChoice, template: Template, duration: float, slo_p95_s: float,
+             run: Callable[[list], Run], progress: Callable[[str], None]) -> Measure:
+    """A `Measure` that runs `template` at a rate through `run` (one body's run function)."""
+
+    def trial(rate: float, seconds: float) -> Trial:
+        t0 = time.perf_counter()
+        records = run(template.at(rate, seconds)).result.records
+        p95 = p95_of(records)
+        done = sum(r.status == "completed" for r in records)
+        out = Trial(rate, len(records), done, p95, p95 <= slo_p95_s, time.perf_counter() - t0, seconds)
+        progress(f"{body} {choice.spec} at {rate:.3g} req/s, {seconds:.0f} s: P95 {p95:.3g} s"
+                 f" ({'passes' if out.sustained else 'fails'}; {out.wall_s:.0f} s)")
+        return out
+
+    def measure(rate: float, screen: bool) -> list[Trial]:
+        runs = [trial(rate, SCREEN * duration)] if screen else []
+        return runs if runs and not runs[0].sustained else [*runs, trial(rate, duration)]
+
+    return measure
 
 
 def sim_capacity(template: Template, choice: PolicyChoice, profile: Profile, *, slo_p95_s: float = SLO_P95_S,
@@ -145,15 +169,8 @@ def sim_capacity(template: Template, choice: PolicyChoice, profile: Profile, *, 
     """`choice`'s capacity on the simulator with `profile`, for `template`'s workload."""
     latency = LatencyModel(profile)
     duration = duration_s or min_duration_s(slo_p95_s, tolerance)
-
-    def measure(rate: float) -> Trial:
-        t0 = time.perf_counter()
-        run = simulate(template.at(rate, duration), choice, profile, timeline=False, latency=latency)
-        trial = _trial(rate, run, time.perf_counter() - t0, slo_p95_s)
-        progress(f"sim {choice.spec} at {rate:.3g} req/s: P95 {trial.p95_s:.3g} s"
-                 f" ({'passes' if trial.sustained else 'fails'})")
-        return trial
-
+    measure = _measure("sim", choice, template, duration, slo_p95_s,
+                       lambda reqs: simulate(reqs, choice, profile, timeline=False, latency=latency), progress)
     return search(measure, guess, tolerance=tolerance, step=step, slo_p95_s=slo_p95_s, duration_s=duration)
 
 
@@ -165,13 +182,6 @@ def real_capacity(body: RealBackend, template: Template, choice: PolicyChoice, c
     measured profile), for `template`'s workload (made from the body's corpus). A good `guess`
     (the simulator's capacity with a profile of this body) and a small `step` save runs."""
     duration = duration_s or min_duration_s(slo_p95_s, tolerance)
-
-    def measure(rate: float) -> Trial:
-        t0 = time.perf_counter()
-        run = run_real(body, template.at(rate, duration), choice, costs, timeline=False)
-        trial = _trial(rate, run, time.perf_counter() - t0, slo_p95_s)
-        progress(f"real {choice.spec} at {rate:.3g} req/s: P95 {trial.p95_s:.3g} s"
-                 f" ({'passes' if trial.sustained else 'fails'}; {trial.wall_s:.0f} s)")
-        return trial
-
+    measure = _measure("real", choice, template, duration, slo_p95_s,
+                       lambda reqs: run_real(body, reqs, choice, costs, timeline=False), progress)
     return search(measure, guess, tolerance=tolerance, step=step, slo_p95_s=slo_p95_s, duration_s=duration)

@@ -22,8 +22,8 @@ RETRIEVAL_ONLY = WorkflowSpec(name="retrieval-only", head=(Step(op=Op.RETRIEVE),
 
 
 def threshold(at: float):
-    def measure(rate: float) -> Trial:
-        return Trial(rate, 10, 10, 1.0 if rate <= at else 20.0, rate <= at, 0.0)
+    def measure(rate: float, screen: bool) -> list[Trial]:
+        return [Trial(rate, 10, 10, 1.0 if rate <= at else 20.0, rate <= at, 0.0, 100.0)]
     return measure
 
 
@@ -63,8 +63,11 @@ def test_sim_capacity_finds_the_service_rate_of_a_single_queue():
     assert found.duration_s == pytest.approx(min_duration_s(slo, tol))
     assert known / (1 + tol) <= found.rps <= known * (1 + tol)
     assert found.high <= (1 + tol) * found.low
-    passed = [t.rate for t in found.trials if t.sustained]
-    assert found.rps == max(passed) and all(t.p95_s > slo for t in found.trials if not t.sustained)
+    full = [t for t in found.trials if t.duration_s == found.duration_s]
+    assert found.rps == max(t.rate for t in full if t.sustained)
+    assert all(t.p95_s > slo for t in found.trials if not t.sustained)
+    screened = [t for t in found.trials if t.duration_s < found.duration_s]  # bracketing: quarter-length runs
+    assert screened and all(t.duration_s == pytest.approx(found.duration_s / 4) for t in screened)
 
 
 def test_capacity_command_writes_capacity_json(tmp_path):
