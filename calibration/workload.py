@@ -70,7 +70,7 @@ def at_rate(requests: Sequence[Request], rate: float, duration_s: float | None =
 
 class Template:
     """One workload, made longer on demand: `at(rate, duration_s)` gives its requests arriving
-    at `rate` for `duration_s` seconds, remaking it (same seed, twice as many requests as
+    at `rate` for `duration_s` seconds, remaking it (same seed, a quarter more requests than
     needed) when it holds too few. `make(n)` returns n requests at 1 per second."""
 
     def __init__(self, make: Callable[[int], list[Request]], initial: int = 100) -> None:
@@ -79,5 +79,5 @@ class Template:
 
     def at(self, rate: float, duration_s: float) -> list[Request]:
         if max(r.arrival_s for r in self.requests) < rate * duration_s:  # too few to fill the duration
-            self.requests = self._make(int(2 * rate * duration_s) + 20)
+            self.requests = self._make(int(1.25 * rate * duration_s) + 20)
         return at_rate(self.requests, rate, duration_s)
