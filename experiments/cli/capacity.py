@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from experiments.cli.common import UsageError, WorkflowsOpt, app, load_workflows, user_errors
+from experiments.cli.common import UsageError, WorkflowsOpt, app, user_errors
 from experiments.cli.real import (
     CheckProfileOpt,
     CorpusOpt,
@@ -23,6 +23,7 @@ from experiments.cli.real import (
     _open,
     _options,
 )
+from experiments.workflowfile import load_workflows
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
 from ragraph.policies import parse_policy
 from runs.outdir import atomic_dir, check_output_dir
