@@ -20,8 +20,10 @@ from experiments.cli.real import (
     GenCoresOpt,
     ModelOpt,
     RetrievalCoresOpt,
+    VerboseOpt,
     _open,
     _options,
+    _vllm_logs,
 )
 from experiments.workflowfile import load_workflows
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
@@ -54,6 +56,7 @@ def capacity(
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
     check_profile: CheckProfileOpt = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Find a policy's sustainable rate (P95 latency under --slo-p95) by bisection on the body named."""
     from rich.console import Console
@@ -62,6 +65,7 @@ def capacity(
     from calibration.workload import Template, corpus_requests, generated_requests
     from hwmodel.latency import LatencyModel
 
+    _vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
