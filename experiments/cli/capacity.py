@@ -83,7 +83,10 @@ def capacity(
         if duration is not None and not 1 <= duration <= 36_000:
             raise UsageError(f"--duration {duration}: need between 1 and 36000 s")
         seconds = duration or min_duration_s(slo_p95, tolerance)
-        say = console.print
+
+        def say(msg: str) -> None:
+            console.print(msg, soft_wrap=True, highlight=False)
+
         meta: dict[str, object] = {"workflow": workflow, "policy": choice.spec, "body": body, "seed": seed}
         if body == "sim":
             prof = load_profile(profile or DEFAULT_PROFILE)
