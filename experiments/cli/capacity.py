@@ -21,9 +21,9 @@ from experiments.cli.real import (
     ModelOpt,
     RetrievalCoresOpt,
     VerboseOpt,
-    _open,
-    _options,
-    _vllm_logs,
+    body_options,
+    open_body,
+    vllm_logs,
 )
 from experiments.workflowfile import load_workflows
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
@@ -65,7 +65,7 @@ def capacity(
     from calibration.workload import Template, corpus_requests, generated_requests
     from hwmodel.latency import LatencyModel
 
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
@@ -100,7 +100,7 @@ def capacity(
             from backends.assembly import profile_of_body
 
             prof = profile_of_body(profile, body)
-            real, _, check = _open(_options(body, model, corpus, gen_cores, retrieval_cores, prof), prof, [],
+            real, _, check = open_body(body_options(body, model, corpus, gen_cores, retrieval_cores, prof), prof, [],
                                    registry, console, check_profile)
             if check:
                 meta["profile_check"] = check

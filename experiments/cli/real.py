@@ -53,13 +53,13 @@ RealProfileOpt = Annotated[str | None, typer.Option(
          " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
 
 
-def _vllm_logs(verbose: bool) -> None:
+def vllm_logs(verbose: bool) -> None:
     """vLLM logs at INFO with -v; otherwise errors only (backends.paths)."""
     if verbose:
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process
 
 
-def _options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
+def body_options(backend: str, model: Path | None, corpus: Path | None, gen_cores: str | None,
              retrieval_cores: str | None, setup: object, cache_vectors: int = 0):
     """`backends.assembly.real_options` of the typed options (an option it refuses named as typed)."""
     from backends.assembly import real_options
@@ -75,7 +75,7 @@ CheckProfileOpt = Annotated[bool, typer.Option(
     help="Probe the machine for a few seconds first and say in one line when the profile no longer describes it.")]
 
 
-def _open(options, prof, traces: list[Path], registry: WorkflowRegistry, console, check: bool = False):
+def open_body(options, prof, traces: list[Path], registry: WorkflowRegistry, console, check: bool = False):
     """`backends.assembly.open_checked`, its progress on a status line; with `check`, then the
     stale-profile probe (`calibration.staleness`). Returns (body, requests of each trace, the
     probe's findings as JSON or None)."""
@@ -123,7 +123,7 @@ def run(
     from runs.run import run_real
 
     console = Console(stderr=True)
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     body = None
     try:
         with user_errors():
@@ -132,8 +132,8 @@ def run(
             from backends.assembly import profile_of_body
 
             prof = profile_of_body(profile, backend)
-            options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
-            body, (requests,), check = _open(options, prof, [trace], load_workflows(workflows), console,
+            options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
+            body, (requests,), check = open_body(options, prof, [trace], load_workflows(workflows), console,
                                              check_profile)
             console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
             meta = {"trace": str(trace), "profile": prof.name, **({"profile_check": check} if check else {})}
@@ -218,7 +218,7 @@ def calibrate(
     from calibration.calibrate import calibrate as run_calibration
     from runs.outdir import atomic_file
 
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         if out.suffix != ".json":
@@ -235,7 +235,7 @@ def calibrate(
             engine = base.model_validate({**base.model_dump(), **changes})
         except ValidationError as exc:
             raise option_error(exc) from None
-        options = _options(backend, model, corpus, gen_cores, retrieval_cores, engine)
+        options = body_options(backend, model, corpus, gen_cores, retrieval_cores, engine)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
             try:
@@ -279,7 +279,7 @@ def validate(
     from calibration.validate import Case, generated_cases, run_validation
     from runs.outdir import atomic_dir
 
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
@@ -300,8 +300,8 @@ def validate(
         from backends.assembly import profile_of_body
 
         prof = profile_of_body(profile, backend)
-        options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof)
-        body, loaded, check = _open(options, prof, trace or [], registry, console, check_profile)
+        options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof)
+        body, loaded, check = open_body(options, prof, trace or [], registry, console, check_profile)
         try:
             with console.status("validating...") as status:
                 if workflow:
