@@ -240,7 +240,7 @@ DISPATCH_SEED = 90210  # not a seed the fidelity benchmark or `hedra validate` d
 def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False) -> list[Row]:
     """Replay a short designed workload (corpus requests of `DISPATCH_WORKFLOWS` under hedra,
     its own seed) and return the back-to-back gaps of each lane (`profiler.dispatch_gaps`)."""
-    from calibration.validate import at_rate, corpus_requests
+    from calibration.workload import at_rate, corpus_requests
     from hwmodel.latency import LatencyModel
     from ragraph.policies import make_policy
 

@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calibration.workload import at_rate, corpus_requests
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.graph import Request
-from ragraph.policies import PolicyChoice, parse_policy
+from ragraph.policies import PolicyChoice
 from ragraph.records import TimelineEvent
 from runs.run import run_real, simulate
 
@@ -42,6 +43,8 @@ class Case:
     rate: float  # arrivals per second (measured from the trace when it was given as a file)
     requests: list[Request]
     source: str  # the trace file, or how it was generated
+    policy: PolicyChoice | None = None  # the one policy this case is for (its load is a share of its capacity)
+    load: float | None = None  # the rate as a share of that policy's capacity, where it was set so
 
 
 def rel_error(sim: float | None, real: float | None) -> float | None:
@@ -108,7 +111,7 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
     cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "requests": len(case.requests),
-            "trace": case.source, "real": r, "sim": s,
+            "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
             "item_errors": item_errors(items)}
     latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
@@ -117,10 +120,11 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
 
 
 def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[PolicyChoice],
-                   out: Path,
-                   progress: Callable[[str], None] = lambda msg: None) -> dict:
-    """Validate every (case, policy); write validation.json, report.md and plots into `out`
-    (an existing, empty folder: the caller makes it atomic)."""
+                   out: Path, progress: Callable[[str], None] = lambda msg: None,
+                   extra: dict[str, object] | None = None) -> dict:
+    """Validate every (case, policy) (a case made for one policy: under that policy alone); write
+    validation.json, report.md and plots into `out` (an existing, empty folder: the caller makes
+    it atomic); `extra` joins validation.json's top level (e.g. `profile_check`, `capacities`)."""
     import pandas as pd
 
     from calibration.report import write_plots, write_report
@@ -129,13 +133,13 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
     latencies: dict[tuple[str, float, str], dict[str, list[float]]] = {}
     items: list[dict[str, object]] = []
     for case in cases:
-        for policy in policies:
+        for policy in ([case.policy] if case.policy else policies):
             cell, lat, cell_items = validate_case(body, profile, case, policy, progress)
             cells.append(cell)
             latencies[(case.workflow, case.rate, policy.spec)] = lat
             items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, **r} for r in cell_items]
     result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
-              "worst": worst_errors(cells)}
+              "worst": worst_errors(cells), **(extra or {})}
     (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
     pd.DataFrame(items).to_parquet(out / "items.parquet", index=False)  # every re-timed real item, for diagnosis
     write_report(out / "report.md", result)
@@ -156,33 +160,6 @@ def worst_errors(cells: Sequence[dict]) -> dict[str, float | None]:
     return out
 
 
-def corpus_requests(body: RealBackend, workflow: str, n: int, *, seed: int = 0, nprobe: int | None = None,
-                    progress: Callable[[str], None] = lambda msg: None) -> list[Request]:
-    """`n` requests of `workflow` made from the body's own corpus (real questions, queries and
-    probe lists, as `hedra trace gen --corpus` makes them), arriving as a Poisson process of
-    1 request per second: `at_rate` rescales them to any rate."""
-    from backends.real_trace import realize_trace
-    from ragraph.workflows import WorkflowRegistry
-    from traces.generate import TraceConfig, generate_trace
-    from traces.schema import TraceRequest, to_request
-
-    registry = WorkflowRegistry()
-    nlist = body.retriever.nlist
-    progress(f"making {n} {workflow} requests from the corpus")
-    cfg = TraceConfig(tuple(workflow.split(",")), 1.0, n * 1.5 + 10, seed=seed, nprobe=nprobe or max(1, nlist // 8),
-                      nlist=nlist)
-    rows = realize_trace(generate_trace(cfg, registry)[:n], body.corpus, body.embedder, seed=seed)
-    return [to_request(TraceRequest.model_validate(r), registry) for r in rows]
-
-
-def at_rate(requests: Sequence[Request], rate: float, duration_s: float | None = None) -> list[Request]:
-    """`requests` (arriving at 1 per second on average) with their arrival times divided by
-    `rate`, so they arrive at `rate` per second (a Poisson process stays one); with
-    `duration_s`, only those that arrive before it."""
-    out = [replace(r, arrival_s=r.arrival_s / rate) for r in requests]
-    return [r for r in out if duration_s is None or r.arrival_s < duration_s]
-
-
 def generated_cases(body: RealBackend, workflows: Sequence[str], rates: Sequence[float], duration_s: float, *,
                     seed: int = 0, nprobe: int | None = None,
                     progress: Callable[[str], None] = lambda msg: None) -> list[Case]:
@@ -195,35 +172,3 @@ def generated_cases(body: RealBackend, workflows: Sequence[str], rates: Sequence
         cases += [Case(wf, rate, at_rate(template, rate, duration_s),
                        f"generated: {wf} {rate:g} req/s {duration_s:g} s seed {seed}") for rate in rates]
     return cases
-
-
-def capacity_rps(profile: Profile, requests: Sequence[Request], policy: PolicyChoice | None = None
-                 ) -> tuple[float, bool]:
-    """The highest arrival rate `policy` sustains on `profile` for `requests` (arriving at 1 per
-    second; `at_rate` rescales them), found on the simulator: the largest rate (bisection, 2%
-    resolution) at which they all end within 1.25 x their arrival span plus 10 x the latency
-    at a trickle (a queue that keeps growing misses that). Only rates at which the requests
-    span at least 4 x that slack can tell; returns (rate, whether it is only a lower bound
-    because `requests` are too few to test a higher one)."""
-    policy = policy or parse_policy("flashrag")
-    latency = LatencyModel(profile)
-    trickle = simulate(at_rate(requests, 0.05), policy, profile, timeline=False, latency=latency)
-    slack = 10 * (trickle.summary["latency_s"]["p50"] or 0.0)
-    testable = max(r.arrival_s for r in requests) / max(4 * slack, 1e-9)  # the highest rate they can test
-
-    def sustained(rate: float) -> bool:
-        reqs = at_rate(requests, rate)
-        span = max(r.arrival_s for r in reqs)
-        return simulate(reqs, policy, profile, timeline=False, latency=latency).result.sim_s <= 1.25 * span + slack
-
-    lo, hi = 0.05, 1.0
-    while hi < testable and sustained(hi):
-        lo, hi = hi, hi * 2
-    if hi >= testable:
-        if sustained(testable):
-            return testable, True
-        hi = testable
-    while hi / lo > 1.02:
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if sustained(mid) else (lo, mid)
-    return lo, False

@@ -123,7 +123,7 @@ def test_wavefront_lets_a_late_query_join_the_next_substage():
 
 
 def test_fifo_fill_finishes_the_oldest_query_first():
-    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=9.5))  # 8 lists a call
+    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=9.5, join_new=False))  # 8 lists a call
     s.submit(one_shot("a", clusters=tuple(range(12))), 0.0)
     s.submit(one_shot("b", clusters=tuple(range(12, 24))), 0.0)
     first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
@@ -131,6 +131,19 @@ def test_fifo_fill_finishes_the_oldest_query_first():
     s.complete(first, SearchResult(), 0.009)
     second = s.next_work(Lane.CPU_RETRIEVAL, 0.009)
     assert [(t.key[0], len(t.clusters), t.last) for t in second.tasks] == [("a", 4, True), ("b", 4, False)]
+
+
+def test_waiting_new_queries_join_the_substage_up_to_max_queries():
+    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=9.5, max_queries=3))  # 8 lists a call
+    for i, name in enumerate("abcd"):
+        s.submit(one_shot(name, clusters=tuple(range(12 * i, 12 * i + 12))), 0.0)
+    first = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert [(t.key[0], len(t.clusters), t.first) for t in first.tasks] == [("a", 8, True), ("b", 1, True),
+                                                                           ("c", 1, True)]
+    s.complete(first, SearchResult(), 0.012)
+    second = s.next_work(Lane.CPU_RETRIEVAL, 0.012)  # d starts now; b and c continue, the oldest first
+    assert [(t.key[0], t.first) for t in second.tasks][-1] == ("d", True)
+    assert [t.key[0] for t in second.tasks][:2] == ["a", "b"]
 
 
 class SpeculateAfterFirstSubstage(HedraPolicy):

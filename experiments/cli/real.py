@@ -55,13 +55,13 @@ RealProfileOpt = Annotated[str | None, typer.Option(
          " hedra's sub-stages (default on cpu: the shipped CPU rig profile).")]
 
 
-def _vllm_logs(verbose: bool) -> None:
+def vllm_logs(verbose: bool) -> None:
     """vLLM logs at INFO with -v; otherwise errors only (backends.paths)."""
     if verbose:
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # read by vLLM in the engine process
 
 
-def _options(backend: str, model: str | None, corpus: Path | None, gen_cores: str | None,
+def body_options(backend: str, model: str | None, corpus: Path | None, gen_cores: str | None,
              retrieval_cores: str | None, setup: object, cache_vectors: int = 0):
     """`backends.assembly.real_options` of the typed options (an option it refuses named as typed)."""
     from backends.assembly import real_options
@@ -73,12 +73,30 @@ def _options(backend: str, model: str | None, corpus: Path | None, gen_cores: st
         raise option_error(exc) from None
 
 
-def _open(options, prof, traces: list[Path], registry: WorkflowRegistry, console):
-    """`backends.assembly.open_checked`, its progress on a status line."""
+CheckProfileOpt = Annotated[bool, typer.Option(
+    help="Probe the machine for a few seconds first and say in one line when the profile no longer describes it.")]
+
+
+def open_body(options, prof, traces: list[Path], registry: WorkflowRegistry, console, check: bool = False):
+    """`backends.assembly.open_checked`, its progress on a status line; with `check`, then the
+    stale-profile probe (`calibration.staleness`). Returns (body, requests of each trace, the
+    probe's findings as JSON or None)."""
     from backends.assembly import open_checked
 
     with console.status("starting the real backend...") as status:
-        return open_checked(options, prof, traces, registry, progress=lambda m: status.update(m))
+        body, loaded = open_checked(options, prof, traces, registry, progress=lambda m: status.update(m))
+    if not check:
+        return body, loaded, None
+    from calibration.staleness import warn_if_stale
+
+    try:
+        with console.status("checking the profile against this machine...") as status:
+            found = warn_if_stale(body, prof, lambda m: typer.echo(f"hedra: warning: {m}", err=True),
+                                  corpus=options.corpus, progress=lambda m: status.update(f"profile check: {m}"))
+    except BaseException:
+        body.close()
+        raise
+    return body, loaded, found.to_json()
 
 
 @app.command("run")
@@ -95,6 +113,7 @@ def run(
     cache_vectors: Annotated[int, typer.Option(help="GPU cluster cache capacity in vectors (gpu backend).")] = 0,
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
+    check_profile: CheckProfileOpt = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
@@ -106,7 +125,7 @@ def run(
     from runs.run import run_real
 
     console = Console(stderr=True)
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     body = None
     try:
         with user_errors():
@@ -115,12 +134,14 @@ def run(
             from backends.assembly import profile_of_body
 
             prof = profile_of_body(profile, backend)
-            options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
-            body, (requests,) = _open(options, prof, [trace], load_workflows(workflows), console)
+            options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
+            body, (requests,), check = open_body(options, prof, [trace], load_workflows(workflows), console,
+                                             check_profile)
             console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+            meta = {"trace": str(trace), "profile": prof.name, **({"profile_check": check} if check else {})}
             with _replay_progress(console) as hook:
-                run_ = run_real(body, requests, choice, LatencyModel(prof), timeline=timeline,
-                                meta={"trace": str(trace), "profile": prof.name}, executor_hook=hook)
+                run_ = run_real(body, requests, choice, LatencyModel(prof), timeline=timeline, meta=meta,
+                                executor_hook=hook)
             write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
                       lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
                                   body.retrieval_cores))
@@ -201,7 +222,7 @@ def calibrate(
     from calibration.calibrate import calibrate as run_calibration
     from runs.outdir import atomic_file
 
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         if out.suffix != ".json":
@@ -218,7 +239,7 @@ def calibrate(
             engine = base.model_validate({**base.model_dump(), **changes})
         except ValidationError as exc:
             raise option_error(exc) from None
-        options = _options(backend, model, corpus, gen_cores, retrieval_cores, engine)
+        options = body_options(backend, model, corpus, gen_cores, retrieval_cores, engine)
         with console.status("starting the real backend...") as status:
             body = RealBackend.open(options, progress=lambda m: status.update(m))
             try:
@@ -253,6 +274,7 @@ def validate(
     gen_cores: GenCoresOpt = None,
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
+    check_profile: CheckProfileOpt = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Replay traces on the real body and on the simulator with the profile; report how far apart they are."""
@@ -261,7 +283,7 @@ def validate(
     from calibration.validate import Case, generated_cases, run_validation
     from runs.outdir import atomic_dir
 
-    _vllm_logs(verbose)
+    vllm_logs(verbose)
     console = Console(stderr=True)
     with user_errors():
         check_output_dir(out)
@@ -282,8 +304,8 @@ def validate(
         from backends.assembly import profile_of_body
 
         prof = profile_of_body(profile, backend)
-        options = _options(backend, model, corpus, gen_cores, retrieval_cores, prof)
-        body, loaded = _open(options, prof, trace or [], registry, console)
+        options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof)
+        body, loaded, check = open_body(options, prof, trace or [], registry, console, check_profile)
         try:
             with console.status("validating...") as status:
                 if workflow:
@@ -293,7 +315,8 @@ def validate(
                     cases = [Case(",".join(sorted({r.workflow for r in reqs})), rate_of(reqs), reqs, str(path))
                              for path, reqs in zip(trace or [], loaded, strict=True)]
                 with atomic_dir(out) as tmp:
-                    result = run_validation(body, prof, cases, choices, tmp, progress=status.update)
+                    result = run_validation(body, prof, cases, choices, tmp, progress=status.update,
+                                            extra={"profile_check": check} if check else None)
         finally:
             body.close()
     from calibration.report import error_table

@@ -61,8 +61,9 @@ class HedraOptions(BaseModel):
     min_budget_ms: FiniteMs = Field(2.0, description="sub-stage budget clamp")
     max_budget_ms: FiniteMs = Field(100.0, description="sub-stage budget clamp; the budget with no generation")
     chunk: int = Field(default=8, ge=1, description="clusters per query per round (fill=round_robin)")
-    max_queries: int = Field(default=32, ge=1, description="queries per sub-stage (substages=fixed)")
+    max_queries: int = Field(default=32, ge=1, description="queries per sub-stage (substages=fixed; join_new's cap)")
     fill: Literal["fifo", "round_robin"] = Field("fifo", description="order in which a sub-stage takes clusters")
+    join_new: bool = Field(True, description="every waiting new query joins the next sub-stage (one embedding call)")
     spec_threshold: float = Field(SPEC_THRESHOLD, gt=0, le=1,
                                   description="τ: speculate while engine throughput / peak is below it")
     spec_after: int | None = Field(None, ge=1, description="speculate once after this many sub-stages (baseline)")
@@ -88,7 +89,7 @@ class HedraPolicy(Policy):
         o = self.options = options
         self.substages = SubStages(costs, o.substages, budget_factor=o.budget_factor, min_budget_ms=o.min_budget_ms,
                                    max_budget_ms=o.max_budget_ms, chunk=o.chunk, max_queries=o.max_queries,
-                                   fill=o.fill)
+                                   fill=o.fill, join_new=o.join_new)
         self.wavefront = Wavefront(o.wavefront)
         self.reorder = SimilarityReorder() if o.reorder else None
         self.spec_gen = SpeculativeGeneration(costs.peak_decode_tokens_s(), o.spec_threshold, o.spec_after) \

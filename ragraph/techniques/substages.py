@@ -38,11 +38,11 @@ class SubStages:
 
     def __init__(self, costs: SearchCostModel, mode: Mode = "dynamic", *, budget_factor: float = 2.0,
                  min_budget_ms: float = 2.0, max_budget_ms: float = 100.0, chunk: int = 8,
-                 max_queries: int = 32, fill: Fill = "fifo") -> None:
+                 max_queries: int = 32, fill: Fill = "fifo", join_new: bool = True) -> None:
         self.costs = costs
         self.mode = mode
         self.budget_factor, self.min_budget_ms, self.max_budget_ms = budget_factor, min_budget_ms, max_budget_ms
-        self.chunk, self.max_queries, self.fill = chunk, max_queries, fill
+        self.chunk, self.max_queries, self.fill, self.join_new = chunk, max_queries, fill, join_new
         self._cums: dict[NodeRun, tuple[tuple[int, ...], list[int]]] = {}  # query -> (order, prefix sums)
 
     def plan(self, s: SchedulerView, queries: Iterable[NodeRun]) -> list[ScanTask]:
@@ -119,9 +119,20 @@ class SubStages:
                     scanned += cum[end] - cum[start]
                     progressed = True
                 if end < limit:  # the budget is spent
-                    return self._take(s, taken)
+                    return self._take(s, self._join_new(queries, taken))
             if not progressed:
-                return self._take(s, taken)
+                return self._take(s, self._join_new(queries, taken))
+
+    def _join_new(self, queries: Iterable[NodeRun], taken: dict[NodeRun, int]) -> dict[NodeRun, int]:
+        """`taken` plus one cluster of every waiting query not started yet (`join_new`)."""
+        if not self.join_new:
+            return taken
+        for node in queries:
+            if len(taken) >= self.max_queries:
+                break
+            if node.next_pos == 0 and node not in taken and node.remaining:
+                taken[node] = 1
+        return taken
 
     def _take(self, s: SchedulerView, taken: dict[NodeRun, int]) -> list[ScanTask]:
         tasks = [s.take_clusters(n, count) for n, count in taken.items()]

@@ -1,0 +1,91 @@
+"""The capacity search: the bisection on a known threshold, a known capacity on the simulator,
+and `hedra capacity` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from calibration.capacity import Trial, min_duration_s, search, sim_capacity
+from calibration.workload import Template, generated_requests
+from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+from ragraph.graph import Op
+from ragraph.policies import parse_policy
+from ragraph.workflows import Step, WorkflowRegistry, WorkflowSpec
+from runs.run import simulate
+from tests.test_cli import assert_usage_error, hedra
+
+RETRIEVAL_ONLY = WorkflowSpec(name="retrieval-only", head=(Step(op=Op.RETRIEVE),))
+
+
+def threshold(at: float):
+    def measure(rate: float, screen: bool) -> list[Trial]:
+        return [Trial(rate, 10, 10, 1.0 if rate <= at else 20.0, rate <= at, 0.0, 100.0)]
+    return measure
+
+
+@pytest.mark.parametrize("guess", [0.3, 37.0, 500.0])
+def test_search_brackets_a_known_threshold_within_the_tolerance(guess):
+    found = search(threshold(37.3), guess, tolerance=0.02)
+    assert found.low <= 37.3 < found.high <= 1.02 * found.low
+    assert found.rps == found.low and not found.note
+    assert all(t.sustained == (t.rate <= 37.3) for t in found.trials)
+
+
+def test_search_says_when_the_bracket_is_open():
+    assert search(threshold(1e9), 1.0, max_rps=100).note.startswith("every rate passed")
+    none = search(threshold(0.0), 1.0, min_rps=0.1)
+    assert none.rps == 0 and none.note.startswith("no rate passed")
+    assert json.dumps(none.to_json())  # inf bounds become null
+
+
+def test_sim_capacity_finds_the_service_rate_of_a_single_queue():
+    """One search per request, one call at a time (langchain, retrieval alone), arrivals evenly
+    spaced: the known capacity is the lane's service rate, measured as the throughput of a burst
+    (every request at once). The search's stated tolerance: at its default duration for the SLO,
+    the rate it finds is within a factor (1 + tolerance) of that."""
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    registry = WorkflowRegistry([RETRIEVAL_ONLY])
+
+    def make(n: int):
+        reqs = generated_requests("retrieval-only", n, prof.index.nlist, seed=3, nprobe=32, registry=registry)
+        return [replace(r, arrival_s=float(i)) for i, r in enumerate(reqs)]
+
+    choice = parse_policy("langchain")
+    burst = make(1000)
+    known = len(burst) / simulate([replace(r, arrival_s=0.0) for r in burst], choice, prof,
+                                  timeline=False).result.sim_s
+    tol, slo = 0.05, 0.5
+    found = sim_capacity(Template(make), choice, prof, slo_p95_s=slo, tolerance=tol)
+    assert found.duration_s == pytest.approx(min_duration_s(slo, tol))
+    assert known / (1 + tol) <= found.rps <= known * (1 + tol)
+    assert found.high <= (1 + tol) * found.low
+    full = [t for t in found.trials if t.duration_s == found.duration_s]
+    assert found.rps == max(t.rate for t in full if t.sustained)
+    assert all(t.p95_s > slo for t in found.trials if not t.sustained)
+    screened = [t for t in found.trials if t.duration_s < found.duration_s]  # bracketing: quarter-length runs
+    assert screened and all(t.duration_s == pytest.approx(found.duration_s / 4) for t in screened)
+
+
+def test_capacity_command_writes_capacity_json(tmp_path):
+    out = tmp_path / "cap"
+    proc = hedra("capacity", "--workflow", "one-shot", "--policy", "flashrag", "--body", "sim", "--profile",
+                 DEFAULT_CPU_PROFILE, "--slo-p95", 1, "--tolerance", 0.2, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "capacity.json").read_text())
+    assert data["policy"] == "flashrag" and data["body"] == "sim" and data["workflow"] == "one-shot"
+    assert 0 < data["low"] == data["rps"] < data["high"] <= 1.2 * data["low"]
+    assert data["trials"] and all(math.isfinite(t["rate"]) for t in data["trials"])
+    assert "req/s sustained" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("--body", "tpu"), ("--slo-p95", -1), ("--tolerance", 0),
+                                  ("--policy", "nosuch"), ("--workflow", "nosuch")])
+def test_capacity_command_refuses_bad_options(tmp_path, args):
+    base = {"--workflow": "one-shot", "--policy": "hedra", "--body": "sim"}
+    base.update({args[0]: args[1]})
+    flat = [x for kv in base.items() for x in kv]
+    assert_usage_error(hedra("capacity", *flat, "--out", tmp_path / "o"), tmp_path / "o")

@@ -1,0 +1,38 @@
+"""The stale-profile check: a profile's prediction against measured items of the body at hand."""
+
+from __future__ import annotations
+
+from calibration.staleness import TOLERANCE, compare, recalibrate_command
+from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+
+
+def measured_rows():
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    return prof, [r for r in prof.measurements if r["kind"] in ("engine_step", "search_call")]
+
+
+def test_a_profile_agrees_with_the_machine_it_was_measured_on():
+    prof, rows = measured_rows()
+    found = compare(prof, rows)
+    assert not found.stale
+    assert found.items["engine_step"] > 100 and found.items["search_call"] > 100
+    assert all(abs(e) < 0.1 for e in found.errors.values())
+
+
+def test_a_profile_with_its_step_costs_halved_is_flagged():
+    prof, rows = measured_rows()
+    halved = prof.model_copy(update={"gen_step": prof.gen_step.model_copy(
+        update={k: v / 2 for k, v in prof.gen_step.model_dump().items()})})
+    found = compare(halved, rows)
+    assert found.stale
+    assert abs(found.errors["engine_step"] + 0.5) < 0.1 and abs(found.errors["search_call"]) < TOLERANCE
+    line = found.line(recalibrate_command("cpu"))
+    assert "\n" not in line and "engine steps take 2.0" in line and "hedra calibrate --backend cpu" in line
+
+
+def test_a_slower_scan_is_flagged_and_a_small_drift_is_not():
+    prof, rows = measured_rows()
+    slower = [{**r, "seconds": r["seconds"] * (1.6 if r["kind"] == "search_call" else 1.1)} for r in rows]
+    found = compare(prof, slower)
+    assert found.stale and found.errors["search_call"] < -TOLERANCE and abs(found.errors["engine_step"]) < TOLERANCE
+    assert not compare(prof, [{**r, "seconds": r["seconds"] * 1.1} for r in rows]).stale
