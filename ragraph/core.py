@@ -144,6 +144,38 @@ class Scheduler:
             self.gpu_cache.difference_update(item.evict)
             self.gpu_cache.update(result.loaded)  # type: ignore[union-attr]
 
+    def quiet_gen_steps(self) -> int:
+        """Called by a body after `next_work` handed `gpu_gen` an item: how many engine steps, this
+        one first, the core would complete with nothing to decide, if each is quiet (finishes and
+        refuses nothing, runs something: not `may_open_work`): after each it would ask for a plain
+        continuation step and tell the policy nothing (nothing waits to be admitted or aborted,
+        the KV policy's steps are current, no watched generation is due). A body may then run up
+        to that many steps and one more before their times and hand the quiet ones to
+        `complete_quiet`."""
+        if self._aborts or self._kv_dirty or not self.gen_in_engine or \
+                (self.gen_ready and not self.policy.holds_generations(self.view)):
+            return 0
+        due = self._due
+        return due[0][0] - self._gen_steps - 1 if due else 1 << 62
+
+    def complete_quiet(self, item: GenStep, steps: list[tuple[float, GenStepResult]]) -> GenStep:
+        """Called by a body in place of `complete(item, r, t)` and `next_work(gpu_gen, t)` for each
+        (t, r) of `steps`, in order: engine steps that ran while `quiet_gen_steps` allowed them, each
+        quiet; the results are the same as those calls'. Returns the continuation step the lane now
+        runs (complete it as usual). Raises SchedulerError, with nothing changed, if the lane does
+        not hold `item` or a step is not quiet or more steps are handed than allowed."""
+        lane = Lane.GPU_GEN
+        if self._busy[lane] is not item:
+            raise SchedulerError(f"lane {lane.value} is not running that item")
+        if len(steps) > self.quiet_gen_steps() or any(r.finished or r.rejected or not r.running for _, r in steps):
+            raise SchedulerError("complete_quiet was handed steps that are not quiet")
+        for now, res in steps:
+            self._complete_gen(item, res, now)
+            self._dispatched_s[lane] = now
+        self._now = now
+        self._busy[lane] = _CONTINUE
+        return _CONTINUE
+
     def fail_item(self, item: WorkItem, reason: str, now: float) -> None:
         """Called by a body when running `item` raised: every request it touched fails."""
         self._release_lane(item)

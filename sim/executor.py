@@ -31,12 +31,11 @@ from ragraph.work import (
     SEARCH_FEATURES,
     CacheLoad,
     CacheLoadResult,
-    GenStep,
+    GenStepResult,
     Lane,
     SearchBatch,
     SearchResult,
     WorkItem,
-    may_open_work,
 )
 from sim.gen_engine import GenEngineModel
 
@@ -112,8 +111,21 @@ class _TruthScans:
         return tuple(range(-1, -1 - max(len(truth.topk), 1), -1))
 
 
+def _exact_delay(now: float, end: float) -> float:
+    """The delay d with now + d == end in floating point (SimPy adds it to its clock): an end time
+    summed step by step is reached exactly."""
+    d = end - now
+    while now + d < end:
+        d = math.nextafter(d, math.inf)
+    while now + d > end:
+        d = math.nextafter(d, -math.inf)
+    return d
+
+
 class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
+
+    fold_steps = True  # advance quiet runs of engine steps with one timeout (tests switch it off: same results)
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
                  seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
@@ -143,7 +155,7 @@ class Simulation:
         done = env.event()
         env.process(self._arrivals(done))
         for lane in self.sched.policy.lanes:
-            env.process(self._lane(lane, done))
+            env.process(self._gen_lane(done) if lane is Lane.GPU_GEN else self._lane(lane, done))
         try:
             env.run(until=done)
         except RuntimeError as exc:  # SimPy's own "nothing left to happen"; core errors propagate
@@ -178,6 +190,65 @@ class Simulation:
         self._arrived = True
         self._check_done(done)
 
+    def _gen_lane(self, done: simpy.Event):
+        """The engine's lane. A run of engine steps whose outcomes are known in advance is
+        advanced with one timeout: while a step is quiet (it finishes and refuses nothing), the
+        core would only ask for the next step (`Scheduler.quiet_gen_steps`) and nothing else is
+        due before the step ends (the next SimPy event is later), the next step is run at once;
+        the quiet steps are completed with their own end times (`Scheduler.complete_quiet`) and
+        timeline slices before any other event can see the core, the last one when its time
+        comes. The engine model has no clock, so the same steps in the same order give the same
+        results; the end times are summed step by step as single timeouts would."""
+        env, sched, engine, name = self.env, self.sched, self.engine, Lane.GPU_GEN.value
+        dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
+        timeline = self._timeline if self._keep_timeline else None
+        while True:
+            now = env.now
+            item = sched.next_work(Lane.GPU_GEN, now)
+            if item is None:
+                yield self._wake
+                continue
+            engine.apply(item)
+            seconds, res = engine.step()
+            if not seconds:  # nothing ran: the engine emptied or refused what it was handed
+                sched.complete(item, res, now)
+                self._step_done(res, None)
+                self._notify()
+                self._check_done(done)
+                continue
+            end = now + (seconds + dispatch)
+            allowed = sched.quiet_gen_steps() if self.fold_steps else 0
+            if allowed and not (res.finished or res.rejected) and end < env.peek():
+                horizon = env.peek()
+                quiet: list[tuple[float, GenStepResult]] = []
+                while True:
+                    self._step_done(res, timeline, end - seconds - dispatch, seconds)
+                    quiet.append((end, res))
+                    seconds, res = engine.step()  # the continuation step (`apply` of it changes nothing)
+                    if not seconds:
+                        raise RuntimeError("engine model ran nothing after a step that left sequences running")
+                    end = end + (seconds + dispatch)
+                    if len(quiet) >= allowed or res.finished or res.rejected or end >= horizon:
+                        break
+                item = sched.complete_quiet(item, quiet)
+            yield env.timeout(_exact_delay(now, end))
+            now = self._lane_free[name] = env.now
+            self._step_done(res, timeline, now - seconds - dispatch, seconds)
+            sched.complete(item, res, now)
+            if res.finished or res.rejected:
+                self._notify()
+                self._check_done(done)
+
+    def _step_done(self, res: GenStepResult, timeline: list[TimelineEvent] | None, start: float = 0.0,
+                   seconds: float = 0.0) -> None:
+        """An engine step ended: its busy time, the KV peak, its timeline slice."""
+        if res.kv_used_blocks > self._kv_peak:
+            self._kv_peak = res.kv_used_blocks
+        if seconds:
+            self._busy_s["gpu_gen"] += seconds
+            if timeline is not None:
+                timeline.append(("gpu_gen", "GenStep", start, seconds, res.timeline_args()))
+
     def _lane(self, lane: Lane, done: simpy.Event):
         env, sched, name = self.env, self.sched, lane.value
         dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
@@ -204,15 +275,8 @@ class Simulation:
                 self._check_done(done)
 
     def _execute(self, item: WorkItem, idle_s: float):
-        """(seconds, result, timeline args, whether other lanes may have new work); `idle_s`:
-        how long the item's lane sat idle before it (a cold embedder is slower)."""
-        if isinstance(item, GenStep):
-            self.engine.apply(item)
-            seconds, res = self.engine.step()
-            if res.kv_used_blocks > self._kv_peak:
-                self._kv_peak = res.kv_used_blocks
-            args = res.timeline_args() if self._keep_timeline else {}
-            return seconds, res, args, may_open_work(res) or not seconds
+        """(seconds, result, timeline args, whether other lanes may have new work) of a search or a
+        copy; `idle_s`: how long the item's lane sat idle before it (a cold embedder is slower)."""
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
             f = item.features(sizes)  # the call's features: priced here, shown on the timeline

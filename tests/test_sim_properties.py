@@ -52,6 +52,13 @@ class Recorder(Scheduler):
         Recorder.log.append(["end", item.lane, item, now, result])
         super().complete(item, result, now)
 
+    def complete_quiet(self, item, steps):  # engine steps advanced together: logged one by one
+        step = super().complete_quiet(item, steps)
+        for now, result in steps:
+            Recorder.log += [["end", Lane.GPU_GEN, item, now, result], ["start", Lane.GPU_GEN, step, now, None]]
+            item = step
+        return step
+
 
 def run(requests, policy: str, profile=PROFILE, monkeypatch=None):
     Recorder.log = []
