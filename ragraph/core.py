@@ -38,6 +38,7 @@ from ragraph.work import (
     GenStepResult,
     GenTask,
     Lane,
+    QuietRun,
     Result,
     ScanTask,
     SearchBatch,
@@ -158,21 +159,30 @@ class Scheduler:
         due = self._due
         return due[0][0] - self._gen_steps - 1 if due else 1 << 62
 
-    def complete_quiet(self, item: GenStep, steps: list[tuple[float, GenStepResult]]) -> GenStep:
+    def complete_quiet(self, item: GenStep, run: QuietRun) -> GenStep:
         """Called by a body in place of `complete(item, r, t)` and `next_work(gpu_gen, t)` for each
-        (t, r) of `steps`, in order: engine steps that ran while `quiet_gen_steps` allowed them, each
-        quiet; the results are the same as those calls'. Returns the continuation step the lane now
-        runs (complete it as usual). Raises SchedulerError, with nothing changed, if the lane does
-        not hold `item` or a step is not quiet or more steps are handed than allowed."""
+        step of `run`, in order: engine steps that ran while `quiet_gen_steps` allowed them, each
+        quiet; the core's state after it is the same as after those calls. Returns the
+        continuation step the lane now runs (complete it as usual). Raises SchedulerError, with
+        nothing changed, if the lane does not hold `item` or more steps are handed than allowed."""
         lane = Lane.GPU_GEN
         if self._busy[lane] is not item:
             raise SchedulerError(f"lane {lane.value} is not running that item")
-        if len(steps) > self.quiet_gen_steps() or any(r.finished or r.rejected or not r.running for _, r in steps):
-            raise SchedulerError("complete_quiet was handed steps that are not quiet")
-        for now, res in steps:
-            self._complete_gen(item, res, now)
-            self._dispatched_s[lane] = now
-        self._now = now
+        if len(run.ends) > self.quiet_gen_steps():
+            raise SchedulerError(f"complete_quiet was handed {len(run.ends)} steps, {self.quiet_gen_steps()} allowed")
+        ema, rate, last = self.gen_step_s, self.decode_tokens_s, self._dispatched_s[lane]
+        for now, tokens in zip(run.ends, run.decode_tokens, strict=True):  # _complete_gen's moving averages
+            took = now - last
+            ema = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
+            if took > 0:
+                rate += GEN_STEP_EMA * (tokens / took - rate)
+            last = now
+        self.gen_step_s, self.decode_tokens_s = ema, rate
+        self._gen_steps += len(run.ends)
+        self.kv_used_blocks, self.kv_total_blocks = run.kv_used_blocks, run.kv_total_blocks
+        self.aborted_tokens += run.aborted_tokens
+        self.engine_waiting = run.waiting
+        self._dispatched_s[lane] = self._now = last
         self._busy[lane] = _CONTINUE
         return _CONTINUE
 

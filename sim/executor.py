@@ -31,8 +31,10 @@ from ragraph.work import (
     SEARCH_FEATURES,
     CacheLoad,
     CacheLoadResult,
+    GenStep,
     GenStepResult,
     Lane,
+    QuietRun,
     SearchBatch,
     SearchResult,
     WorkItem,
@@ -219,18 +221,7 @@ class Simulation:
             end = now + (seconds + dispatch)
             allowed = sched.quiet_gen_steps() if self.fold_steps else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
-                horizon = env.peek()
-                quiet: list[tuple[float, GenStepResult]] = []
-                while True:
-                    self._step_done(res, timeline, end - seconds - dispatch, seconds)
-                    quiet.append((end, res))
-                    seconds, res = engine.step()  # the continuation step (`apply` of it changes nothing)
-                    if not seconds:
-                        raise RuntimeError("engine model ran nothing after a step that left sequences running")
-                    end = end + (seconds + dispatch)
-                    if len(quiet) >= allowed or res.finished or res.rejected or end >= horizon:
-                        break
-                item = sched.complete_quiet(item, quiet)
+                item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
             yield env.timeout(_exact_delay(now, end))
             now = self._lane_free[name] = env.now
             self._step_done(res, timeline, now - seconds - dispatch, seconds)
@@ -238,6 +229,46 @@ class Simulation:
             if res.finished or res.rejected:
                 self._notify()
                 self._check_done(done)
+
+    def _fold(self, item: GenStep, seconds: float, res: GenStepResult, end: float, allowed: int, dispatch: float,
+              timeline: list[TimelineEvent] | None) -> tuple[GenStep, float, GenStepResult, float]:
+        """Run the steps after a quiet one that ends at `end` before the next event, up to `allowed`
+        quiet ones (decode steps in one go, `GenEngineModel.decode_run`), complete the quiet ones;
+        returns (the lane's item, seconds, result, end) of the last step, not completed."""
+        engine, horizon = self.engine, self.env.peek()
+        ends: list[float] = []
+        decoded: list[int] = []
+        aborted = res.aborted_tokens
+        while True:  # `res` (ending at `end`) is quiet and ends before the horizon
+            self._step_done(res, timeline, end - seconds - dispatch, seconds)
+            ends.append(end)
+            decoded.append(res.decode_tokens)
+            used, waiting = res.kv_used_blocks, res.waiting
+            run = engine.decode_run(allowed - len(ends), end, dispatch, horizon)
+            if run:
+                n = engine.n_dec
+                ends += [e for _, e, _, _ in run]
+                decoded += [n] * len(run)
+                if timeline is not None:
+                    timeline += [("gpu_gen", "GenStep", e - s - dispatch, s, {
+                        "running": n, "prefill_tokens": 0, "decode_tokens": n, "kv_used_blocks": u, "waiting": 0,
+                        "context_tokens": c, "preempted": 0, "admitted": 0, "admitted_tokens": 0,
+                        "prefill_attention": 0, "aborted_tokens": 0}) for s, e, c, u in run]
+                busy = self._busy_s["gpu_gen"]
+                for s, _, _, _ in run:  # summed step by step, as one timeout each would
+                    busy += s
+                self._busy_s["gpu_gen"] = busy
+                end, used, waiting = run[-1][1], run[-1][3], 0
+                if used > self._kv_peak:
+                    self._kv_peak = used
+            seconds, res = engine.step()  # the next step (`apply` of a continuation changes nothing)
+            if not seconds:
+                raise RuntimeError("engine model ran nothing after a step that left sequences running")
+            end = end + (seconds + dispatch)
+            if len(ends) >= allowed or res.finished or res.rejected or end >= horizon:
+                break
+        item = self.sched.complete_quiet(item, QuietRun(ends, decoded, used, engine.total_blocks, waiting, aborted))
+        return item, seconds, res, end
 
     def _step_done(self, res: GenStepResult, timeline: list[TimelineEvent] | None, start: float = 0.0,
                    seconds: float = 0.0) -> None:

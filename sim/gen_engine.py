@@ -126,6 +126,7 @@ class GenEngineModel:
         self._admitted = 0  # tasks queued by `apply` since the last step (their add_request costs time)
         self._admitted_tokens = 0  # their prompt tokens
         self._aborted_tokens = 0  # output tokens of the sequences aborted since the last step
+        self._decode_terms: dict[int, tuple[float, float]] = {}  # decoding sequences -> decode_step_terms
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -201,6 +202,49 @@ class GenEngineModel:
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
+
+    def decode_run(self, limit: int, end: float, dispatch: float,
+                   horizon: float) -> list[tuple[float, float, int, int]]:
+        """Called by the body instead of `step()` for a run of steps it advances together: take up to
+        `limit` steps while each is a decode step of the fast path (every running sequence decodes,
+        nothing waits or prefills, free blocks suffice) that ends no sequence and ends before
+        `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. Returns
+        (seconds, end, context tokens, KV blocks used after it) per step taken; their results are
+        `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
+        n = self.n_dec
+        if not n or not self.fast_path or self.prefilling or self.waiting or self._rejected or \
+                self._aborted_tokens or n > self.token_budget:
+            return []
+        pool, need, block, finishing = self.pool, self.need, self.block, self.finishing
+        terms = self._decode_terms.get(n)
+        if terms is None:
+            terms = self._decode_terms[n] = self.latency.decode_step_terms(n)
+        fixed, per_token = terms  # gen_step_s(0, n, context), bit for bit
+        t, anon = self.tick, pool.anon
+        context = n * t - self.base_sum
+        used = pool.total - anon - pool.cached_free - pool.lent
+        out: list[tuple[float, float, int, int]] = []
+        while len(out) < limit and t not in finishing:
+            k = need[t % block]
+            seconds = fixed + per_token * context
+            after = end + (seconds + dispatch)
+            if after >= horizon:
+                break
+            if k <= anon:  # blocks allocated as `step()` allocates them
+                anon -= k
+            elif k <= anon + pool.cached_free:
+                pool.anon = anon
+                pool.take(k)
+                anon = pool.anon
+            else:
+                break
+            used += k
+            out.append((seconds, after, context, used))
+            end = after
+            t += 1
+            context += n
+        pool.anon, self.tick = anon, t
+        return out
 
     def kv_cache_report(self) -> dict[str, object]:
         """What the KV cache did over the run (summary.json `kv_cache`)."""

@@ -11,7 +11,8 @@ from ragraph.graph import Generate, chain
 from ragraph.kvpolicy import KVPolicy
 from ragraph.policies import make_policy
 from ragraph.policies.base import Policy
-from ragraph.work import GenStepResult, Lane
+from ragraph.runtime import SchedulerError
+from ragraph.work import GenStepResult, Lane, QuietRun
 from ragraph.workflows import WorkflowRegistry
 from sim.executor import Simulation
 from traces.generate import TraceConfig, generate_trace
@@ -61,10 +62,17 @@ def test_sparse_requests_take_few_timeouts():
     sim = Simulation(reqs, make_policy("flashrag", LATENCY), LATENCY)
     calls = []
     original = sim.sched.complete_quiet
-    sim.sched.complete_quiet = lambda item, steps: calls.append(len(steps)) or original(item, steps)
+    sim.sched.complete_quiet = lambda item, run: calls.append(len(run.ends)) or original(item, run)
     result = sim.run()
     assert len([e for e in result.timeline if e[0] == "gpu_gen"]) == 5 * 200  # one slice per step
     assert calls and max(calls) >= 190 and len(calls) <= 10
+
+
+def test_decode_step_terms_price_a_decode_step_bit_for_bit():
+    for seqs in (1, 3, 64, 255):
+        fixed, per_token = LATENCY.decode_step_terms(seqs)
+        for context in (0, 1, 517, 10**6 + 3):
+            assert fixed + per_token * context == LATENCY.gen_step_s(0, seqs, context)
 
 
 class Holding(Policy):
@@ -79,18 +87,36 @@ class Holding(Policy):
         return None
 
 
-def test_complete_quiet_refuses_steps_that_are_not_quiet():
-    sched = Scheduler(make_policy("hedra", LATENCY))
-    sched.submit(chain("a", 0.0, "g", [Generate(10, 5)]), 0.0)
+def test_complete_quiet_is_the_step_by_step_calls():
+    def run(quiet: bool):
+        sched = Scheduler(make_policy("hedra", LATENCY))
+        sched.submit(chain("a", 0.0, "g", [Generate(10, 5)]), 0.0)
+        item = sched.next_work(Lane.GPU_GEN, 0.0)
+        ends = [0.1, 0.13, 0.2, 0.21]
+        if quiet:
+            assert sched.quiet_gen_steps() >= len(ends)
+            item = sched.complete_quiet(item, QuietRun(ends, [1, 2, 2, 2], 7, 9, 1, 3))
+        else:
+            for t, tokens in zip(ends, [1, 2, 2, 2], strict=True):
+                sched.complete(item, GenStepResult(running=2, decode_tokens=tokens, kv_used_blocks=7, kv_total_blocks=9,
+                                                   waiting=1, aborted_tokens=3 if t == 0.1 else 0), t)
+                item = sched.next_work(Lane.GPU_GEN, t)
+        state = (sched._gen_steps, sched.gen_step_s, sched.decode_tokens_s, sched.kv_used_blocks,
+                 sched.kv_total_blocks, sched.engine_waiting, sched.aborted_tokens)
+        sched.complete(item, GenStepResult(finished=(("a", 0),), running=1, decode_tokens=1), 0.3)
+        return state, sched.finished()[0].finish_s, sched.gen_step_s
+
+    assert run(True) == run(False)
+
+
+def test_complete_quiet_refuses_more_steps_than_allowed():
+    sched = Scheduler(Holding())
+    for i in range(2):
+        sched.submit(chain(f"r{i}", 0.0, "g", [Generate(10, 5)]), 0.0)
     item = sched.next_work(Lane.GPU_GEN, 0.0)
-    assert sched.quiet_gen_steps() > 0
-    done = GenStepResult(finished=(("a", 0),), running=1, decode_tokens=1)
-    with pytest.raises(Exception, match="not quiet"):
-        sched.complete_quiet(item, [(0.1, done)])
-    step = sched.complete_quiet(item, [(0.1, GenStepResult(running=1, decode_tokens=1))])
-    assert sched._gen_steps == 1 and sched.gen_step_s == pytest.approx(0.1)
-    sched.complete(step, done, 0.2)
-    assert sched.finished()[0].finish_s == 0.2
+    sched.submit(chain("late", 0.0, "g", [Generate(10, 5)]), 0.0)
+    with pytest.raises(SchedulerError, match="allowed"):
+        sched.complete_quiet(item, QuietRun([0.1], [2], 1, 9, 0))
 
 
 def test_a_policy_that_may_admit_stops_the_fold():
