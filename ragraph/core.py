@@ -1,5 +1,8 @@
 """The scheduler core: a deterministic, sans-IO state machine over requests and lanes.
 
+Over 500 lines: the three calls, the policies' actions and the engine-run shortcut
+(`quiet_gen_steps` / `complete_quiet`) all change the same request and lane state.
+
 Theory of operation
 -------------------
 Both bodies drive the core with three calls and nothing else::

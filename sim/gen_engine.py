@@ -1,5 +1,8 @@
 """A model of vLLM V1's engine: its scheduler and KV cache, stepped one engine step at a time.
 
+Over 500 lines: one model of vLLM's scheduler; its step phases, sequence transitions and the
+decode fast paths share the sequences' private state (the KV blocks are `sim.block_pool`).
+
 It follows vLLM's `Scheduler.schedule` (`vllm/v1/core/sched/scheduler.py`), `KVCacheManager`
 (`allocate_slots`, `get_computed_blocks`) and `BlockPool` (read on vLLM 0.32), with the
 settings of `profile.engine` and nothing else: block size, `max_num_seqs`,
@@ -45,9 +48,9 @@ the figures its `GenStepResult` reports, as the real driver reports them and cal
 
 Cost: a decoding sequence's computed tokens are `tick - base`, so a step where every
 running sequence decodes is O(events) (sequences that end; blocks allocated by count, from
-a tally of `base mod block_size`), not O(batch). Other steps visit the sequences that
-prefill and the waiting queue's head; only a step that preempts or runs out of token
-budget walks the whole running list.
+a tally of `base mod block_size`), not O(batch), and a run of such steps is advanced in one
+loop (`decode_run`). Other steps visit the sequences that prefill and the waiting queue's
+head; only a step that preempts or runs out of token budget walks the whole running list.
 """
 
 from __future__ import annotations
