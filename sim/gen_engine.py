@@ -227,7 +227,8 @@ class GenEngineModel:
         context = n * t - self.base_sum
         used = pool.total - anon - pool.cached_free - pool.lent
         out: list[tuple[float, float, int, int]] = []
-        while len(out) < limit and t not in finishing:
+        append, stop = out.append, t + limit
+        while t < stop and t not in finishing:
             k = need[t % block]
             seconds = fixed + per_token * context
             after = end + (seconds + dispatch)
@@ -242,7 +243,7 @@ class GenEngineModel:
             else:
                 break
             used += k
-            out.append((seconds, after, context, used))
+            append((seconds, after, context, used))
             end = after
             t += 1
             context += n
