@@ -12,7 +12,7 @@ Each figure is the median of `--repeats` runs of `Simulation.run()` (timeline ke
 sim` keeps it) under `flashrag`; CPU seconds (the process's own) are printed beside wall seconds,
 as the machine may be shared.
 
-    python benchmarks/sparse_trace.py [--repeats 3] [--requests 7106] [--policy flashrag]
+    python benchmarks/sparse_trace.py [--repeats 3] [--requests 7106] [--policy flashrag] [--no-timeline]
 """
 
 from __future__ import annotations
@@ -57,17 +57,17 @@ def requests_of(rows: list[dict], tmp: Path, name: str):
     return [to_request(TraceRequest.model_validate(r), registry) for r in import_mooncake(path, "gen-only")]
 
 
-def timed(requests, policy: str, repeats: int) -> tuple[float, float, float, int]:
+def timed(requests, policy: str, repeats: int, timeline: bool = True) -> tuple[float, float, float, int]:
     """(median wall s, median CPU s, simulated s, engine steps) of in-process runs."""
     latency = LatencyModel(load_profile())
     walls, cpus = [], []
     for _ in range(repeats):
-        sim = Simulation(requests, make_policy(policy, latency), latency)
+        sim = Simulation(requests, make_policy(policy, latency), latency, timeline=timeline)
         cpu = time.process_time()
         result = sim.run()
         cpus.append(time.process_time() - cpu)
         walls.append(result.wall_s)
-    steps = sum(1 for e in result.timeline if e[0] == "gpu_gen")
+    steps = sum(1 for e in result.timeline if e[0] == "gpu_gen") if timeline else -1
     return statistics.median(walls), statistics.median(cpus), result.sim_s, steps
 
 
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--requests", type=int, default=7106)
     ap.add_argument("--policy", default="flashrag")
+    ap.add_argument("--no-timeline", action="store_true", help="keep no timeline (a slice per engine step)")
     args = ap.parse_args()
     rows = mooncake_lines(args.requests, DAYS * 86400 * 1000)
     with tempfile.TemporaryDirectory() as name:
@@ -84,7 +85,7 @@ def main() -> None:
         compressed = requests_of([{**r, "timestamp": r["timestamp"] // COMPRESS} for r in rows], tmp, "compressed")
     figures = {}
     for label, reqs in (("spread", spread), ("compressed", compressed)):
-        wall, cpu, sim_s, steps = timed(reqs, args.policy, args.repeats)
+        wall, cpu, sim_s, steps = timed(reqs, args.policy, args.repeats, not args.no_timeline)
         figures[label] = (wall, cpu)
         print(f"{label:10s}: {len(reqs)} requests over {sim_s:9.0f} simulated s, {steps} engine steps:"
               f" {wall:.2f} s wall, {cpu:.2f} s CPU ({sim_s / wall:.0f}x real time)")
