@@ -205,16 +205,20 @@ class Simulation:
         due before the step ends (the next SimPy event is later), the next step is run at once;
         the quiet steps are completed with their own end times (`Scheduler.complete_quiet`) and
         timeline slices before any other event can see the core, the last one when its time
-        comes. The engine model has no clock, so the same steps in the same order give the same
-        results; the end times are summed step by step as single timeouts would."""
+        comes. Not right after a wake-up: the other lanes woken by the same event run after this
+        one at the same instant, and what they start is not yet in the event queue. The engine
+        model has no clock, so the same steps in the same order give the same results; the end
+        times are summed step by step as single timeouts would."""
         env, sched, engine, name = self.env, self.sched, self.engine, Lane.GPU_GEN.value
         dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
         timeline = self._timeline if self._keep_timeline else None
+        woken = False  # resumed by the shared wake-up event: lanes woken after it run at this instant too
         while True:
             now = env.now
             item = sched.next_work(Lane.GPU_GEN, now)
             if item is None:
                 yield self._wake
+                woken = True
                 continue
             engine.apply(item)
             seconds, res = engine.step()
@@ -225,10 +229,11 @@ class Simulation:
                 self._check_done(done)
                 continue
             end = now + (seconds + dispatch)
-            allowed = sched.quiet_gen_steps() if self.fold_steps else 0
+            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
             yield env.timeout(_exact_delay(now, end))
+            woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
             now = self._lane_free[name] = env.now
             self._step_done(res, timeline, now - seconds - dispatch, seconds)
             sched.complete(item, res, now)

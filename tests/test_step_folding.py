@@ -22,9 +22,9 @@ PROFILE = load_profile()
 LATENCY = LatencyModel(PROFILE)
 
 
-def requests(workflow: str, rate: float, duration: float = 8.0, seed: int = 3):
+def requests(workflow: str, rate: float, duration: float = 8.0, seed: int = 3, nprobe: int = 256):
     registry = WorkflowRegistry()
-    cfg = TraceConfig((workflow,), rate, duration, seed=seed, nlist=PROFILE.index.nlist)
+    cfg = TraceConfig((workflow,), rate, duration, seed=seed, nlist=PROFILE.index.nlist, nprobe=nprobe)
     return [to_request(TraceRequest.model_validate(row), registry) for row in generate_trace(cfg, registry)]
 
 
@@ -44,9 +44,11 @@ def simulate(reqs, policy: str, fold: bool, kv: str = "lru"):
     ("hyde", 10.0, "hedra:no-gpu-cache", "lru"),  # speculation watches generations
     ("multistep", 4.0, "flashrag", "lru"),
     ("agent-chain", 2.0, "hedra", "kvflow"),
+    ("one-shot/512", 8.0, "hedra", "lru"),  # a wake-up starts a step and a GPU scan at one instant
 ])
 def test_folded_steps_give_the_step_by_step_run(workflow, rate, policy, kv):
-    reqs = requests(workflow, rate)
+    name, _, nprobe = workflow.partition("/")
+    reqs = requests(name, rate, 12.0, 1, int(nprobe)) if nprobe else requests(workflow, rate)
     folded, steps, ema, tokens_s = simulate(reqs, policy, True, kv)
     plain, steps0, ema0, tokens_s0 = simulate(reqs, policy, False, kv)
     assert folded.records == plain.records  # every time bit for bit, not only within a tolerance

@@ -195,10 +195,11 @@ class GpuIndexCache:
         fresh = []
         for c, scans in Counter(chain.from_iterable(self._noted)).items():
             n = sizes[c] * scans
-            if not heat[c]:
-                fresh.append(c)
-            heat[c] += n * unit
-            vectors += n
+            if n:  # (an empty list gets no heat: it never joins the order)
+                if not heat[c]:
+                    fresh.append(c)
+                heat[c] += n * unit
+                vectors += n
         self._noted = []
         self._vectors += vectors
         if fresh:
