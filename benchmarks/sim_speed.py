@@ -13,7 +13,8 @@
    with its dependencies: numpy, pandas, simpy, tqdm; or $HEDRA_DISTSERVE_PYTHON); otherwise the
    figure last measured on the 2-core machine is printed, marked as not re-measured.
 
-Every figure is the median of `--repeats` runs.
+Every figure is the median of `--repeats` runs; CPU seconds (the process's own, user + system)
+are printed beside wall seconds, as the machine may be shared.
 
     python benchmarks/sim_speed.py [--repeats 3] [--distserve DIR --distserve-python PY] [--demo]
 """
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,14 +37,18 @@ from pathlib import Path
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import load_profile
 from ragraph.policies import make_policy
+from runs.outputs import write_run
+from runs.summary import summarize
 from sim.executor import Simulation
 from traces.generate import TraceConfig, generate_trace, write_jsonl
 from traces.schema import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 # DistServe's simulator on the generation-only workload, last measured on the 2-core machine
-# (2026-12-01, DistServe 82831f1, --backend distserve, median of 2 runs): used when it is not at hand.
-DISTSERVE_LAST_S = 3.3
+# (2026-12-05, DistServe 82831f1, --backend distserve, arrivals in milliseconds: 7.4-7.5 CPU s while
+# the machine was shared; the 3.3 s measured before gave it seconds, 1000x compressed arrivals):
+# used when it is not at hand.
+DISTSERVE_LAST_S = 7.5
 GEN_WORKFLOW = """[[workflow]]
 name = "generate"
 description = "G only: one generation, no retrieval"
@@ -50,15 +56,22 @@ head = [{op = "generate"}]
 """
 
 
+CPU_S: dict[str, float] = {}  # median CPU seconds (user + system) of the last command timed, by its key
+
+
 def median_wall(cmd: list[str], repeats: int, cwd: Path, env: dict[str, str] | None = None,
-                before=lambda: None) -> float:
-    """Median wall seconds of running `cmd` to its end (`before` runs untimed before each)."""
-    walls = []
+                before=lambda: None, key: str = "") -> float:
+    """Median wall seconds of running `cmd` to its end (`before` runs untimed before each); its
+    median CPU seconds go to CPU_S[key] (on a shared machine wall time also counts the others)."""
+    walls, cpus = [], []
     for _ in range(repeats):
         before()
-        t = time.perf_counter()
+        t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         walls.append(time.perf_counter() - t)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    CPU_S[key] = statistics.median(cpus)
     return statistics.median(walls)
 
 
@@ -66,7 +79,7 @@ def hedra_sim_e2e(trace: Path, out: Path, repeats: int, *extra: str) -> tuple[fl
     """(median wall s, simulated s) of `hedra sim` as a fresh process."""
     cmd = [sys.executable, "-m", "experiments.cli", "sim", "--trace", str(trace), "--policy", "hedra",
            "--out", str(out), *extra]
-    wall = median_wall(cmd, repeats, ROOT, before=lambda: shutil.rmtree(out, ignore_errors=True))
+    wall = median_wall(cmd, repeats, ROOT, before=lambda: shutil.rmtree(out, ignore_errors=True), key="hedra")
     return wall, json.loads((out / "summary.json").read_text())["sim_s"]
 
 
@@ -75,17 +88,30 @@ def irg(tmp: Path, args: argparse.Namespace) -> None:
     latency = LatencyModel(profile)
     path = tmp / "irg.jsonl"
     write_jsonl(generate_trace(TraceConfig(("irg",), args.rate, args.duration, seed=0)), path)
+    cpu = time.process_time()
     requests = load_trace(path, nlist=profile.index.nlist)
-    print(f"irg trace: {len(requests)} requests over {args.duration:.0f} s at {args.rate:g} req/s")
+    load_cpu = time.process_time() - cpu
+    print(f"irg trace: {len(requests)} requests over {args.duration:.0f} s at {args.rate:g} req/s"
+          f" (loaded in {load_cpu:.3f} CPU s)")
     speeds = {}
     for policy in ("flashrag", "hedra"):
-        runs = [Simulation(requests, make_policy(policy, latency), latency).run() for _ in range(args.repeats)]
-        wall = statistics.median(r.wall_s for r in runs)
+        runs, cpus = [], []
+        for _ in range(args.repeats):
+            cpu = time.process_time()
+            runs.append(Simulation(requests, make_policy(policy, latency), latency).run())
+            cpus.append(time.process_time() - cpu)
+        wall, cpu = statistics.median(r.wall_s for r in runs), statistics.median(cpus)
         speeds[policy] = runs[0].sim_s / wall
         print(f"  in process, {policy:8s}: {runs[0].sim_s:6.1f} simulated s in {wall:.3f} s:"
-              f" {speeds[policy]:6.0f}x real time")
+              f" {speeds[policy]:6.0f}x real time ({cpu:.3f} CPU s: {runs[0].sim_s / cpu:.0f}x)")
+    cpu = time.process_time()
+    write_run(tmp / "irg-written", runs[0].records, summarize(runs[0], {}), runs[0].timeline)
+    print(f"  outputs of a hedra run ({len(runs[0].timeline)} timeline slices) written in"
+          f" {time.process_time() - cpu:.3f} CPU s")
     wall, sim_s = hedra_sim_e2e(path, tmp / "irg-out", args.repeats)
-    print(f"  end to end, hedra sim: {sim_s:6.1f} simulated s in {wall:.3f} s: {sim_s / wall:6.0f}x real time")
+    cpu = CPU_S["hedra"]
+    print(f"  end to end, hedra sim: {sim_s:6.1f} simulated s in {wall:.3f} s: {sim_s / wall:6.0f}x real time"
+          f" ({cpu:.3f} CPU s: {sim_s / cpu:.0f}x)")
     print(f"irg: hedra {speeds['hedra']:.0f}x in process (goal >= 1000x), {sim_s / wall:.0f}x end to end"
           f" (goal >= 500x); hedra/flashrag in-process speed ratio {speeds['hedra'] / speeds['flashrag']:.2f}")
 
@@ -101,21 +127,28 @@ def generation_only(tmp: Path, args: argparse.Namespace) -> None:
     trace.write_text("".join(json.dumps({"id": f"g{i:06d}", "arrival_s": a, "workflow": "generate", "stages": [
         {"op": "generate", "prompt_tokens": 512, "output_tokens": 128}]}) + "\n" for i, a in enumerate(arrivals)))
     wall, sim_s = hedra_sim_e2e(trace, tmp / "gen-out", args.repeats, "--workflows", str(workflows))
+    hedra_cpu = CPU_S["hedra"]
     print(f"generation only (3000 x 512/128 tokens at 10 req/s): hedra sim end to end {wall:.3f} s"
-          f" ({sim_s:.0f} simulated s, {sim_s / wall:.0f}x real time)")
-    if args.distserve:
-        workload = tmp / "distserve.json"
-        workload.write_text(json.dumps([{"start_time": a, "prompt_len": 512, "output_len": 128} for a in arrivals]))
-        cmd = [args.distserve_python, "-m", "simdistserve.benchmarks.simulate_dist", "--backend", "distserve",
+          f" ({hedra_cpu:.3f} CPU s; {sim_s:.0f} simulated s, {sim_s / wall:.0f}x real time)")
+    if not args.distserve:
+        print(f"  DistServe's simulator end to end {DISTSERVE_LAST_S:.3f} s (NOT re-measured: last figure on the"
+              " 2-core machine; pass --distserve DIR)")
+        print(f"generation only: hedra sim {DISTSERVE_LAST_S / wall:.1f}x faster than DistServe's simulator end to end"
+              " (goal >= 10x)")
+        return
+    workload = tmp / "distserve.json"
+    # DistServe's clock is in milliseconds (its own arrival generators: 1 / rate * 1000)
+    workload.write_text(json.dumps([{"start_time": a * 1000, "prompt_len": 512, "output_len": 128} for a in arrivals]))
+    env = {**os.environ, "PYTHONPATH": str(Path(args.distserve).resolve())}
+    for backend in ("distserve", "vllm"):
+        cmd = [args.distserve_python, "-m", "simdistserve.benchmarks.simulate_dist", "--backend", backend,
                "--model", "facebook/opt-13b", "--workload", str(workload), "--arrival", "custom", "--N", "3000",
                "--output", str(tmp / "distserve.csv")]
-        env = {**os.environ, "PYTHONPATH": str(Path(args.distserve).resolve())}
-        ds = median_wall(cmd, args.repeats, tmp, env)
-        note = "measured in this run"
-    else:
-        ds, note = DISTSERVE_LAST_S, "NOT re-measured: last figure on the 2-core machine; pass --distserve DIR"
-    print(f"  DistServe's simulator end to end {ds:.3f} s ({note})")
-    print(f"generation only: hedra sim {ds / wall:.1f}x faster than DistServe's simulator end to end (goal >= 10x)")
+        ds = median_wall(cmd, args.repeats, tmp, env, key="distserve")
+        ds_cpu = CPU_S["distserve"]
+        print(f"  DistServe's simulator, {backend} backend, end to end {ds:.3f} s ({ds_cpu:.3f} CPU s)")
+        print(f"generation only: hedra sim {ds / wall:.1f}x faster than DistServe's simulator ({backend} backend)"
+              f" end to end (goal >= 10x); {ds_cpu / hedra_cpu:.1f}x in CPU seconds")
 
 
 def main() -> None:

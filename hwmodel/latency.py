@@ -26,6 +26,14 @@ def gen_step_s(profile: Profile, prefill_tokens: int, seqs: int, context_tokens:
             + m.admit_s * admitted + m.admit_token_s * admitted_tokens + m.prefill_attention_s * prefill_attention)
 
 
+def decode_step_terms(profile: Profile, seqs: int) -> tuple[float, float]:
+    """(fixed, per context token) of a step where `seqs` sequences decode and nothing else runs:
+    `gen_step_s(profile, 0, seqs, c) == fixed + per * c` bit for bit (its terms of work that is
+    zero add 0.0, which changes no sum), so a run of decode steps is priced without a call each."""
+    m = profile.gen_step
+    return m.base_s + m.prefill_token_s * 0 + m.seq_s * seqs, m.context_token_s
+
+
 def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
     """A PCIe copy or a GPU-resident scan of `nbytes`."""
     return latency_s + nbytes / bytes_per_s if nbytes else 0.0
@@ -92,6 +100,9 @@ class LatencyModel:
                    admitted_tokens: int = 0, prefill_attention: int = 0) -> float:
         return gen_step_s(self.profile, prefill_tokens, seqs, context_tokens, admitted, admitted_tokens,
                           prefill_attention)
+
+    def decode_step_terms(self, seqs: int) -> tuple[float, float]:
+        return decode_step_terms(self.profile, seqs)
 
     def peak_decode_tokens_s(self, context_tokens: int = PEAK_CONTEXT_TOKENS) -> float:
         """The engine's peak decode throughput (tokens/s): `max_num_seqs` sequences decoding

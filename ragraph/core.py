@@ -1,5 +1,8 @@
 """The scheduler core: a deterministic, sans-IO state machine over requests and lanes.
 
+Over 500 lines: the three calls, the policies' actions and the engine-run shortcut
+(`quiet_gen_steps` / `complete_quiet`) all change the same request and lane state.
+
 Theory of operation
 -------------------
 Both bodies drive the core with three calls and nothing else::
@@ -39,6 +42,7 @@ from ragraph.work import (
     GenStepResult,
     GenTask,
     Lane,
+    QuietRun,
     Result,
     ScanTask,
     SearchBatch,
@@ -145,6 +149,47 @@ class Scheduler:
         else:
             self.gpu_cache.difference_update(item.evict)
             self.gpu_cache.update(result.loaded)  # type: ignore[union-attr]
+
+    def quiet_gen_steps(self) -> int:
+        """Called by a body after `next_work` handed `gpu_gen` an item: how many engine steps, this
+        one first, the core would complete with nothing to decide, if each is quiet (finishes and
+        refuses nothing, runs something: not `may_open_work`): after each it would ask for a plain
+        continuation step and tell the policy nothing (nothing waits to be admitted or aborted,
+        the KV policy's steps are current, no watched generation is due). A body may then run up
+        to that many steps and one more before their times and hand the quiet ones to
+        `complete_quiet`."""
+        if self._aborts or self._kv_dirty or not self.gen_in_engine or \
+                (self.gen_ready and not self.policy.holds_generations(self.view)):
+            return 0
+        due = self._due
+        return due[0][0] - self._gen_steps - 1 if due else 1 << 62
+
+    def complete_quiet(self, item: GenStep, run: QuietRun) -> GenStep:
+        """Called by a body in place of `complete(item, r, t)` and `next_work(gpu_gen, t)` for each
+        step of `run`, in order: engine steps that ran while `quiet_gen_steps` allowed them, each
+        quiet; the core's state after it is the same as after those calls. Returns the
+        continuation step the lane now runs (complete it as usual). Raises SchedulerError, with
+        nothing changed, if the lane does not hold `item` or more steps are handed than allowed."""
+        lane = Lane.GPU_GEN
+        if self._busy[lane] is not item:
+            raise SchedulerError(f"lane {lane.value} is not running that item")
+        if len(run.ends) > self.quiet_gen_steps():
+            raise SchedulerError(f"complete_quiet was handed {len(run.ends)} steps, {self.quiet_gen_steps()} allowed")
+        ema, rate, last = self.gen_step_s, self.decode_tokens_s, self._dispatched_s[lane]
+        for now, tokens in zip(run.ends, run.decode_tokens, strict=True):  # _complete_gen's moving averages
+            took = now - last
+            ema = took if ema is None else ema + GEN_STEP_EMA * (took - ema)
+            if took > 0:
+                rate += GEN_STEP_EMA * (tokens / took - rate)
+            last = now
+        self.gen_step_s, self.decode_tokens_s = ema, rate
+        self._gen_steps += len(run.ends)
+        self.kv_used_blocks, self.kv_total_blocks = run.kv_used_blocks, run.kv_total_blocks
+        self.aborted_tokens += run.aborted_tokens
+        self.engine_waiting = run.waiting
+        self._dispatched_s[lane] = self._now = last
+        self._busy[lane] = _CONTINUE
+        return _CONTINUE
 
     def fail_item(self, item: WorkItem, reason: str, now: float) -> None:
         """Called by a body when running `item` raised: every request it touched fails."""

@@ -117,6 +117,19 @@ class GenStepResult:
                 "aborted_tokens": self.aborted_tokens}
 
 
+@dataclass(frozen=True, slots=True)
+class QuietRun:
+    """Engine steps a body advanced together (`Scheduler.complete_quiet`): each ran sequences and
+    finished and refused nothing, and after each the core had only to continue."""
+
+    ends: list[float]  # each step's end time, in order
+    decode_tokens: list[int]  # tokens each step sampled
+    kv_used_blocks: int  # KV-cache blocks in use after the last step
+    kv_total_blocks: int  # KV-cache capacity in blocks
+    waiting: int  # sequences queued in the engine after the last step
+    aborted_tokens: int = 0  # output tokens of the sequences the first step's item dropped
+
+
 # --- retrieval --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

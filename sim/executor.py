@@ -15,6 +15,7 @@ neighbour ids).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,11 +33,12 @@ from ragraph.work import (
     CacheLoad,
     CacheLoadResult,
     GenStep,
+    GenStepResult,
     Lane,
+    QuietRun,
     SearchBatch,
     SearchResult,
     WorkItem,
-    may_open_work,
 )
 from sim.gen_engine import GenEngineModel
 
@@ -112,8 +114,21 @@ class _TruthScans:
         return tuple(range(-1, -1 - max(len(truth.topk), 1), -1))
 
 
+def _exact_delay(now: float, end: float) -> float:
+    """The delay d with now + d == end in floating point (SimPy adds it to its clock): an end time
+    summed step by step is reached exactly."""
+    d = end - now
+    while now + d < end:
+        d = math.nextafter(d, math.inf)
+    while now + d > end:
+        d = math.nextafter(d, -math.inf)
+    return d
+
+
 class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
+
+    fold_steps = True  # advance quiet runs of engine steps with one timeout (tests switch it off: same results)
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
                  seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
@@ -143,7 +158,9 @@ class Simulation:
         done = env.event()
         env.process(self._arrivals(done))
         for lane in self.sched.policy.lanes:
-            env.process(self._lane(lane, done))
+            env.process(self._gen_lane(done) if lane is Lane.GPU_GEN else self._lane(lane, done))
+        collecting = gc.isenabled()
+        gc.disable()  # a run makes objects by the million (a slice per step) and few cycles: collected after it
         try:
             env.run(until=done)
         except RuntimeError as exc:  # SimPy's own "nothing left to happen"; core errors propagate
@@ -151,6 +168,9 @@ class Simulation:
                 raise
             self.sched.fail_all("stalled: no lane had work for this request", env.now)
             stopped = "stalled"
+        finally:
+            if collecting:
+                gc.enable()
         records = self.sched.finished()
         end = max((r.finish_s for r in records), default=0.0)
         return RunResult(records, end, time.perf_counter() - start, self._busy_s, self._timeline,
@@ -178,6 +198,105 @@ class Simulation:
         self._arrived = True
         self._check_done(done)
 
+    def _gen_lane(self, done: simpy.Event):
+        """The engine's lane. A run of engine steps whose outcomes are known in advance is
+        advanced with one timeout: while a step is quiet (it finishes and refuses nothing), the
+        core would only ask for the next step (`Scheduler.quiet_gen_steps`) and nothing else is
+        due before the step ends (the next SimPy event is later), the next step is run at once;
+        the quiet steps are completed with their own end times (`Scheduler.complete_quiet`) and
+        timeline slices before any other event can see the core, the last one when its time
+        comes. Not right after a wake-up: the other lanes woken by the same event run after this
+        one at the same instant, and what they start is not yet in the event queue. The engine
+        model has no clock, so the same steps in the same order give the same results; the end
+        times are summed step by step as single timeouts would."""
+        env, sched, engine, name = self.env, self.sched, self.engine, Lane.GPU_GEN.value
+        dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
+        timeline = self._timeline if self._keep_timeline else None
+        woken = False  # resumed by the shared wake-up event: lanes woken after it run at this instant too
+        while True:
+            now = env.now
+            item = sched.next_work(Lane.GPU_GEN, now)
+            if item is None:
+                yield self._wake
+                woken = True
+                continue
+            engine.apply(item)
+            seconds, res = engine.step()
+            if not seconds:  # nothing ran: the engine emptied or refused what it was handed
+                sched.complete(item, res, now)
+                self._step_done(res, None)
+                self._notify()
+                self._check_done(done)
+                continue
+            end = now + (seconds + dispatch)
+            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
+            if allowed and not (res.finished or res.rejected) and end < env.peek():
+                item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
+            yield env.timeout(_exact_delay(now, end))
+            woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
+            now = self._lane_free[name] = env.now
+            self._step_done(res, timeline, now - seconds - dispatch, seconds)
+            sched.complete(item, res, now)
+            if res.finished or res.rejected:
+                self._notify()
+                self._check_done(done)
+
+    def _fold(self, item: GenStep, seconds: float, res: GenStepResult, end: float, allowed: int, dispatch: float,
+              timeline: list[TimelineEvent] | None) -> tuple[GenStep, float, GenStepResult, float]:
+        """Run the steps after a quiet one that ends at `end` before the next event, up to `allowed`
+        quiet ones (decode steps in one go, `GenEngineModel.decode_run`), complete the quiet ones;
+        returns (the lane's item, seconds, result, end) of the last step, not completed."""
+        engine, horizon = self.engine, self.env.peek()
+        ends: list[float] = []
+        decoded: list[int] = []
+        aborted = res.aborted_tokens
+        while True:  # `res` (ending at `end`) is quiet and ends before the horizon
+            self._step_done(res, timeline, end - seconds - dispatch, seconds)
+            ends.append(end)
+            decoded.append(res.decode_tokens)
+            used, waiting = res.kv_used_blocks, res.waiting
+            run = engine.decode_run(allowed - len(ends), end, dispatch, horizon)
+            if run:
+                n = engine.n_dec
+                decoded += [n] * len(run)
+                busy, step_end = self._busy_s["gpu_gen"], ends.append
+                if timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step
+                    args = GenStepResult(running=n, decode_tokens=n).timeline_args().copy
+                    add = timeline.append
+                    for s, e, c, u in run:
+                        busy += s  # summed step by step, as one timeout each would
+                        step_end(e)
+                        a = args()  # (a copy and two items: twice as fast as building the dict)
+                        a["kv_used_blocks"] = u
+                        a["context_tokens"] = c
+                        add(("gpu_gen", "GenStep", e - s - dispatch, s, a))
+                else:
+                    for s, e, _, _ in run:
+                        busy += s
+                        step_end(e)
+                self._busy_s["gpu_gen"] = busy
+                end, used, waiting = run[-1][1], run[-1][3], 0
+                if used > self._kv_peak:
+                    self._kv_peak = used
+            seconds, res = engine.step()  # the next step (`apply` of a continuation changes nothing)
+            if not seconds:
+                raise RuntimeError("engine model ran nothing after a step that left sequences running")
+            end = end + (seconds + dispatch)
+            if len(ends) >= allowed or res.finished or res.rejected or end >= horizon:
+                break
+        item = self.sched.complete_quiet(item, QuietRun(ends, decoded, used, engine.total_blocks, waiting, aborted))
+        return item, seconds, res, end
+
+    def _step_done(self, res: GenStepResult, timeline: list[TimelineEvent] | None, start: float = 0.0,
+                   seconds: float = 0.0) -> None:
+        """An engine step ended: its busy time, the KV peak, its timeline slice."""
+        if res.kv_used_blocks > self._kv_peak:
+            self._kv_peak = res.kv_used_blocks
+        if seconds:
+            self._busy_s["gpu_gen"] += seconds
+            if timeline is not None:
+                timeline.append(("gpu_gen", "GenStep", start, seconds, res.timeline_args()))
+
     def _lane(self, lane: Lane, done: simpy.Event):
         env, sched, name = self.env, self.sched, lane.value
         dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
@@ -204,15 +323,8 @@ class Simulation:
                 self._check_done(done)
 
     def _execute(self, item: WorkItem, idle_s: float):
-        """(seconds, result, timeline args, whether other lanes may have new work); `idle_s`:
-        how long the item's lane sat idle before it (a cold embedder is slower)."""
-        if isinstance(item, GenStep):
-            self.engine.apply(item)
-            seconds, res = self.engine.step()
-            if res.kv_used_blocks > self._kv_peak:
-                self._kv_peak = res.kv_used_blocks
-            args = res.timeline_args() if self._keep_timeline else {}
-            return seconds, res, args, may_open_work(res) or not seconds
+        """(seconds, result, timeline args, whether other lanes may have new work) of a search or a
+        copy; `idle_s`: how long the item's lane sat idle before it (a cold embedder is slower)."""
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
             f = item.features(sizes)  # the call's features: priced here, shown on the timeline

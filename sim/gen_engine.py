@@ -1,5 +1,8 @@
 """A model of vLLM V1's engine: its scheduler and KV cache, stepped one engine step at a time.
 
+Over 500 lines: one model of vLLM's scheduler; its step phases, sequence transitions and the
+decode fast paths share the sequences' private state (the KV blocks are `sim.block_pool`).
+
 It follows vLLM's `Scheduler.schedule` (`vllm/v1/core/sched/scheduler.py`), `KVCacheManager`
 (`allocate_slots`, `get_computed_blocks`) and `BlockPool` (read on vLLM 0.32), with the
 settings of `profile.engine` and nothing else: block size, `max_num_seqs`,
@@ -45,9 +48,9 @@ the figures its `GenStepResult` reports, as the real driver reports them and cal
 
 Cost: a decoding sequence's computed tokens are `tick - base`, so a step where every
 running sequence decodes is O(events) (sequences that end; blocks allocated by count, from
-a tally of `base mod block_size`), not O(batch). Other steps visit the sequences that
-prefill and the waiting queue's head; only a step that preempts or runs out of token
-budget walks the whole running list.
+a tally of `base mod block_size`), not O(batch), and a run of such steps is advanced in one
+loop (`decode_run`). Other steps visit the sequences that prefill and the waiting queue's
+head; only a step that preempts or runs out of token budget walks the whole running list.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class GenEngineModel:
         self._admitted = 0  # tasks queued by `apply` since the last step (their add_request costs time)
         self._admitted_tokens = 0  # their prompt tokens
         self._aborted_tokens = 0  # output tokens of the sequences aborted since the last step
+        self._decode_terms: dict[int, tuple[float, float]] = {}  # decoding sequences -> decode_step_terms
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -203,6 +207,50 @@ class GenEngineModel:
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
+
+    def decode_run(self, limit: int, end: float, dispatch: float,
+                   horizon: float) -> list[tuple[float, float, int, int]]:
+        """Called by the body instead of `step()` for a run of steps it advances together: take up to
+        `limit` steps while each is a decode step of the fast path (every running sequence decodes,
+        nothing waits or prefills, free blocks suffice) that ends no sequence and ends before
+        `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. Returns
+        (seconds, end, context tokens, KV blocks used after it) per step taken; their results are
+        `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
+        n = self.n_dec
+        if not n or not self.fast_path or self.prefilling or self.waiting or self._rejected or \
+                self._aborted_tokens or n > self.token_budget:
+            return []
+        pool, need, block, finishing = self.pool, self.need, self.block, self.finishing
+        terms = self._decode_terms.get(n)
+        if terms is None:
+            terms = self._decode_terms[n] = self.latency.decode_step_terms(n)
+        fixed, per_token = terms  # gen_step_s(0, n, context), bit for bit
+        t, anon = self.tick, pool.anon
+        context = n * t - self.base_sum
+        used = pool.total - anon - pool.cached_free - pool.lent
+        out: list[tuple[float, float, int, int]] = []
+        append, stop = out.append, t + limit
+        while t < stop and t not in finishing:
+            k = need[t % block]
+            seconds = fixed + per_token * context
+            after = end + (seconds + dispatch)
+            if after >= horizon:
+                break
+            if k <= anon:  # blocks allocated as `step()` allocates them
+                anon -= k
+            elif k <= anon + pool.cached_free:
+                pool.anon = anon
+                pool.take(k)
+                anon = pool.anon
+            else:
+                break
+            used += k
+            append((seconds, after, context, used))
+            end = after
+            t += 1
+            context += n
+        pool.anon, self.tick = anon, t
+        return out
 
     def kv_cache_report(self) -> dict[str, object]:
         """What the KV cache did over the run (summary.json `kv_cache`)."""

@@ -52,13 +52,26 @@ class Recorder(Scheduler):
         Recorder.log.append(["end", item.lane, item, now, result])
         super().complete(item, result, now)
 
+    def complete_quiet(self, item, run):  # engine steps advanced together: logged one by one
+        step = super().complete_quiet(item, run)
+        for now, tokens in zip(run.ends, run.decode_tokens, strict=True):
+            result = GenStepResult(running=1, decode_tokens=tokens, kv_used_blocks=run.kv_used_blocks,
+                                   kv_total_blocks=run.kv_total_blocks, waiting=run.waiting)  # (as after the last)
+            Recorder.log += [["end", Lane.GPU_GEN, item, now, result], ["start", Lane.GPU_GEN, step, now, None]]
+            item = step
+        return step
 
-def run(requests, policy: str, profile=PROFILE, monkeypatch=None):
+
+def run(requests, policy: str, profile=PROFILE, monkeypatch=None, fold: bool = True):
+    """`fold`: engine steps advanced together (the recorder then sees a quiet run's results only
+    as far as `QuietRun` tells them)."""
     Recorder.log = []
     latency = LatencyModel(profile)
     if monkeypatch is not None:
         monkeypatch.setattr(executor, "Scheduler", Recorder)
-    result = executor.Simulation(requests, make_policy(policy, latency), latency, timeline=False).run()
+    sim = executor.Simulation(requests, make_policy(policy, latency), latency, timeline=False)
+    sim.fold_steps = fold
+    result = sim.run()
     return result, list(Recorder.log)
 
 
@@ -146,7 +159,7 @@ def test_same_seed_same_inputs_same_results(policy):
 
 def test_prefix_caching_serves_shared_templates(monkeypatch):
     requests = requests_for(["one-shot"], 4.0, 10.0, 1, 16)
-    _, log = run(requests, "hedra", monkeypatch=monkeypatch)
+    _, log = run(requests, "hedra", monkeypatch=monkeypatch, fold=False)  # every step's result
     cached = sum(r.cached_prompt_tokens for k, _l, i, _n, r in log if k == "end" and isinstance(i, GenStep))
     assert cached >= 48 * (len(requests) - 1)  # all but the first reuse the 60-token template's 3 full blocks
 

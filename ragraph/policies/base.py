@@ -43,6 +43,12 @@ class Policy(ABC):
         batching would take them). Returning [] with the engine empty idles the lane."""
         return list(s.gen_ready.values())
 
+    def holds_generations(self, s: SchedulerView) -> bool:
+        """Called by the core when deciding whether engine steps may be advanced together: True if
+        `admit_generations` would return [] now and after any engine step that finishes and
+        refuses nothing, at any later time, with no side effect (default False: it admits)."""
+        return False
+
     @abstractmethod
     def plan_search(self, s: SchedulerView, lane: Lane, now: float) -> SearchBatch | None:
         """Called when a retrieval lane is idle: the next search call, built with

@@ -34,6 +34,9 @@ class StagedPolicy(Policy):
         """Whether `node` may join the next stage (subclasses narrow this)."""
         return True
 
+    def holds_generations(self, s: SchedulerView) -> bool:
+        return bool(s.gen_in_engine)  # a generation stage runs: new ones wait for the next
+
     def admit_generations(self, s: SchedulerView, now: float) -> list[NodeRun]:
         if s.gen_in_engine or s.busy(Lane.CPU_RETRIEVAL) or self._stage_left(s):
             return []

@@ -26,6 +26,7 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Set
 from itertools import accumulate, chain, filterfalse
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 SIZING_STEPS = 32  # candidate splits of the pool Eq. 2 compares
 DEFAULT_TOKENS_PER_RETRIEVAL = 128  # output tokens per retrieval before any request arrived
 DEFAULT_SEQUENCE_TOKENS = 1024  # prompt + output tokens per sequence before any arrived
+RESCALE_AT = 2.0**500  # the heat's unit at which the stored heats are rescaled
 
 
 def eq2_split(pool_bytes: float, gen_rps: Callable[[float], float], retr_rps: Callable[[float], float],
@@ -66,7 +68,11 @@ class GpuIndexCache:
         self.refresh_every = refresh_every
         self.decay = decay
         self._bytes = [n * costs.bytes_per_vector for n in self.sizes]  # bytes per cluster
-        self.heat = [0.0] * len(self.sizes)  # decayed vectors scanned per cluster, as of the last `_tally`
+        # decayed vectors scanned per cluster as of the last `_tally`, in units of `_unit` (the heat
+        # decays by `decay` at each refresh: rather than every heat shrinking, later scans weigh more)
+        self._heat = [0.0] * len(self.sizes)
+        self._unit = 1.0  # the weight of a vector scanned now
+        self._order: list[int] = []  # the clusters with heat, hottest first as of the last refresh
         self._noted: list[tuple[int, ...]] = []  # clusters of the scans noted since (tallied when read)
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
@@ -115,17 +121,14 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        heat = self._tally()
-        # the clusters with heat (it is never negative), hottest first, ties by cluster id (a
-        # stable sort, reversed, keeps ids ascending among ties)
-        order = sorted(range(len(heat)), key=heat.__getitem__, reverse=True)[: len(heat) - heat.count(0.0)]
+        order = self._hottest()
         cum_bytes = [0, *accumulate(map(self._bytes.__getitem__, order))]  # [i]: bytes of the hottest i
         if self.fixed_clusters is not None:
             desired = order[: self.fixed_clusters]
         else:
             self.target_bytes = self._size_bytes(order, cum_bytes)
             desired = order[: bisect_right(cum_bytes, self.target_bytes) - 1]
-        self.heat = [h * self.decay for h in heat]
+        self._decay()
         self.clusters = len(desired)
         self.bytes = cum_bytes[len(desired)]
         cache = s.gpu_cache
@@ -185,17 +188,53 @@ class GpuIndexCache:
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
-    def _tally(self) -> list[float]:
-        """Add the scans noted since the last call to the heat (and the vectors scanned), scan by
-        scan in the order noted."""
-        heat, sizes, vectors = self.heat, self.sizes, 0
-        for c in chain.from_iterable(self._noted):
-            n = sizes[c]
-            heat[c] += n
-            vectors += n
+    def _tally(self) -> None:
+        """Add the scans noted since the last call to the heat (and the vectors scanned): per
+        cluster, its vectors times its scans, in the units of the current refresh (`_decay`)."""
+        heat, sizes, unit, vectors = self._heat, self.sizes, self._unit, 0
+        fresh = []
+        for c, scans in Counter(chain.from_iterable(self._noted)).items():
+            n = sizes[c] * scans
+            if n:  # (an empty list gets no heat: it never joins the order)
+                if not heat[c]:
+                    fresh.append(c)
+                heat[c] += n * unit
+                vectors += n
         self._noted = []
         self._vectors += vectors
-        return heat
+        if fresh:
+            fresh.sort()  # among equal heat, lower ids first
+            self._order += fresh
+
+    def _hottest(self) -> list[int]:
+        """The clusters with heat, hottest first, ties by cluster id. The order of the last refresh
+        is sorted again (only the clusters scanned since moved, so the sort has little to do)."""
+        self._tally()
+        order, heat = self._order, self._heat
+        order.sort(key=heat.__getitem__, reverse=True)  # stable: ties keep their earlier order
+        values = list(map(heat.__getitem__, order))
+        if len(set(values)) < len(values):  # equal heat: put each group in id order
+            i, n = 0, len(values)
+            while i < n:
+                j = i + 1
+                while j < n and values[j] == values[i]:
+                    j += 1
+                if j - i > 1:
+                    order[i:j] = sorted(order[i:j])
+                i = j
+        return order
+
+    def _decay(self) -> None:
+        """Every heat decays by `decay`, lazily: later scans count 1/decay times more (`_unit`);
+        the stored heats are rescaled only when the unit grows large."""
+        if self.decay <= 0:
+            self._heat = [0.0] * len(self.sizes)
+            self._order = []
+            return
+        self._unit /= self.decay
+        if self._unit > RESCALE_AT:
+            self._heat = [h / self._unit for h in self._heat]
+            self._unit = 1.0
 
     def _size_bytes(self, order: list[int], cum_bytes: list[int]) -> float:
         """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
@@ -206,9 +245,10 @@ class GpuIndexCache:
         out_per_retrieval = self._out_tokens / retrievals if self._out_tokens else DEFAULT_TOKENS_PER_RETRIEVAL
         seq_tokens = self._seq_tokens / self._gens if self._gens else DEFAULT_SEQUENCE_TOKENS
         vectors_per_retrieval = self._vectors / retrievals
-        total_heat = sum(self.heat) or 1.0
-        # hot share of scan work covered by the hottest clusters within x bytes
-        cum_heat = list(accumulate(map(self.heat.__getitem__, order), initial=0.0))
+        # hot share of scan work covered by the hottest clusters within x bytes (a ratio of heats,
+        # so their common unit cancels)
+        cum_heat = list(accumulate(map(self._heat.__getitem__, order), initial=0.0))
+        total_heat = cum_heat[-1] or 1.0
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))

@@ -68,10 +68,17 @@ class SubStages:
     def cumulative(self, node: NodeRun) -> list[int]:
         """Prefix sums of list sizes along the node's scan order (cached until it is reordered)."""
         cached = self._cums.get(node)
-        if cached is not None and cached[0] is node.order:
+        order = node.order
+        if cached is not None and cached[0] is order:
             return cached[1]
-        cum = list(accumulate(map(self.costs.list_sizes.__getitem__, node.order), initial=0))
-        self._cums[node] = (node.order, cum)
+        size = self.costs.list_sizes.__getitem__
+        if cached is None:
+            cum = list(accumulate(map(size, order), initial=0))
+        else:  # reordered: only the clusters not yet dispatched moved, the sums before them stand
+            pos = node.next_pos
+            cum = cached[1][:pos]
+            cum += accumulate(map(size, order[pos:]), initial=cached[1][pos])
+        self._cums[node] = (order, cum)
         return cum
 
     def _step_of(self, node: NodeRun) -> int:
