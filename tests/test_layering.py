@@ -42,3 +42,13 @@ def test_no_package_imports_from_a_layer_above_it():
             for dep in sorted(imported_packages(path) - allowed - {package}):
                 wrong.append(f"{path.relative_to(ROOT)} imports {dep}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_core_and_the_policy_contract_load_without_the_registry():
+    import subprocess
+    import sys
+
+    code = ("import sys, ragraph.core, ragraph.policies.base, ragraph.policies.spec; "
+            "print(sorted(m for m in sys.modules if m.startswith('ragraph.policies')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "['ragraph.policies', 'ragraph.policies.base', 'ragraph.policies.spec']"

@@ -1,28 +1,23 @@
-"""Policy registry: every policy by name, with its options model and build function.
+"""Scheduling policies: the contract (`base`), the spec grammar (`spec`), the policies, and
+the registry (`registry`).
 
-`parse_policy("hedra:no-reorder")` validates a spec without building anything;
-`make_policy(spec, costs)` parses and builds. Grammar and validation: `ragraph.policies.spec`.
+`from ragraph.policies import parse_policy` (or `POLICIES`, `make_policy`) loads the registry,
+and with it every policy, on first use only: importing `ragraph.policies.base` (as the
+scheduler core does) loads no policy.
 """
 
 from __future__ import annotations
 
-from ragraph.costs import SearchCostModel
-from ragraph.policies import configured, flashrag, hedra, langchain, ragserve
-from ragraph.policies.base import Policy, PolicyError
-from ragraph.policies.spec import PolicyChoice, PolicyType
-from ragraph.policies.spec import parse_policy as _parse
-
-POLICIES: dict[str, PolicyType] = {p.name: p for p in (langchain.POLICY, flashrag.POLICY, hedra.POLICY,
-                                                       ragserve.POLICY, configured.FIXED, configured.ADAPTIVE)}
+import importlib
+from typing import Any
 
 __all__ = ["POLICIES", "Policy", "PolicyChoice", "PolicyError", "PolicyType", "make_policy", "parse_policy"]
 
-
-def parse_policy(spec: str) -> PolicyChoice:
-    """Parse and validate a policy spec; raises PolicyError."""
-    return _parse(spec, POLICIES)
+_FROM = {"Policy": "base", "PolicyError": "base", "PolicyChoice": "spec", "PolicyType": "spec",
+         "POLICIES": "registry", "make_policy": "registry", "parse_policy": "registry"}
 
 
-def make_policy(spec: str, costs: SearchCostModel) -> Policy:
-    """Build the policy named by `spec`; raises PolicyError on any bad name or option."""
-    return parse_policy(spec).build(costs)
+def __getattr__(name: str) -> Any:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ragraph.policies.{_FROM[name]}"), name)
