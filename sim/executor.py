@@ -16,6 +16,7 @@ neighbour ids).
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -114,15 +115,17 @@ class _TruthScans:
         return tuple(range(-1, -1 - max(len(truth.topk), 1), -1))
 
 
-def _exact_delay(now: float, end: float) -> float:
-    """The delay d with now + d == end in floating point (SimPy adds it to its clock): an end time
-    summed step by step is reached exactly."""
-    d = end - now
-    while now + d < end:
-        d = math.nextafter(d, math.inf)
-    while now + d > end:
-        d = math.nextafter(d, -math.inf)
-    return d
+class _Environment(simpy.Environment):
+    """SimPy's environment with a timeout at an absolute time: a time summed step by step is not
+    always `now + d` for any float d (when `now` has a finer last bit than the sum, half of the
+    sums in reach round away), so a run of engine steps ends where its steps would have."""
+
+    def timeout_at(self, at: float) -> simpy.Event:
+        """An event processed at time `at` (>= now), ordered like a Timeout made now."""
+        event = simpy.Event(self)
+        event._ok, event._value = True, None  # (what Timeout.__init__ sets; it then schedules by delay)
+        heapq.heappush(self._queue, (at, simpy.core.NORMAL, next(self._eid), event))
+        return event
 
 
 class Simulation:
@@ -138,7 +141,7 @@ class Simulation:
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
         self.engine = GenEngineModel(latency, kv_policy.name)
-        self.env = simpy.Environment()
+        self.env = _Environment()
         self._wake = self.env.event()
         self._keep_timeline = timeline
         self._timeline: list[TimelineEvent] = []
@@ -232,7 +235,7 @@ class Simulation:
             allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
-            yield env.timeout(_exact_delay(now, end))
+            yield env.timeout_at(end)
             woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
             now = self._lane_free[name] = env.now
             self._step_done(res, timeline, now - seconds - dispatch, seconds)

@@ -45,6 +45,7 @@ def simulate(reqs, policy: str, fold: bool, kv: str = "lru"):
     ("multistep", 4.0, "flashrag", "lru"),
     ("agent-chain", 2.0, "hedra", "kvflow"),
     ("one-shot/512", 8.0, "hedra", "lru"),  # a wake-up starts a step and a GPU scan at one instant
+    ("metis", 4.0, "ragserve", "lru"),  # syntheses configured at run time
 ])
 def test_folded_steps_give_the_step_by_step_run(workflow, rate, policy, kv):
     name, _, nprobe = workflow.partition("/")
