@@ -33,7 +33,7 @@ import numpy as np
 from ragraph.graph import Op
 from ragraph.workflows import WorkflowRegistry, WorkflowSpec
 from traces.probes import ProbeModel
-from traces.schema import TraceError
+from traces.schema import TraceError, read_lines
 
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 BLOCK_TOKENS = 512  # Mooncake's published traces
@@ -95,12 +95,7 @@ def import_mooncake(path: str | Path, workflow: str, *, block_tokens: int = BLOC
     if block_tokens < 1 or not 1 <= nprobe <= nlist or k < 1:
         raise ValueError(f"need block_tokens >= 1, 1 <= nprobe <= nlist ({nlist}) and k >= 1")
     probes = ProbeModel(nlist, 0.8, 0.5, np.random.default_rng(seed)) if Op.RETRIEVE in ops else None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    lines = read_lines(path)
     rows = []
     for n, text in enumerate(lines, start=1):
         if not text.strip():

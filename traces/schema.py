@@ -261,6 +261,16 @@ class IndexCheck(enum.Enum):
 ANY_INDEX = IndexCheck.ANY  # load_trace(index=ANY_INDEX): the trace runs against no index (trace stats)
 
 
+def read_lines(path: Path) -> list[str]:
+    """A trace file's lines; a file that cannot be read, or is not UTF-8, is a TraceError."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None, nlist: int | None = None, *,
                index: str | IndexCheck | None = ANY_INDEX, target: str = "") -> list[Request]:
     """Read and validate a trace; raises TraceError naming file, line and field.
@@ -272,12 +282,7 @@ def load_trace(path: str | Path, workflows: WorkflowRegistry | None = None, nlis
     against and what to do, e.g. "the profile describes index IVF4096,Flat (no identity); ..."."""
     path = Path(path)
     registry = workflows or WorkflowRegistry()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    lines = read_lines(path)
     requests: list[Request] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines, start=1):
