@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backends.corpus import Corpus, CorpusError, Question
+from backends.corpus import Corpus, CorpusError
 from backends.ivf import IdLists
 from ragraph.graph import PREFIX_FRACTIONS, query_prefix
+from traces.questions import Question
 from traces.schema import TOP_CACHE, TraceRequest
 
 if TYPE_CHECKING:

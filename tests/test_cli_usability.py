@@ -85,7 +85,7 @@ def test_write_errors_name_the_out_path_not_the_temporary(tmp_path):
 
 
 def test_corpus_build_progress_as_messages():
-    from backends.corpus import _bar
+    from backends.corpus.index import progress_bar as _bar
 
     seen: list[str] = []
     with _bar(1000, "embedding passages", seen.append) as bar:

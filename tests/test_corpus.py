@@ -27,7 +27,6 @@ pytest.importorskip("sentence_transformers")
 from backends.corpus import (  # noqa: E402  (after the skips)
     FILES,
     CorpusError,
-    Question,
     build_corpus_from_flashrag,
     build_wiki_corpus,
     default_corpus_dir,
@@ -44,6 +43,7 @@ from backends.corpus import (  # noqa: E402  (after the skips)
 )
 from backends.real_trace import question_for, realize_trace  # noqa: E402
 from traces.generate import TraceConfig, generate_trace, write_jsonl  # noqa: E402
+from traces.questions import Question  # noqa: E402
 from traces.schema import RetrieveStage, TraceError, TraceRequest, load_trace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

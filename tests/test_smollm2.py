@@ -95,7 +95,6 @@ def test_vllm_serves_it_with_deterministic_greedy_english(body):
 
 
 def test_real_replay_with_smollm2_answers_every_request(body, wiki_corpus, embedder):
-    from backends.corpus import Question
     from backends.real_trace import realize_trace
     from hwmodel.latency import LatencyModel
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
@@ -103,6 +102,7 @@ def test_real_replay_with_smollm2_answers_every_request(body, wiki_corpus, embed
     from ragraph.workflows import WorkflowRegistry
     from runs.run import run_real
     from traces.generate import TraceConfig, generate_trace
+    from traces.questions import Question
     from traces.schema import TraceRequest, to_request
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -39,7 +39,7 @@ class UsageError(ValueError):
 # simulator's commands never import them (they are slow to import), and so cannot raise them.
 
 
-_BACKEND_ERRORS = {"backends.corpus": ("CorpusError",), "backends.real": ("BackendError",),
+_BACKEND_ERRORS = {"backends.corpus.store": ("CorpusError",), "backends.real": ("BackendError",),
                    "backends.embedder": ("EmbedderUnavailable",), "backends.ivf": ("RetrieverUnavailable",),
                    "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError", "ModelLoadError"),
                    "backends.smollm2": ("ModelUnavailable",)}
