@@ -16,8 +16,10 @@ the replay (the executor calls it under the scheduler's lock):
   the latest generation's text, as IRG (Shao et al., 2023: Iter-RetGen) and FLARE (Jiang et
   al., 2023) build it from what the model wrote; the retrieval body embeds that text and
   searches the real index, so the search outcome is the real one. Retrievals before any
-  generation keep the trace's query. A speculative retrieval (on a prefix of a generation
-  still running) searches the trace's query prefix: the partial text is not reported;
+  generation keep the trace's query. A speculative retrieval (HedraRAG's, started while the
+  generation before it is still running) searches the question plus the text that generation
+  has written so far (each engine step reports it, `GenStepResult.partial_texts`), so its
+  accuracy is that of real partial generations;
 - `scored(records)`: each completed request's answer (the text of its last `answer`
   generation, else its last generation) and, where the trace has gold answers, its token
   F1 and exact match (`ragraph.quality`). Failed requests are not scored.
@@ -63,7 +65,8 @@ class AnswerFlow:
         self._requests = {r.id: r for r in requests}
         self._passage = passage
         self._per_prompt, self._chars = passages_per_prompt, passage_chars
-        self._texts: dict[NodeKey, str] = {}
+        self._texts: dict[NodeKey, str] = {}  # finished generations' text
+        self._partial: dict[NodeKey, str] = {}  # running generations' text so far
         self._lock = threading.Lock()
 
     # --- called by the executor ------------------------------------------------------------
@@ -81,26 +84,31 @@ class AnswerFlow:
 
     def record(self, result: GenStepResult) -> None:
         with self._lock:
+            self._partial.update(result.partial_texts)
             self._texts.update(result.texts)
 
     def queries(self, batch: SearchBatch) -> dict[NodeKey, str] | None:
         """Query texts of the batch's first sub-stages that follow a generation (None: none)."""
         out = {}
         for task in batch.tasks:
-            if task.first and task.prefix >= 1:
+            if task.first:
                 text = self.query(task.key)
                 if text:
                     out[task.key] = text
         return out or None
 
     def query(self, key: NodeKey) -> str:
-        """The query of Retrieve node `key`: question + the latest earlier generation's text
-        ("" where no generation precedes it or its text is unknown: the trace's query stands)."""
+        """The query of Retrieve node `key`: question + the latest earlier generation's text,
+        or what it has written so far while it runs (a speculative retrieval); "" where no
+        generation precedes it or it has no text yet: the trace's query stands."""
         request = self._requests.get(key[0])
         if request is None:
             return ""
         gen = self._latest(request, key[1], Generate)
-        text = self.text((request.id, gen)) if gen is not None else ""
+        text = ""
+        if gen is not None:
+            with self._lock:
+                text = self._texts.get((request.id, gen)) or self._partial.get((request.id, gen), "")
         return f"{request.question} {text}".strip() if text else ""
 
     def text(self, key: NodeKey) -> str:

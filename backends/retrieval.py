@@ -62,7 +62,7 @@ class RetrievalService:
         if queries:
             with self._state_lock:
                 self._queries.update(queries)
-        self._start_new([t for t in batch.tasks if t.first])
+        self._start_new([t for t in batch.tasks if t.first], queries or {})
         states = [self._topk[t.key] for t in batch.tasks]
         clusters = [t.clusters if t.prefix >= 1 else self._prefix_probes.pop(t.key) for t in batch.tasks]
         locks = [self._locks[t.key] for t in sorted(batch.tasks, key=lambda t: t.key)]
@@ -97,14 +97,16 @@ class RetrievalService:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _start_new(self, tasks: list[ScanTask]) -> None:
-        """Embed (one batched call) and start the heaps of queries in their first sub-stage."""
+    def _start_new(self, tasks: list[ScanTask], given: Mapping[NodeKey, str]) -> None:
+        """Embed (one batched call) and start the heaps of queries in their first sub-stage. A
+        speculative search (prefix < 1) embeds its query's prefix, unless its text was `given`
+        (the real partial generation of a model that answers): then that text, whole."""
         if not tasks:
             return
         vectors: dict[NodeKey, np.ndarray] = {}
         texts: dict[NodeKey, str] = {}
         for t in tasks:
-            text = self._text(t.key) if t.prefix >= 1 else query_prefix(self._text(t.key), t.prefix)
+            text = self._text(t.key) if t.prefix >= 1 or t.key in given else query_prefix(self._text(t.key), t.prefix)
             if text:
                 texts[t.key] = text
             else:

@@ -521,6 +521,7 @@ class VLLMEngine:
         outputs = self._engine.step()
         finished: list[NodeKey] = []
         texts: list[tuple[NodeKey, str]] = []
+        partial: list[tuple[NodeKey, str]] = []
         cached = 0
         for out in outputs:
             key = self._by_request.get(out.request_id)
@@ -534,10 +535,12 @@ class VLLMEngine:
             if live.token_ids is not None:
                 for c in out.outputs:
                     live.token_ids.extend(c.token_ids)
+                if new and not out.finished:
+                    partial.append((key, self._text(live)))
             if out.finished:
                 if live.token_ids is not None:  # text: ends at the model's end of turn, or at the trace's length
                     finished.append(key)
-                    texts.append((key, self._tokenizer().decode(live.token_ids, skip_special_tokens=True).strip()))
+                    texts.append((key, self._text(live)))
                 elif live.generated == live.task.output_tokens:
                     finished.append(key)
                 else:  # vLLM ended it on its own (an abort inside the engine, a stop it should not have made)
@@ -565,7 +568,11 @@ class VLLMEngine:
             prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
-            aborted_tokens=aborted_tokens, texts=tuple(texts))
+            aborted_tokens=aborted_tokens, texts=tuple(texts), partial_texts=tuple(partial))
+
+    def _text(self, live: _Live) -> str:
+        """The text a text-prompted sequence has generated so far."""
+        return self._tokenizer().decode(live.token_ids or [], skip_special_tokens=True).strip()
 
     def has_unfinished(self) -> bool:
         """Whether a `step()` still has something to do or report (sequences, or pending rejections)."""

@@ -107,6 +107,9 @@ class GenStepResult:
     # (key, generated text) of finished sequences that were prompted with text (a real body with a
     # model that answers, `backends.answers`); empty for synthetic prompts and in the simulator
     texts: tuple[tuple[NodeKey, str], ...] = ()
+    # (key, text so far) of the text-prompted sequences still running that sampled a token in this
+    # step: what a speculative retrieval on a partial generation searches on the real body
+    partial_texts: tuple[tuple[NodeKey, str], ...] = ()
 
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""

@@ -104,3 +104,15 @@ def test_model_names_and_folders(tmp_path):
     assert not answers_text(folder)
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     assert answers_text(folder)
+
+
+def test_speculative_retrieval_searches_the_partial_generation_then_the_final_one():
+    req = irg()
+    flow = AnswerFlow([req], passage)
+    spec = SearchBatch((ScanTask(("q1", 2), (0,), 5, True, True, prefix=0.5),))
+    assert flow.queries(spec) is None  # the generation has written nothing yet: the trace's prefix
+    flow.record(GenStepResult(partial_texts=((("q1", 1), "Paris is"),)))
+    assert flow.queries(spec) == {("q1", 2): "What is the capital of France? Paris is"}
+    flow.record(GenStepResult(finished=(("q1", 1),), texts=((("q1", 1), "Paris is the capital"),)))
+    redo = SearchBatch((ScanTask(("q1", 2), (0,), 5, True, True),))
+    assert flow.queries(redo) == {("q1", 2): "What is the capital of France? Paris is the capital"}

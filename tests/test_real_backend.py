@@ -239,6 +239,25 @@ def test_sub_stages_on_the_retrieval_lane_equal_one_full_search(backend, trace_r
     assert compared >= len(keys) // 2
 
 
+def test_speculative_search_given_a_generated_text_searches_that_text_whole(backend, trace_rows):
+    """A speculative search (prefix < 1) given the real partial generation (what `AnswerFlow`
+    supplies on a model that answers) embeds that text whole, not a prefix of it, and searches
+    its own probe list: the result of one full search of that text."""
+    from backends.retrieval import RetrievalService
+    from ragraph.work import ScanTask, SearchBatch
+
+    requests = requests_of(trace_rows[:4])
+    service = RetrievalService(backend.retriever, backend.embedder.encode, requests)
+    req = requests[0]
+    key = (req.id, next(i for i, n in enumerate(req.nodes) if n.op == "retrieve"))
+    spec = req.nodes[key[1]]
+    text = f"{req.question} The answer is written in the passage about its history"
+    result = service.search(SearchBatch((ScanTask(key, spec.clusters, 3, True, True, prefix=0.25),)), {key: text})
+    vec = backend.embedder.encode([text])
+    _, ids = backend.retriever.search_full(vec, 3, len(spec.clusters))
+    assert result.topk[key] == tuple(int(i) for i in ids[0] if i >= 0)
+
+
 def test_cli_refuses_probe_lists_beyond_the_index_before_loading(tmp_path, wiki_corpus):
     trace = tmp_path / "synthetic.jsonl"
     rows = generate_trace(TraceConfig(("irg",), 4.0, 3.0, seed=1))  # lists of a 4096-list index
