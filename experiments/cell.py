@@ -41,7 +41,8 @@ QUANTILES = np.linspace(0, 100, 101)  # the latency CDF a row keeps (for CDF plo
 TRACE_OPTIONS = ("arrival", "cv", "nprobe", "k", "zipf", "overlap", "iterations")  # of a synthetic trace
 ROW_COLUMNS = ("label", "workflow", "trace", "rate", "duration_s", "offline", *TRACE_OPTIONS, "policy", "policy_name",
                "profile", "seed", "requests", "completed", "failed", "mean_s", "p50_s", "p95_s", "p99_s",
-               "throughput_rps", "sim_s", "sim_wall_s", "retrieval_mean_s", "latency_cdf_s")  # besides ROW_PREFIXES
+               "throughput_rps", "sim_s", "sim_wall_s", "retrieval_mean_s", "latency_cdf_s",
+               "load", "capacity_rps", "capacity_low", "capacity_high")  # besides ROW_PREFIXES
 ROW_PREFIXES = ("opt_", "util_", "tech_", "p50_x_vs_", "p99_x_vs_")  # policy options, lanes, techniques, speedups
 
 
@@ -63,6 +64,9 @@ class Cell:
     workflows: tuple[WorkflowSpec, ...] = ()  # extra workflows (a spec's workflow_files) its trace may name
     policy_label: str = ""  # the policy's name in tables and figures ("": its spec); not part of the key
     tags: tuple[tuple[str, object], ...] = ()  # columns copied into its table row (e.g. panel); not in the key
+    # a fraction of its policy's capacity (a workload's `loads`): `rate` is 0 until the sweep has found
+    # that capacity (experiments.capacity_grid.with_loads), then load x capacity
+    load: float | None = None
 
     def trace_key(self) -> tuple:
         """What makes two cells run the same requests (cells differing only in policy share it)."""
@@ -74,7 +78,7 @@ class Cell:
         return {"row_schema": ROW_SCHEMA, "trace": self.trace, "workflow": self.label, "rate": self.rate,
                 "duration_s": self.duration_s, "requests": self.requests, "offline": self.offline,
                 **dict(self.trace_options), "policy": self.policy.spec, "profile": self.profile, "seed": self.seed,
-                "inputs": self.inputs}
+                "inputs": self.inputs, **({} if self.load is None else {"load": self.load})}
 
 
 def cell_id(cell: Cell) -> str:

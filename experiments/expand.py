@@ -109,6 +109,15 @@ def _synthetic(spec: SweepSpec, wl: Workload, field: str, path: Path, registry: 
             raise _fail(path, f"{field}.rates[{i}]", str(exc)) from None
         out.append({"label": ",".join(names), "trace": "", "rate": float(rate), "duration_s": duration,
                     "trace_options": options, "requests": wl.requests, "workflows": used})
+    duration = float(wl.duration_s or spec.duration_s)
+    if wl.loads:
+        try:
+            TraceConfig(tuple(names), 1.0, duration, nlist=prof.index.nlist, **dict(options))
+        except ValueError as exc:
+            raise _fail(path, f"{field}.loads", str(exc)) from None
+    for load in wl.loads or ():  # the rate comes from the policy's capacity (experiments.capacity_grid)
+        out.append({"label": ",".join(names), "trace": "", "rate": 0.0, "duration_s": duration,
+                    "trace_options": options, "requests": None, "workflows": used, "load": float(load)})
     return out
 
 

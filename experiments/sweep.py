@@ -12,7 +12,9 @@ worker), a process pool, or Ray tasks. A row is a pure function of its cell, so 
 is the same whatever the runner, the worker count or the interruptions; only `sim_wall_s`
 (the simulation's own wall time) varies. At the end the driver adds each cell's tags and
 policy label and writes `DIR/sweep.parquet` (one row per cell, in grid order) and the plots
-the spec asks for.
+the spec asks for. A spec with `[capacity]` first finds each cell's sustainable rate
+(`experiments.capacity_grid`, stored under `DIR/capacity/`), sets the rates of cells given as
+loads of it, and adds the capacity columns to every row.
 
 Ctrl-C stops the runner; the cells stored by then stay, and SweepInterrupted says so.
 """
@@ -209,7 +211,11 @@ def sweep_table(rows: Iterable[dict], baseline: str | None) -> pd.DataFrame:
     if baseline is None or table.empty:
         return table
     match = [*table.columns[:table.columns.get_loc("policy")], "profile", "seed"]
-    workload = pd.Series([repr(w) for w in table[match].itertuples(index=False)], index=table.index)
+    keys = table[match].astype(object)
+    if "load" in table.columns:  # cells given as loads run at each policy's own rate: match them by load
+        given = table["load"].notna()
+        keys.loc[given, "rate"] = [("load", x) for x in table.loc[given, "load"]]
+    workload = pd.Series([repr(w) for w in keys.itertuples(index=False)], index=table.index)
     base = table[table["policy"] == baseline].assign(_w=workload).drop_duplicates("_w").set_index("_w")
     table[f"p50_x_vs_{baseline}"] = workload.map(base["p50_s"]).astype(float) / table["p50_s"]
     table[f"p99_x_vs_{baseline}"] = workload.map(base["p99_s"]).astype(float) / table["p99_s"]
@@ -228,13 +234,30 @@ def default_workers() -> int:
 
 
 def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, runner: Runner,
-              progress: Callable[[int, int], None] = lambda done, total: None) -> pd.DataFrame:
-    """Run a validated spec's cells into `out` and write sweep.parquet and the plots."""
+              progress: Callable[[int, int], None] = lambda done, total: None, *, capacity_workers: int = 1,
+              capacity_progress: Callable[[int, int], None] = lambda done, total: None) -> pd.DataFrame:
+    """Run a validated spec's cells into `out` and write sweep.parquet and the plots; with a
+    `[capacity]` table, first the capacity searches (on `capacity_workers` processes)."""
     from experiments.study_plots import sweep_plots
 
     started = time.perf_counter()
     options = CellOptions(str(out / "runs") if spec.runs or spec.timeline else "", spec.timeline)
+    capacities: dict[str, dict] = {}
+    if spec.capacity is not None:
+        from experiments.capacity_grid import CapacityError, capacity_columns, find_capacities, with_loads
+
+        prepare_out(out)
+        try:
+            capacities = find_capacities(cells, spec.capacity, out, capacity_workers, capacity_progress)
+            cells = with_loads(cells, spec.capacity, capacities)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(0, len(cells)) from None
+        except CapacityError as exc:
+            raise SweepError(str(exc)) from None
     rows = run_cells(cells, out, runner, options=options, progress=progress)
+    if spec.capacity is not None:
+        rows = [{**row, **capacity_columns(cell, spec.capacity, capacities)}
+                for cell, row in zip(cells, rows, strict=True)]
     table = sweep_table(rows, spec.baseline or spec.policy_specs()[0])
     write_table(table, out)
     sweep_plots(table, out, spec.plots, spec.baseline or spec.policy_specs()[0])

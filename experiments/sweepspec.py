@@ -27,6 +27,14 @@ rates; or a trace file) with policy specs, profiles and seeds:
     [[workload]]
     trace = "traces/mine.jsonl"          # relative to the spec file
 
+    [capacity]                           # each cell's sustainable rate (calibration.capacity)
+    slo_p95 = 10                         # P95 latency at most this (s)
+    tolerance = 0.1                      # its bracket: high <= (1 + tolerance) x low
+
+    [[workload]]
+    workflow = "irg"
+    loads = [0.3, 0.6, 0.85]             # fractions of each policy's capacity, instead of rates
+
 This module checks structure and types (unknown keys refused); `experiments.expand` checks
 what the spec names and lists its cells. A fault raises SpecError with one line naming the
 file and the field, e.g. `spec.toml: field policies[2]: policy 'hedra': option chunk: ...`.
@@ -46,6 +54,7 @@ from experiments.cell import ROW_COLUMNS, ROW_PREFIXES
 
 Plot = Literal["latency-vs-rate", "cdf", "utilisation", "speedup"]  # drawn by experiments.study_plots
 Positive = Annotated[float, Field(gt=0, lt=1e6, allow_inf_nan=False)]
+Load = Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]  # a fraction of a policy's capacity
 TagValue = str | int | float | bool
 
 
@@ -98,6 +107,7 @@ class Workload(_Strict):
 
     workflow: str | None = None  # a name, or several comma-separated (an equal mix)
     rates: list[Positive] | None = Field(None, min_length=1)  # req/s, one cell each
+    loads: list[Load] | None = Field(None, min_length=1)  # fractions of each policy's capacity, one cell each
     trace: str | None = None  # a trace file (JSON Lines), instead of workflow + rates
     duration_s: Positive | None = None  # overrides the spec's duration_s
     requests: int | None = Field(None, ge=1, le=1_000_000)  # exactly the first N requests generated
@@ -116,10 +126,12 @@ class Workload(_Strict):
     def _one_source(self) -> Workload:
         if (self.trace is None) == (self.workflow is None):
             raise ValueError("give either workflow (with rates) or trace")
-        if self.workflow is not None and not self.rates:
-            raise ValueError("a workflow needs rates, e.g. rates = [2, 4, 8]")
-        if self.trace is not None and (self.rates or self.requests is not None):
-            raise ValueError("a trace file has its own arrivals and requests; leave rates and requests out")
+        if self.workflow is not None and not self.rates and not self.loads:
+            raise ValueError("a workflow needs rates (e.g. rates = [2, 4, 8]) or loads (e.g. loads = [0.3, 0.6])")
+        if self.trace is not None and (self.rates or self.loads or self.requests is not None):
+            raise ValueError("a trace file has its own arrivals and requests; leave rates, loads and requests out")
+        if self.loads and (self.offline or self.requests is not None):
+            raise ValueError("loads are fractions of a sustainable rate: not with offline or requests")
         if self.requests is not None and self.duration_s is not None:
             raise ValueError("give requests or duration_s, not both (requests sets the trace's length)")
         return self
@@ -132,6 +144,15 @@ class Workload(_Strict):
                 raise ValueError(f"tag {name!r}: a tag is a new column: lower-case letters, digits and _, and not"
                                  " a column the row already has")
         return tags
+
+
+class CapacitySpec(_Strict):
+    """`[capacity]`: find each (workload, profile, seed, policy)'s sustainable rate on the
+    simulator (`calibration.capacity.sim_capacity`), for `capacity_*` columns and `loads`."""
+
+    slo_p95: Positive = 10.0  # the rate is sustained when the P95 latency is at most this (s)
+    tolerance: Annotated[float, Field(gt=0, le=1)] = 0.1  # bracket: high <= (1 + tolerance) x low
+    duration_s: Positive | None = None  # seconds of arrivals a run (default: enough for the tolerance)
 
 
 class SweepSpec(_Strict):
@@ -151,6 +172,7 @@ class SweepSpec(_Strict):
     plots: list[Plot] = Field(default_factory=lambda: ["latency-vs-rate"])
     runs: bool = False  # keep each cell's run folder (requests.parquet, summary.json) under runs/
     timeline: bool = False  # ... and its timeline.json (slow; for a few cells)
+    capacity: CapacitySpec | None = None  # each cell's sustainable rate (capacity_* columns; needed by loads)
 
     @model_validator(mode="after")
     def _has_workloads(self) -> SweepSpec:
@@ -160,6 +182,9 @@ class SweepSpec(_Strict):
             raise ValueError("no workload: give workflows + rates, or [[workload]] tables")
         if not self.policies and (self.workflows or any(w.policies is None for w in self.workload)):
             raise ValueError("no policies: give policies, or policies in every [[workload]]")
+        if self.capacity is None and any(w.loads for w in self.workload):
+            raise ValueError("loads are fractions of each policy's capacity: add a [capacity] table"
+                             " (e.g. capacity = { slo_p95 = 10 })")
         return self
 
     def workloads(self) -> list[Workload]:

@@ -80,7 +80,9 @@ def sweep(
         prepare_out(out)  # refuses a folder Hedra did not write, before the progress bar starts
         try:
             with _sweep_progress(spec_model.name) as progress:
-                table = run_sweep(spec_model, cells, out, runner, progress)
+                table = run_sweep(spec_model, cells, out, runner, progress,
+                                  capacity_workers=_capacity_workers(workers, ray),
+                                  capacity_progress=_capacity_progress)
         except SweepInterrupted as exc:
             typer.echo(f"hedra: interrupted: {exc.done} of {exc.total} cells done, kept in {out}/cells;"
                        " run the same command again to resume", err=True)
@@ -213,6 +215,18 @@ def _sweep_runner(workers: int | None, ray: str | None):
             raise UsageError("--ray: Ray is not installed (pip install -e '.[ray]')") from None
         return ray_runner(ray, n)
     return inline_runner if n == 1 else pool_runner(n)
+
+
+def _capacity_workers(workers: int | None, ray: str | None) -> int:
+    """Local processes for a spec's capacity searches (on Ray too: they run before the cells)."""
+    from experiments.sweep import default_workers
+
+    return workers or default_workers()
+
+
+def _capacity_progress(done: int, total: int) -> None:
+    if total:
+        typer.echo(f"capacity searches: {done} of {total} done", err=True)
 
 
 RAY_LOCAL = "local"  # what a bare `--ray` stands for: start a local Ray instance (Ray's own word for it)
