@@ -62,6 +62,7 @@ class Index(_Strict):
     list_size_seed: int = Field(default=0, ge=0)  # seed of the synthetic list sizes
     list_sizes: list[Annotated[int, Field(ge=0)]] | None = None  # measured list sizes; override the synthetic
     identity: str | None = None  # corpus index identity a measured profile was fitted on (backends.corpus)
+    embedder: str | None = None  # the query embedder a measured profile's search costs include
 
 
 class Engine(_Strict):
@@ -168,6 +169,10 @@ class Profile(_Strict):
         if self.index.ntotal < self.index.nlist:
             raise ValueError("index.ntotal: fewer vectors than lists")
         return self
+
+    def on_index(self, index: Index) -> Profile:
+        """This profile describing another index (its costs unchanged; checked again)."""
+        return type(self).model_validate({**self.model_dump(), "index": index.model_dump()})
 
     def kv_capacity_blocks(self) -> int:
         """KV-cache blocks: `engine.kv_cache_gib` when set, else GPU memory x utilisation -

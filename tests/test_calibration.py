@@ -66,14 +66,21 @@ def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model
     assert set(items["kind"]) == {"engine_step", "search_call"} and (items["measured_s"] > 0).all()
 
 
-def test_run_refuses_a_profile_measured_on_another_index(tmp_path, wiki_corpus, embedder):
+def test_run_refuses_a_profile_whose_search_costs_do_not_carry_to_the_index(tmp_path, wiki_corpus, embedder):
+    """The shipped profile was measured on another index; with another embedder recorded its
+    search costs cannot carry over to the test corpus: refused before the engines load."""
     shipped = load_profile(DEFAULT_CPU_PROFILE)
     assert shipped.index.identity != wiki_corpus.index_identity
+    other = shipped.on_index(shipped.index.model_copy(update={"embedder": "BAAI/bge-small-en-v1.5"}))
+    profile = tmp_path / "other-embedder.json"
+    profile.write_text(other.model_dump_json())
     trace = tmp_path / "t.jsonl"
     write_jsonl(real_trace(wiki_corpus, embedder, per_workflow=1, rate=1.0), trace)
-    proc = hedra("run", "--trace", trace, "--policy", "hedra", "--out", tmp_path / "out", "--corpus", wiki_corpus.path)
+    proc = hedra("run", "--trace", trace, "--policy", "hedra", "--out", tmp_path / "out", "--corpus", wiki_corpus.path,
+                 "--profile", profile)
     line = assert_usage_error(proc, tmp_path / "out")
-    assert DEFAULT_CPU_PROFILE in line and "calibrate" in line and wiki_corpus.index_identity in line
+    assert "embedder BAAI/bge-small-en-v1.5" in line and wiki_corpus.index_identity in line
+    assert f"hedra calibrate --corpus {wiki_corpus.path}" in line
 
 
 def test_shipped_cpu_profile_is_measured_with_its_report():

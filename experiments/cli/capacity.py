@@ -100,8 +100,8 @@ def capacity(
             from backends.assembly import profile_of_body
 
             prof = profile_of_body(profile, body)
-            real, _, check = open_body(body_options(body, model, corpus, gen_cores, retrieval_cores, prof), prof, [],
-                                   registry, console, check_profile)
+            real, _, prof, check = open_body(body_options(body, model, corpus, gen_cores, retrieval_cores, prof),
+                                             prof, [], registry, console, check_profile)
             if check:
                 meta["profile_check"] = check
             try:

@@ -80,13 +80,18 @@ CheckProfileOpt = Annotated[bool, typer.Option(
 def open_body(options, prof, traces: list[Path], registry: WorkflowRegistry, console, check: bool = False):
     """`backends.assembly.open_checked`, its progress on a status line; with `check`, then the
     stale-profile probe (`calibration.staleness`). Returns (body, requests of each trace, the
-    probe's findings as JSON or None)."""
+    profile for the body's corpus, the probe's findings as JSON or None)."""
     from backends.assembly import open_checked
 
     with console.status("starting the real backend...") as status:
-        body, loaded = open_checked(options, prof, traces, registry, progress=lambda m: status.update(m))
+        body, loaded, carried = open_checked(options, prof, traces, registry, progress=lambda m: status.update(m))
+    if carried is not prof:
+        typer.echo(f"hedra: profile {prof.name} was measured on index {prof.index.identity}; its costs carry over"
+                   f" to this corpus's index {carried.index.identity} (same index type, dimension, metric and"
+                   " embedder; this index's lists)", err=True)
+    prof = carried
     if not check:
-        return body, loaded, None
+        return body, loaded, prof, None
     from calibration.staleness import warn_if_stale
 
     try:
@@ -96,7 +101,7 @@ def open_body(options, prof, traces: list[Path], registry: WorkflowRegistry, con
     except BaseException:
         body.close()
         raise
-    return body, loaded, found.to_json()
+    return body, loaded, prof, found.to_json()
 
 
 @app.command("run")
@@ -135,8 +140,8 @@ def run(
 
             prof = profile_of_body(profile, backend)
             options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
-            body, (requests,), check = open_body(options, prof, [trace], load_workflows(workflows), console,
-                                             check_profile)
+            body, (requests,), prof, check = open_body(options, prof, [trace], load_workflows(workflows), console,
+                                                   check_profile)
             console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
             meta = {"trace": str(trace), "profile": prof.name, **({"profile_check": check} if check else {})}
             with _replay_progress(console) as hook:
@@ -305,7 +310,7 @@ def validate(
 
         prof = profile_of_body(profile, backend)
         options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof)
-        body, loaded, check = open_body(options, prof, trace or [], registry, console, check_profile)
+        body, loaded, prof, check = open_body(options, prof, trace or [], registry, console, check_profile)
         try:
             with console.status("validating...") as status:
                 if workflow:
