@@ -32,17 +32,18 @@ from ragraph.work import LANES
 from ragraph.workflows import WorkflowRegistry, WorkflowSpec
 from runs.outputs import write_run
 from runs.run import simulate
+from runs.summary import KV_COLUMNS, QUALITY_COLUMNS, table_columns
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, load_trace, to_request
 
-ROW_SCHEMA = 2  # in every key: a stored cell of another row schema is run again, never reused
+ROW_SCHEMA = 3  # in every key: a stored cell of another row schema is run again, never reused
 CACHED_TRACES = 4  # traces a worker keeps (cells are grouped so that a trace's cells are adjacent)
 QUANTILES = np.linspace(0, 100, 101)  # the latency CDF a row keeps (for CDF plots without the records)
 TRACE_OPTIONS = ("arrival", "cv", "nprobe", "k", "zipf", "overlap", "iterations")  # of a synthetic trace
 ROW_COLUMNS = ("label", "workflow", "trace", "rate", "duration_s", "offline", *TRACE_OPTIONS, "policy", "policy_name",
                "profile", "seed", "requests", "completed", "failed", "mean_s", "p50_s", "p95_s", "p99_s",
-               "throughput_rps", "sim_s", "sim_wall_s", "retrieval_mean_s", "latency_cdf_s",
-               "load", "capacity_rps", "capacity_low", "capacity_high")  # besides ROW_PREFIXES
+               "throughput_rps", "sim_s", "sim_wall_s", "retrieval_mean_s", *QUALITY_COLUMNS, *KV_COLUMNS,
+               "latency_cdf_s", "load", "capacity_rps", "capacity_low", "capacity_high")  # besides ROW_PREFIXES
 ROW_PREFIXES = ("opt_", "util_", "tech_", "p50_x_vs_", "p99_x_vs_")  # policy options, lanes, techniques, speedups
 
 
@@ -176,7 +177,8 @@ def _technique_columns(techniques: dict[str, object]) -> dict[str, object]:
 
 def row_of(cell: Cell, summary: dict, records: list[RequestRecord], techniques: dict[str, object]) -> dict[str, object]:
     """The row schema: the cell's parameters, resolved options, latency, throughput, utilisation,
-    mean retrieval time, what the techniques did and the latency CDF."""
+    mean retrieval time, quality and KV cache (`runs.summary.table_columns`), what the techniques
+    did and the latency CDF."""
     lat = summary["latency_s"]
     util = summary["lane_utilization"]
     done = [r for r in records if r.status == "completed"]
@@ -192,6 +194,7 @@ def row_of(cell: Cell, summary: dict, records: list[RequestRecord], techniques: 
         "throughput_rps": summary["throughput_rps"], **{f"util_{lane}": util.get(lane, 0.0) for lane in LANES},
         "sim_s": summary["sim_s"], "sim_wall_s": summary["wall_s"],
         "retrieval_mean_s": statistics.fmean(retrieval) if retrieval else None,
+        **table_columns(summary),
         **_technique_columns(techniques),
         "latency_cdf_s": [float(q) for q in np.percentile(latencies, QUANTILES)] if latencies else [],
     }

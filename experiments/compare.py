@@ -7,6 +7,9 @@ run into one table, and adds each row's P50/P99 speedup over the baseline: the r
 ran (workflow, rate, policy, profile, seed, body; a value a run does not record, such as a
 real run's seed, matches any; with `--by body` only workflow, rate and policy count, since
 the simulator and the real body are compared on the same trace whatever their profiles).
+Beside latency each row has its quality and KV-cache columns (`runs.summary.table_columns`):
+`f1_mean` is a real run's answers' F1, or the simulator's F1 of the configurations its
+policy chose (RAGServe), `quality_source` saying which.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from experiments.cell import QUANTILES
 from experiments.study_plots import PLOTS_OF_RUNS, study_plots
 from ragraph.work import LANES
 from runs.outdir import atomic_dir
+from runs.summary import KV_COLUMNS, QUALITY_COLUMNS, table_columns
 
 BY = ("policy", "workflow", "body", "profile", "seed", "trace", "run")
 CONTEXT = ("workflow", "rate", "policy", "profile", "seed", "body")
 METRICS = ["requests", "completed", "failed", "mean_s", "p50_s", "p95_s", "p99_s", "throughput_rps",
            *(f"util_{lane.value}" for lane in LANES)]
+TABLE_COLUMNS = (*QUALITY_COLUMNS, *KV_COLUMNS)  # beside latency: quality and KV cache (None where a run has none)
 
 
 class CompareError(ValueError):
@@ -52,15 +57,8 @@ def _run_row(folder: Path) -> dict[str, object]:
             "failed": summary.get("failed"), **{f"{k}_s": lat.get(k) for k in ("mean", "p50", "p95", "p99")},
             "throughput_rps": summary.get("throughput_rps"),
             **{f"util_{lane.value}": util.get(lane.value, 0.0) for lane in LANES},
-            **_quality(summary),
+            **table_columns(summary),
             "latency_cdf_s": [float(q) for q in np.percentile(done, QUANTILES)] if len(done) else []}
-
-
-def _quality(summary: dict) -> dict[str, float | None]:
-    """Answer quality beside latency (`summary.json` `quality` of a real run whose model answered
-    questions with gold answers); None where the run has none (never zero)."""
-    quality = summary.get("quality") or {}
-    return {"f1_mean": quality.get("f1_mean"), "em_mean": quality.get("em_mean")}
 
 
 def _sweep_rows(folder: Path) -> list[dict[str, object]]:
@@ -72,7 +70,8 @@ def _sweep_rows(folder: Path) -> list[dict[str, object]]:
     for i, r in enumerate(table.to_dict("records")):
         rows.append({"run": f"{folder.name}#{i}", "body": "sim", "policy": r["policy"], "workflow": r["workflow"],
                      "rate": r["rate"], "profile": r["profile"], "seed": r["seed"], "trace": r["trace"] or None,
-                     **{m: r.get(m) for m in METRICS}, **_quality({}), "latency_cdf_s": list(r["latency_cdf_s"])})
+                     **{m: r.get(m) for m in (*METRICS, *TABLE_COLUMNS)},
+                     "latency_cdf_s": list(r["latency_cdf_s"])})
     return rows
 
 

@@ -62,13 +62,16 @@ def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
     cols = [by, *(c for c in ("workflow", "rate", "body", "policy", "seed") if c != by)]
     for c in cols:
         t.add_column(c, justify="right" if c in ("rate", "seed") else "left")
-    quality = "f1_mean" in table and table["f1_mean"].notna().any()  # some run scored its answers
+    quality = "f1_mean" in table and table["f1_mean"].notna().any()  # some run scored its answers or its configurations
     for c in ("done/all", "P50 s", "P99 s", "req/s out", f"P50 x vs {baseline}", f"P99 x vs {baseline}",
-              *(("F1", "EM") if quality else ())):
+              *(("F1", "EM", "F1 of") if quality else ())):
         t.add_column(c, justify="right")
 
     def num(v: object, fmt: str) -> str:
         return "-" if v is None or pd.isna(v) else format(v, fmt)
+
+    def text(v: object) -> str:
+        return "-" if v is None or pd.isna(v) else str(v)
 
     def cell(c: str, v: object) -> str:
         return num(v, "g") if c in ("rate", "seed") else str(v)
@@ -77,5 +80,6 @@ def compare_table(table: pd.DataFrame, by: str, baseline: str) -> Table:
         t.add_row(*(cell(c, r[c]) for c in cols), f"{r['completed']}/{r['requests']}",
                   num(r["p50_s"], ".3f"), num(r["p99_s"], ".3f"), num(r["throughput_rps"], ".2f"),
                   num(r[f"p50_x_vs_{baseline}"], ".2f"), num(r[f"p99_x_vs_{baseline}"], ".2f"),
-                  *((num(r["f1_mean"], ".3f"), num(r["em_mean"], ".3f")) if quality else ()))
+                  *((num(r["f1_mean"], ".3f"), num(r["em_mean"], ".3f"), text(r["quality_source"]))
+                    if quality else ()))
     return t

@@ -1,7 +1,9 @@
 """A run's summary (summary.json): what ran, counts, latency percentiles, lane utilisation.
 
 The same keys for both bodies: `meta` (body, policy, profile or backend, trace...) first,
-then what the records and the executor's `RunResult` say.
+then what the records and the executor's `RunResult` say. `table_columns` is what a table row
+of a run (a sweep's cell, a row of `hedra compare`) takes from its summary beyond latency:
+quality and the KV cache, one definition for both tables.
 """
 
 from __future__ import annotations
@@ -54,3 +56,25 @@ def summarize(result: RunResult, meta: dict[str, object]) -> dict[str, object]:
         **result.techniques,  # e.g. speculation, reorder: what the policy's techniques did
         **({"kv_cache": result.kv_cache} if result.kv_cache else {}),  # what the KV cache did
     }
+
+
+QUALITY_COLUMNS = ("f1_mean", "em_mean", "quality_source")
+KV_COLUMNS = ("kv_policy", "kv_peak_blocks", "kv_total_blocks", "kv_hit_rate", "kv_prompt_tokens_cached",
+              "kv_evicted_blocks", "kv_preemptions")
+
+
+def table_columns(summary: dict) -> dict[str, object]:
+    """A run's quality and KV-cache columns, from its summary (None where it has none, never 0).
+
+    `f1_mean`: a real run's answers' F1 against gold answers (`quality_source` "answers", with
+    `em_mean`), or a simulated run's mean F1 of the configurations its policy chose, from the
+    trace's quality table (`quality_source` names the table: a model or a measurement; no EM).
+    `kv_*`: the engine's peak and total blocks and `summary.json` `kv_cache`."""
+    q = summary.get("quality") or {}
+    kv = summary.get("kv_cache") or {}
+    source = q.get("source", "answers") if q.get("f1_mean") is not None else None
+    return {"f1_mean": q.get("f1_mean"), "em_mean": q.get("em_mean"), "quality_source": source,
+            "kv_policy": kv.get("kv_policy"), "kv_peak_blocks": summary.get("kv_peak_blocks"),
+            "kv_total_blocks": summary.get("kv_total_blocks"), "kv_hit_rate": kv.get("hit_rate"),
+            "kv_prompt_tokens_cached": kv.get("prompt_tokens_cached"), "kv_evicted_blocks": kv.get("evicted_blocks"),
+            "kv_preemptions": kv.get("preemptions")}

@@ -88,6 +88,31 @@ def test_compare_reads_sweep_folders(tmp_path, runs):
     assert (out / "latency-vs-rate-irg.png").is_file()
 
 
+def test_compare_shows_the_simulators_configuration_f1_beside_latency(tmp_path, runs):
+    """A simulated RAGServe run and a sweep of metis cells: their configurations' F1 (named by its
+    quality table) beside latency; a chain has none (empty, never 0); KV columns from the summary."""
+    from traces.generate import TraceConfig, generate_trace, write_jsonl
+
+    trace = tmp_path / "metis.jsonl"
+    write_jsonl(generate_trace(TraceConfig(("metis",), rate=2.0, duration_s=10.0, seed=1)), trace)
+    run = simulate(load_trace(trace), parse_policy("ragserve"), load_profile(), seed=0, timeline=False)
+    folder = write_run(tmp_path / "sim-ragserve", run.result.records, run.summary, None)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('duration_s = 10\npolicies = ["fixed:synthesis=stuff,chunks=10"]\nworkflows = ["metis"]\n'
+                    'rates = [2]\n')
+    assert hedra("sweep", spec, "--out", tmp_path / "sweep", "--workers", 1).returncode == 0
+    out = tmp_path / "cmp"
+    proc = hedra("compare", folder, tmp_path / "sweep", runs["hedra"], "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "compare.csv")
+    assert table.loc[0, "f1_mean"] == pytest.approx(run.summary["quality"]["f1_mean"], abs=1e-4)
+    assert list(table["quality_source"][:2]) == ["model:metis-curves-v1"] * 2
+    assert table.loc[1, "f1_mean"] > 0 and pd.isna(table.loc[1, "em_mean"])
+    assert pd.isna(table.loc[2, "f1_mean"]) and pd.isna(table.loc[2, "quality_source"])
+    assert table.loc[0, "kv_peak_blocks"] == run.summary["kv_peak_blocks"]
+    assert (table["kv_total_blocks"] > 0).all()
+
+
 def test_compare_by_workflow_draws_one_figure_per_policy(tmp_path, runs):
     out = tmp_path / "cmp"
     proc = hedra("compare", runs["flashrag"], runs["hedra"], "--by", "workflow", "--out", out)

@@ -224,6 +224,30 @@ def test_table_has_a_row_per_cell_with_parameters_options_and_metrics(small):
     assert (table["p50_s"] > 0).all()
 
 
+def test_rows_carry_quality_and_kv_cache_of_their_summary(tmp_path, small):
+    """The one row schema: a cell's quality (the F1 of the configurations its policy chose, from
+    the trace's quality table, named) and KV-cache columns equal its run's summary.json's."""
+    _, _, table = small
+    assert table["f1_mean"].isna().all() and table["quality_source"].isna().all()  # chains choose nothing
+    assert (table["kv_total_blocks"] > 0).all() and (table["kv_peak_blocks"] <= table["kv_total_blocks"]).all()
+    assert set(table["kv_policy"]) == {"lru"} and table["kv_hit_rate"].between(0, 1).all()
+    path = write_spec(tmp_path, 'duration_s = 15\npolicies = ["fixed:synthesis=stuff,chunks=5", "ragserve"]\n'
+                                'workflows = ["metis"]\nrates = [2]\nruns = true\n')
+    spec = load_spec(path)
+    table = run_sweep(spec, expand(spec, path), tmp_path / "out", inline_runner)
+    for row in table.to_dict("records"):
+        (folder,) = [d for d in (tmp_path / "out" / "runs").iterdir()
+                     if json.loads((d / "summary.json").read_text())["policy"] == row["policy"]]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert row["f1_mean"] == summary["quality"]["f1_mean"] > 0
+        assert row["quality_source"] == summary["quality"]["source"] == "model:metis-curves-v1"
+        assert row["kv_preemptions"] == summary["kv_cache"]["preemptions"]
+        assert row["kv_peak_blocks"] == summary["kv_peak_blocks"] > 0
+    assert table["f1_mean"].nunique() == 2  # the policies chose differently
+    for col in table.columns:
+        assert col in ROW_COLUMNS or col.startswith(ROW_PREFIXES), col
+
+
 def test_sweep_outputs_and_a_rerun_reuses_every_cell(tmp_path):
     spec = write_spec(tmp_path, SMALL)
     out = tmp_path / "out"
