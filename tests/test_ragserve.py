@@ -362,3 +362,41 @@ def test_run_time_synthesis_under_each_kv_policy(metis_trace, kv_policy):
     requests = load_trace(metis_trace)
     run = simulate(requests, "ragserve", PROFILE, timeline=False, kv_policy=parse_kv_policy(kv_policy))
     assert run.summary["completed"] == len(requests)
+
+
+@pytest.mark.parametrize("spec, requests_at_once, calls_at_once", [
+    ("ragserve", None, None), ("ragserve:no-batching", 1, None), ("ragserve:serial_fan_out=true", None, 1),
+    ("ragserve:no-batching,serial_fan_out=true", 1, 1)])
+def test_batching_switched_off_holds_fan_out_calls_back(metis_trace, spec, requests_at_once, calls_at_once):
+    """Without `batching` one request's fan-out is in the engine at a time; with `serial_fan_out`
+    one call of a request's fan-out at a time; every request completes either way, and holding
+    calls back makes requests slower on average than batching them."""
+    most = {"requests": 0, "calls": 0}
+
+    class Watched(RagServePolicy):
+        def admit_generations(self, s, now):
+            admit = super().admit_generations(s, now)
+            per_request: dict[str, int] = {}
+            for n in [*s.gen_in_engine.values(), *admit]:
+                if n.spec.role in ("map", "rerank"):
+                    per_request[n.key[0]] = per_request.get(n.key[0], 0) + 1
+            most["requests"] = max(most["requests"], len(per_request))
+            most["calls"] = max(most["calls"], *per_request.values(), 0)
+            return admit
+
+    requests = load_trace(metis_trace)
+    latency = LatencyModel(PROFILE)
+    from sim.executor import Simulation
+
+    def run(options: RagServeOptions) -> float:
+        most.update(requests=0, calls=0)
+        result = Simulation(requests, Watched(options, latency), latency, seed=0, timeline=False).run()
+        assert all(r.status == "completed" for r in result.records) and len(result.records) == len(requests)
+        return sum(r.latency_s for r in result.records) / len(result.records)
+
+    options = RagServeOptions(**parse_policy(spec).resolved())
+    mean = run(options)
+    assert most["requests"] == requests_at_once if requests_at_once else most["requests"] > 1
+    assert most["calls"] == calls_at_once if calls_at_once else most["calls"] > 1
+    if spec != "ragserve":
+        assert mean > run(RagServeOptions())

@@ -26,9 +26,16 @@ run time (`Policy.configure`, once its profile generation and retrieval are done
    stand-in for scoring one answer against the other): a gap above `feedback_gap` widens the
    chunk ranges by 25% (up to 2x), no gap narrows them back. This rule is ours: METIS names the
    feedback round, not how it updates the profiler.
+6. `batching`: the fan-out calls (map_reduce's maps, map_rerank's answers) of every request
+   enter the engine as soon as they are ready, where continuous batching runs them together.
+   Off: one request's fan-out at a time (a per-request batch: its calls enter together, the
+   next request's fan-out enters when the last of them has left the engine); the other
+   generations (profiles, stuff, reduces) are still admitted at once. `serial_fan_out` (off by
+   default) also sends a request's own fan-out calls one at a time, each when the previous one
+   has left the engine (a chain calling the LLM once per chunk in a loop).
 
 Scheduling is `hedra`'s (defaults), as for `fixed` and `adaptive` (`ragraph.policies.configured`).
-Each part is switchable: `ragserve:no-best-fit`, `ragserve:no-profiler`, ...
+Each part is switchable: `ragserve:no-best-fit`, `ragserve:no-profiler`, `ragserve:no-batching`, ...
 """
 
 from __future__ import annotations
@@ -53,10 +60,11 @@ from ragraph.synthesis import (
 )
 
 if TYPE_CHECKING:
-    from ragraph.runtime import RequestRun
+    from ragraph.runtime import NodeRun, RequestRun
     from ragraph.view import SchedulerView
 
 GOLDEN = SynthesisConfig(Method.MAP_REDUCE, 30, 100)  # METIS's feedback configuration
+FAN_OUT_ROLES = ("map", "rerank")  # roles of the Generate nodes a synthesis fans out (ragraph.synthesis.expand)
 MEMORY_MARGIN = 1.02  # METIS: a configuration's memory is its tokens x KV bytes per token, +2%
 
 
@@ -67,6 +75,9 @@ class RagServeOptions(BaseModel):
     fallback: bool = Field(True, description="nothing fits: map_rerank or stuff with as many chunks as fit")
     history: bool = Field(True, description="low-confidence profiles use the last queries' ranges")
     feedback: bool = Field(True, description="a golden-configuration round every feedback_every queries")
+    batching: bool = Field(True, description="fan-out calls of many requests batch in the engine"
+                                                   " (else one request's at a time)")
+    serial_fan_out: bool = Field(False, description="a request's own fan-out calls enter the engine one at a time")
     confidence: float = Field(0.9, ge=0, le=1, description="profiles below it are not trusted")
     history_size: int = Field(10, ge=1, description="confident queries whose ranges a low-confidence one uses")
     feedback_every: int = Field(30, ge=2, description="queries between golden-configuration rounds")
@@ -144,6 +155,29 @@ class RagServePolicy(ConfiguringPolicy):
             return self.chose(self._feedback(syn, choice))
         return self.chose(choice)
 
+    def admit_generations(self, s: SchedulerView, now: float) -> list[NodeRun]:
+        """All READY generations, with `batching` and not `serial_fan_out`; else fan-out calls are
+        held back (module docstring, 6): one request's fan-out in the engine at a time (the
+        oldest waiting first), and/or one call of a request's fan-out at a time."""
+        ready = list(s.gen_ready.values())
+        if self.o.batching and not self.o.serial_fan_out:
+            return ready
+        engine: dict[str, int] = {}  # request -> its fan-out calls in the engine
+        for n in s.gen_in_engine.values():
+            if n.spec.role in FAN_OUT_ROLES:  # type: ignore[union-attr]
+                engine[n.key[0]] = engine.get(n.key[0], 0) + 1
+        admit = []
+        for node in ready:
+            rid = node.key[0]
+            if node.spec.role in FAN_OUT_ROLES:  # type: ignore[union-attr]
+                if not self.o.batching and rid not in engine and engine:
+                    continue  # another request's fan-out holds the engine
+                if self.o.serial_fan_out and engine.get(rid):
+                    continue  # its previous call has not left the engine
+                engine[rid] = engine.get(rid, 0) + 1
+            admit.append(node)
+        return admit
+
     def free_tokens(self, s: SchedulerView) -> float:
         """Free KV memory now, in tokens, less what is committed (inf before the engine reports)."""
         if not s.kv_block_tokens:
@@ -205,4 +239,4 @@ def _build(options: RagServeOptions, costs: GpuCacheCosts) -> RagServePolicy:
 
 POLICY = PolicyType("ragserve", RagServeOptions, _build,
                     "RAGServe/METIS: per-query configuration from a profile, best fit in free KV memory",
-                    ("profiler", "best-fit", "fallback", "history", "feedback"))
+                    ("profiler", "best-fit", "fallback", "history", "feedback", "batching"))
