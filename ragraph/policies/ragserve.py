@@ -9,8 +9,8 @@ run time (`Policy.configure`, once its profile generation and retrieval are done
    information; intermediate_length among `LENGTH_CHOICES` inside the summary range. Off: the
    whole space (every method, 1-35 chunks).
 2. `history`: a profile with confidence below `confidence` (METIS: 0.9) is not trusted: the
-   pruned ranges of the last `history_size` confident queries are used instead (their methods,
-   the span of their chunk ranges and lengths).
+   pruned ranges of the last `history_size` confident queries are used instead (the union of
+   their pruned spaces: each configuration some recent query's range held).
 3. `best_fit`: among the pruned configurations whose KV demand (input and output tokens of the
    calls that run at once, +2%) fits in the free KV memory now, the one needing the most. Free
    memory is the engine's free blocks (`SchedulerView.kv_free_tokens`) less what is already
@@ -120,11 +120,18 @@ def prune(profile: QueryProfile, scale: float = 1.0) -> Ranges:
 WHOLE_SPACE = Ranges(tuple(Method), NUM_CHUNKS, LENGTH_CHOICES)
 
 
-def merge(ranges: list[Ranges]) -> Ranges:
-    """The span of several pruned spaces (what a low-confidence query uses)."""
-    methods = tuple(m for m in Method if any(m in r.methods for r in ranges))
-    lengths = tuple(sorted({x for r in ranges for x in r.lengths}))
-    return Ranges(methods, (min(r.chunks[0] for r in ranges), max(r.chunks[1] for r in ranges)), lengths)
+class Union:
+    """Several pruned spaces together: the configurations of any of them (what a low-confidence
+    query uses). Not their bounding box: a method of one query's range never meets another's
+    chunk counts or lengths."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: list[Ranges]) -> None:
+        self.members = members
+
+    def configs(self, max_chunks: int) -> list[SynthesisConfig]:
+        return list(dict.fromkeys(c for r in self.members for c in r.configs(max_chunks)))
 
 
 def committed_tokens(s: SchedulerView) -> int:
@@ -184,7 +191,7 @@ class RagServePolicy(ConfiguringPolicy):
             return float("inf")
         return max(0, s.kv_free_tokens - committed_tokens(s))
 
-    def _ranges(self, syn: Synthesis) -> Ranges:
+    def _ranges(self, syn: Synthesis) -> Ranges | Union:
         p = syn.profile
         if not self.o.profiler or p is None:
             return WHOLE_SPACE
@@ -193,7 +200,7 @@ class RagServePolicy(ConfiguringPolicy):
             self.recent.append(ranges)
             return ranges
         self.counts["low_confidence"] += 1
-        return merge(list(self.recent)) if self.o.history and self.recent else ranges
+        return Union(list(self.recent)) if self.o.history and self.recent else ranges
 
     def _choose(self, s: SchedulerView, syn: Synthesis) -> SynthesisConfig:
         candidates = self._ranges(syn).configs(syn.max_chunks)
