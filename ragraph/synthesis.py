@@ -140,6 +140,16 @@ def expand(syn: Synthesis, config: SynthesisConfig, first: int, sources: tuple[i
     return [*maps, reduce], [sources] * n + [tuple(range(first, first + n))]
 
 
+def space(max_chunks: int = NUM_CHUNKS[1]) -> tuple[SynthesisConfig, ...]:
+    """Every configuration a policy may choose over `max_chunks` chunks (map_reduce with the
+    lengths of `LENGTH_CHOICES`), per chunk count: stuff, map_rerank, then map_reduce by length."""
+    out: list[SynthesisConfig] = []
+    for c in range(NUM_CHUNKS[0], min(max_chunks, NUM_CHUNKS[1]) + 1):
+        out += [SynthesisConfig(Method.STUFF, c), SynthesisConfig(Method.MAP_RERANK, c)]
+        out += [SynthesisConfig(Method.MAP_REDUCE, c, length) for length in LENGTH_CHOICES]
+    return tuple(out)
+
+
 def demand_tokens(syn: Synthesis, config: SynthesisConfig) -> int:
     """KV tokens `config`'s first wave holds at once (its prompts and outputs): what METIS's
     best fit compares with free memory (the reduce of map_reduce runs after its maps free theirs)."""

@@ -295,6 +295,40 @@ def test_cli_bad_configurations_exit_2(tmp_path, metis_trace):
     assert "zero chunks" in line and "bad.jsonl:1" in line
 
 
+@pytest.mark.parametrize("policy", ["ragserve", "ragserve:no-profiler", "adaptive"])
+def test_cli_a_quality_table_lacking_a_choosable_configuration_exits_2(tmp_path, metis_trace, policy):
+    """A policy that chooses at run time is checked at the edge against every configuration it
+    may choose: a table without one of them is refused before anything runs or is written."""
+    rows = [json.loads(line) for line in metis_trace.read_text().splitlines()]
+    complex_ = next(i for i, r in enumerate(rows) if r["synthesis"]["profile"]["complexity"] == "high")
+    del rows[complex_]["synthesis"]["quality"]["f1"]["map_reduce:chunks=30,length=100"]  # adaptive's choice
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    line = one_error_line(hedra_cli("sim", "--trace", bad, "--policy", policy, "--out", out), out)
+    assert f"{bad}: request {rows[complex_]['id']!r}" in line
+    assert "lacks the configuration map_reduce:chunks=30,length=100" in line and policy.split(":")[0] in line
+    assert hedra_cli("sim", "--trace", metis_trace, "--policy", policy, "--out", out).returncode == 0  # whole: runs
+
+
+def test_cli_bad_synthesis_in_a_trace_or_a_workflow_file_exits_2(tmp_path, metis_trace):
+    """Out-of-range configurations and fan-outs over zero chunks in the user's files: one line
+    naming the file (and line or field), exit 2, nothing written."""
+    out = tmp_path / "run"
+    row = json.loads(metis_trace.read_text().splitlines()[0])
+    row["synthesis"]["default"] = {"method": "map_reduce", "num_chunks": 5, "intermediate_length": 150}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(row) + "\n")
+    line = one_error_line(hedra_cli("sim", "--trace", bad, "--policy", "ragserve", "--out", out), out)
+    assert "bad.jsonl:1" in line and "intermediate_length" in line
+    flows = tmp_path / "flows.toml"
+    flows.write_text('[[workflow]]\nname = "fan"\nhead = [{op = "generate", synthesis = "map_reduce",'
+                     ' intermediate_length = 20}]\n')
+    line = one_error_line(hedra_cli("sim", "--trace", metis_trace, "--workflows", flows, "--policy", "hedra",
+                                    "--out", out), out)
+    assert "flows.toml" in line and "no retrieval" in line
+
+
 def test_trace_synthesis_checked(tmp_path, metis_trace):
     row = json.loads(metis_trace.read_text().splitlines()[0])
     row["synthesis"]["default"]["num_chunks"] = 99

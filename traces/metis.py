@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragraph.synthesis import LENGTH_CHOICES, NUM_CHUNKS, Method, SynthesisConfig
+from ragraph.synthesis import LENGTH_CHOICES, NUM_CHUNKS, Method, SynthesisConfig, space
 
 PROFILE_MODEL = "model:metis-profile-v1"
 QUALITY_MODEL = "model:metis-curves-v1"
@@ -124,13 +124,8 @@ def quality(needs: Needs, config: SynthesisConfig) -> float:
 
 
 def table_configs(max_chunks: int = NUM_CHUNKS[1]) -> list[SynthesisConfig]:
-    """Every configuration a quality table holds."""
-    out = []
-    for c in range(1, max_chunks + 1):
-        out.append(SynthesisConfig(Method.STUFF, c))
-        out.append(SynthesisConfig(Method.MAP_RERANK, c))
-        out.extend(SynthesisConfig(Method.MAP_REDUCE, c, length) for length in INTERMEDIATE_GRID)
-    return out
+    """Every configuration a quality table holds: every one a policy may choose."""
+    return list(space(max_chunks))
 
 
 def draw_quality(needs: Needs, rng: np.random.Generator, max_chunks: int = NUM_CHUNKS[1]) -> dict:

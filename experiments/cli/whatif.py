@@ -18,7 +18,7 @@ from experiments.listing import lines as listing_lines
 from experiments.workflowfile import load_workflows
 from hwmodel.profile import DEFAULT_PROFILE, load_profile
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy
-from ragraph.policies import POLICIES, parse_policy
+from ragraph.policies import POLICIES, PolicyError, parse_policy
 from runs.outdir import check_output_dir
 from traces.schema import load_trace
 
@@ -48,7 +48,10 @@ def sim(
                               target=f"the profile {prof.name} describes index {prof.index.name}"
                                      f" ({prof.index.identity or 'no identity'}); calibrate a profile on that index"
                                      " (hedra calibrate) or regenerate the trace")
-        run = simulate(requests, choice, prof, seed=seed, meta={"trace": str(trace)}, kv_policy=kv)
+        try:
+            run = simulate(requests, choice, prof, seed=seed, meta={"trace": str(trace)}, kv_policy=kv)
+        except PolicyError as exc:  # the policy cannot run this trace's requests (Policy.accepts)
+            raise UsageError(f"{trace}: {exc}") from None
         hw = prof.hardware
         write_run(out, run.result.records, run.summary, run.result.timeline,
                   lane_tracks(hw.gpu, hw.gen_cores, hw.retrieval_cores))

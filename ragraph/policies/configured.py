@@ -18,7 +18,7 @@ under `hedra`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,7 +27,7 @@ from ragraph.costs import GpuCacheCosts
 from ragraph.graph import Request
 from ragraph.policies.hedra import HedraOptions, HedraPolicy
 from ragraph.policies.spec import PolicyType
-from ragraph.synthesis import INTERMEDIATE_LENGTH, NUM_CHUNKS, Method, SynthesisConfig
+from ragraph.synthesis import INTERMEDIATE_LENGTH, NUM_CHUNKS, Method, Synthesis, SynthesisConfig, space
 
 if TYPE_CHECKING:
     from ragraph.runtime import RequestRun
@@ -42,6 +42,24 @@ class ConfiguringPolicy(HedraPolicy):
     def __init__(self, costs: GpuCacheCosts) -> None:
         super().__init__(HedraOptions(), costs)
         self.configured: dict[str, int] = {}  # configuration label -> requests given it
+
+    def choosable(self, syn: Synthesis) -> Iterable[SynthesisConfig]:
+        """Every configuration this policy may choose for a request with `syn` (default: the
+        whole space over its chunks, `ragraph.synthesis.space`)."""
+        return space(syn.max_chunks)
+
+    def accepts(self, requests: Sequence[Request]) -> str:
+        """Refuse requests whose quality table lacks a configuration this policy may choose (its
+        F1 could not be reported): checked at the edge, before a run."""
+        for r in requests:
+            syn = r.synthesis
+            if syn is None or not syn.quality:
+                continue
+            table = {name for name, _ in syn.quality}
+            if missing := next((c for c in self.choosable(syn) if c.label not in table), None):
+                return (f"request {r.id!r}: its quality table ({syn.quality_source}) lacks the configuration"
+                        f" {missing.label}, which {self.name} may choose")
+        return ""
 
     def chose(self, config: SynthesisConfig) -> SynthesisConfig:
         """Count `config` for the report and return it."""
@@ -78,15 +96,12 @@ class FixedPolicy(ConfiguringPolicy):
 
     def accepts(self, requests: Sequence[Request]) -> str:
         for r in requests:
-            syn = r.synthesis
-            if syn is None:
-                continue
-            if why := self.config.problem(syn.max_chunks):
+            if r.synthesis is not None and (why := self.config.problem(r.synthesis.max_chunks)):
                 return f"fixed configuration {self.config.label} cannot run request {r.id!r}: {why}"
-            if syn.quality and syn.f1(self.config) is None:
-                return (f"request {r.id!r}: its quality table ({syn.quality_source}) lacks the configuration"
-                        f" {self.config.label}")
-        return ""
+        return super().accepts(requests)
+
+    def choosable(self, syn: Synthesis) -> Iterable[SynthesisConfig]:
+        return (self.config,)
 
     def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
         return self.chose(self.config)
@@ -107,14 +122,20 @@ class AdaptivePolicy(ConfiguringPolicy):
         super().__init__(costs)
         self.classes = options
 
+    def choice(self, syn: Synthesis) -> SynthesisConfig:
+        """The configuration of the query's complexity class."""
+        o = self.classes
+        if syn.profile is not None and syn.profile.complexity == "high":
+            return SynthesisConfig(Method.MAP_REDUCE, min(o.high_chunks, syn.max_chunks), o.high_length)
+        return SynthesisConfig(Method.STUFF, min(o.low_chunks, syn.max_chunks))
+
+    def choosable(self, syn: Synthesis) -> Iterable[SynthesisConfig]:
+        return (self.choice(syn),)
+
     def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
         syn = run.request.synthesis
         assert syn is not None
-        o = self.classes
-        complex_ = syn.profile is not None and syn.profile.complexity == "high"
-        if complex_:
-            return self.chose(SynthesisConfig(Method.MAP_REDUCE, min(o.high_chunks, syn.max_chunks), o.high_length))
-        return self.chose(SynthesisConfig(Method.STUFF, min(o.low_chunks, syn.max_chunks)))
+        return self.chose(self.choice(syn))
 
 
 def _build_fixed(options: FixedOptions, costs: GpuCacheCosts) -> FixedPolicy:
