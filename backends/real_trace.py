@@ -23,6 +23,13 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   multistep would have its model write); once a request has used all its sub-questions, the
   rule above takes over;
 - `answers`: a dataset question's gold answers (none for template questions);
+- `synthesis.profile` of a request whose synthesis is chosen at run time (the `metis`
+  workflow) asking a question with a decomposition (FanOutQA): METIS's profile derived from
+  the dataset's own annotations (`traces.metis.profile_from_decomposition`: pieces = its
+  sub-questions), source "fanoutqa-decomposition", in place of the one drawn from the
+  declared profile model; its quality table, drawn by the quality model for the drawn
+  question's hidden needs, does not describe this question and is dropped (a real question's
+  quality is its answers' F1 on the real body; a simulation of it reports none);
 - each retrieve stage's `clusters`: the index's coarse assignment of the embedded query,
   `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
   thus replays the true list skew and the real backend searches exactly those lists;
@@ -52,6 +59,7 @@ import numpy as np
 from backends.corpus import Corpus, CorpusError
 from backends.ivf import IdLists
 from ragraph.graph import PREFIX_FRACTIONS, query_prefix
+from traces.metis import profile_from_decomposition
 from traces.questions import Question
 from traces.schema import TOP_CACHE, TraceRequest
 
@@ -211,6 +219,9 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
             row["answers"] = list(plan.answers)
         else:
             row.pop("answers", None)  # answers belong to a question: a generated one replaces the trace's
+        if plan.follow_ups and row.get("synthesis"):  # METIS's profile from the dataset's decomposition
+            row["synthesis"]["profile"] = profile_from_decomposition(len(plan.follow_ups))
+            row["synthesis"].pop("quality", None)
         row["index"] = identity
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)

@@ -134,6 +134,10 @@ class LatencyModel:
     def max_num_seqs(self) -> int:
         return self.profile.engine.max_num_seqs
 
+    @property
+    def max_model_len(self) -> int:
+        return self.profile.engine.max_model_len
+
     def kv_pool_bytes(self) -> int:
         """GPU memory the KV cache and the index cache share (the engine's KV capacity)."""
         return self.profile.kv_capacity_blocks() * self.kv_block_bytes

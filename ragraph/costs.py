@@ -41,6 +41,7 @@ class GpuCacheCosts(SearchCostModel, Protocol):
     kv_bytes_per_token: int
     kv_block_bytes: int
     max_num_seqs: int
+    max_model_len: int  # the longest prompt + output one engine call may hold
 
     def kv_pool_bytes(self) -> int:
         """GPU memory the KV cache and the index cache share."""

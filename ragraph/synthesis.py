@@ -150,6 +150,18 @@ def space(max_chunks: int = NUM_CHUNKS[1]) -> tuple[SynthesisConfig, ...]:
     return tuple(out)
 
 
+def longest_call(syn: Synthesis, config: SynthesisConfig) -> int:
+    """Prompt + output tokens of `config`'s longest generation: what must fit in one engine call
+    (`max_model_len`)."""
+    base = syn.template_tokens + syn.question_tokens
+    if config.method is Method.STUFF:
+        return base + config.num_chunks * syn.chunk_tokens + syn.answer_tokens
+    if config.method is Method.MAP_RERANK:
+        return base + syn.chunk_tokens + syn.answer_tokens + RERANK_SCORE_TOKENS
+    summary = max(1, ceil(config.intermediate_length * TOKENS_PER_WORD))
+    return max(base + syn.chunk_tokens + summary, base + config.num_chunks * summary + syn.answer_tokens)
+
+
 def demand_tokens(syn: Synthesis, config: SynthesisConfig) -> int:
     """KV tokens `config`'s first wave holds at once (its prompts and outputs): what METIS's
     best fit compares with free memory (the reduce of map_reduce runs after its maps free theirs)."""

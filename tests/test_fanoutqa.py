@@ -232,3 +232,21 @@ def test_cli_trace_gen_asks_fanoutqa_questions(wiki_corpus, embedder, tmp_path):
     assert rows == realize_trace(generate_trace(cfg), wiki_corpus, embedder, seed=2, questions=qs)
     proc = hedra("trace", "stats", out, home=tmp_path)
     assert proc.returncode == 0 and '"paper_fig9a"' in proc.stdout
+
+
+def test_a_metis_request_on_a_decomposed_question_takes_its_profile_from_the_decomposition(wiki_corpus, embedder):
+    """METIS's profile of a FanOutQA question: pieces = its sub-questions (the dataset's own
+    annotations), named; the model's quality table, drawn for another question, is dropped."""
+    qs = load_fanoutqa(MINI)
+    _, out = realized_rows(wiki_corpus, embedder, qs, workflows=("metis",))
+    assert out
+    for i, row in enumerate(out):
+        q = qs[i % len(qs)]
+        profile = row["synthesis"]["profile"]
+        assert profile["source"] == "fanoutqa-decomposition" and "quality" not in row["synthesis"]
+        assert profile["pieces"] == min(10, len(q.follow_ups)) and profile["joint"] == (len(q.follow_ups) > 1)
+        TraceRequest.model_validate(row)
+    template = realized_rows(wiki_corpus, embedder, [Question("a", "Who wrote Hamlet?", ("Shakespeare",))],
+                             workflows=("metis",))[1]
+    assert all(r["synthesis"]["profile"]["source"] == "model:metis-profile-v1" and r["synthesis"]["quality"]
+               for r in template)  # no decomposition: the declared models stay

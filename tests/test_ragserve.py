@@ -434,3 +434,25 @@ def test_batching_switched_off_holds_fan_out_calls_back(metis_trace, spec, reque
     assert most["calls"] == calls_at_once if calls_at_once else most["calls"] > 1
     if spec != "ragserve":
         assert mean > run(RagServeOptions())
+
+
+@pytest.mark.parametrize("spec", ["ragserve", "ragserve:no-profiler", "ragserve:no-best-fit", "ragserve:no-history"])
+def test_ragserve_never_chooses_a_call_longer_than_the_engine_takes(metis_trace, spec):
+    """On an engine of 4096 tokens per call (the CPU rig's), stuff over 35 chunks or a reduce
+    over 30 summaries of 100 words cannot run: ragserve (best fit, fallbacks, golden round)
+    never chooses them, and every request completes."""
+    from ragraph.synthesis import longest_call, parse_config
+
+    short = PROFILE.model_copy(update={"engine": PROFILE.engine.model_copy(update={"max_model_len": 4096})})
+    requests = load_trace(metis_trace)
+    run = simulate(requests, spec, short, timeline=False)
+    by_id = {r.id: r.synthesis for r in requests}
+    assert all(r.status == "completed" for r in run.result.records)
+    def longest(rec) -> int:
+        label = f"{rec.synthesis}:chunks={rec.num_chunks}" + (
+            f",length={rec.intermediate_length}" if rec.synthesis == "map_reduce" else "")
+        return longest_call(by_id[rec.id], parse_config(label))
+
+    assert max(longest(r) for r in run.result.records) <= 4096
+    if spec == "ragserve:no-profiler":  # the same trace on the 8192-token engine does choose longer calls
+        assert max(longest(r) for r in simulate(requests, spec, PROFILE, timeline=False).result.records) > 4096

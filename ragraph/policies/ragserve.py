@@ -17,11 +17,14 @@ run time (`Policy.configure`, once its profile generation and retrieval are done
    committed and not yet allocated: the Generate nodes waiting to be admitted (prompt +
    output), and what the sequences in the engine will hold at their end (prompt + output)
    beyond the blocks in use now (sequences the engine queues hold none yet).
-   Off: the middle configuration of the pruned range by demand, memory-blind.
+   Off: the middle configuration of the pruned range by demand, memory-blind. Either way, a
+   configuration with a call longer than the engine's `max_model_len` is never chosen (it could
+   never run; the pruned range is kept whole only if none of it runs).
 4. `fallback`: nothing fits -> map_rerank (no joint reasoning) or stuff, with as many chunks as
    fit (at least one): never queue for a configuration. Off: the smallest pruned configuration.
 5. `feedback`: every `feedback_every` queries (METIS: 30) the request runs the golden
-   configuration (map_reduce, 30 chunks, 100 words) and the policy compares its F1 with that of
+   configuration (map_reduce, 30 chunks, 100 words; fewer chunks if its reduce would not fit
+   in `max_model_len`) and the policy compares its F1 with that of
    the configuration it would have chosen, from the request's quality table (the simulator's
    stand-in for scoring one answer against the other): a gap above `feedback_gap` widens the
    chunk ranges by 25% (up to 2x), no gap narrows them back. This rule is ours: METIS names the
@@ -57,6 +60,7 @@ from ragraph.synthesis import (
     Synthesis,
     SynthesisConfig,
     demand_tokens,
+    longest_call,
 )
 
 if TYPE_CHECKING:
@@ -147,6 +151,7 @@ class RagServePolicy(ConfiguringPolicy):
     def __init__(self, options: RagServeOptions, costs: GpuCacheCosts) -> None:
         super().__init__(costs)
         self.o = options
+        self.max_model_len = costs.max_model_len
         self.recent: deque[Ranges] = deque(maxlen=options.history_size)
         self.scale = 1.0  # chunk-range widening from feedback rounds
         self.seen = 0
@@ -202,8 +207,13 @@ class RagServePolicy(ConfiguringPolicy):
         self.counts["low_confidence"] += 1
         return Union(list(self.recent)) if self.o.history and self.recent else ranges
 
+    def _runs(self, syn: Synthesis, config: SynthesisConfig) -> bool:
+        """Every call of `config` fits in one engine call (`max_model_len`): else it never runs."""
+        return longest_call(syn, config) <= self.max_model_len
+
     def _choose(self, s: SchedulerView, syn: Synthesis) -> SynthesisConfig:
-        candidates = self._ranges(syn).configs(syn.max_chunks)
+        pruned = self._ranges(syn).configs(syn.max_chunks)
+        candidates = [c for c in pruned if self._runs(syn, c)] or pruned
         by_demand = sorted(candidates, key=lambda c: demand_tokens(syn, c))
         if not self.o.best_fit:
             return by_demand[len(by_demand) // 2]
@@ -219,13 +229,18 @@ class RagServePolicy(ConfiguringPolicy):
         method = Method.STUFF if joint else Method.MAP_RERANK
         chunks = 1
         for c in range(2, syn.max_chunks + 1):
-            if demand_tokens(syn, SynthesisConfig(method, c)) * MEMORY_MARGIN > free:
+            config = SynthesisConfig(method, c)
+            if demand_tokens(syn, config) * MEMORY_MARGIN > free or not self._runs(syn, config):
                 break
             chunks = c
         return SynthesisConfig(method, chunks)
 
     def _feedback(self, syn: Synthesis, choice: SynthesisConfig) -> SynthesisConfig:
-        golden = SynthesisConfig(GOLDEN.method, min(GOLDEN.num_chunks, syn.max_chunks), GOLDEN.intermediate_length)
+        chunks = min(GOLDEN.num_chunks, syn.max_chunks)
+        golden = SynthesisConfig(GOLDEN.method, chunks, GOLDEN.intermediate_length)
+        while chunks > 1 and not self._runs(syn, golden):  # the engine's context bounds the golden round
+            chunks -= 1
+            golden = SynthesisConfig(GOLDEN.method, chunks, GOLDEN.intermediate_length)
         self.counts["feedback_rounds"] += 1
         gold, own = syn.f1(golden), syn.f1(choice)
         if gold is not None and own is not None:
