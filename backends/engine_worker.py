@@ -70,6 +70,10 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
             return engine.abort_all()
         if command == "has_unfinished":
             return engine.has_unfinished()
+        if command == "set_kv_policy":
+            return engine.set_kv_policy(payload)
+        if command == "kv_report":
+            return engine.kv_report()
         if command == "reset_prefix_cache":
             return engine.reset_prefix_cache()
         if command == "close":
@@ -127,6 +131,13 @@ class EngineProcess:
 
     def reset_prefix_cache(self) -> bool:
         return bool(self._worker.call("reset_prefix_cache"))
+
+    def set_kv_policy(self, name: str) -> None:
+        """Evict in KV policy `name`'s order from now on (`VLLMEngine.set_kv_policy`)."""
+        self._worker.call("set_kv_policy", name)
+
+    def kv_report(self) -> dict[str, int]:
+        return self._worker.call("kv_report")
 
     def close(self) -> None:
         self._worker.close(30)

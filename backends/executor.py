@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ragraph.core import Scheduler
 from ragraph.graph import NodeKey, Request
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult, StopReason, TimelineEvent
 from ragraph.work import (
@@ -64,6 +65,7 @@ class GenerationBody(Protocol):
     def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None: ...
     def step(self) -> GenStepResult: ...
     def abort_all(self) -> None: ...
+    # optional: set_kv_policy(name) before a run, kv_report() -> {"evicted_blocks": n, ...} after it
 
 
 class RetrievalBody(Protocol):
@@ -92,9 +94,12 @@ class RealExecutor:
 
     def __init__(self, requests: list[Request], policy: Policy, gen: GenerationBody, retrieval: RetrievalBody,
                  *, lane_setup: dict[Lane, Callable[[], None]] | None = None, timeline: bool = True,
-                 clock: Callable[[], float] = time.monotonic, answers: AnswerFlow | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, answers: AnswerFlow | None = None,
+                 kv_policy: KVPolicy | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
-        self.sched = Scheduler(policy)
+        self.kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
+        # kvflow: the core attaches steps to execution to the steps (GenStep.kv_steps); the engine orders by them
+        self.sched = Scheduler(policy, self.kv_policy)
         self.gen, self.retrieval = gen, retrieval
         self.answers = answers  # real text through the run (None: synthetic prompts, trace queries)
         self._lane_setup = lane_setup or {}
@@ -130,6 +135,9 @@ class RealExecutor:
 
     def run(self) -> RunResult:
         lanes = self.sched.policy.lanes
+        set_kv_policy = getattr(self.gen, "set_kv_policy", None)  # (a test's fake engine may have none)
+        if set_kv_policy is not None:
+            set_kv_policy(self.kv_policy.name)
         self._t0 = self._clock()
         start = time.perf_counter()
         threads = [threading.Thread(target=self._guard, args=(self._arrivals,), name="arrivals", daemon=True)]
@@ -175,12 +183,15 @@ class RealExecutor:
                          self._kv_peak, self._kv_total, self._stopped, self.sched.report(), self._kv_cache_report())
 
     def _kv_cache_report(self) -> dict[str, object]:
-        """summary.json `kv_cache`, with the simulator's keys: vLLM's own LRU order; its evictions
-        are not observed (None)."""
+        """summary.json `kv_cache`, with the simulator's keys: the engine's counts of cached blocks
+        evicted (None where the engine does not report them) and, under kvflow, of blocks it moved
+        in vLLM's free queue (`backends.kv_order`)."""
         cached, computed = self._prompt_cached, self._prompt_computed
-        return {"kv_policy": "lru", "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
+        report = getattr(self.gen, "kv_report", None)
+        engine = dict(report()) if report is not None else {}
+        return {"kv_policy": self.kv_policy.name, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
                 "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
-                "evicted_blocks": None, "preemptions": self._preempted}
+                "evicted_blocks": engine.pop("evicted_blocks", None), "preemptions": self._preempted, **engine}
 
     # --- threads ------------------------------------------------------------------------------
 

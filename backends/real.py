@@ -32,6 +32,7 @@ from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
+from ragraph.kvpolicy import KVPolicy
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
@@ -165,19 +166,23 @@ class RealBackend:
         return RetrievalService(self.retriever, self._retrieval.encode, requests, self.cache)
 
     def replay(self, requests: list[Request], policy: Policy, *, timeline: bool = True,
-               executor_hook: Callable[[RealExecutor], None] | None = None, text: bool = True) -> RunResult:
+               executor_hook: Callable[[RealExecutor], None] | None = None, text: bool = True,
+               kv_policy: KVPolicy | None = None) -> RunResult:
         """Run `requests` under `policy` (built for this run, with the profile's latency model
         as its cost model: `runs.run_real` does it); every request ends in the records.
         `executor_hook` sees the executor before it starts (tests use it to inject faults).
         `text=False` keeps every prompt synthetic (the trace's token counts) even for a model
-        that answers: what the simulator replays too (`hedra validate`, `hedra calibrate`)."""
+        that answers: what the simulator replays too (`hedra validate`, `hedra calibrate`).
+        `kv_policy` (default lru): the order vLLM's cached free blocks are evicted in
+        (`backends.kv_order`)."""
         service = self.retrieval_body(requests)
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),
                  Lane.CPU_RETRIEVAL: lambda: thread_setup(ret_cores, search_threads=len(ret_cores))}
         answers = self.answer_flow(requests) if text else None
         executor = RealExecutor(requests, policy, self.engine, service,
-                                lane_setup=setup, timeline=timeline, answers=answers)
+                                lane_setup=setup, timeline=timeline, answers=answers,
+                                kv_policy=kv_policy)
         if executor_hook is not None:
             executor_hook(executor)
         switch = sys.getswitchinterval()

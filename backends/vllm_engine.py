@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends.kv_order import KVOrder, _vllm_request_block_hashes
 from backends.paths import vllm_environment
 from ragraph.graph import NodeKey
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
@@ -303,6 +304,7 @@ def _vllm_install_schedule_probe(scheduler: Any, probe: _ScheduleProbe) -> None:
     def schedule(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
         probe.record(out.num_scheduled_tokens, scheduler.requests)
+        probe.preempted += len(getattr(out, "preempted_req_ids", None) or ())
         return out
 
     scheduler.schedule = schedule
@@ -317,9 +319,10 @@ class _ScheduleProbe:
     decode: int = 0
     context: int = 0  # tokens the scheduled requests had computed before the step (attention context)
     attention: int = 0  # prefill chunks' query-key pairs: sum of chunk x (computed before + chunk / 2)
+    preempted: int = 0  # requests preempted (vLLM 0.32: SchedulerOutput.preempted_req_ids)
 
     def reset(self) -> None:
-        self.scheduled = self.prefill = self.decode = self.context = self.attention = 0
+        self.scheduled = self.prefill = self.decode = self.context = self.attention = self.preempted = 0
 
     def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
         self.scheduled += len(num_scheduled_tokens)
@@ -425,6 +428,7 @@ class VLLMEngine:
         self._block_size = _vllm_block_size(self._engine)
         self._probe = _ScheduleProbe()
         _vllm_install_schedule_probe(self._scheduler, self._probe)
+        self._kv = KVOrder(self._pool, self._block_size)  # the KV policy's eviction order (lru: vLLM's own)
         vocab, special = _vllm_vocab(self._engine)
         # synthetic ids avoid the special tokens: those at the start of the vocab (<s>, </s>, ...) and at its end
         self._id_low = max([3, *(i + 1 for i in special if i < vocab // 2)])
@@ -473,6 +477,21 @@ class VLLMEngine:
         """The underlying vLLM `LLMEngine` (for diagnostics)."""
         return self._engine
 
+    # --- the KV policy --------------------------------------------------------------------------------
+
+    def set_kv_policy(self, name: str) -> None:
+        """Evict in KV policy `name`'s order from now on (`kvflow`: `backends.kv_order`; else vLLM's
+        LRU) and start its counts afresh (called before each replay)."""
+        self._kv.reset(kvflow=name == "kvflow")
+
+    def kv_report(self) -> dict[str, int]:
+        """What the KV cache did since `set_kv_policy`: cached blocks evicted, blocks reordered."""
+        return self._kv.report()
+
+    def kv_order(self) -> list[tuple[int, int | None]]:
+        """The free queue, head (evicted first) to tail: (block id, steps of its prefix or None)."""
+        return self._kv.order()
+
     # --- the work items -----------------------------------------------------------------------------
 
     def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None:
@@ -480,12 +499,15 @@ class VLLMEngine:
         Tasks the engine can never run are reported in the next `step()`'s `rejected`.
         `prompts[key]`: chat messages that task is prompted with (text mode, see the module
         docstring); a task without gets its synthetic prompt."""
+        if step.kv_steps is not None:
+            self._kv.set_steps(step.kv_steps)
         for key in step.abort:
             live = self._live.pop(key, None)
             if live is not None:
                 self._aborted_tokens += live.generated
                 del self._by_request[live.request_id]
                 self._engine.abort_request([live.request_id])
+                self._kv.blocks_freed()
         for task in step.admit:
             if task.key in self._live:
                 raise ValueError(f"{task.key} is already in the engine (abort it before admitting it again)")
@@ -510,6 +532,8 @@ class VLLMEngine:
             except ValueError as e:  # vLLM's validation errors subclass ValueError
                 self._rejected.append((task.key, f"vLLM refused it: {e}"))
                 continue
+            if self._kv.kvflow and messages is None and (task.prefix or task.hash_ids):
+                self._kv.note_prompt(task, _vllm_request_block_hashes(self._engine, self._scheduler, rid))
             self._live[task.key] = _Live(task, rid, token_ids=None if messages is None else [])
             self._by_request[rid] = task.key
             self._admitted += 1
@@ -518,6 +542,7 @@ class VLLMEngine:
     def step(self) -> GenStepResult:
         """Run exactly one engine step and report it."""
         self._probe.reset()
+        self._kv.reorder()  # kvflow: cached free blocks in its order before this step allocates
         outputs = self._engine.step()
         finished: list[NodeKey] = []
         texts: list[tuple[NodeKey, str]] = []
@@ -556,6 +581,8 @@ class VLLMEngine:
                     self._rejected.append((key, "the engine dropped it (aborted inside vLLM)"))
                     del self._live[key]
                     del self._by_request[live.request_id]
+        if finished or self._probe.preempted or self._rejected:  # sequences ended: their blocks were freed
+            self._kv.blocks_freed()
         used, total = _vllm_kv_blocks(self._pool)
         _, waiting = _vllm_queue_lengths(self._scheduler)
         rejected, self._rejected = tuple(self._rejected), []
@@ -568,7 +595,8 @@ class VLLMEngine:
             prefill_tokens=self._probe.prefill,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
-            aborted_tokens=aborted_tokens, texts=tuple(texts), partial_texts=tuple(partial))
+            aborted_tokens=aborted_tokens, texts=tuple(texts), partial_texts=tuple(partial),
+            preempted=self._probe.preempted)
 
     def _text(self, live: _Live) -> str:
         """The text a text-prompted sequence has generated so far."""
@@ -599,7 +627,7 @@ class VLLMEngine:
         with contextlib.suppress(Exception):
             self.abort_all()
         self._engine = None
-        self._scheduler = self._pool = None
+        self._scheduler = self._pool = self._kv = None
         client = getattr(engine, "engine_core", None)
         if client is not None and hasattr(client, "shutdown"):
             client.shutdown()

@@ -33,7 +33,8 @@ def error_table(cells: Sequence[dict]) -> list[str]:
         r, s, items = c["real"], c["sim"], c["item_errors"]
         busy = [f"{r['lane_busy'].get(lane, 0):.2f}/{s['lane_busy'].get(lane, 0):.2f}"
                 for lane in ("gpu_gen", "cpu_retrieval")]
-        lines.append(f"| {c['workflow']} | {c['rate']:g} | {c['policy']} | {_s(r['p50'])} | {_s(s['p50'])}"
+        label = c.get("label", c["policy"])
+        lines.append(f"| {c['workflow']} | {c['rate']:g} | {label} | {_s(r['p50'])} | {_s(s['p50'])}"
                      f" | {_pct(c['p50_error'])} | {_s(r['p99'])} | {_s(s['p99'])} | {_pct(c['p99_error'])}"
                      f" | {_pct(c['p95_error'])} | {busy[0]} | {busy[1]}"
                      f" | {_abs_pct(items['engine_step']['median_abs_rel_error'])}"
@@ -59,7 +60,7 @@ def write_report(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-Latencies = dict[tuple[str, float, str], dict[str, list[float]]]  # (workflow, rate, policy) -> body -> latencies
+Latencies = dict[tuple[str, float, str], dict[str, list[float]]]  # (workflow, rate, policy label) -> body -> latencies
 
 
 def write_plots(out: Path, cells: Sequence[dict], latencies: Latencies) -> None:
@@ -84,8 +85,9 @@ def write_plots(out: Path, cells: Sequence[dict], latencies: Latencies) -> None:
         fig.savefig(out / f"cdf-{wf.replace(',', '+')}.png", dpi=110)
         plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    for (wf, policy) in sorted({(c["workflow"], c["policy"]) for c in cells}):
-        mine = sorted((c for c in cells if c["workflow"] == wf and c["policy"] == policy), key=lambda c: c["rate"])
+    for (wf, policy) in sorted({(c["workflow"], c.get("label", c["policy"])) for c in cells}):
+        mine = sorted((c for c in cells if c["workflow"] == wf and c.get("label", c["policy"]) == policy),
+                      key=lambda c: c["rate"])
         for ax, p in zip(axes, ("p50", "p99"), strict=True):
             pts = [(c["rate"], c[f"{p}_error"] * 100) for c in mine if c[f"{p}_error"] is not None]
             if pts:

@@ -25,6 +25,7 @@ from calibration.workload import at_rate, corpus_requests
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
 from ragraph.graph import Request
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
 from ragraph.policies import PolicyChoice
 from ragraph.records import TimelineEvent
 from runs.run import run_real, simulate
@@ -96,24 +97,33 @@ def _body_figures(summary: dict) -> dict[str, object]:
             "failed": summary["failed"], "lane_busy": summary["lane_utilization"]}
 
 
+def policy_label(policy: PolicyChoice, kv_policy: KVPolicy) -> str:
+    """A cell's policy as tables and plots show it: the spec, and the KV policy unless it is lru."""
+    return policy.spec if kv_policy.name == DEFAULT_KV_POLICY else f"{policy.spec} kv={kv_policy.name}"
+
+
 def validate_case(body: RealBackend, profile: Profile, case: Case, policy: PolicyChoice,
-                  progress: Callable[[str], None] = lambda msg: None
+                  progress: Callable[[str], None] = lambda msg: None, kv_policy: KVPolicy | None = None
                   ) -> tuple[dict, dict[str, list[float]], list[dict[str, object]]]:
     """One cell: (the cell's figures, the two bodies' completed latencies for plots, the real
-    run's items re-timed)."""
+    run's items re-timed); both bodies run `kv_policy` (default lru)."""
+    kv = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
     latency = LatencyModel(profile)
-    progress(f"real body: {case.workflow} at {case.rate:g} req/s under {policy.spec} ({len(case.requests)} requests)")
+    label = policy_label(policy, kv)
+    progress(f"real body: {case.workflow} at {case.rate:g} req/s under {label} ({len(case.requests)} requests)")
     # synthetic prompts, as the simulator replays them (a model that answers would otherwise get real text,
     # whose lengths are not the trace's)
-    real = run_real(body, case.requests, policy, latency, timeline=True, text=False)
-    progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {policy.spec}")
-    sim = simulate(case.requests, policy, profile, timeline=False, latency=latency)
+    real = run_real(body, case.requests, policy, latency, timeline=True, text=False, kv_policy=kv)
+    progress(f"simulator: {case.workflow} at {case.rate:g} req/s under {label}")
+    sim = simulate(case.requests, policy, profile, timeline=False, latency=latency, kv_policy=kv)
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
-    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "requests": len(case.requests),
+    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.name,
+            "label": label, "requests": len(case.requests),
             "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
-            "item_errors": item_errors(items)}
+            "item_errors": item_errors(items),
+            "kv_cache": {"real": real.summary.get("kv_cache"), "sim": sim.summary.get("kv_cache")}}
     latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
                  "sim": [x.latency_s for x in sim.result.records if x.status == "completed"]}
     return cell, latencies, items
@@ -121,8 +131,9 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
 
 def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[PolicyChoice],
                    out: Path, progress: Callable[[str], None] = lambda msg: None,
-                   extra: dict[str, object] | None = None) -> dict:
-    """Validate every (case, policy) (a case made for one policy: under that policy alone); write
+                   extra: dict[str, object] | None = None, kv_policies: Sequence[KVPolicy] = ()) -> dict:
+    """Validate every (case, policy, KV policy) (a case made for one policy: under that policy
+    alone; `kv_policies` default: lru alone); write
     validation.json, report.md and plots into `out` (an existing, empty folder: the caller makes
     it atomic); `extra` joins validation.json's top level (e.g. `profile_check`, `capacities`)."""
     import pandas as pd
@@ -134,10 +145,12 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
     items: list[dict[str, object]] = []
     for case in cases:
         for policy in ([case.policy] if case.policy else policies):
-            cell, lat, cell_items = validate_case(body, profile, case, policy, progress)
-            cells.append(cell)
-            latencies[(case.workflow, case.rate, policy.spec)] = lat
-            items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, **r} for r in cell_items]
+            for kv in kv_policies or [KVPolicy(DEFAULT_KV_POLICY)]:
+                cell, lat, cell_items = validate_case(body, profile, case, policy, progress, kv)
+                cells.append(cell)
+                latencies[(case.workflow, case.rate, cell["label"])] = lat
+                items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.name,
+                           **r} for r in cell_items]
     result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
               "worst": worst_errors(cells), **(extra or {})}
     (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")

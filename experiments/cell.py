@@ -26,6 +26,7 @@ import numpy as np
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile, load_profile
 from ragraph.graph import Request
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
 from ragraph.policies import PolicyChoice
 from ragraph.records import RequestRecord
 from ragraph.work import LANES
@@ -36,7 +37,7 @@ from runs.summary import KV_COLUMNS, QUALITY_COLUMNS, table_columns
 from traces.generate import TraceConfig, generate_trace
 from traces.schema import TraceRequest, load_trace, to_request
 
-ROW_SCHEMA = 3  # in every key: a stored cell of another row schema is run again, never reused
+ROW_SCHEMA = 4  # in every key: a stored cell of another row schema is run again, never reused
 CACHED_TRACES = 4  # traces a worker keeps (cells are grouped so that a trace's cells are adjacent)
 QUANTILES = np.linspace(0, 100, 101)  # the latency CDF a row keeps (for CDF plots without the records)
 TRACE_OPTIONS = ("arrival", "cv", "nprobe", "k", "zipf", "overlap", "iterations")  # of a synthetic trace
@@ -44,6 +45,7 @@ ROW_COLUMNS = ("label", "workflow", "trace", "rate", "duration_s", "offline", *T
                "profile", "seed", "requests", "completed", "failed", "mean_s", "p50_s", "p95_s", "p99_s",
                "throughput_rps", "sim_s", "sim_wall_s", "retrieval_mean_s", *QUALITY_COLUMNS, *KV_COLUMNS,
                "latency_cdf_s", "load", "capacity_rps", "capacity_low", "capacity_high")  # besides ROW_PREFIXES
+LRU = KVPolicy(DEFAULT_KV_POLICY)
 ROW_PREFIXES = ("opt_", "util_", "tech_", "p50_x_vs_", "p99_x_vs_")  # policy options, lanes, techniques, speedups
 
 
@@ -68,6 +70,7 @@ class Cell:
     # a fraction of its policy's capacity (a workload's `loads`): `rate` is 0 until the sweep has found
     # that capacity (experiments.capacity_grid.with_loads), then load x capacity
     load: float | None = None
+    kv_policy: KVPolicy = LRU  # the KV-cache policy, an axis beside the policy
 
     def trace_key(self) -> tuple:
         """What makes two cells run the same requests (cells differing only in policy share it)."""
@@ -79,7 +82,8 @@ class Cell:
         return {"row_schema": ROW_SCHEMA, "trace": self.trace, "workflow": self.label, "rate": self.rate,
                 "duration_s": self.duration_s, "requests": self.requests, "offline": self.offline,
                 **dict(self.trace_options), "policy": self.policy.spec, "profile": self.profile, "seed": self.seed,
-                "inputs": self.inputs, **({} if self.load is None else {"load": self.load})}
+                "inputs": self.inputs, "kv_policy": self.kv_policy.name,
+                **({} if self.load is None else {"load": self.load})}
 
 
 def cell_id(cell: Cell) -> str:
@@ -158,7 +162,8 @@ def run_cell(cell: Cell, options: CellOptions = NO_RUN_FOLDERS) -> dict[str, obj
     reqs = _requests(cell, prof.index.nlist)
     keep = bool(options.runs_dir)
     run = simulate(reqs, cell.policy, prof, seed=cell.seed, timeline=keep and options.timeline, latency=latency,
-                   meta={"trace": cell.trace or f"{cell.label}@{cell.rate:g}/s seed {cell.seed}"})
+                   meta={"trace": cell.trace or f"{cell.label}@{cell.rate:g}/s seed {cell.seed}"},
+                   kv_policy=cell.kv_policy)
     if keep:
         write_run(Path(options.runs_dir) / cell_id(cell), run.result.records, run.summary,
                   run.result.timeline if options.timeline else None)
@@ -176,8 +181,9 @@ def _technique_columns(techniques: dict[str, object]) -> dict[str, object]:
 
 
 def row_of(cell: Cell, summary: dict, records: list[RequestRecord], techniques: dict[str, object]) -> dict[str, object]:
-    """The row schema: the cell's parameters, resolved options, latency, throughput, utilisation,
-    mean retrieval time, quality and KV cache (`runs.summary.table_columns`), what the techniques
+    """The row schema: the cell's parameters (its KV policy before its policy: speedups over the
+    baseline policy compare cells of one KV policy), resolved options, latency, throughput,
+    utilisation, mean retrieval time, quality and KV cache (`runs.summary.table_columns`), what the techniques
     did and the latency CDF."""
     lat = summary["latency_s"]
     util = summary["lane_utilization"]
@@ -186,7 +192,7 @@ def row_of(cell: Cell, summary: dict, records: list[RequestRecord], techniques: 
     latencies = [r.latency_s for r in done]
     return {
         "workflow": cell.label, "trace": cell.trace, "rate": cell.rate, "duration_s": cell.duration_s,
-        "offline": cell.offline, **dict(cell.trace_options),
+        "offline": cell.offline, **dict(cell.trace_options), "kv_policy": cell.kv_policy.name,
         "policy": cell.policy.spec, "policy_name": cell.policy.name, "profile": summary["profile"],
         "seed": cell.seed, **{f"opt_{k}": v for k, v in summary["policy_options"].items()},
         "requests": summary["requests"], "completed": summary["completed"], "failed": summary["failed"],

@@ -21,6 +21,7 @@ from experiments.cell import TRACE_OPTIONS, Cell
 from experiments.sweepspec import SpecError, SweepSpec, Workload, policy_specs
 from experiments.workflowfile import read_workflows
 from hwmodel.profile import PROFILE_DIR, Profile, ProfileError, load_profile
+from ragraph.kvpolicy import KVPolicy, KVPolicyError, parse_kv_policy
 from ragraph.policies import PolicyChoice, PolicyError, parse_policy
 from ragraph.workflows import WorkflowError, WorkflowRegistry, WorkflowSpec
 from traces.generate import TraceConfig
@@ -60,6 +61,16 @@ def _choices(path: Path, field: str, entries: list) -> Choices:
             index = next(i for i, p in enumerate(entries) if spec in ([p] if isinstance(p, str) else p.specs()))
             raise _fail(path, f"{field}[{index}]", str(exc)) from None
     return out
+
+
+def _kv_policies(spec: SweepSpec, path: Path) -> list[KVPolicy]:
+    out: list[KVPolicy] = []
+    for i, name in enumerate(spec.kv_policies):
+        try:
+            out.append(parse_kv_policy(name))
+        except KVPolicyError as exc:
+            raise _fail(path, f"kv_policies[{i}]", str(exc)) from None
+    return list(dict.fromkeys(out))
 
 
 def _workflows(spec: SweepSpec, path: Path) -> tuple[WorkflowRegistry, list[WorkflowSpec]]:
@@ -142,6 +153,7 @@ def expand(spec: SweepSpec, path: str | Path) -> list[Cell]:
     if spec.baseline is not None and spec.baseline not in spec.policy_specs():
         raise _fail(path, "baseline", f"{spec.baseline!r} is not one of the policies"
                                       f" ({', '.join(spec.policy_specs())})")
+    kv_policies = _kv_policies(spec, path)
     registry, extra = _workflows(spec, path)
     truth = MODEL_PATH.read_bytes() if MODEL_PATH.is_file() else b""
     profiles = _profiles(spec, path)
@@ -161,5 +173,6 @@ def expand(spec: SweepSpec, path: str | Path) -> list[Cell]:
                 digest = _digest(prof_digest.encode() + data + used)
                 for seed in spec.seeds:
                     cells += [Cell(**src, policy=choice, profile=ref, seed=seed, inputs=digest, offline=wl.offline,
-                                   policy_label=label, tags=tags) for choice, label in choices]
+                                   policy_label=label, tags=tags, kv_policy=kv)
+                              for kv in kv_policies for choice, label in choices]
     return list(dict.fromkeys(cells))

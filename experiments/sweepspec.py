@@ -165,6 +165,7 @@ class SweepSpec(_Strict):
     profiles: list[str] = Field(["analytic-h100-llama8b-ivf4096"], min_length=1)
     policies: list[PolicyEntry] = Field(default_factory=list)  # every workload's, unless it has its own
     baseline: str | None = None  # a policy spec of the grid; default: the first
+    kv_policies: list[str] = Field(["lru"], min_length=1)  # KV policies (ragraph.kvpolicy): every cell runs under each
     workflows: list[str] = Field(default_factory=list)
     rates: list[Positive] = Field(default_factory=list)
     workload: list[Workload] = Field(default_factory=list)

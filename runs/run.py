@@ -68,13 +68,15 @@ def simulate(requests: list[Request], choice: PolicyChoice, profile: Profile, *,
 
 def run_real(backend: RealBackend, requests: list[Request], choice: PolicyChoice, costs: SearchCostModel, *,
              timeline: bool = True, meta: dict[str, object] | None = None,
-             executor_hook: Callable[[RealExecutor], None] | None = None, text: bool = True) -> Run:
-    """Replay `requests` on the real `backend` under `choice`, its time-based decisions priced by
-    `costs` (the profile's latency model); `executor_hook` sees the executor before it starts
-    (the CLI reads its progress, tests inject faults). `text=False`: synthetic prompts only,
-    even for a model that answers (`RealBackend.replay`)."""
+             executor_hook: Callable[[RealExecutor], None] | None = None, text: bool = True,
+             kv_policy: KVPolicy | None = None) -> Run:
+    """Replay `requests` on the real `backend` under `choice` (and `kv_policy`, default lru: vLLM's
+    own order), its time-based decisions priced by `costs` (the profile's latency model);
+    `executor_hook` sees the executor before it starts (the CLI reads its progress, tests inject
+    faults). `text=False`: synthetic prompts only, even for a model that answers (`RealBackend.replay`)."""
     policy = _accepted(choice.build(costs), requests)
-    result = backend.replay(requests, policy, timeline=timeline, executor_hook=executor_hook, text=text)
+    result = backend.replay(requests, policy, timeline=timeline, executor_hook=executor_hook, text=text,
+                            kv_policy=kv_policy)
     summary = summarize(result, {"body": "real", **_policy_meta(choice), **backend.describe(), **(meta or {})})
     # answer quality against the trace's gold answers (ragraph.quality); null: nothing scored (no gold
     # answers, or a model that does not answer), never zero

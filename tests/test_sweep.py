@@ -82,6 +82,8 @@ BAD_SPECS = [
      "field policies[0]: policy 'hedra': option chunk:"),
     ('policies = [{ name = "hedra", grids = {} }]\nworkflows = ["irg"]\nrates = [2]', "field policies[0].grids:"),
     ('policies = ["hedra"]', "field (top level): no workload"),
+    ('policies = ["hedra"]\nkv_policies = ["lru", "lfu"]\nworkflows = ["irg"]\nrates = [2]',
+     "field kv_policies[1]: unknown KV policy 'lfu'"),
     ("policies = [", "not valid TOML"),
 ]
 
@@ -415,3 +417,29 @@ def test_sweep_cli_on_a_local_ray_instance(tmp_path, small):
     proc = hedra("sweep", spec, "--out", out, "--workers", "2", "--ray", timeout=600)
     assert proc.returncode == 0, proc.stderr
     same_table(pd.read_parquet(out / "sweep.parquet"), small[2])
+
+
+KV_AXIS = """
+duration_s = 20
+policies = ["flashrag", "hedra"]
+kv_policies = ["lru", "kvflow"]
+[[workload]]
+workflow = "multistep"
+rates = [4]
+"""
+
+
+def test_kv_policies_are_an_axis_of_cells_and_a_column_of_rows(tmp_path):
+    path = write_spec(tmp_path, KV_AXIS)
+    spec = load_spec(path)
+    cells = expand(spec, path)
+    assert [(c.kv_policy.name, c.policy.spec) for c in cells] == [
+        ("lru", "flashrag"), ("lru", "hedra"), ("kvflow", "flashrag"), ("kvflow", "hedra")]
+    assert len({cell_id(c) for c in cells}) == 4  # the KV policy is part of a cell's identity
+    table = run_sweep(spec, cells, tmp_path / "out", inline_runner)
+    assert list(table["kv_policy"]) == ["lru", "lru", "kvflow", "kvflow"]
+    assert list(table.columns).index("kv_policy") < list(table.columns).index("policy")
+    assert table["kv_hit_rate"].notna().all()
+    # speedups over the baseline policy compare cells of one KV policy
+    assert table.iloc[3]["p50_x_vs_flashrag"] == table.iloc[2]["p50_s"] / table.iloc[3]["p50_s"]
+    assert table.iloc[1]["p50_x_vs_flashrag"] == table.iloc[0]["p50_s"] / table.iloc[1]["p50_s"]

@@ -27,6 +27,7 @@ from experiments.cli.common import (
     user_errors,
 )
 from experiments.workflowfile import load_workflows
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy
 from ragraph.policies import parse_policy
 from ragraph.workflows import WorkflowRegistry
 from runs.outdir import check_output_dir
@@ -71,6 +72,23 @@ def body_options(backend: str, model: str | None, corpus: Path | None, gen_cores
                             parse_cores(retrieval_cores, "--retrieval-cores"), setup, cache_vectors)
     except ValidationError as exc:
         raise option_error(exc) from None
+
+
+KVCacheOpt = Annotated[float | None, typer.Option(
+    help="KV-cache size in GiB, instead of the profile's (e.g. small enough to evict); the simulator gets it too.")]
+
+
+def with_kv_cache(prof, kv_cache_gib: float | None):
+    """`prof` with its engine's KV cache sized `kv_cache_gib` (None: unchanged); an option the
+    profile's checks refuse (e.g. smaller than one block) raises UsageError."""
+    if kv_cache_gib is None:
+        return prof
+    data = prof.model_dump()
+    data["engine"]["kv_cache_gib"] = kv_cache_gib
+    try:
+        return type(prof).model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"--kv-cache-gib {kv_cache_gib:g}: {exc.errors()[0]['msg']}") from None
 
 
 CheckProfileOpt = Annotated[bool, typer.Option(
@@ -119,6 +137,9 @@ def run(
     timeline: Annotated[bool, typer.Option(help="Write timeline.json.")] = True,
     workflows: WorkflowsOpt = None,
     check_profile: CheckProfileOpt = True,
+    kv_policy: Annotated[str, typer.Option(help=f"KV-cache policy: {', '.join(KV_POLICIES)} (the order vLLM's"
+                                                 " cached free blocks are evicted in).")] = DEFAULT_KV_POLICY,
+    kv_cache_gib: KVCacheOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
@@ -136,17 +157,19 @@ def run(
         with user_errors():
             check_output_dir(out)
             choice = parse_policy(policy)  # refuse a bad spec before loading anything
+            kv = parse_kv_policy(kv_policy)
             from backends.assembly import profile_of_body
 
-            prof = profile_of_body(profile, backend)
+            prof = with_kv_cache(profile_of_body(profile, backend), kv_cache_gib)
             options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
             body, (requests,), prof, check = open_body(options, prof, [trace], load_workflows(workflows), console,
                                                    check_profile)
-            console.print(f"replaying {len(requests)} requests under {policy} on the {backend} backend")
+            console.print(f"replaying {len(requests)} requests under {policy} (KV policy {kv.name}) on the"
+                          f" {backend} backend")
             meta = {"trace": str(trace), "profile": prof.name, **({"profile_check": check} if check else {})}
             with _replay_progress(console) as hook:
                 run_ = run_real(body, requests, choice, LatencyModel(prof), timeline=timeline, meta=meta,
-                                executor_hook=hook)
+                                executor_hook=hook, kv_policy=kv)
             write_run(out, run_.result.records, run_.summary, run_.result.timeline if timeline else None,
                       lane_tracks((prof.hardware.gpu or "GPU") if backend == "gpu" else None, body.gen_cores,
                                   body.retrieval_cores))
@@ -280,6 +303,9 @@ def validate(
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
     check_profile: CheckProfileOpt = True,
+    kv_policy: Annotated[str, typer.Option(help=f"KV-cache policies, comma-separated ({', '.join(KV_POLICIES)}):"
+                                                 " each cell runs under each, on both bodies.")] = DEFAULT_KV_POLICY,
+    kv_cache_gib: KVCacheOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Replay traces on the real body and on the simulator with the profile; report how far apart they are."""
@@ -295,6 +321,9 @@ def validate(
         choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
         if not choices:
             raise UsageError("--policies names no policy")
+        kvs = list(dict.fromkeys(parse_kv_policy(k) for k in kv_policy.split(",") if k.strip()))
+        if not kvs:
+            raise UsageError("--kv-policy names no KV policy")
         if bool(trace) == bool(workflow):
             raise UsageError("give either --trace FILE(s) or --workflow W with --rates R1,R2")
         rate_list = parse_rates(rates) if workflow else []
@@ -308,7 +337,7 @@ def validate(
             raise UsageError(f"--duration {duration}: need between 1 and 3600 s")
         from backends.assembly import profile_of_body
 
-        prof = profile_of_body(profile, backend)
+        prof = with_kv_cache(profile_of_body(profile, backend), kv_cache_gib)
         options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof)
         body, loaded, prof, check = open_body(options, prof, trace or [], registry, console, check_profile)
         try:
@@ -321,7 +350,7 @@ def validate(
                              for path, reqs in zip(trace or [], loaded, strict=True)]
                 with atomic_dir(out) as tmp:
                     result = run_validation(body, prof, cases, choices, tmp, progress=status.update,
-                                            extra={"profile_check": check} if check else None)
+                                            extra={"profile_check": check} if check else None, kv_policies=kvs)
         finally:
             body.close()
     from calibration.report import error_table
