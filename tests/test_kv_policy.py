@@ -200,3 +200,30 @@ def test_sim_records_the_kv_policy_and_refuses_an_unknown_one(tmp_path):
     line = assert_usage_error(hedra("sim", "--trace", trace, "--policy", "hedra", "--kv-policy", "lfu",
                                     "--out", tmp_path / "bad"), tmp_path / "bad")
     assert "unknown KV policy 'lfu'" in line
+
+
+def test_run_and_validate_refuse_an_unknown_kv_policy_before_loading_anything(tmp_path):
+    from tests.test_cli import assert_usage_error, hedra
+
+    trace = tmp_path / "a.jsonl"
+    trace.write_text("")
+    out = tmp_path / "run"
+    line = assert_usage_error(hedra("run", "--trace", trace, "--policy", "hedra", "--kv-policy", "lfu", "--out", out),
+                              out)
+    assert "unknown KV policy 'lfu'" in line
+    line = assert_usage_error(hedra("validate", "--trace", trace, "--kv-policy", "lru,lfu", "--out", out), out)
+    assert "unknown KV policy 'lfu'" in line
+
+
+def test_a_kv_cache_smaller_than_a_block_is_refused_in_one_line():
+    import typer
+
+    from experiments.cli.common import UsageError
+    from experiments.cli.real import with_kv_cache
+    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    small = with_kv_cache(prof, 0.01)
+    assert small.engine.kv_cache_gib == 0.01 and small.kv_capacity_blocks() == 40 and with_kv_cache(prof, None) is prof
+    with pytest.raises((UsageError, typer.BadParameter), match="--kv-cache-gib 1e-06"):
+        with_kv_cache(prof, 1e-6)
