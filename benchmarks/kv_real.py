@@ -11,9 +11,9 @@ keeps the prompts due soonest.
 One real body (tiny model, the shipped CPU profile with the KV cache resized), one warm-up
 replay, then `--repeats` rounds of lru and kvflow in turn, each replayed on the real body and
 on the simulator with the same profile (`calibration.validate.validate_case`, the cell
-`hedra validate --kv-policy lru,kvflow` makes). Printed per run: real and simulated P50/P99,
+`hedra validate --kv-policy lru,kvflow:no-prefetch,kvflow` makes). Printed per run: real and simulated P50/P99,
 their errors, prompt tokens from cache; then the medians over the rounds and the ratios
-lru / kvflow on both bodies. Real times on a shared machine are noisy: the load average is
+lru / each on both bodies, and what the prefetches did. Real times on a shared machine are noisy: the load average is
 printed before and after.
 
     python benchmarks/kv_real.py [--repeats 3] [--kv-cache-gib 0.01] [--policy hedra]
@@ -24,6 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+
+# vLLM's LRU; kvflow's eviction order alone; with prefetch (on this body: a prefill-only warm-up of each
+# prefix due within load_ahead steps; the simulator has no host tier here, so it predicts no prefetch)
+POLICIES = ("lru", "kvflow:no-prefetch", "kvflow")
 
 
 def requests_of(args):
@@ -75,15 +79,15 @@ def main() -> None:
 
         run_real(body, requests, choice, LatencyModel(prof), timeline=False, text=False,
                  kv_policy=parse_kv_policy("kvflow"))  # warm-up: every shape the runs below take
-        rows: dict[str, list[dict]] = {"lru": [], "kvflow": []}
-        print(f"{'kv':7} {'real P50':>9} {'sim P50':>8} {'err':>7} {'real P99':>9} {'sim P99':>8} {'err':>7}"
+        rows: dict[str, list[dict]] = {kv: [] for kv in POLICIES}
+        print(f"{'kv':18} {'real P50':>9} {'sim P50':>8} {'err':>7} {'real P99':>9} {'sim P99':>8} {'err':>7}"
               f" {'hit real':>9} {'hit sim':>8} {'evicted real/sim':>17}", flush=True)
         for _ in range(args.repeats):
-            for kv in ("lru", "kvflow"):
+            for kv in POLICIES:
                 cell, _, _ = validate_case(body, prof, case, choice, kv_policy=parse_kv_policy(kv))
                 rows[kv].append(cell)
                 r, s, k = cell["real"], cell["sim"], cell["kv_cache"]
-                print(f"{kv:7} {r['p50']:9.3f} {s['p50']:8.3f} {cell['p50_error']:+7.1%} {r['p99']:9.3f}"
+                print(f"{kv:18} {r['p50']:9.3f} {s['p50']:8.3f} {cell['p50_error']:+7.1%} {r['p99']:9.3f}"
                       f" {s['p99']:8.3f} {cell['p99_error']:+7.1%} {k['real']['hit_rate']:9.1%}"
                       f" {k['sim']['hit_rate']:8.1%} {k['real']['evicted_blocks']:>8}/{k['sim']['evicted_blocks']}",
                       flush=True)
@@ -95,9 +99,14 @@ def main() -> None:
         print(f"median {kv}: real P50 {m['real_p50']:.3f} s, P99 {m['real_p99']:.3f} s; sim P50 {m['sim_p50']:.3f} s,"
               f" P99 {m['sim_p99']:.3f} s; errors P50 {m['sim_p50'] / m['real_p50'] - 1:+.1%},"
               f" P99 {m['sim_p99'] / m['real_p99'] - 1:+.1%}")
-    for b in ("real", "sim"):
-        print(f"lru / kvflow ({b}): P50 {med['lru'][f'{b}_p50'] / med['kvflow'][f'{b}_p50']:.2f}x,"
-              f" P99 {med['lru'][f'{b}_p99'] / med['kvflow'][f'{b}_p99']:.2f}x")
+    for kv in POLICIES[1:]:
+        for b in ("real", "sim"):
+            print(f"lru / {kv} ({b}): P50 {med['lru'][f'{b}_p50'] / med[kv][f'{b}_p50']:.2f}x,"
+                  f" P99 {med['lru'][f'{b}_p99'] / med[kv][f'{b}_p99']:.2f}x")
+    for kv in POLICIES[2:]:
+        pf = [c["kv_cache"]["real"] for c in rows[kv]]
+        print(f"{kv} prefetch (real, per run): issued {[p.get('prefetches') for p in pf]}, used"
+              f" {[p.get('prefetches_used') for p in pf]}, wasted {[p.get('prefetches_wasted') for p in pf]}")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -99,7 +99,7 @@ def _body_figures(summary: dict) -> dict[str, object]:
 
 def policy_label(policy: PolicyChoice, kv_policy: KVPolicy) -> str:
     """A cell's policy as tables and plots show it: the spec, and the KV policy unless it is lru."""
-    return policy.spec if kv_policy.name == DEFAULT_KV_POLICY else f"{policy.spec} kv={kv_policy.name}"
+    return policy.spec if kv_policy.spec == DEFAULT_KV_POLICY else f"{policy.spec} kv={kv_policy.spec}"
 
 
 def validate_case(body: RealBackend, profile: Profile, case: Case, policy: PolicyChoice,
@@ -118,7 +118,7 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     sim = simulate(case.requests, policy, profile, timeline=False, latency=latency, kv_policy=kv)
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
-    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.name,
+    cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.spec,
             "label": label, "requests": len(case.requests),
             "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
@@ -149,7 +149,7 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
                 cell, lat, cell_items = validate_case(body, profile, case, policy, progress, kv)
                 cells.append(cell)
                 latencies[(case.workflow, case.rate, cell["label"])] = lat
-                items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.name,
+                items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.spec,
                            **r} for r in cell_items]
     result = {"profile": profile.name, "profile_kind": profile.kind, "body": body.describe(), "cells": cells,
               "worst": worst_errors(cells), **(extra or {})}

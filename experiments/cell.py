@@ -82,7 +82,7 @@ class Cell:
         return {"row_schema": ROW_SCHEMA, "trace": self.trace, "workflow": self.label, "rate": self.rate,
                 "duration_s": self.duration_s, "requests": self.requests, "offline": self.offline,
                 **dict(self.trace_options), "policy": self.policy.spec, "profile": self.profile, "seed": self.seed,
-                "inputs": self.inputs, "kv_policy": self.kv_policy.name,
+                "inputs": self.inputs, "kv_policy": self.kv_policy.spec,
                 **({} if self.load is None else {"load": self.load})}
 
 
@@ -192,7 +192,7 @@ def row_of(cell: Cell, summary: dict, records: list[RequestRecord], techniques: 
     latencies = [r.latency_s for r in done]
     return {
         "workflow": cell.label, "trace": cell.trace, "rate": cell.rate, "duration_s": cell.duration_s,
-        "offline": cell.offline, **dict(cell.trace_options), "kv_policy": cell.kv_policy.name,
+        "offline": cell.offline, **dict(cell.trace_options), "kv_policy": cell.kv_policy.spec,
         "policy": cell.policy.spec, "policy_name": cell.policy.name, "profile": summary["profile"],
         "seed": cell.seed, **{f"opt_{k}": v for k, v in summary["policy_options"].items()},
         "requests": summary["requests"], "completed": summary["completed"], "failed": summary["failed"],

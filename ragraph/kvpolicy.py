@@ -14,7 +14,12 @@ simulator: `sim.block_pool`). This module is pure: no clock, no I/O.
   fixed prompt); a shared block takes the minimum of the blocks below it. Eviction takes
   unshared suffixes first (content no declared prefix holds), then the prefix blocks of the
   largest steps to execution (blocks no request in flight will use: infinitely far), the
-  least recently freed first among equals, a branch before the stem it hangs from.
+  least recently freed first among equals, a branch before the stem it hangs from. It also
+  prefetches the prefixes of generations due within `load_ahead` steps (default 2), where the
+  body can (the real CPU body: a prefill-only warm-up, `backends.kv_order`); `kvflow:no-prefetch`
+  evicts only.
+
+Specs: `name[:option,...]`; options `no-prefetch` and `load_ahead=N` (kvflow only).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ KV_POLICIES: dict[str, str] = {
     "lru": "vLLM's order: least recently freed cached blocks first",
     "kvflow": "KVFlow: unshared suffixes first, then prefixes by largest steps to execution in the workflow graphs",
 }
+DEFAULT_LOAD_AHEAD = 2  # KVFlow's load_ahead_step
 DEFAULT_KV_POLICY = "lru"
 _DONE = -1  # a finished node's steps (its successors may run now: max(...) + 1 = 0)
 _NOW = (NodeState.READY, NodeState.RUNNING, NodeState.SPECULATIVE, NodeState.SPEC_DONE)
@@ -44,19 +50,57 @@ class KVPolicy:
     """A validated KV policy choice (parsed once at the edge, passed inward)."""
 
     name: str
+    prefetch: bool = True  # kvflow: prefetch the prefixes due within load_ahead steps (where the body can)
+    load_ahead: int = DEFAULT_LOAD_AHEAD  # kvflow: prefetch prefixes due within this many steps
 
     @property
     def wants_steps(self) -> bool:
         """Whether the core computes steps to execution for the engine (`GenStep.kv_steps`)."""
         return self.name == "kvflow"
 
+    @property
+    def spec(self) -> str:
+        """The canonical spec string (options that differ from the defaults only)."""
+        opts = [] if self.prefetch else ["no-prefetch"]
+        if self.load_ahead != DEFAULT_LOAD_AHEAD:
+            opts.append(f"load_ahead={self.load_ahead}")
+        return f"{self.name}:{','.join(opts)}" if opts else self.name
+
 
 def parse_kv_policy(spec: str) -> KVPolicy:
-    """The KV policy named `spec`; raises KVPolicyError naming the known ones."""
-    name = spec.strip()
+    """The KV policy of `spec` (`name[:option,...]`); raises KVPolicyError naming the known
+    policies, or the option that is wrong."""
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
     if name not in KV_POLICIES:
         raise KVPolicyError(f"unknown KV policy {spec!r} (known: {', '.join(KV_POLICIES)})")
-    return KVPolicy(name)
+    prefetch, load_ahead = True, DEFAULT_LOAD_AHEAD
+    for opt in (o.strip() for o in rest.split(",") if o.strip()):
+        key, eq, value = opt.partition("=")
+        if name != "kvflow":
+            raise KVPolicyError(f"KV policy {name!r} takes no option ({opt!r})")
+        if opt == "no-prefetch":
+            prefetch = False
+        elif key.strip() == "load_ahead" and eq and value.strip().isdigit():
+            load_ahead = int(value)
+        else:
+            raise KVPolicyError(f"KV policy {spec!r}: unknown option {opt!r} (known: no-prefetch, load_ahead=N)")
+    return KVPolicy(name, prefetch, load_ahead)
+
+
+def split_kv_policies(text: str) -> list[str]:
+    """KV policy specs from a comma-separated list whose specs may hold commas themselves
+    (`lru,kvflow:no-prefetch,load_ahead=3`): a part that does not start with a policy's name
+    continues the spec before it."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if out and part.partition(":")[0].strip() not in KV_POLICIES:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
 
 
 def steps_to_execution(run: RequestRun, or_joins: frozenset[int] = frozenset()) -> list[int]:

@@ -61,6 +61,8 @@ def simulate(requests: list[Request], choice: PolicyChoice, profile: Profile, *,
     result = Simulation(requests, policy, latency, seed=seed, timeline=timeline, kv_policy=kv_policy).run()
     summary = summarize(result, {"body": "sim", **_policy_meta(choice), "profile": profile.name,
                                  "profile_kind": profile.kind, "seed": seed, **(meta or {})})
+    if kv_policy is not None and isinstance(summary.get("kv_cache"), dict):
+        summary["kv_cache"]["kv_policy"] = kv_policy.spec  # with its options (kvflow:no-prefetch)
     if quality := configuration_quality(result.records, requests):
         summary["quality"] = quality
     return Run(result, summary)

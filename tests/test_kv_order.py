@@ -52,8 +52,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 def replay_real(e, kv_policy: str, calls: int) -> tuple[list[int], dict[str, int]]:
     """The looping chain on vLLM, one agent call at a time: prompt tokens from cache per call."""
+    from ragraph.kvpolicy import parse_kv_policy
+
     assert e.reset_prefix_cache()
-    e.set_kv_policy(kv_policy)
+    e.set_kv_policy(parse_kv_policy(kv_policy))
     hits = []
     for i in range(calls):
         k = i % AGENTS
@@ -77,7 +79,7 @@ def replay_sim(kv_policy: str, calls: int, blocks: int) -> list[int]:
               "max_num_seqs": 8, "kv_cache_gib": blocks * per_block / (1 << 30)}
     prof = type(base).model_validate({**base.model_dump(), "engine": engine})
     assert prof.kv_capacity_blocks() == blocks
-    model = GenEngineModel(LatencyModel(prof), kv_policy)
+    model = GenEngineModel(LatencyModel(prof), kv_policy.partition(":")[0])  # (no host tier: no prefetch)
     hits = []
     for i in range(calls):
         k = i % AGENTS
@@ -90,11 +92,12 @@ def replay_sim(kv_policy: str, calls: int, blocks: int) -> list[int]:
 
 
 CALLS = 9  # three rounds over the three agents
+EVICT = "kvflow:no-prefetch"  # kvflow's eviction order alone
 
 
 def test_kvflow_keeps_the_next_agents_prompt_where_lru_evicts_it(engine):
     lru, lru_kv = replay_real(engine, "lru", CALLS)
-    kvflow, kvflow_kv = replay_real(engine, "kvflow", CALLS)
+    kvflow, kvflow_kv = replay_real(engine, EVICT, CALLS)
     # three 4-block prompts plus a call's own 2 blocks exceed the 13 blocks: something is evicted each call
     assert lru[:AGENTS] == kvflow[:AGENTS] == [0] * AGENTS
     assert lru_kv["evicted_blocks"] > 0 and lru_kv["reordered_blocks"] == 0
@@ -106,13 +109,13 @@ def test_kvflow_keeps_the_next_agents_prompt_where_lru_evicts_it(engine):
 
 
 def test_hit_tokens_per_request_agree_with_the_simulator(engine):
-    for kv_policy in ("lru", "kvflow"):
+    for kv_policy in ("lru", EVICT):
         real, _ = replay_real(engine, kv_policy, CALLS)
         assert real == replay_sim(kv_policy, CALLS, engine.total_blocks), kv_policy
 
 
 def test_the_free_queue_after_a_reorder_is_in_kvflows_order(engine):
-    replay_real(engine, "kvflow", AGENTS + 1)  # agent 0 ran last: agent 1 is next (1), agent 2 after (2)
+    replay_real(engine, EVICT, AGENTS + 1)  # agent 0 ran last: agent 1 is next (1), agent 2 after (2)
     engine.apply(GenStep(kv_steps=steps_when(1)))
     engine._kv.reorder()
     ranks = [r for _, r in engine.kv_order()]
@@ -127,6 +130,15 @@ def test_lru_leaves_vllms_order_alone(engine):
     before = [b for b, _ in engine.kv_order()]
     engine.apply(GenStep(kv_steps=steps_when(1)))
     assert engine._kv.reorder() == 0 and [b for b, _ in engine.kv_order()] == before
+
+
+def test_kvflow_prefetch_warms_the_next_agents_prompt_and_settles_every_prefetch(engine):
+    hits, kv = replay_real(engine, "kvflow:load_ahead=1", CALLS)
+    assert kv["prefetches"] > 0 and kv["prefetch_tokens"] == kv["prefetches"] * PREFIX
+    assert kv["prefetches_used"] + kv["prefetches_wasted"] == kv["prefetches"]
+    assert kv["prefetches_used"] > 0
+    assert hits[1] == PREFIX  # agent 1's prompt was warmed while agent 0 ran: its first call hits
+    assert not engine.has_unfinished()  # no warm-up left behind
 
 
 def test_modules_import_without_vllm():

@@ -27,7 +27,7 @@ from experiments.cli.common import (
     user_errors,
 )
 from experiments.workflowfile import load_workflows
-from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy
+from ragraph.kvpolicy import DEFAULT_KV_POLICY, KV_POLICIES, parse_kv_policy, split_kv_policies
 from ragraph.policies import parse_policy
 from ragraph.workflows import WorkflowRegistry
 from runs.outdir import check_output_dir
@@ -164,7 +164,7 @@ def run(
             options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
             body, (requests,), prof, check = open_body(options, prof, [trace], load_workflows(workflows), console,
                                                    check_profile)
-            console.print(f"replaying {len(requests)} requests under {policy} (KV policy {kv.name}) on the"
+            console.print(f"replaying {len(requests)} requests under {policy} (KV policy {kv.spec}) on the"
                           f" {backend} backend")
             meta = {"trace": str(trace), "profile": prof.name, **({"profile_check": check} if check else {})}
             with _replay_progress(console) as hook:
@@ -321,7 +321,7 @@ def validate(
         choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
         if not choices:
             raise UsageError("--policies names no policy")
-        kvs = list(dict.fromkeys(parse_kv_policy(k) for k in kv_policy.split(",") if k.strip()))
+        kvs = list(dict.fromkeys(parse_kv_policy(k) for k in split_kv_policies(kv_policy)))
         if not kvs:
             raise UsageError("--kv-policy names no KV policy")
         if bool(trace) == bool(workflow):
