@@ -17,6 +17,7 @@ lru / each on both bodies, and what the prefetches did. Real times on a shared m
 printed before and after.
 
     python benchmarks/kv_real.py [--repeats 3] [--kv-cache-gib 0.01] [--policy hedra]
+        [--kv-policies lru,kvflow:no-prefetch,kvflow]
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def main() -> None:
     ap.add_argument("--dynamic", type=int, default=64)
     ap.add_argument("--output", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kv-policies", default=",".join(POLICIES), help="lru first, then the KV policies to compare")
     args = ap.parse_args()
+    from ragraph.kvpolicy import split_kv_policies
+
+    policies = tuple(split_kv_policies(args.kv_policies))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from backends.assembly import profile_of_body, real_options
@@ -79,11 +84,11 @@ def main() -> None:
 
         run_real(body, requests, choice, LatencyModel(prof), timeline=False, text=False,
                  kv_policy=parse_kv_policy("kvflow"))  # warm-up: every shape the runs below take
-        rows: dict[str, list[dict]] = {kv: [] for kv in POLICIES}
+        rows: dict[str, list[dict]] = {kv: [] for kv in policies}
         print(f"{'kv':18} {'real P50':>9} {'sim P50':>8} {'err':>7} {'real P99':>9} {'sim P99':>8} {'err':>7}"
               f" {'hit real':>9} {'hit sim':>8} {'evicted real/sim':>17}", flush=True)
         for _ in range(args.repeats):
-            for kv in POLICIES:
+            for kv in policies:
                 cell, _, _ = validate_case(body, prof, case, choice, kv_policy=parse_kv_policy(kv))
                 rows[kv].append(cell)
                 r, s, k = cell["real"], cell["sim"], cell["kv_cache"]
@@ -99,12 +104,14 @@ def main() -> None:
         print(f"median {kv}: real P50 {m['real_p50']:.3f} s, P99 {m['real_p99']:.3f} s; sim P50 {m['sim_p50']:.3f} s,"
               f" P99 {m['sim_p99']:.3f} s; errors P50 {m['sim_p50'] / m['real_p50'] - 1:+.1%},"
               f" P99 {m['sim_p99'] / m['real_p99'] - 1:+.1%}")
-    for kv in POLICIES[1:]:
+    for kv in policies[1:]:
         for b in ("real", "sim"):
             print(f"lru / {kv} ({b}): P50 {med['lru'][f'{b}_p50'] / med[kv][f'{b}_p50']:.2f}x,"
                   f" P99 {med['lru'][f'{b}_p99'] / med[kv][f'{b}_p99']:.2f}x")
-    for kv in POLICIES[2:]:
-        pf = [c["kv_cache"]["real"] for c in rows[kv]]
+    for kv in policies[1:]:
+        pf = [c["kv_cache"]["real"] for c in rows[kv] if "prefetches" in c["kv_cache"]["real"]]
+        if not pf:
+            continue
         print(f"{kv} prefetch (real, per run): issued {[p.get('prefetches') for p in pf]}, used"
               f" {[p.get('prefetches_used') for p in pf]}, wasted {[p.get('prefetches_wasted') for p in pf]}")
     print(f"load average after: {os.getloadavg()}")
