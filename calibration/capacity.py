@@ -32,6 +32,7 @@ import numpy as np
 from calibration.workload import Template
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import Profile
+from ragraph.kvpolicy import KVPolicy
 from ragraph.policies import PolicyChoice
 from ragraph.records import RequestRecord
 from runs.run import Run, run_real, simulate
@@ -170,12 +171,15 @@ def _measure(body: str, choice: PolicyChoice, template: Template, duration: floa
 
 def sim_capacity(template: Template, choice: PolicyChoice, profile: Profile, *, slo_p95_s: float = SLO_P95_S,
                  tolerance: float = TOLERANCE, duration_s: float | None = None, guess: float = 1.0,
-                 step: float = 2.0, progress: Callable[[str], None] = lambda msg: None) -> Capacity:
-    """`choice`'s capacity on the simulator with `profile`, for `template`'s workload."""
+                 step: float = 2.0, progress: Callable[[str], None] = lambda msg: None,
+                 kv_policy: KVPolicy | None = None) -> Capacity:
+    """`choice`'s capacity on the simulator with `profile` (and `kv_policy`, default lru), for
+    `template`'s workload."""
     latency = LatencyModel(profile)
     duration = duration_s or min_duration_s(slo_p95_s, tolerance)
     measure = _measure("sim", choice, template, duration, slo_p95_s,
-                       lambda reqs: simulate(reqs, choice, profile, timeline=False, latency=latency), progress)
+                       lambda reqs: simulate(reqs, choice, profile, timeline=False, latency=latency,
+                                             kv_policy=kv_policy), progress)
     return search(measure, guess, tolerance=tolerance, step=step, slo_p95_s=slo_p95_s, duration_s=duration)
 
 

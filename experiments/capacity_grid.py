@@ -30,9 +30,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from experiments.cell import Cell, trace_requests
+from experiments.cell import LRU, Cell, trace_requests
 from experiments.sweepspec import CapacitySpec
 from ragraph.graph import Request
+from ragraph.kvpolicy import KVPolicy
 from ragraph.policies import PolicyChoice
 from ragraph.workflows import WorkflowRegistry, WorkflowSpec
 from runs.outdir import atomic_file
@@ -55,11 +56,13 @@ class CapacityTask:
     slo_p95_s: float
     tolerance: float
     duration_s: float | None
+    kv_policy: KVPolicy = LRU  # the cell's KV policy (capacity under kvflow differs from lru's)
 
     def key(self) -> dict[str, object]:
         return {"workflow": self.label, **dict(self.trace_options), "policy": self.policy.spec,
                 "profile": self.profile, "seed": self.seed, "inputs": self.inputs, "slo_p95_s": self.slo_p95_s,
-                "tolerance": self.tolerance, "duration_s": self.duration_s}
+                "tolerance": self.tolerance, "duration_s": self.duration_s,
+                **({} if self.kv_policy == LRU else {"kv_policy": self.kv_policy.spec})}
 
     def id(self) -> str:
         return hashlib.sha1(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:16]
@@ -70,7 +73,7 @@ def task_of(cell: Cell, spec: CapacitySpec) -> CapacityTask | None:
     if cell.trace or cell.offline or cell.requests is not None:
         return None
     return CapacityTask(cell.label, cell.trace_options, cell.workflows, cell.policy, cell.profile, cell.seed,
-                        cell.inputs, spec.slo_p95, spec.tolerance, spec.duration_s)
+                        cell.inputs, spec.slo_p95, spec.tolerance, spec.duration_s, cell.kv_policy)
 
 
 def _requests_at_one_per_second(task: CapacityTask, nlist: int, n: int) -> list[Request]:
@@ -89,7 +92,7 @@ def find_capacity(task: CapacityTask) -> dict[str, object]:
     prof = load_profile(task.profile)
     template = Template(lambda n: _requests_at_one_per_second(task, prof.index.nlist, n))
     return sim_capacity(template, task.policy, prof, slo_p95_s=task.slo_p95_s, tolerance=task.tolerance,
-                        duration_s=task.duration_s).to_json()
+                        duration_s=task.duration_s, kv_policy=task.kv_policy).to_json()
 
 
 class CapacityStore:

@@ -91,12 +91,12 @@ def parse_kv_policy(spec: str) -> KVPolicy:
 def split_kv_policies(text: str) -> list[str]:
     """KV policy specs from a comma-separated list whose specs may hold commas themselves
     (`lru,kvflow:no-prefetch,load_ahead=3`): a part that does not start with a policy's name
-    continues the spec before it."""
+    continues the spec before it when that one has options."""
     out: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        if out and part.partition(":")[0].strip() not in KV_POLICIES:
+        if out and ":" in out[-1] and part.partition(":")[0].strip() not in KV_POLICIES:
             out[-1] += "," + part
         else:
             out.append(part)

@@ -215,6 +215,19 @@ def test_run_and_validate_refuse_an_unknown_kv_policy_before_loading_anything(tm
     assert "unknown KV policy 'lfu'" in line
 
 
+def test_kv_policy_specs_with_options_in_a_comma_separated_list():
+    from ragraph.kvpolicy import split_kv_policies
+
+    assert split_kv_policies("lru, kvflow:no-prefetch,load_ahead=3,kvflow") == [
+        "lru", "kvflow:no-prefetch,load_ahead=3", "kvflow"]
+    assert split_kv_policies("lru,lfu") == ["lru", "lfu"]
+    assert parse_kv_policy("kvflow:load_ahead=3,no-prefetch").spec == "kvflow:no-prefetch,load_ahead=3"
+    with pytest.raises(KVPolicyError, match="unknown option 'x'"):
+        parse_kv_policy("kvflow:x")
+    with pytest.raises(KVPolicyError, match="takes no option"):
+        parse_kv_policy("lru:no-prefetch")
+
+
 def test_a_kv_cache_smaller_than_a_block_is_refused_in_one_line():
     import typer
 

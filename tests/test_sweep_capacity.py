@@ -148,3 +148,19 @@ def test_trace_file_rows_get_empty_capacity_columns(tmp_path):
     table = run_sweep(load_spec(path), expand(load_spec(path), path), tmp_path / "out", inline_runner)
     assert table[["load", "capacity_rps", "capacity_low", "capacity_high"]].isna().all().all()
     assert not (tmp_path / "out" / "capacity").exists()
+
+
+def test_a_capacity_search_is_one_per_kv_policy_and_runs_under_it(tmp_path, monkeypatch):
+    text = LOADS.replace('baseline = "flashrag"', 'baseline = "flashrag"\nkv_policies = ["lru", "kvflow"]')
+    path = write_spec(tmp_path, text)
+    spec = load_spec(path)
+    cells = expand(spec, path)
+    tasks = {(c.kv_policy.spec, c.policy.spec): task_of(c, spec.capacity) for c in cells}
+    assert len({t.id() for t in tasks.values()}) == 4  # (2 KV policies) x (2 policies)
+    assert tasks[("kvflow", "hedra")].kv_policy.spec == "kvflow"
+    assert "kv_policy" not in tasks[("lru", "hedra")].key()  # lru's searches keep their stored identity
+    seen = []
+    monkeypatch.setattr("calibration.capacity.simulate",
+                        lambda *a, **kw: seen.append(kw["kv_policy"]) or simulate(*a, **kw))
+    capacity_grid.find_capacity(replace(tasks[("kvflow", "hedra")], tolerance=0.9))
+    assert seen and all(kv.spec == "kvflow" for kv in seen)
