@@ -25,7 +25,9 @@ FAILED with a reason, and appears once in `finished()`.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from math import ceil
+from typing import Any
 
 from ragraph.graph import Generate, NodeKey, PrefixId, Request, Retrieve, query_prefix
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy, prefix_steps
@@ -267,6 +269,22 @@ class Scheduler:
         if seed and node.next_pos:
             raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
         node.order = node.order[:node.next_pos] + tuple(remaining)
+        if seed:
+            node.seed = tuple(seed)
+
+    def sort_remaining(self, node: NodeRun, key: Callable[[int], Any], *, reverse: bool = False,
+                       seed: tuple[int, ...] = ()) -> None:
+        """Reorder the not-yet-dispatched clusters of `node` by `key`, stably (equal keys keep their
+        order, `reverse` too): `reorder` with a permutation the core makes itself, so it needs no
+        check (a technique's regrouping, e.g. by cache residency, at a fraction of the cost).
+        `node.order` is replaced only when it changes; `seed` as in `reorder`."""
+        if seed and node.next_pos:
+            raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
+        pos = node.next_pos
+        rest = node.order[pos:]
+        new = tuple(sorted(rest, key=key, reverse=reverse))
+        if new != rest:
+            node.order = node.order[:pos] + new if pos else new
         if seed:
             node.seed = tuple(seed)
 

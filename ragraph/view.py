@@ -4,7 +4,7 @@ The core (`ragraph.core.Scheduler`) hands every policy call a `SchedulerView`. I
 are read-only mappings (`types.MappingProxyType`) over the core's own dicts, so a policy
 reads the live state without copying it and cannot add or drop entries; the node and
 request objects it reaches are read, never assigned to. A policy changes the run only
-through the view's action methods (`take_clusters`, `reorder`, `speculate`,
+through the view's action methods (`take_clusters`, `reorder`, `sort_remaining`, `speculate`,
 `restart_speculation`, `watch_generation`, `speculate_retrieval`, `take_speculative`), each
 of which checks its arguments and raises `SchedulerError` on misuse. Ending requests
 (`fail_request`, `fail_all`) is the bodies' business and is not
@@ -17,9 +17,9 @@ attributes (the `_Core` protocol), so `ragraph.core` depends on this module and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ragraph.graph import NodeKey
 from ragraph.work import Lane, ScanTask
@@ -49,6 +49,8 @@ class _Core(Protocol):
 
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask: ...
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
+    def sort_remaining(self, node: NodeRun, key: Callable[[int], Any], *, reverse: bool = False,
+                       seed: tuple[int, ...] = ()) -> None: ...
     def speculate(self, node: NodeRun, now: float) -> None: ...
     def restart_speculation(self, node: NodeRun, now: float) -> None: ...
     def watch_generation(self, node: NodeRun, fraction: float) -> None: ...
@@ -71,6 +73,7 @@ class SchedulerView:
         "restart_speculation",
         "retr_speculative",
         "retr_waiting",
+        "sort_remaining",
         "speculate",
         "speculate_retrieval",
         "take_clusters",
@@ -95,6 +98,7 @@ class SchedulerView:
         self.query_chars = core.query_chars
         self.take_clusters = core.take_clusters
         self.reorder = core.reorder
+        self.sort_remaining = core.sort_remaining
         self.speculate = core.speculate
         self.restart_speculation = core.restart_speculation
         self.watch_generation = core.watch_generation

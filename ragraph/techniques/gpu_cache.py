@@ -28,7 +28,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Set
-from itertools import accumulate, chain, filterfalse
+from functools import reduce
+from itertools import accumulate, chain, filterfalse, islice, takewhile
+from operator import add, eq
 from typing import TYPE_CHECKING
 
 from ragraph.costs import GpuCacheCosts
@@ -121,12 +123,14 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        order = self._hottest()
-        cum_bytes = [0, *accumulate(map(self._bytes.__getitem__, order))]  # [i]: bytes of the hottest i
+        order, heats = self._hottest()
+        cum = accumulate(map(self._bytes.__getitem__, order))
         if self.fixed_clusters is not None:
+            cum_bytes = [0, *cum]  # [i]: bytes of the hottest i
             desired = order[: self.fixed_clusters]
-        else:
-            self.target_bytes = self._size_bytes(order, cum_bytes)
+        else:  # (the prefixes within the KV pool: no larger one is ever resident)
+            cum_bytes = [0, *takewhile(self.costs.kv_pool_bytes().__ge__, cum)]
+            self.target_bytes = self._size_bytes(heats, cum_bytes)
             desired = order[: bisect_right(cum_bytes, self.target_bytes) - 1]
         self._decay()
         self.clusters = len(desired)
@@ -153,11 +157,8 @@ class GpuIndexCache:
             rest = node.order[node.next_pos:]
             if cache.isdisjoint(rest):
                 continue
-            hot = [c for c in rest if c in cache]
-            if hot:
-                if len(hot) < len(rest):
-                    s.reorder(node, hot + [c for c in rest if c not in cache])
-                tasks.append(s.take_clusters(node, len(hot)))
+            s.sort_remaining(node, cache.__contains__, reverse=True)  # the resident ones first
+            tasks.append(s.take_clusters(node, sum(map(cache.__contains__, rest))))
         if not tasks:
             return None
         batch = SearchBatch(tuple(tasks), lane=Lane.GPU_RETRIEVAL)
@@ -181,10 +182,7 @@ class GpuIndexCache:
 
     @staticmethod
     def _defer(s: SchedulerView, node: NodeRun, cache: Set[int]) -> None:
-        rest = node.order[node.next_pos:]
-        cold = [c for c in rest if c not in cache]
-        if cold and len(cold) < len(rest) and any(c in cache for c in rest[: len(cold)]):
-            s.reorder(node, cold + [c for c in rest if c in cache])
+        s.sort_remaining(node, cache.__contains__)  # the resident ones last
 
     # --- Eq. 2 ----------------------------------------------------------------------------------
 
@@ -196,9 +194,10 @@ class GpuIndexCache:
         for c, scans in Counter(chain.from_iterable(self._noted)).items():
             n = sizes[c] * scans
             if n:  # (an empty list gets no heat: it never joins the order)
-                if not heat[c]:
+                h = heat[c]
+                if not h:
                     fresh.append(c)
-                heat[c] += n * unit
+                heat[c] = h + n * unit
                 vectors += n
         self._noted = []
         self._vectors += vectors
@@ -206,14 +205,15 @@ class GpuIndexCache:
             fresh.sort()  # among equal heat, lower ids first
             self._order += fresh
 
-    def _hottest(self) -> list[int]:
-        """The clusters with heat, hottest first, ties by cluster id. The order of the last refresh
-        is sorted again (only the clusters scanned since moved, so the sort has little to do)."""
+    def _hottest(self) -> tuple[list[int], list[float]]:
+        """The clusters with heat, hottest first, ties by cluster id, and their heats. The order of
+        the last refresh is sorted again (only the clusters scanned since moved, so the sort has
+        little to do)."""
         self._tally()
         order, heat = self._order, self._heat
         order.sort(key=heat.__getitem__, reverse=True)  # stable: ties keep their earlier order
         values = list(map(heat.__getitem__, order))
-        if len(set(values)) < len(values):  # equal heat: put each group in id order
+        if any(map(eq, values, islice(values, 1, None))):  # equal heat: put each group in id order
             i, n = 0, len(values)
             while i < n:
                 j = i + 1
@@ -222,7 +222,7 @@ class GpuIndexCache:
                 if j - i > 1:
                     order[i:j] = sorted(order[i:j])
                 i = j
-        return order
+        return order, values
 
     def _decay(self) -> None:
         """Every heat decays by `decay`, lazily: later scans count 1/decay times more (`_unit`);
@@ -236,9 +236,10 @@ class GpuIndexCache:
             self._heat = [h / self._unit for h in self._heat]
             self._unit = 1.0
 
-    def _size_bytes(self, order: list[int], cum_bytes: list[int]) -> float:
+    def _size_bytes(self, heats: list[float], cum_bytes: list[int]) -> float:
         """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
-        the clusters with heat, hottest first, and their cumulative bytes."""
+        the heats of the clusters with heat, hottest first, and their cumulative bytes (at least
+        every prefix within the pool)."""
         costs = self.costs
         pool = costs.kv_pool_bytes()
         retrievals = max(self._retrievals, 1)
@@ -247,8 +248,8 @@ class GpuIndexCache:
         vectors_per_retrieval = self._vectors / retrievals
         # hot share of scan work covered by the hottest clusters within x bytes (a ratio of heats,
         # so their common unit cancels)
-        cum_heat = list(accumulate(map(self._heat.__getitem__, order), initial=0.0))
-        total_heat = cum_heat[-1] or 1.0
+        cum_heat = list(accumulate(islice(heats, len(cum_bytes) - 1), initial=0.0))
+        total_heat = reduce(add, islice(heats, len(cum_heat) - 1, None), cum_heat[-1]) or 1.0  # (summed in order)
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))

@@ -23,7 +23,7 @@ complete (the paper's Fig. 9b: up to 28% earlier with reordering).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ragraph.graph import Retrieve, SearchTruth
@@ -35,14 +35,17 @@ if TYPE_CHECKING:
 
 def reordered(order: Sequence[int], previous: Retrieve) -> list[int]:
     """`order` (the new probe list, coarse order) regrouped around the previous retrieval."""
+    return sorted(order, key=group_of(order, previous))
+
+
+def group_of(order: Sequence[int], previous: Retrieve) -> Callable[[int], int]:
+    """The group of each list of `order` around the previous retrieval: 0 for H_v, 1 for the
+    previous probe list's other lists, 2 for the rest (a stable sort by it is the reorder)."""
     assert previous.truth is not None
-    hits = previous.truth.hit_clusters
-    before = set(previous.clusters) - hits
-    seen = before | hits
-    first = [c for c in order if c in hits]
-    second = [c for c in order if c in before]
-    rest = [c for c in order if c not in seen]
-    return first + second + rest
+    group = dict.fromkeys(order, 2)
+    group.update(dict.fromkeys(previous.clusters, 1))
+    group.update(dict.fromkeys(previous.truth.hit_clusters, 0))
+    return group.__getitem__
 
 
 def completion_point(order: Sequence[int], truth: SearchTruth, seed: Sequence[int] = ()) -> int:
@@ -74,9 +77,9 @@ class SimilarityReorder:
         spec = node.spec
         assert isinstance(spec, Retrieve)
         assert previous.truth is not None
-        order = reordered(node.order, previous)
         seed = tuple(dict.fromkeys((*node.seed, *previous.truth.top20)))  # after a speculation's own guess
-        s.reorder(node, order, seed=seed)
+        s.sort_remaining(node, group_of(node.order, previous), seed=seed)  # (`reordered`, in place)
+        order = node.order
         if spec.truth is not None:
             self.applied += 1
             self.scanned_to_complete += completion_point(order, spec.truth, seed)
