@@ -32,7 +32,7 @@ class ProbeModel:
             raise ValueError(f"nprobe {nprobe} exceeds the index's {self.nlist} lists")
         score = self.log_weight + self.rng.gumbel(size=self.nlist)
         if not previous:
-            return np.argsort(-score)[:nprobe].tolist()
+            return _top(-score, nprobe).tolist()
         prev = np.asarray(previous)
         size = min(len(prev), round(self.overlap * nprobe))
         if keep:
@@ -44,6 +44,17 @@ class ProbeModel:
             kept = self.rng.choice(prev, size=size, replace=False)
         blocked = score.copy()
         blocked[prev] = -np.inf
-        fresh = np.argsort(-blocked)[: nprobe - len(kept)]
+        fresh = _top(-blocked, nprobe - len(kept))
         chosen = np.concatenate([kept, fresh])
         return chosen[np.argsort(-score[chosen])].tolist()
+
+
+def _top(cost: np.ndarray, k: int) -> np.ndarray:
+    """`np.argsort(cost)[:k]` (the k smallest, in order) without sorting all of `cost`: the k
+    smallest found by a partition, then sorted (the scores are continuous draws: no ties)."""
+    if k <= 0:
+        return np.argsort(cost)[:0]
+    if k >= len(cost):
+        return np.argsort(cost)
+    part = np.argpartition(cost, k - 1)[:k]
+    return part[np.argsort(cost[part])]
