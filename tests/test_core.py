@@ -254,6 +254,25 @@ def test_hedra_reprices_a_query_after_its_clusters_are_reordered():
     assert first.tasks[0].clusters == (8,)  # one big list fits the budget, not four small ones
 
 
+def test_sort_remaining_is_a_stable_sort_of_the_undispatched_clusters():
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(one_shot("a", clusters=(7, 3, 5, 0, 6, 2, 4, 1)), 0.0)
+    node = s.requests["a"].nodes[0]
+    s.sort_remaining(node, {0, 2, 5}.__contains__, reverse=True, seed=(9,))  # members first, each group in order
+    assert node.order == (5, 0, 2, 7, 3, 6, 4, 1) and node.seed == (9,)
+    s.take_clusters(node, 2)
+    before = node.order
+    s.sort_remaining(node, {2, 4}.__contains__)  # the members last; the dispatched (5, 0) stay
+    assert node.order == (5, 0, 7, 3, 6, 1, 2, 4)
+    s.sort_remaining(node, {2, 4}.__contains__)  # nothing moves: the order is not replaced
+    assert node.order == (5, 0, 7, 3, 6, 1, 2, 4) and before is not node.order
+    same = node.order
+    s.sort_remaining(node, {2, 4}.__contains__)
+    assert node.order is same
+    with pytest.raises(SchedulerError, match="seed"):
+        s.sort_remaining(node, abs, seed=(1,))  # a seed only before the first scan
+
+
 @pytest.mark.parametrize(("query", "question"), [("who wrote Hamlet", "ignored"), ("", "what is the Nile?"), ("", "")])
 def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(query, question):
     from backends.retrieval import RetrievalService
