@@ -32,6 +32,8 @@ timelines equal slice for slice. An earlier run found 6 differing cells (one-sho
 under hedra: a run of engine steps folded while a GPU scan started at the same instant), fixed.
 After the rebase on main 2f2bfb2 (whose other changes move hedra's outputs and add record
 columns), the same 472 cells folded against `--no-fold` on that code: 472 of 472 the same.
+Again 2026-12-05 (branch speed2 against main c89b0af: the GPU cache's refresh, `sort_remaining`,
+the probe model's partial sort): 472 of 472 cells the same, every one bit for bit.
 """
 
 from __future__ import annotations
