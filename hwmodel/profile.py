@@ -36,6 +36,7 @@ class Hardware(_Strict):
     cpu_threads: int = Field(gt=0)  # threads the retrieval lane's search calls use
     gen_cores: list[int] | None = None  # cores the engine thread was pinned to (measured CPU profiles)
     retrieval_cores: list[int] | None = None  # cores of the retrieval lane (measured profiles)
+    host_memory_gib: float | None = Field(default=None, gt=0)  # the machine's CPU memory (bounds engine.host_kv_gib)
 
 
 class LLM(_Strict):
@@ -80,6 +81,9 @@ class Engine(_Strict):
     # explicit KV-cache size (vLLM's kv_cache_memory_bytes, vLLM-CPU's VLLM_CPU_KVCACHE_SPACE);
     # None: what GPU memory leaves (see Profile.kv_capacity_blocks)
     kv_cache_gib: float | None = Field(default=None, gt=0)
+    # host-memory KV tier (the simulator's): KV blocks evicted from the GPU pool are copied to this
+    # much CPU memory over `pcie` and loaded back instead of recomputed; 0: no host tier
+    host_kv_gib: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _as_vllm_requires(self) -> Engine:
@@ -163,6 +167,16 @@ class Profile(_Strict):
                 raise ValueError("engine.kv_cache_gib: required when hardware.gpu_memory_gib is not given")
             raise ValueError("engine: no GPU memory left for the KV cache after weights, activations"
                              " and index cache")
+        host = self.engine.host_kv_gib
+        if host:
+            mem = self.hardware.host_memory_gib
+            if mem is None:
+                raise ValueError("engine.host_kv_gib: requires hardware.host_memory_gib (the machine's memory)")
+            if host > mem:
+                raise ValueError(f"engine.host_kv_gib: {host:g} GiB is more than the machine's memory"
+                                 f" (hardware.host_memory_gib {mem:g} GiB)")
+            if self.pcie is None:
+                raise ValueError("engine.host_kv_gib: requires pcie (the link the copies take)")
         sizes = self.index.list_sizes
         if sizes is not None and (len(sizes) != self.index.nlist or sum(sizes) != self.index.ntotal):
             raise ValueError("index.list_sizes: must have nlist entries summing to ntotal")
@@ -186,6 +200,11 @@ class Profile(_Strict):
         else:
             return 0
         return int(free // (self.model.kv_bytes_per_token * e.block_size))
+
+
+    def host_kv_blocks(self) -> int:
+        """KV blocks the host-memory tier holds (`engine.host_kv_gib`; 0: no host tier)."""
+        return int(self.engine.host_kv_gib * GIB // (self.model.kv_bytes_per_token * self.engine.block_size))
 
 
 def _field_path(err: dict) -> str:

@@ -16,8 +16,16 @@ simulator: `sim.block_pool`). This module is pure: no clock, no I/O.
   largest steps to execution (blocks no request in flight will use: infinitely far), the
   least recently freed first among equals, a branch before the stem it hangs from. It also
   prefetches the prefixes of generations due within `load_ahead` steps (default 2), where the
-  body can (the real CPU body: a prefill-only warm-up, `backends.kv_order`); `kvflow:no-prefetch`
+  body can (the simulator, with a host-memory tier `engine.host_kv_gib`: copies host to GPU in
+  the background, and the engine skips, does not stall on, a request whose prefix is still
+  loading; the real CPU body: a prefill-only warm-up, `backends.kv_order`); `kvflow:no-prefetch`
   evicts only.
+- `ragcache` (RAGCache, Jin et al., arXiv 2404.12457): the prefix tree of retrieved documents'
+  KV (the same documents in another order are another path) with prefix-aware
+  Greedy-Dual-Size-Frequency replacement: a node's priority is clock + frequency x cost / size
+  (cost: the node's recomputation time, size: its blocks; the clock rises to the priority of
+  each node evicted), the lowest priority evicted first, leaves before their stems; unshared
+  suffixes first, as kvflow. The simulator's only (`sim.kv_order`).
 
 Specs: `name[:option,...]`; options `no-prefetch` and `load_ahead=N` (kvflow only).
 """
@@ -33,7 +41,9 @@ from ragraph.state import NodeState
 
 KV_POLICIES: dict[str, str] = {
     "lru": "vLLM's order: least recently freed cached blocks first",
-    "kvflow": "KVFlow: unshared suffixes first, then prefixes by largest steps to execution in the workflow graphs",
+    "kvflow": "KVFlow: unshared suffixes first, then prefixes by largest steps to execution in the workflow graphs"
+              " (with a host tier: prefetch of the prefixes due within load_ahead steps; kvflow:no-prefetch)",
+    "ragcache": "RAGCache: the knowledge tree of documents' KV, PGDSF replacement (clock + frequency x cost / size)",
 }
 DEFAULT_LOAD_AHEAD = 2  # KVFlow's load_ahead_step
 DEFAULT_KV_POLICY = "lru"

@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from sim.host_tier import KV_IN, KV_PREFETCH, HostTier
 
 UNBOUNDED = 1 << 62  # the end of a template prefix's node (its length is the sequence's prefix_tokens)
 FAR = 1 << 30  # kvflow: the steps to execution of a prefix no request in flight will use
@@ -60,6 +63,12 @@ class Chain:
     children: dict[int, Chain] = field(default_factory=dict)  # next block id -> node
     alive: bool = True  # still in the tree (a dropped node is never reached again)
     steps: int = FAR  # kvflow: steps to execution of the nearest prefix through it (FAR: none in flight)
+    host_lo: int = 0  # blocks host_lo..host_hi-1 are on the host tier (sim.host_tier)
+    host_hi: int = 0
+    ready_at: float = 0.0  # when blocks loaded from the host (start..cached-1) are all in GPU memory
+    prefetches: list[list[float]] | None = None  # kvflow: [lo, ready_at] of its prefetches not yet settled
+    freq: int = 0  # ragcache: accesses (hits and computations of its blocks)
+    prio: float = 0.0  # ragcache: PGDSF priority, clock + freq x cost / size, as of its last access
 
     def __post_init__(self) -> None:
         if self.cached < 0:
@@ -81,11 +90,25 @@ class BlockPool:
     """KV blocks of one engine: free blocks (with and without cached content), lent blocks,
     and the prefix cache. Held blocks are `total - anon - cached_free - lent`."""
 
-    def __init__(self, total: int, block_size: int, caching: bool, kv_policy: str = "lru") -> None:
+    def __init__(self, total: int, block_size: int, caching: bool, kv_policy: str = "lru",
+                 host: HostTier | None = None, cost: Callable[[int, int], float] | None = None,
+                 load_ahead: int = -1) -> None:
         self.total = total
-        self.kvflow = kv_policy == "kvflow"  # else lru (ragraph.kvpolicy)
-        self.free_nodes: dict[Chain, None] = {}  # kvflow: nodes with free cached blocks (not in `lru`)
-        self._heap: list[tuple[int, int, int, Chain]] = []  # kvflow: (-steps, age, serial, node), checked when popped
+        self.kvflow = kv_policy == "kvflow"
+        self.ragcache = kv_policy == "ragcache"
+        self.ordered = self.kvflow or self.ragcache  # prefix nodes in a heap (else lru, ragraph.kvpolicy)
+        self.free_nodes: dict[Chain, None] = {}  # kvflow, ragcache: nodes with free cached blocks (not in `lru`)
+        # kvflow: (-steps, age, serial, node); ragcache: (priority, age, serial, node); checked when popped
+        self._heap: list[tuple[float, int, int, Chain]] = []
+        self.host = host  # the host-memory tier (None: none)
+        if host is not None:
+            host.on_empty = self._drop
+        self.cost = cost  # ragcache: seconds to recompute n tokens after `start` tokens, cost(start, n)
+        self.clock = 0.0  # ragcache: PGDSF's clock (the priority of the last node evicted)
+        self.load_ahead = load_ahead  # kvflow with a host tier: prefetch prefixes due within it (-1: no prefetch)
+        self.ready = 0.0  # set by `lookup`, then `touch`: when the hit blocks are all in GPU memory
+        self._loads: list[tuple[Chain, int, int]] = []  # set by `lookup`: host blocks a hit loads (node, from, to)
+        self.prefetched = self.prefetch_used = self.prefetch_wasted = self.prefetch_cancelled = 0
         self._serial = 0
         self._marked: list[Chain] = []  # kvflow: nodes whose steps are set
         self._freed = 0  # runs freed so far (their ages)
@@ -143,7 +166,7 @@ class BlockPool:
     def _drop(self, node: Chain | None) -> None:
         """Remove id-chain nodes that hold, cache and lead to nothing, from `node` up."""
         while (node is not None and node.alive and node.end != UNBOUNDED and not node.children
-               and node.cached == node.start and not node.extents):
+               and node.cached == node.start and not node.extents and node.host_hi <= node.host_lo):
             node.alive = False
             parent = node.parent
             del (self.roots if parent is None else parent.children)[node.key]  # type: ignore[arg-type]
@@ -190,6 +213,8 @@ class BlockPool:
                 run.hi -= n
                 if isinstance(run.owner, Chain):
                     node = run.owner
+                    if self.host is not None:
+                        self.host.store(node, run.hi, run.hi + n)
                     node.cached = min(node.cached, run.hi)
                     if run.hi == run.lo:
                         node.free_runs.remove(run)
@@ -207,7 +232,7 @@ class BlockPool:
         self.cached_free += run.hi - run.lo
         if isinstance(run.owner, Chain):
             run.owner.free_runs.append(run)
-            if self.kvflow:
+            if self.ordered:
                 self._freed += 1
                 run.age = self._freed
                 self.free_nodes[run.owner] = None
@@ -238,9 +263,93 @@ class BlockPool:
             if node.free_runs:
                 self._push(node)
 
+        if self.load_ahead >= 0 and self.host is not None:
+            for pid, s in steps:
+                if s <= self.load_ahead:
+                    self.prefetch(pid)
+
+    def _key(self, node: Chain) -> float:
+        return node.prio if self.ragcache else -node.steps
+
     def _push(self, node: Chain) -> None:
         self._serial += 1
-        heapq.heappush(self._heap, (-node.steps, node.free_runs[0].age, self._serial, node))
+        heapq.heappush(self._heap, (self._key(node), node.free_runs[0].age, self._serial, node))
+
+    # --- ragcache -----------------------------------------------------------------------------------
+
+    def _access(self, node: Chain) -> None:
+        """ragcache: a hit on, or a computation of, `node`'s blocks: its PGDSF priority rises."""
+        node.freq += 1
+        b = self.block
+        size = node.end - node.start if node.end != UNBOUNDED else 1
+        per_block = self.cost(node.start * b, size * b) / size if self.cost is not None else 1.0
+        node.prio = self.clock + node.freq * per_block
+        if node.free_runs:
+            self._push(node)
+
+    # --- kvflow's prefetch --------------------------------------------------------------------------
+
+    def prefetch(self, pid: object, demand: bool = False) -> None:
+        """Load, host to GPU in the background, the host blocks of prefix `pid`'s nodes that the GPU
+        lacks, from its root down while each node before is wholly cached, into free blocks
+        (`demand`: for a sequence the engine skips meanwhile, a load, not a prefetch)."""
+        host = self.host
+        assert host is not None
+        if isinstance(pid, str):
+            node = self.chains.get(pid)
+            path = [node] if node is not None else []
+        else:
+            path, node = [], None
+            for j, h in enumerate(pid[1:]):  # type: ignore[index]
+                node = (self.roots.get((pid[0], h)) if j == 0 else node.children.get(h))  # type: ignore[index, union-attr]
+                if node is None:
+                    break
+                path.append(node)
+        for i, node in enumerate(path):
+            c = node.cached
+            if c < node.end:
+                top = host.usable(node, c)
+                k = top - c
+                if k <= 0 or k > self.anon + self.cached_free:
+                    return
+                self.take(k)  # (may evict: kvflow's order, the farthest prefixes first)
+                if node.cached != c or any(p.cached != p.end for p in path[:i]) or not node.alive:
+                    self.anon += k  # it evicted part of this path: give the blocks back, stop
+                    return
+                node.cached = top
+                self._freed += 1
+                node.free_runs.insert(0, Run(node, c, top, self._freed))  # its highest blocks
+                self.cached_free += k
+                self.free_nodes[node] = None
+                self._push(node)
+                node.ready_at = ready = host.load(node, k, KV_IN if demand else KV_PREFETCH)
+                if not demand:
+                    if node.prefetches is None:
+                        node.prefetches = []
+                    node.prefetches.append([c, ready])
+                    self.prefetched += 1
+                if top < node.end:
+                    return
+
+    def _settle_evicted(self, node: Chain) -> None:
+        """Prefetches of `node` whose blocks are all evicted before any use: wasted, or cancelled
+        when their load had not finished."""
+        kept = []
+        now = self.host.now if self.host is not None else 0.0
+        for rec in node.prefetches or ():
+            if rec[0] < node.cached:
+                kept.append(rec)
+            elif rec[1] > now:
+                self.prefetch_cancelled += 1
+            else:
+                self.prefetch_wasted += 1
+        node.prefetches = kept or None
+
+    def prefetch_report(self) -> dict[str, int]:
+        """Prefetches issued and how each ended (those never used by the end of the run: wasted)."""
+        pending = sum(len(n.prefetches or ()) for n in self.nodes())
+        return {"issued": self.prefetched, "used": self.prefetch_used,
+                "wasted": self.prefetch_wasted + pending, "cancelled": self.prefetch_cancelled}
 
     def _deepest(self, pid: tuple[int, ...]) -> Chain | None:
         """The deepest node the tree has of the id chain `pid` = (block_tokens, *ids)."""
@@ -258,12 +367,12 @@ class BlockPool:
         go first); its highest blocks first. Returns how many."""
         heap = self._heap
         while True:  # entries are checked when popped: a node's key may have moved since its push
-            neg_steps, age, _, best = heapq.heappop(heap)  # IndexError: nothing free to evict (a bug)
+            key, age, _, best = heapq.heappop(heap)  # IndexError: nothing free to evict (a bug)
             runs = best.free_runs
             if not runs:
                 self.free_nodes.pop(best, None)
                 continue
-            if neg_steps != -best.steps or age != runs[0].age:
+            if key != self._key(best) or age != runs[0].age:
                 continue  # a stale entry: the node was pushed again with its current key
             if any(c.cached > c.start for c in best.children.values()):
                 continue  # pushed again when its last cached branch goes
@@ -273,6 +382,12 @@ class BlockPool:
         run.hi -= n
         best.cached = min(best.cached, run.hi)
         self.evicted += n
+        if self.host is not None:
+            self.host.store(best, run.hi, run.hi + n)
+        if best.prefetches:
+            self._settle_evicted(best)
+        if self.ragcache and best.prio > self.clock:
+            self.clock = best.prio
         if run.hi == run.lo:
             runs.pop(0)
         if runs:
@@ -332,6 +447,9 @@ class BlockPool:
         cap = (seq.task.prompt_tokens + seq.generated - 1) // self.block  # the last token is always computed
         hit = touched = 0
         top = seq.kp if seq.kp < cap else cap
+        host, ready = self.host, 0.0
+        if host is not None:
+            self._loads = []
         for node in seq.path:  # the cached blocks along the path, up to the first node not wholly cached
             if node.start >= top:
                 break
@@ -339,8 +457,22 @@ class BlockPool:
             if c > node.held:
                 touched += c - node.held
             hit = c
+            if host is not None:
+                if c > node.start and node.ready_at > ready:
+                    ready = node.ready_at
+                if c == node.cached and c < top:  # the rest of the node from the host tier
+                    u = host.usable(node, c)
+                    if u > c:
+                        u = u if u < top else top
+                        self._loads.append((node, c, u))
+                        touched += u - c  # (new blocks, as the free blocks a hit takes)
+                        hit = u
+                        if u < node.end:
+                            break
+                        continue
             if node.cached < node.end:
                 break
+        self.ready = ready
         run = seq.own_run
         if run is not None and run.owner is seq and run.lo == hit == seq.kp:
             top = min(run.hi, cap)
@@ -350,9 +482,15 @@ class BlockPool:
         return hit, touched
 
     def touch(self, seq: Any, hit: int) -> None:
-        """Take the `hit` cached blocks for an admitted sequence (free ones leave the free queue)."""
+        """Take the `hit` cached blocks for an admitted sequence, right after `lookup` found them
+        (free ones leave the free queue; those on the host tier are loaded into new blocks)."""
         run = seq.own_run
         prefix_hit = hit if hit < seq.kp else seq.kp
+        loads = self._loads if self.host is not None else ()
+        if loads:
+            self._loads = []
+            for node, _c, u in loads:  # GPU-cached (and held below) from now; their data arrive at `ready_at`
+                node.cached = u
         if prefix_hit:
             for node in seq.path:
                 if node.start >= prefix_hit:
@@ -372,7 +510,19 @@ class BlockPool:
                 node.extents[h] = node.extents.get(h, 0) + 1
                 if h > node.held:
                     node.held = h
+                if node.prefetches:
+                    self._settle_used(node, h)
+                if self.ragcache:
+                    self._access(node)
             seq.shared = prefix_hit
+        if loads:
+            self.take(sum(u - c for _, c, u in loads))
+            host = self.host
+            assert host is not None
+            for node, c, u in loads:
+                node.ready_at = t = host.load(node, u - c)
+                if t > self.ready:
+                    self.ready = t
         if run is not None:
             if hit > run.lo and run.owner is seq:
                 self.cached_free -= hit - run.lo
@@ -412,7 +562,15 @@ class BlockPool:
                     del extents[old]
             extents[h] = extents.get(h, 0) + 1
             node.cached = node.held = h
+            if self.ragcache:
+                self._access(node)
         seq.shared = top
+
+    def _settle_used(self, node: Chain, h: int) -> None:
+        """Prefetches of `node` a sequence now holds blocks of (below `h`): used."""
+        kept = [rec for rec in node.prefetches or () if rec[0] >= h]
+        self.prefetch_used += len(node.prefetches or ()) - len(kept)
+        node.prefetches = kept or None
 
     def unhold(self, chain: Chain, blocks: int) -> None:
         """A sequence stops holding blocks start..blocks-1 of `chain`: those nobody holds become free."""

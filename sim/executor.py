@@ -140,7 +140,7 @@ class Simulation:
         self.sched = Scheduler(policy, kv_policy)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
-        self.engine = GenEngineModel(latency, kv_policy.name)
+        self.engine = GenEngineModel(latency, kv_policy)
         self.env = _Environment()
         self._wake = self.env.event()
         self._keep_timeline = timeline
@@ -223,16 +223,24 @@ class Simulation:
                 yield self._wake
                 woken = True
                 continue
+            host = engine.host
+            if host is not None:
+                host.now = now
             engine.apply(item)
             seconds, res = engine.step()
+            if host is not None:
+                self._copies(host.drain(), timeline)
             if not seconds:  # nothing ran: the engine emptied or refused what it was handed
                 sched.complete(item, res, now)
                 self._step_done(res, None)
                 self._notify()
                 self._check_done(done)
+                due = engine.loads_due()
+                if due > now:  # what waits is loading from the host tier: until then, or new work
+                    yield self._wake | env.timeout_at(due)
                 continue
             end = now + (seconds + dispatch)
-            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
+            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken and host is None else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
             yield env.timeout_at(end)
@@ -289,6 +297,13 @@ class Simulation:
                 break
         item = self.sched.complete_quiet(item, QuietRun(ends, decoded, used, engine.total_blocks, waiting, aborted))
         return item, seconds, res, end
+
+    def _copies(self, copies: list[tuple[str, float, float, int]], timeline: list[TimelineEvent] | None) -> None:
+        """KV copies between the GPU pool and the host tier: busy time and slices of the `pcie` lane."""
+        for name, start, seconds, nbytes in copies:
+            self._busy_s["pcie"] += seconds
+            if timeline is not None:
+                timeline.append(("pcie", name, start, seconds, {"bytes": nbytes}))
 
     def _step_done(self, res: GenStepResult, timeline: list[TimelineEvent] | None, start: float = 0.0,
                    seconds: float = 0.0) -> None:

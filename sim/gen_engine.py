@@ -60,8 +60,10 @@ from dataclasses import dataclass
 
 from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
+from ragraph.kvpolicy import KVPolicy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 from sim.block_pool import BlockPool, Chain, Run
+from sim.host_tier import HostTier
 
 _WAITING, _PREFILL, _DECODE, _DONE = range(4)
 
@@ -101,7 +103,9 @@ class GenEngineModel:
 
     fast_path = True  # run steps where everything decodes by counts (tests switch it off: same results)
 
-    def __init__(self, latency: LatencyModel, kv_policy: str = "lru") -> None:
+    def __init__(self, latency: LatencyModel, kv_policy: str | KVPolicy = "lru") -> None:
+        policy = kv_policy if isinstance(kv_policy, KVPolicy) else KVPolicy(kv_policy)
+        kv_policy = policy.name
         engine = latency.profile.engine
         self.latency = latency
         self.block = engine.block_size
@@ -111,8 +115,19 @@ class GenEngineModel:
         self.caching = engine.enable_prefix_caching
         self.total_blocks = latency.profile.kv_capacity_blocks()
         self._longest = min(self.max_model_len, self.total_blocks * self.block)  # tokens a sequence may reach
-        self.pool = BlockPool(self.total_blocks, self.block, self.caching, kv_policy)
-        self.kv_policy = kv_policy
+        host_blocks = latency.profile.host_kv_blocks() if self.caching else 0
+        self.host = HostTier(host_blocks, latency.kv_block_bytes, latency.pcie_s) if host_blocks else None
+        prefetch = self.host is not None and policy.name == "kvflow" and policy.prefetch
+        self.skip_loading = prefetch  # a sequence whose prefix is still loading waits (kvflow), else the step stalls
+        self.pool = BlockPool(self.total_blocks, self.block, self.caching, kv_policy, self.host,
+                              self._recompute_s if kv_policy == "ragcache" else None,
+                              policy.load_ahead if prefetch else -1)
+        self.kv_policy = policy.spec
+        self.stall_s = 0.0  # seconds steps waited for KV blocks loading from the host tier
+        self.stalls = 0  # steps that waited
+        self.skips = 0  # admissions put off because the sequence's prefix was still loading (kvflow)
+        self.loaded_tokens = 0  # prompt tokens loaded from the host tier at admission (not prefetched)
+        self._stall_until = 0.0  # the step being planned waits for loads until then
         self.hit_tokens = 0  # prompt tokens found in the prefix cache, every admission
         self.prefill_tokens = 0  # prompt tokens computed (recomputation after preemption included)
         self.preemptions = 0
@@ -161,10 +176,33 @@ class GenEngineModel:
             self._admitted += 1
             self._admitted_tokens += task.prompt_tokens
 
+    @property
+    def now(self) -> float:
+        """The body's clock (matters only with a host tier: its copies and loads are timed)."""
+        return self.host.now if self.host is not None else 0.0
+
+    @now.setter
+    def now(self, t: float) -> None:
+        if self.host is not None:
+            self.host.now = t
+
+    def loads_due(self) -> float:
+        """When the earliest load a waiting sequence is skipped for ends (0.0: none); the body
+        wakes the engine then when nothing else runs."""
+        if self.host is None or not self.waiting:
+            return 0.0
+        now, due = self.host.now, 0.0
+        for seq in self.waiting:
+            for node in seq.path:
+                if node.ready_at > now and node.cached > node.start and (not due or node.ready_at < due):
+                    due = node.ready_at
+        return due
+
     def step(self) -> tuple[float, GenStepResult]:
         """Called by the body once per `GenStep`, after `apply`: run one engine step. Returns its
-        modelled seconds (0.0 when nothing ran) and what it did. Raises RuntimeError if the
-        waiting queue's head cannot enter an empty engine (a bug of this model; state undefined)."""
+        modelled seconds (0.0 when nothing ran), a wait for KV blocks still loading from the host
+        tier included, and what it did. Raises RuntimeError if the waiting queue's head cannot
+        enter an empty engine (a bug of this model; state undefined)."""
         n = self.n_dec
         if n and self.fast_path and not (self.prefilling or self.waiting or self._rejected or self._aborted_tokens) \
                 and n <= self.token_budget:
@@ -189,7 +227,7 @@ class GenEngineModel:
         admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
         aborted_tokens, self._aborted_tokens = self._aborted_tokens, 0
         if not scheduled:
-            if self.waiting and not plan.preempted:
+            if self.waiting and not plan.preempted and not (self.skip_loading and self.loads_due()):
                 raise RuntimeError(f"engine model cannot admit {self.waiting[0].task.key} into an empty engine")
             return 0.0, GenStepResult(rejected=rejected, kv_used_blocks=self.kv_used_blocks,
                                       kv_total_blocks=self.total_blocks, kv_block_tokens=self.block,
@@ -199,6 +237,13 @@ class GenEngineModel:
         prefill, sampled, context, attention = self._tally(plan)
         self.prefill_tokens += prefill
         seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
+        if self._stall_until:
+            wait = self._stall_until - self.host.now if self.host is not None else 0.0
+            self._stall_until = 0.0
+            if wait > 0:
+                self.stall_s += wait
+                self.stalls += 1
+                seconds += wait
         finished, cached = self._advance(plan)
         return seconds, GenStepResult(
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
@@ -218,8 +263,8 @@ class GenEngineModel:
         `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
         n = self.n_dec
         if not n or not self.fast_path or self.prefilling or self.waiting or self._rejected or \
-                self._aborted_tokens or n > self.token_budget:
-            return []
+                self._aborted_tokens or n > self.token_budget or self.host is not None:
+            return []  # (with a host tier every step is timed: evictions copy out at its start)
         pool, need, block, finishing = self.pool, self.need, self.block, self.finishing
         terms = self._decode_terms.get(n)
         if terms is None:
@@ -255,9 +300,24 @@ class GenEngineModel:
     def kv_cache_report(self) -> dict[str, object]:
         """What the KV cache did over the run (summary.json `kv_cache`)."""
         cached, computed = self.hit_tokens, self.prefill_tokens
-        return {"kv_policy": self.kv_policy, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
-                "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
-                "evicted_blocks": self.pool.evicted, "preemptions": self.preemptions}
+        out: dict[str, object] = {
+            "kv_policy": self.kv_policy, "prompt_tokens_cached": cached, "prompt_tokens_computed": computed,
+            "hit_rate": round(cached / (cached + computed), 6) if cached + computed else 0.0,
+            "evicted_blocks": self.pool.evicted, "preemptions": self.preemptions}
+        if self.host is not None:  # (absent without a host tier: outputs as before)
+            out.update(self.host.report())
+            out["prompt_tokens_loaded"] = self.loaded_tokens
+            out["stall_s"] = round(self.stall_s, 9)
+            out["stalled_steps"] = self.stalls
+            out["skipped_admissions"] = self.skips
+            out["prefetches"] = self.pool.prefetch_report()
+        return out
+
+    def _recompute_s(self, start: int, tokens: int) -> float:
+        """ragcache's cost: seconds to recompute `tokens` prompt tokens after `start` ones (their
+        prefill and attention terms of `hwmodel.latency.gen_step_s`)."""
+        g = self.latency.profile.gen_step
+        return tokens * g.prefill_token_s + (tokens * start + tokens * tokens // 2) * g.prefill_attention_s
 
     @property
     def kv_used_blocks(self) -> int:
@@ -354,7 +414,8 @@ class GenEngineModel:
 
     def _admit_waiting(self, plan: _Plan, budget: int) -> None:
         """Phase 2: admit waiting sequences in order while budget, max_num_seqs and blocks allow."""
-        b, waiting, running, pool = self.block, self.waiting, self.running, self.pool
+        b, waiting, running, pool, host = self.block, self.waiting, self.running, self.pool, self.host
+        skipped: list[_Seq] = []
         while budget > 0 and waiting and len(running) < self.max_seqs:
             seq = waiting[0]
             hit = touched = 0
@@ -363,12 +424,24 @@ class GenEngineModel:
                 seq.path = path = pool.path(seq.task.hash_ids, seq.task.block_tokens, seq.kp)
             if path or seq.own_run is not None:
                 hit, touched = pool.lookup(seq)
+                if host is not None and self.skip_loading and path:
+                    if pool._loads:  # kvflow: start loading its prefix and let others go first
+                        pool.prefetch(seq.task.prefix or (seq.task.block_tokens, *seq.task.hash_ids), demand=True)
+                        hit, touched = pool.lookup(seq)
+                    if pool.ready > host.now:
+                        skipped.append(waiting.popleft())
+                        self.skips += 1
+                        continue
             length = seq.task.prompt_tokens + seq.generated
             if -(-length // b) - hit + touched > pool.anon + pool.cached_free:
                 break
             waiting.popleft()
+            if host is not None and pool._loads:
+                self.loaded_tokens += b * sum(u - c for _, c, u in pool._loads)
             if hit or seq.own_run is not None:
                 pool.touch(seq, hit)
+            if host is not None and pool.ready > host.now and pool.ready > self._stall_until:
+                self._stall_until = pool.ready  # the step waits for its blocks
             c = hit * b
             n = length - c if length - c < budget else budget
             k = -(-(c + n) // b) - hit
@@ -386,6 +459,8 @@ class GenEngineModel:
             if path:
                 pool.register(seq, c, c + n)
             budget -= n
+        if skipped:
+            waiting.extendleft(reversed(skipped))
 
     def _tally(self, plan: _Plan) -> tuple[int, int, int, int]:
         """(prefill tokens, tokens sampled, context tokens, prefill attention) of a plan. A chunk
