@@ -63,6 +63,8 @@ class HostTier:
             return
         self.nodes.pop(node, None)  # not a victim of its own room
         room = self._make_room(new)
+        if not node.alive:  # the room taken was its last branch's: it left the tree, its blocks are lost
+            return
         if room < new:  # the host is smaller than the copy: keep its lowest blocks
             nhi -= new - room
             new = room
