@@ -240,7 +240,7 @@ class Simulation:
                     yield self._wake | env.timeout_at(due)
                 continue
             end = now + (seconds + dispatch)
-            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken and host is None else 0
+            allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
             yield env.timeout_at(end)
@@ -289,7 +289,11 @@ class Simulation:
                 end, used, waiting = run[-1][1], run[-1][3], 0
                 if used > self._kv_peak:
                     self._kv_peak = used
+            if engine.host is not None:
+                engine.host.now = end  # (its copies start then at the earliest)
             seconds, res = engine.step()  # the next step (`apply` of a continuation changes nothing)
+            if engine.host is not None:
+                self._copies(engine.host.drain(), timeline)
             if not seconds:
                 raise RuntimeError("engine model ran nothing after a step that left sequences running")
             end = end + (seconds + dispatch)

@@ -257,14 +257,15 @@ class GenEngineModel:
                    horizon: float) -> list[tuple[float, float, int, int]]:
         """Called by the body instead of `step()` for a run of steps it advances together: take up to
         `limit` steps while each is a decode step of the fast path (every running sequence decodes,
-        nothing waits or prefills, free blocks suffice) that ends no sequence and ends before
-        `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. Returns
+        nothing waits or prefills, free blocks suffice; with a host tier, free blocks with no
+        content: an eviction's copy is timed in a step of its own) that ends no sequence and ends
+        before `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. Returns
         (seconds, end, context tokens, KV blocks used after it) per step taken; their results are
         `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
         n = self.n_dec
         if not n or not self.fast_path or self.prefilling or self.waiting or self._rejected or \
-                self._aborted_tokens or n > self.token_budget or self.host is not None:
-            return []  # (with a host tier every step is timed: evictions copy out at its start)
+                self._aborted_tokens or n > self.token_budget:
+            return []
         pool, need, block, finishing = self.pool, self.need, self.block, self.finishing
         terms = self._decode_terms.get(n)
         if terms is None:
@@ -283,7 +284,7 @@ class GenEngineModel:
                 break
             if k <= anon:  # blocks allocated as `step()` allocates them
                 anon -= k
-            elif k <= anon + pool.cached_free:
+            elif k <= anon + pool.cached_free and self.host is None:  # (an eviction copies out: a step of its own)
                 pool.anon = anon
                 pool.take(k)
                 anon = pool.anon

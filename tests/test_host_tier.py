@@ -308,3 +308,28 @@ def test_the_simulator_shows_copies_on_pcie_and_reports_them(tmp_path):
         assert pf["issued"] == pf["used"] + pf["wasted"] + pf["cancelled"]
         if kv == "kvflow":
             assert pf["issued"] > 0
+
+
+def test_engine_steps_folded_or_one_by_one_give_the_same_run_with_a_host_tier(tmp_path):
+    from ragraph.policies import make_policy
+    from sim.executor import Simulation
+    from traces.generate import TraceConfig, generate_trace, write_jsonl
+    from traces.schema import load_trace
+
+    d = PROFILE.model_dump()
+    d["hardware"]["host_memory_gib"] = 1024.0
+    d["engine"].update(host_kv_gib=2.0, kv_cache_gib=2.0)  # 16k tokens each: the host full too
+    latency = LatencyModel(Profile.model_validate(d))
+    cfg = TraceConfig(("agent-branch",), 2.0, 4.0, 3, iterations=8, agent_tokens=(2048, 64, 48), agent_sets=5,
+                      agent_count=4)
+    write_jsonl(generate_trace(cfg), tmp_path / "t.jsonl")
+    reqs = load_trace(tmp_path / "t.jsonl")
+    for kv in ("lru", "kvflow", "ragcache"):
+        runs = []
+        for fold in (True, False):
+            sim = Simulation(reqs, make_policy("hedra", latency), latency, kv_policy=parse_kv_policy(kv))
+            sim.fold_steps = fold
+            r = sim.run()
+            runs.append(([(x.id, x.status, x.finish_s) for x in r.records], r.timeline, r.kv_cache))
+        assert runs[0] == runs[1], kv
+        assert runs[0][2]["host_evicted_blocks"] > 0 and runs[0][2]["bytes_copied_in"] > 0
