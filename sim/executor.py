@@ -271,7 +271,10 @@ class Simulation:
                 n = engine.n_dec
                 decoded += [n] * len(run)
                 busy, step_end = self._busy_s["gpu_gen"], ends.append
-                if timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step
+                copies = engine.host.drain() if engine.host is not None else None
+                if copies:  # evictions in the run copied KV out to the host tier
+                    busy = self._fold_copies(run, copies, engine.copy_marks, dispatch, ends, timeline)
+                elif timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step
                     args = GenStepResult(running=n, decode_tokens=n).timeline_args().copy
                     add = timeline.append
                     for s, e, c, u in run:
@@ -301,6 +304,24 @@ class Simulation:
                 break
         item = self.sched.complete_quiet(item, QuietRun(ends, decoded, used, engine.total_blocks, waiting, aborted))
         return item, seconds, res, end
+
+    def _fold_copies(self, run: list[tuple[float, float, int, int]], copies: list[tuple[str, float, float, int]],
+                     marks: list[int], dispatch: float, ends: list[float],
+                     timeline: list[TimelineEvent] | None) -> float:
+        """The steps of a decode run (`GenEngineModel.decode_run`) whose evictions copied KV out to
+        the host tier, as `_fold` takes them, each step's copies before its own slice (as step by
+        step); returns the engine lane's busy time after them."""
+        n = self.engine.n_dec
+        args = GenStepResult(running=n, decode_tokens=n).timeline_args()
+        busy = self._busy_s["gpu_gen"]
+        for i, (s, e, c, u) in enumerate(run):
+            self._copies(copies[marks[i]:marks[i + 1] if i + 1 < len(marks) else len(copies)], timeline)
+            busy += s
+            ends.append(e)
+            if timeline is not None:
+                timeline.append(("gpu_gen", "GenStep", e - s - dispatch, s,
+                                 {**args, "kv_used_blocks": u, "context_tokens": c}))
+        return busy
 
     def _copies(self, copies: list[tuple[str, float, float, int]], timeline: list[TimelineEvent] | None) -> None:
         """KV copies between the GPU pool and the host tier: busy time and slices of the `pcie` lane."""

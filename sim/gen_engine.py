@@ -127,6 +127,7 @@ class GenEngineModel:
         self.stalls = 0  # steps that waited
         self.skips = 0  # admissions put off because the sequence's prefix was still loading (kvflow)
         self.loaded_tokens = 0  # prompt tokens loaded from the host tier at admission (not prefetched)
+        self.copy_marks: list[int] = []  # decode_run with a host tier: copies queued before each step
         self._stall_until = 0.0  # the step being planned waits for loads until then
         self.hit_tokens = 0  # prompt tokens found in the prefix cache, every admission
         self.prefill_tokens = 0  # prompt tokens computed (recomputation after preemption included)
@@ -257,9 +258,10 @@ class GenEngineModel:
                    horizon: float) -> list[tuple[float, float, int, int]]:
         """Called by the body instead of `step()` for a run of steps it advances together: take up to
         `limit` steps while each is a decode step of the fast path (every running sequence decodes,
-        nothing waits or prefills, free blocks suffice; with a host tier, free blocks with no
-        content: an eviction's copy is timed in a step of its own) that ends no sequence and ends
-        before `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. Returns
+        nothing waits or prefills, free blocks suffice) that ends no sequence and ends before
+        `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. With a host
+        tier, an eviction's copy starts at its step's start at the earliest, and `copy_marks` tells
+        how many copies were queued before each step taken (the body's timeline). Returns
         (seconds, end, context tokens, KV blocks used after it) per step taken; their results are
         `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
         n = self.n_dec
@@ -276,16 +278,23 @@ class GenEngineModel:
         used = pool.total - anon - pool.cached_free - pool.lent
         out: list[tuple[float, float, int, int]] = []
         append, stop = out.append, t + limit
+        host = self.host
+        if host is not None:
+            marks = self.copy_marks = []
         while t < stop and t not in finishing:
             k = need[t % block]
             seconds = fixed + per_token * context
             after = end + (seconds + dispatch)
             if after >= horizon:
                 break
+            if host is not None:
+                marks.append(len(host.copies))
             if k <= anon:  # blocks allocated as `step()` allocates them
                 anon -= k
-            elif k <= anon + pool.cached_free and self.host is None:  # (an eviction copies out: a step of its own)
+            elif k <= anon + pool.cached_free:
                 pool.anon = anon
+                if host is not None:
+                    host.now = end  # (when this step starts)
                 pool.take(k)
                 anon = pool.anon
             else:
