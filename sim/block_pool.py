@@ -108,6 +108,7 @@ class BlockPool:
         self.load_ahead = load_ahead  # kvflow with a host tier: prefetch prefixes due within it (-1: no prefetch)
         self.ready = 0.0  # set by `lookup`, then `touch`: when the hit blocks are all in GPU memory
         self._loads: list[tuple[Chain, int, int]] = []  # set by `lookup`: host blocks a hit loads (node, from, to)
+        self.node_free = 0  # kvflow, ragcache: free cached blocks of prefix nodes (in the heap; the rest is in `lru`)
         self.prefetched = self.prefetch_used = self.prefetch_wasted = self.prefetch_cancelled = 0
         self._serial = 0
         self._marked: list[Chain] = []  # kvflow: nodes whose steps are set
@@ -233,6 +234,7 @@ class BlockPool:
         if isinstance(run.owner, Chain):
             run.owner.free_runs.append(run)
             if self.ordered:
+                self.node_free += run.hi - run.lo
                 self._freed += 1
                 run.age = self._freed
                 self.free_nodes[run.owner] = None
@@ -266,7 +268,7 @@ class BlockPool:
         if self.load_ahead >= 0 and self.host is not None:
             for pid, s in steps:
                 if s <= self.load_ahead:
-                    self.prefetch(pid)
+                    self.prefetch(pid, s)
 
     def _key(self, node: Chain) -> float:
         return node.prio if self.ragcache else -node.steps
@@ -289,10 +291,11 @@ class BlockPool:
 
     # --- kvflow's prefetch --------------------------------------------------------------------------
 
-    def prefetch(self, pid: object, demand: bool = False) -> None:
-        """Load, host to GPU in the background, the host blocks of prefix `pid`'s nodes that the GPU
-        lacks, from its root down while each node before is wholly cached, into free blocks
-        (`demand`: for a sequence the engine skips meanwhile, a load, not a prefetch)."""
+    def prefetch(self, pid: object, steps: int = -1, demand: bool = False) -> None:
+        """Load, host to GPU in the background, the host blocks of prefix `pid` (due in `steps`)
+        that the GPU lacks, from its root down while each node before is wholly cached, into
+        free blocks: blocks with no content, unshared content, or prefixes due later than it and
+        not loading (`demand`: for a sequence the engine skips meanwhile, a load, not a prefetch)."""
         host = self.host
         assert host is not None
         if isinstance(pid, str):
@@ -310,12 +313,12 @@ class BlockPool:
             if c < node.end:
                 top = host.usable(node, c)
                 k = top - c
-                if k <= 0 or k > self.anon + self.cached_free:
+                if k <= 0 or not self._free_for(k, steps):
                     return
-                self.take(k)  # (may evict: kvflow's order, the farthest prefixes first)
                 if node.cached != c or any(p.cached != p.end for p in path[:i]) or not node.alive:
-                    self.anon += k  # it evicted part of this path: give the blocks back, stop
-                    return
+                    return  # (it evicted part of this path)
+                self.anon -= k
+                self.node_free += k
                 node.cached = top
                 self._freed += 1
                 node.free_runs.insert(0, Run(node, c, top, self._freed))  # its highest blocks
@@ -330,6 +333,24 @@ class BlockPool:
                     self.prefetched += 1
                 if top < node.end:
                     return
+
+    def _free_for(self, k: int, steps: int) -> bool:
+        """Make `k` blocks free with no content for a prefetch, evicting unshared content, then
+        prefix nodes due later than `steps` (kvflow's order) and not loading; whether it could."""
+        while self.anon < k:
+            unshared = self.cached_free - self.node_free
+            if unshared > 0:  # (`take` evicts the free queue's unshared runs before any prefix)
+                x = min(k, self.anon + unshared)
+                self.take(x)
+                self.anon += x
+                continue
+            node = self._top()
+            if node is None or node.steps <= steps or node.ready_at > self.host.now:  # type: ignore[union-attr]
+                return False
+            n = self._evict_prefix(k - self.anon)
+            self.cached_free -= n
+            self.anon += n
+        return True
 
     def _settle_evicted(self, node: Chain) -> None:
         """Prefetches of `node` whose blocks are all evicted before any use: wasted, or cancelled
@@ -365,23 +386,17 @@ class BlockPool:
         """kvflow: evict up to `want` free blocks of one node: the largest steps to execution, the
         least recently freed among equals, never a node with cached blocks below it (its branches
         go first); its highest blocks first. Returns how many."""
-        heap = self._heap
-        while True:  # entries are checked when popped: a node's key may have moved since its push
-            key, age, _, best = heapq.heappop(heap)  # IndexError: nothing free to evict (a bug)
-            runs = best.free_runs
-            if not runs:
-                self.free_nodes.pop(best, None)
-                continue
-            if key != self._key(best) or age != runs[0].age:
-                continue  # a stale entry: the node was pushed again with its current key
-            if any(c.cached > c.start for c in best.children.values()):
-                continue  # pushed again when its last cached branch goes
-            break
+        best = self._top()
+        if best is None:
+            raise IndexError("no free prefix block to evict")  # (a bug: the caller counted free blocks)
+        heapq.heappop(self._heap)
+        runs = best.free_runs
         run = runs[0]  # its oldest free run holds its highest blocks
         n = min(run.hi - run.lo, want)
         run.hi -= n
         best.cached = min(best.cached, run.hi)
         self.evicted += n
+        self.node_free -= n
         if self.host is not None:
             self.host.store(best, run.hi, run.hi + n)
         if best.prefetches:
@@ -401,6 +416,24 @@ class BlockPool:
             if best.end != UNBOUNDED:
                 self._drop(best)
         return n
+
+    def _top(self) -> Chain | None:
+        """The node the heap evicts next (None: no free prefix block), its stale entries dropped:
+        entries are checked when they reach the top, as a node's key may have moved since its push."""
+        heap = self._heap
+        while heap:
+            key, age, _, best = heap[0]
+            runs = best.free_runs
+            if not runs:
+                heapq.heappop(heap)
+                self.free_nodes.pop(best, None)
+            elif key != self._key(best) or age != runs[0].age:
+                heapq.heappop(heap)  # a stale entry: the node was pushed again with its current key
+            elif any(c.cached > c.start for c in best.children.values()):
+                heapq.heappop(heap)  # pushed again when its last cached branch goes
+            else:
+                return best
+        return None
 
     def release(self, seq: Any, preempted: bool) -> None:
         """Free a sequence's blocks in vLLM's order: its partial last block to the front of the
@@ -503,6 +536,8 @@ class BlockPool:
                     last = runs[-1]
                     cut = min(last.hi, h) - last.lo
                     self.cached_free -= cut
+                    if self.ordered:
+                        self.node_free -= cut
                     last.lo += cut
                     if last.lo < last.hi:
                         break

@@ -43,6 +43,8 @@ def check(e: GenEngineModel) -> None:
     assert e.kv_used_blocks == e.audit_blocks()
     assert pool.used + pool.anon + pool.cached_free + pool.lent == pool.total
     assert 0 <= pool.used <= pool.total and pool.anon >= 0 and pool.cached_free >= 0
+    if pool.ordered:  # the prefix nodes' free blocks, counted apart from the free queue's
+        assert pool.node_free == sum(r.hi - r.lo for n in pool.nodes() for r in n.free_runs)
     if e.host is not None:
         assert 0 <= e.host.used <= e.host.capacity
         assert e.host.used == sum(n.host_hi - n.host_lo for n in pool.nodes())
