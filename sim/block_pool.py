@@ -268,7 +268,7 @@ class BlockPool:
         if self.load_ahead >= 0 and self.host is not None:
             for pid, s in steps:
                 if s <= self.load_ahead:
-                    self.prefetch(pid, s)
+                    self.prefetch(pid, self.load_ahead)  # (it evicts no prefix due within load_ahead)
 
     def _key(self, node: Chain) -> float:
         return node.prio if self.ragcache else -node.steps
