@@ -1,7 +1,8 @@
 """A model of vLLM V1's engine: its scheduler and KV cache, stepped one engine step at a time.
 
-Over 500 lines: one model of vLLM's scheduler; its step phases, sequence transitions and the
-decode fast paths share the sequences' private state (the KV blocks are `sim.block_pool`).
+Over 600 lines: one model of vLLM's scheduler (and its waits for the host tier's loads); its
+step phases, sequence transitions and the decode fast paths share the sequences' private state
+(the KV blocks are `sim.block_pool`).
 
 It follows vLLM's `Scheduler.schedule` (`vllm/v1/core/sched/scheduler.py`), `KVCacheManager`
 (`allocate_slots`, `get_computed_blocks`) and `BlockPool` (read on vLLM 0.32), with the
@@ -60,7 +61,7 @@ from dataclasses import dataclass
 
 from hwmodel.latency import LatencyModel
 from ragraph.graph import NodeKey
-from ragraph.kvpolicy import KVPolicy
+from ragraph.kvpolicy import KVPolicy, parse_kv_policy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 from sim.block_pool import BlockPool, Chain, Run
 from sim.host_tier import HostTier
@@ -104,7 +105,7 @@ class GenEngineModel:
     fast_path = True  # run steps where everything decodes by counts (tests switch it off: same results)
 
     def __init__(self, latency: LatencyModel, kv_policy: str | KVPolicy = "lru") -> None:
-        policy = kv_policy if isinstance(kv_policy, KVPolicy) else KVPolicy(kv_policy)
+        policy = kv_policy if isinstance(kv_policy, KVPolicy) else parse_kv_policy(kv_policy)
         kv_policy = policy.name
         engine = latency.profile.engine
         self.latency = latency
