@@ -69,7 +69,7 @@ class BlockPool(PolicyOrder):
         self.clock = 0.0  # ragcache: PGDSF's clock (the priority of the last node evicted)
         self.load_ahead = load_ahead  # kvflow with a host tier: prefetch prefixes due within it (-1: no prefetch)
         self.ready = 0.0  # set by `lookup`, then `touch`: when the hit blocks are all in GPU memory
-        self._loads: list[tuple[Chain, int, int]] = []  # set by `lookup`: host blocks a hit loads (node, from, to)
+        self.loads: list[tuple[Chain, int, int]] = []  # set by `lookup`: host blocks a hit loads (node, from, to)
         self.node_free = 0  # kvflow, ragcache: free cached blocks of prefix nodes (in the heap; the rest is in `lru`)
         self.prefetched = self.prefetch_used = self.prefetch_wasted = self.prefetch_cancelled = 0
         self._serial = 0
@@ -251,7 +251,7 @@ class BlockPool(PolicyOrder):
         top = seq.kp if seq.kp < cap else cap
         host, ready = self.host, 0.0
         if host is not None:
-            self._loads = []
+            self.loads = []
         for node in seq.path:  # the cached blocks along the path, up to the first node not wholly cached
             if node.start >= top:
                 break
@@ -266,7 +266,7 @@ class BlockPool(PolicyOrder):
                     u = host.usable(node, c)
                     if u > c:
                         u = u if u < top else top
-                        self._loads.append((node, c, u))
+                        self.loads.append((node, c, u))
                         touched += u - c  # (new blocks, as the free blocks a hit takes)
                         hit = u
                         if u < node.end:
@@ -288,9 +288,9 @@ class BlockPool(PolicyOrder):
         (free ones leave the free queue; those on the host tier are loaded into new blocks)."""
         run = seq.own_run
         prefix_hit = hit if hit < seq.kp else seq.kp
-        loads = self._loads if self.host is not None else ()
+        loads = self.loads if self.host is not None else ()
         if loads:
-            self._loads = []
+            self.loads = []
             for node, _c, u in loads:  # GPU-cached (and held below) from now; their data arrive at `ready_at`
                 node.cached = u
         if prefix_hit:

@@ -436,7 +436,7 @@ class GenEngineModel:
             if path or seq.own_run is not None:
                 hit, touched = pool.lookup(seq)
                 if host is not None and self.skip_loading and path:
-                    if pool._loads:  # kvflow: start loading its prefix and let others go first
+                    if pool.loads:  # kvflow: start loading its prefix and let others go first
                         pool.prefetch(seq.task.prefix or (seq.task.block_tokens, *seq.task.hash_ids), demand=True)
                         hit, touched = pool.lookup(seq)
                     if pool.ready > host.now:
@@ -447,8 +447,8 @@ class GenEngineModel:
             if -(-length // b) - hit + touched > pool.anon + pool.cached_free:
                 break
             waiting.popleft()
-            if host is not None and pool._loads:
-                self.loaded_tokens += b * sum(u - c for _, c, u in pool._loads)
+            if host is not None and pool.loads:
+                self.loaded_tokens += b * sum(u - c for _, c, u in pool.loads)
             if hit or seq.own_run is not None:
                 pool.touch(seq, hit)
             if host is not None and pool.ready > host.now and pool.ready > self._stall_until:
