@@ -46,6 +46,7 @@ KV_POLICIES: dict[str, str] = {
     "ragcache": "RAGCache: the knowledge tree of documents' KV, PGDSF replacement (clock + frequency x cost / size)",
 }
 DEFAULT_LOAD_AHEAD = 2  # KVFlow's load_ahead_step
+SIM_ONLY_KV_POLICIES = frozenset({"ragcache"})  # policies only the simulator's block pool implements
 DEFAULT_KV_POLICY = "lru"
 _DONE = -1  # a finished node's steps (its successors may run now: max(...) + 1 = 0)
 _NOW = (NodeState.READY, NodeState.RUNNING, NodeState.SPECULATIVE, NodeState.SPEC_DONE)
