@@ -32,7 +32,7 @@ from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
-from ragraph.kvpolicy import KVPolicy
+from ragraph.kvpolicy import SIM_ONLY_KV_POLICIES, KVPolicy
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
@@ -174,7 +174,9 @@ class RealBackend:
         `text=False` keeps every prompt synthetic (the trace's token counts) even for a model
         that answers: what the simulator replays too (`hedra validate`, `hedra calibrate`).
         `kv_policy` (default lru): the order vLLM's cached free blocks are evicted in
-        (`backends.kv_order`)."""
+        (`backends.kv_order`); a policy only the simulator has is refused."""
+        if kv_policy is not None and kv_policy.name in SIM_ONLY_KV_POLICIES:
+            raise BackendError(f"KV policy {kv_policy.spec}: the real body does not implement it")
         service = self.retrieval_body(requests)
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),

@@ -213,6 +213,10 @@ def test_run_and_validate_refuse_an_unknown_kv_policy_before_loading_anything(tm
     assert "unknown KV policy 'lfu'" in line
     line = assert_usage_error(hedra("validate", "--trace", trace, "--kv-policy", "lru,lfu", "--out", out), out)
     assert "unknown KV policy 'lfu'" in line
+    for command in (("run", "--policy", "hedra", "--kv-policy", "ragcache"),
+                    ("validate", "--kv-policy", "lru,ragcache")):
+        line = assert_usage_error(hedra(*command, "--trace", trace, "--out", out), out)  # the simulator's only
+        assert "--kv-policy ragcache: the real body implements lru, kvflow only" in line
 
 
 def test_kv_policy_specs_with_options_in_a_comma_separated_list():

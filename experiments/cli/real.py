@@ -157,8 +157,9 @@ def run(
         with user_errors():
             check_output_dir(out)
             choice = parse_policy(policy)  # refuse a bad spec before loading anything
-            kv = parse_kv_policy(kv_policy)
-            from backends.assembly import profile_of_body
+            from backends.assembly import check_real_kv_policy, profile_of_body
+
+            kv = check_real_kv_policy(parse_kv_policy(kv_policy))
 
             prof = with_kv_cache(profile_of_body(profile, backend), kv_cache_gib)
             options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
@@ -321,7 +322,9 @@ def validate(
         choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
         if not choices:
             raise UsageError("--policies names no policy")
-        kvs = list(dict.fromkeys(parse_kv_policy(k) for k in split_kv_policies(kv_policy)))
+        from backends.assembly import check_real_kv_policy
+
+        kvs = list(dict.fromkeys(check_real_kv_policy(parse_kv_policy(k)) for k in split_kv_policies(kv_policy)))
         if not kvs:
             raise UsageError("--kv-policy names no KV policy")
         if bool(trace) == bool(workflow):
