@@ -116,3 +116,97 @@ def test_speculative_retrieval_searches_the_partial_generation_then_the_final_on
     flow.record(GenStepResult(finished=(("q1", 1),), texts=((("q1", 1), "Paris is the capital"),)))
     redo = SearchBatch((ScanTask(("q1", 2), (0,), 5, True, True),))
     assert flow.queries(redo) == {("q1", 2): "What is the capital of France? Paris is the capital"}
+
+
+# --- fan-out synthesis (RAGServe / METIS): prompts per node role ---------------------------
+
+
+class _FanNode:
+    def __init__(self, spec, topk=()):
+        self.spec, self.topk = spec, tuple(topk)
+
+
+class _FanRun:
+    """A configured request's run as the core grows it: fixed nodes, then `expand`'s."""
+
+    def __init__(self, request, config, topk):
+        from ragraph.synthesis import expand
+
+        first = len(request.nodes)
+        specs, deps = expand(request.synthesis, config, first, (first - 1,), request.workflow)
+        self.config = config
+        self.nodes = [_FanNode(s, topk if i == 1 else ()) for i, s in enumerate([*request.nodes, *specs])]
+        self.deps = [*request.deps, *deps]
+
+
+def metis(rid="m1"):
+    from ragraph.graph import Request
+    from ragraph.synthesis import Method, Synthesis, SynthesisConfig
+
+    syn = Synthesis(10, 50, 20, 8, 6, SynthesisConfig(Method.STUFF, 3))
+    nodes = (Generate(300, 40, role="profile"), Retrieve(4, 6, (0, 1, 2, 3), query="q"))
+    return Request(rid, 0.0, "metis", nodes, ((), (0,)), question="Who wrote Hamlet?",
+                   answers=("William Shakespeare",), synthesis=syn)
+
+
+def _admit(flow, run, rid, indices):
+    step = GenStep(admit=tuple(task((rid, i)) for i in indices))
+    return {k[1]: m[0]["content"] for k, m in flow.prompts(step, _Sched({rid: run})).items()}
+
+
+def test_map_reduce_maps_read_one_chunk_each_and_the_reduce_reads_every_summary():
+    from ragraph.synthesis import Method, SynthesisConfig
+
+    req = metis()
+    flow = AnswerFlow([req], passage)
+    run = _FanRun(req, SynthesisConfig(Method.MAP_REDUCE, 3, 25), (11, 12, 13, 14, 15, 16))
+    maps = _admit(flow, run, "m1", [2, 3, 4])
+    for n, i in enumerate((2, 3, 4)):
+        assert f"passage text {11 + n}" in maps[i] and "at most 25 words" in maps[i]
+        assert sum(f"passage text {p}" in maps[i] for p in range(11, 17)) == 1  # its one chunk
+    flow.record(GenStepResult(texts=tuple((("m1", i), f"summary {i}") for i in (2, 3, 4))))
+    reduce = _admit(flow, run, "m1", [5])[5]
+    assert all(f"summary {i}" in reduce for i in (2, 3, 4)) and "passage text" not in reduce
+    assert "Who wrote Hamlet?" in reduce
+    flow.record(GenStepResult(texts=((("m1", 5), "William Shakespeare"),)))
+    assert flow.answer(req) == "William Shakespeare"
+
+
+def test_stuff_reads_num_chunks_chunks_in_one_prompt():
+    from ragraph.synthesis import Method, SynthesisConfig
+
+    req = metis()
+    flow = AnswerFlow([req], passage)
+    run = _FanRun(req, SynthesisConfig(Method.STUFF, 5), (11, 12, 13, 14, 15, 16))
+    text = _admit(flow, run, "m1", [2])[2]
+    assert all(f"passage text {p}" in text for p in (11, 12, 13, 14, 15)) and "passage text 16" not in text
+    flow.record(GenStepResult(texts=((("m1", 0), '{"complexity": "low"}'), (("m1", 2), "Shakespeare"))))
+    assert flow.answer(req) == "Shakespeare"  # the profile is never the answer
+
+
+def test_map_rerank_answers_with_a_score_and_the_best_scored_answer_wins():
+    from backends.answers import parse_rerank
+    from ragraph.synthesis import Method, SynthesisConfig
+
+    assert parse_rerank("Answer: Paris\nScore: 87") == ("Paris", 87.0)
+    assert parse_rerank("Lyon") == ("Lyon", None)
+    req = metis()
+    flow = AnswerFlow([req], passage)
+    run = _FanRun(req, SynthesisConfig(Method.MAP_RERANK, 3), (11, 12, 13, 14, 15, 16))
+    prompts = _admit(flow, run, "m1", [2, 3, 4])
+    assert "passage text 13" in prompts[4] and "passage text 11" not in prompts[4] and "Score" in prompts[4]
+    flow.record(GenStepResult(texts=((("m1", 2), "Marlowe\nScore: 40"), (("m1", 3), "no score here"),
+                                     (("m1", 4), "William Shakespeare\nScore: 95"))))
+    assert flow.answer(req) == "William Shakespeare"
+    (rec,) = flow.scored([_record("m1")])
+    assert rec.f1 == 1.0
+
+
+def test_the_profile_text_is_no_query_and_no_notes():
+    req = metis()
+    flow = AnswerFlow([req], passage)
+    sched = _Sched({"m1": _Run(2, {})})
+    profile = flow.prompts(GenStep(admit=(task(("m1", 0)),)), sched)[("m1", 0)][0]["content"]
+    assert "JSON" in profile and "Who wrote Hamlet?" in profile
+    flow.record(GenStepResult(texts=((("m1", 0), '{"complexity": "low"}'),)))
+    assert flow.queries(SearchBatch((ScanTask(("m1", 1), (0,), 5, True, True),))) is None
