@@ -3,7 +3,8 @@
 `common.py` holds the app and what every command shares (input errors as one line and exit
 code 2, extra workflows, option parsing); `trace.py`, `corpus.py`, `whatif.py` (sim, list),
 `studies.py` (demo, sweep, compare, figure), `real.py` (run, calibrate, validate),
-`capacity.py` (capacity, on either body) and `model.py` add their commands to it when imported here.
+`capacity.py` (capacity, on either body), `quality.py` (quality measure) and `model.py` add
+their commands to it when imported here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from experiments.cli.common import app
 
 # the command groups, in the order `hedra --help` lists them; importing one registers its commands
-for _group in ("trace", "corpus", "whatif", "studies", "real", "capacity", "model"):
+for _group in ("trace", "corpus", "whatif", "studies", "real", "capacity", "model", "quality"):
     importlib.import_module(f"experiments.cli.{_group}")
 
 from experiments.cli.studies import bare_ray  # noqa: E402

@@ -196,7 +196,8 @@ def run(
 @contextmanager
 def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[object], None]]:
     """Show `requests done/N` while a replay runs: a spinner on a terminal, else a line every
-    `every_s` seconds. Yields the executor hook that starts it."""
+    `every_s` seconds. Yields the executor hook that starts it (called again, e.g. once per
+    replay of a measurement, it follows the latest executor)."""
     stop = threading.Event()
     executors: list = []
 
@@ -204,7 +205,7 @@ def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[objec
         last = time.monotonic()
         with console.status("replaying...") as status:
             while not stop.wait(0.5):
-                done, total = executors[0].progress()
+                done, total = executors[-1].progress()
                 text = f"{done}/{total} requests done"
                 status.update(f"replaying: {text}")
                 if not console.is_terminal and time.monotonic() - last >= every_s:
@@ -215,7 +216,8 @@ def _replay_progress(console, every_s: float = 10.0) -> Iterator[Callable[[objec
 
     def hook(executor: object) -> None:
         executors.append(executor)
-        thread.start()
+        if not thread.is_alive() and len(executors) == 1:
+            thread.start()
 
     try:
         yield hook
