@@ -177,3 +177,43 @@ def test_a_folder_vllm_cannot_load_is_one_line(tmp_path):
         EngineProcess(folder, load_profile(DEFAULT_CPU_PROFILE).engine)
     message = str(err.value)
     assert message.startswith(f"--model {folder}: vLLM cannot load this model folder") and "\n" not in message
+
+
+def test_quality_measure_scores_each_question_under_each_configuration(body, wiki_corpus, embedder, tmp_path):
+    """The smallest real `hedra quality measure`: two questions with gold answers on the metis
+    workflow, a stuff and a map_reduce configuration, with METIS's prompts per fan-out role."""
+    from backends.real_trace import realize_trace
+    from calibration.quality import measure, parse_configs, source_name, write_measured
+    from hwmodel.latency import LatencyModel
+    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+    from traces.generate import TraceConfig, generate_trace, write_jsonl
+    from traces.questions import Question
+    from traces.schema import load_trace
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    questions = [Question("0", QUESTION, ("Paris",)), Question("1", "Who wrote Hamlet?", ("William Shakespeare",))]
+    rows = generate_trace(TraceConfig(("metis",), 1.0, 8.0, seed=4, nprobe=4, nlist=wiki_corpus.nlist))[:2]
+    for row in rows:
+        row["synthesis"]["answer_tokens"] = 24  # room for a sentence
+    rows = realize_trace(rows, wiki_corpus, embedder, questions=questions)
+    trace = tmp_path / "t.jsonl"
+    write_jsonl(rows, trace)
+    requests = load_trace(trace)
+    grid = parse_configs("stuff:chunks=2;map_reduce:chunks=2,length=10")
+    seen: list[str] = []
+    flows = []
+    measured = measure(body, requests, grid, LatencyModel(load_profile(DEFAULT_CPU_PROFILE)), progress=seen.append,
+                       executor_hook=lambda ex: flows.append(ex.answers))
+    assert len(seen) == 2 * len(grid)  # a line as each configuration starts and ends
+    assert set(measured.f1) == {r.id for r in requests}
+    for table in measured.f1.values():
+        assert set(table) == {c.label for c in grid} and all(0.0 <= v <= 1.0 for v in table.values())
+    assert measured.failed == {c.label: 0 for c in grid}
+    # the map_reduce replay: each map read its own chunk, the reduce read the maps' summaries
+    flow, req = flows[1], requests[0]
+    assert all(flow.text((req.id, i)) for i in (2, 3, 4)) and flow.answer(req) == flow.text((req.id, 4))
+    out = tmp_path / "m.jsonl"
+    assert write_measured(trace, measured, source_name("smollm2"), out) == len(requests)
+    again = load_trace(out)
+    assert all(r.synthesis.quality_source == "measured:smollm2" and len(r.synthesis.quality) == len(grid)
+               for r in again)
