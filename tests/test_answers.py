@@ -210,3 +210,20 @@ def test_the_profile_text_is_no_query_and_no_notes():
     assert "JSON" in profile and "Who wrote Hamlet?" in profile
     flow.record(GenStepResult(texts=((("m1", 0), '{"complexity": "low"}'),)))
     assert flow.queries(SearchBatch((ScanTask(("m1", 1), (0,), 5, True, True),))) is None
+
+
+def test_a_fixed_map_reduce_workflow_gets_the_same_prompts():
+    from ragraph.graph import Request
+
+    nodes = (Retrieve(4, 3, (0, 1, 2, 3)), Generate(100, 39, role="map"), Generate(100, 39, role="map"),
+             Generate(100, 32, role="reduce"))
+    req = Request("f", 0.0, "map-reduce", nodes, ((), (0,), (0,), (1, 2)), question="Who wrote Hamlet?")
+    flow = AnswerFlow([req], passage)
+    sched = _Sched({"f": _Run(4, {0: (21, 22, 23)})})
+    maps = {k[1]: m[0]["content"] for k, m in flow.prompts(GenStep(admit=(task(("f", 1)), task(("f", 2)))),
+                                                           sched).items()}
+    assert "passage text 21" in maps[1] and "passage text 22" in maps[2] and "passage text 22" not in maps[1]
+    assert "at most 30 words" in maps[1]  # 39 output tokens hold 30 words
+    flow.record(GenStepResult(texts=((("f", 1), "Shakespeare wrote it"), (("f", 2), "a play"))))
+    reduce = flow.prompts(GenStep(admit=(task(("f", 3)),)), sched)[("f", 3)][0]["content"]
+    assert "[1] Shakespeare wrote it" in reduce and "[2] a play" in reduce
