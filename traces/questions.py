@@ -44,3 +44,12 @@ def named_dataset(name: str) -> list[Question]:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(NAMED_DATASETS))}"
                            " (a FlashRAG dataset JSONL file goes with --questions)")
     return load()
+
+
+def require_gold(questions: list[Question], source: str) -> list[Question]:
+    """`questions` when at least one has gold answers; DatasetError naming `source` otherwise
+    (answer quality was asked for and nothing could be scored: never a quality of zero)."""
+    if not any(q.golden_answers for q in questions):
+        raise DatasetError(f"{source}: no question has gold answers (golden_answers), so answer quality cannot be"
+                           " measured; give each line a non-empty golden_answers list, or use --dataset fanoutqa")
+    return questions

@@ -140,6 +140,9 @@ def run(
     kv_policy: Annotated[str, typer.Option(help=f"KV-cache policy: {', '.join(KV_POLICIES)} (the order vLLM's"
                                                  " cached free blocks are evicted in).")] = DEFAULT_KV_POLICY,
     kv_cache_gib: KVCacheOpt = None,
+    quality: Annotated[bool, typer.Option(
+        help="Require answer quality: refuse (before loading anything) a trace without gold answers or a model"
+             " that answers nothing.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Replay a trace on real engines (vLLM + FAISS) under a policy; write the same files as `hedra sim`.
@@ -160,6 +163,8 @@ def run(
             from backends.assembly import check_real_kv_policy, profile_of_body
 
             kv = check_real_kv_policy(parse_kv_policy(kv_policy))
+            if quality:
+                require_quality(trace, model, load_workflows(workflows))
 
             prof = with_kv_cache(profile_of_body(profile, backend), kv_cache_gib)
             options = body_options(backend, model, corpus, gen_cores, retrieval_cores, prof, cache_vectors)
@@ -191,6 +196,21 @@ def run(
         typer.echo(f"hedra: interrupted: {s['completed']} of {s['requests']} requests completed before Ctrl-C,"
                    f" the rest failed \"interrupted\"; outputs written to {out}", err=True)
         raise typer.Exit(130)
+
+
+def require_quality(trace: Path, model: str | None, registry: WorkflowRegistry) -> None:
+    """`hedra run --quality`: UsageError (one line: what and how to fix it) unless the model answers
+    (a chat template) and some request of `trace` has gold answers."""
+    from backends.models import answers_text, is_named
+    from traces.schema import load_trace
+
+    if model is None or str(model) == "tiny" or not (is_named(model) or answers_text(Path(model))):
+        raise UsageError(f"--quality: --model {model or 'tiny'} answers nothing (no chat template); use --model"
+                         " smollm2 or a chat model's folder")
+    if not any(r.answers for r in load_trace(trace, registry)):
+        raise UsageError(f"--quality: {trace} has no gold answers (no request has `answers`), so answer quality"
+                         " cannot be measured; make the trace with --dataset fanoutqa or --questions FILE whose"
+                         " lines have golden_answers")
 
 
 @contextmanager
