@@ -250,3 +250,44 @@ def test_a_metis_request_on_a_decomposed_question_takes_its_profile_from_the_dec
                              workflows=("metis",))[1]
     assert all(r["synthesis"]["profile"]["source"] == "model:metis-profile-v1" and r["synthesis"]["quality"]
                for r in template)  # no decomposition: the declared models stay
+
+
+# --- answer quality asked for without gold answers --------------------------------------------------
+
+def test_quality_without_gold_answers_is_refused_in_one_line(tmp_path):
+    from traces.generate import TraceConfig, generate_trace, write_jsonl
+    from traces.questions import require_gold
+
+    with pytest.raises(DatasetError, match=r"^q\.jsonl: no question has gold answers .* use --dataset fanoutqa$"):
+        require_gold([Question("0", "Who wrote Hamlet?"), Question("1", "Capital of Senegal?")], "q.jsonl")
+    assert require_gold(qs := [Question("0", "q?"), Question("1", "r?", ("a",))], "q.jsonl") == qs
+    # hedra run --quality: a trace without answers, or a model that answers nothing (before anything loads)
+    trace = tmp_path / "t.jsonl"
+    write_jsonl(generate_trace(TraceConfig(("one-shot",), 1.0, 3.0, seed=1)), trace)
+    out = tmp_path / "run"
+    base = ("run", "--trace", trace, "--policy", "hedra", "--out", out, "--quality")
+    line = one_error_line(hedra(*base, "--model", "smollm2", home=tmp_path))
+    assert f"--quality: {trace} has no gold answers" in line and "--dataset fanoutqa or --questions FILE" in line
+    assert "--model tiny answers nothing" in one_error_line(hedra(*base, home=tmp_path))
+    # the real-answer benchmark: a FlashRAG question file whose golden_answers are all empty
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Who wrote Hamlet?", "golden_answers": []}\n')
+    bench = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_answers.py"), "--questions-file",
+                            str(questions), "--out", str(tmp_path / "bench.json")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "HEDRA_HOME": str(tmp_path)})
+    assert bench.returncode == 2 and bench.stderr.strip().count("\n") == 0, bench.stderr
+    assert f"{questions}: no question has gold answers" in bench.stderr
+    assert not out.exists() and not (tmp_path / "bench.json").exists() and not (tmp_path / "models").exists()
+
+
+def test_cli_without_the_fanoutqa_package_is_one_line(tmp_path):
+    out = tmp_path / "t.jsonl"
+    code = ("import importlib.util as u, sys; f = u.find_spec; "
+            "u.find_spec = lambda n, *a: None if n == 'fanoutqa' else f(n, *a); "
+            f"sys.argv = ['hedra', 'trace', 'gen', '--workflow', 'irg', '--rate', '2', '--duration', '5', '--corpus',"
+            f" 'wiki', '--dataset', 'fanoutqa', '--out', {str(out)!r}]; from experiments.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HEDRA_HOME": str(tmp_path / "home")})
+    line = one_error_line(proc)
+    assert "the fanoutqa package is not installed; install it: pip install --no-deps fanoutqa==1.1.1" in line
+    assert not out.exists() and not (tmp_path / "home" / "corpora").exists()  # refused before the corpus build
