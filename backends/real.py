@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.embedder import Embedder
 from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
-from backends.models import answers_text, resolve_model
+from backends.models import answers_text, is_named, resolve_model
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
@@ -88,9 +88,13 @@ class RealOptions(BaseModel):
 
     @classmethod
     def of_profile(cls, profile: Profile, **options: object) -> RealOptions:
-        """Options that run `profile`'s engine configuration on the cores it was measured on;
-        `options` override (cores given as None fall back to the profile's)."""
+        """Options that run `profile`'s engine configuration on the cores it was measured on, and
+        its model where that is a named one (`backends.models`, e.g. smollm2; the tiny model's
+        profiles name `tiny-llama`, the default anyway); `options` override (cores or model
+        given as None fall back to the profile's)."""
         hw = profile.hardware
+        if options.get("model") is None and is_named(profile.model.name):  # e.g. smollm2's profile serves smollm2
+            options["model"] = profile.model.name
         for name, cores in (("gen_cores", hw.gen_cores), ("retrieval_cores", hw.retrieval_cores)):
             if options.get(name) is None and cores:
                 options[name] = tuple(cores)
