@@ -134,8 +134,10 @@ def main() -> None:
           f" each policy's {args.capacity_on} capacity (P95 <= {args.slo_p95:g} s)\n")
     print("\n".join(capacity_lines(found)) + "\n")
     print("\n".join(error_table(result["cells"])))
-    cells = result["cells"]
-    miss = [c for c in cells if abs(c["p50_error"] or 0) > GOALS["p50"] or abs(c["p99_error"] or 0) > GOALS["p99"]]
+    cells = [c for c in result["cells"] if c["p50_error"] is not None]  # a cell without arrivals says nothing
+    if len(cells) < len(result["cells"]):
+        print(f"\n{len(result['cells']) - len(cells)} cells had no requests (rate x --duration < 1): not counted")
+    miss = [c for c in cells if abs(c["p50_error"]) > GOALS["p50"] or abs(c["p99_error"] or 0) > GOALS["p99"]]
     w = result["worst"]
     print(f"\ncells within the goal (|P50| <= 5%, |P99| <= 10%): {len(cells) - len(miss)}/{len(cells)};"
           f" worst |P50| {w['p50_error']:.1%}, |P99| {w['p99_error']:.1%}; worst per-cell median item error:"
