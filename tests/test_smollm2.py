@@ -163,20 +163,23 @@ def test_missing_package_is_one_line(tmp_path):
     assert not out.exists() and not (tmp_path / "home" / "models" / "smollm2").exists()
 
 
-def test_a_folder_vllm_cannot_load_is_one_line(tmp_path):
+def test_a_folder_vllm_cannot_load_is_one_line(tmp_path, wiki_corpus):
+    """`hedra calibrate --model FOLDER` on a folder vLLM refuses: exit 2, one line naming the folder, nothing
+    written (`hedra run` and `validate` open the body the same way, `backends.real.RealBackend.open`)."""
     pytest.importorskip("vllm", reason="vllm is not installed (pip install -e '.[real]'): real backend skipped")
-    from backends.engine_worker import EngineProcess
-    from backends.vllm_engine import ModelLoadError
-    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
-
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"],
                                                      "model_type": "no-such-model"}))
-    with pytest.raises(ModelLoadError) as err:
-        EngineProcess(folder, load_profile(DEFAULT_CPU_PROFILE).engine)
-    message = str(err.value)
-    assert message.startswith(f"--model {folder}: vLLM cannot load this model folder") and "\n" not in message
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "calibrate", "--model", str(folder), "--corpus",
+                           str(wiki_corpus.path), "--quick", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hedra: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith(f"hedra: error: --model {folder}: vLLM cannot load this model folder")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".profile")]
 
 
 def test_quality_measure_scores_each_question_under_each_configuration(body, wiki_corpus, embedder, tmp_path):
