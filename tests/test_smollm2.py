@@ -220,3 +220,14 @@ def test_quality_measure_scores_each_question_under_each_configuration(body, wik
     again = load_trace(out)
     assert all(r.synthesis.quality_source == "measured:smollm2" and len(r.synthesis.quality) == len(grid)
                for r in again)
+
+
+def test_a_profile_of_smollm2_serves_smollm2():
+    from backends.real import RealOptions
+    from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+
+    smollm2 = load_profile("measured-cpu-smollm2-wiki")
+    assert smollm2.model.name == "smollm2" and smollm2.engine.kv_cache_gib == 2.0
+    assert RealOptions.of_profile(smollm2).model == "smollm2"  # the model the profile was measured on
+    assert RealOptions.of_profile(smollm2, model="tiny").model == "tiny"  # --model still chooses
+    assert RealOptions.of_profile(load_profile(DEFAULT_CPU_PROFILE)).model is None  # tiny-llama: the default
