@@ -24,9 +24,6 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=128, help="tokens decoded in the decode measurement")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # the engine steps in this process: with vLLM's own engine-core process beside it, both
-    # share the one core `taskset` gives and the figures halve (measured: 22 against 45 tokens/s)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     import torch
 
