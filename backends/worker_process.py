@@ -67,15 +67,27 @@ def serve(conn: Any, handle: Callable[[str, Any], Any]) -> None:
     """The worker side's loop: answer each `(command, payload)` with `handle`'s reply (or its
     error) until "close" (answered, then the loop ends)."""
     while True:
-        command, payload = conn.recv()
+        try:
+            command, payload = conn.recv()
+        except (EOFError, OSError):  # the parent went away (it failed or was stopped): end quietly
+            return
         try:
             reply = handle(command, payload)
         except Exception as exc:
-            conn.send(("error", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")))
+            if not _send(conn, ("error", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))):
+                return
             continue
-        conn.send(("ok", reply))
-        if command == "close":
+        if not _send(conn, ("ok", reply)) or command == "close":
             return
+
+
+def _send(conn: Any, message: tuple[str, Any]) -> bool:
+    """Send `message` to the parent; False when it has gone away (nobody to answer, nothing to say)."""
+    try:
+        conn.send(message)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        return False
+    return True
 
 
 def started(conn: Any, build: Callable[[], Any]) -> Any:
@@ -84,7 +96,6 @@ def started(conn: Any, build: Callable[[], Any]) -> Any:
     try:
         state, info = build()
     except Exception as exc:  # reported to the parent, which raises it
-        conn.send(("error", (type(exc).__name__, str(exc))))
+        _send(conn, ("error", (type(exc).__name__, str(exc))))
         return None
-    conn.send(("ready", info))
-    return state
+    return state if _send(conn, ("ready", info)) else None
