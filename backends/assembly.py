@@ -15,7 +15,6 @@ from backends.models import check_model
 from backends.real import BackendError, RealBackend, RealOptions, require_cuda
 from hwmodel.profile import DEFAULT_CPU_PROFILE, Engine, Profile, load_profile
 from ragraph.graph import Request
-from ragraph.kvpolicy import KV_POLICIES, SIM_ONLY_KV_POLICIES, KVPolicy
 from ragraph.workflows import WorkflowRegistry
 from traces.schema import TraceError, load_trace
 
@@ -47,16 +46,6 @@ def profile_of_body(profile: str | None, backend: str) -> Profile:
         raise BackendError("--profile: the gpu backend needs a measured profile of this machine"
                            " (hedra calibrate --backend gpu --out PROFILE.json)")
     return load_profile(profile or DEFAULT_CPU_PROFILE)
-
-
-def check_real_kv_policy(kv_policy: KVPolicy) -> KVPolicy:
-    """Refuse a KV policy the real body cannot run (vLLM's block pool is reordered for `kvflow`
-    only; `lru` is vLLM's own order), rather than run it as lru under another name."""
-    if kv_policy.name in SIM_ONLY_KV_POLICIES:
-        real = ", ".join(k for k in KV_POLICIES if k not in SIM_ONLY_KV_POLICIES)
-        raise BackendError(f"--kv-policy {kv_policy.spec}: the real body implements {real} only;"
-                           f" {kv_policy.name} runs in the simulator (hedra sim --kv-policy {kv_policy.spec})")
-    return kv_policy
 
 
 def profile_for_corpus(profile: Profile, corpus_dir: Path, manifest: dict,

@@ -32,7 +32,7 @@ from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
-from ragraph.kvpolicy import SIM_ONLY_KV_POLICIES, KVPolicy
+from ragraph.kvpolicy import KV_POLICIES, SIM_ONLY_KV_POLICIES, KVPolicy
 from ragraph.policies.base import Policy
 from ragraph.records import RunResult
 from ragraph.work import Lane
@@ -179,8 +179,8 @@ class RealBackend:
         that answers: what the simulator replays too (`hedra validate`, `hedra calibrate`).
         `kv_policy` (default lru): the order vLLM's cached free blocks are evicted in
         (`backends.kv_order`); a policy only the simulator has is refused."""
-        if kv_policy is not None and kv_policy.name in SIM_ONLY_KV_POLICIES:
-            raise BackendError(f"KV policy {kv_policy.spec}: the real body does not implement it")
+        if kv_policy is not None:
+            check_real_kv_policy(kv_policy)
         service = self.retrieval_body(requests)
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),
@@ -219,6 +219,16 @@ class RealBackend:
         self.engine.close()
         if isinstance(self._retrieval, RetrievalProcess):
             self._retrieval.close()
+
+
+def check_real_kv_policy(kv_policy: KVPolicy) -> KVPolicy:
+    """Refuse a KV policy the real body cannot run (vLLM's block pool is reordered for `kvflow`
+    only; `lru` is vLLM's own order), rather than run it as lru under another name."""
+    if kv_policy.name in SIM_ONLY_KV_POLICIES:
+        real = ", ".join(k for k in KV_POLICIES if k not in SIM_ONLY_KV_POLICIES)
+        raise BackendError(f"--kv-policy {kv_policy.spec}: the real body implements {real} only;"
+                           f" {kv_policy.name} runs in the simulator (hedra sim --kv-policy {kv_policy.spec})")
+    return kv_policy
 
 
 def require_cuda() -> None:

@@ -160,7 +160,8 @@ def run(
         with user_errors():
             check_output_dir(out)
             choice = parse_policy(policy)  # refuse a bad spec before loading anything
-            from backends.assembly import check_real_kv_policy, profile_of_body
+            from backends.assembly import profile_of_body
+            from backends.real import check_real_kv_policy
 
             kv = check_real_kv_policy(parse_kv_policy(kv_policy))
             if quality:
@@ -344,7 +345,7 @@ def validate(
         choices = [parse_policy(p.strip()) for p in policies.split(",") if p.strip()]
         if not choices:
             raise UsageError("--policies names no policy")
-        from backends.assembly import check_real_kv_policy
+        from backends.real import check_real_kv_policy
 
         kvs = list(dict.fromkeys(check_real_kv_policy(parse_kv_policy(k)) for k in split_kv_policies(kv_policy)))
         if not kvs:
