@@ -159,9 +159,10 @@ class Simulation:
         stopped: StopReason = ""
         env = self.env
         done = env.event()
-        env.process(self._arrivals(done))
-        for lane in self.sched.policy.lanes:
-            env.process(self._gen_lane(done) if lane is Lane.GPU_GEN else self._lane(lane, done))
+        processes = [self._arrivals(done), *(self._gen_lane(done) if lane is Lane.GPU_GEN else
+                                             self._lane(lane, done) for lane in self.sched.policy.lanes)]
+        for process in processes:
+            env.process(process)
         collecting = gc.isenabled()
         gc.disable()  # a run makes objects by the million (a slice per step) and few cycles: collected after it
         try:
@@ -172,6 +173,8 @@ class Simulation:
             self.sched.fail_all("stalled: no lane had work for this request", env.now)
             stopped = "stalled"
         finally:
+            for process in processes:  # the lanes sleep in generators that hold this Simulation: a cycle
+                process.close()  # (with the timeline) that only the cyclic collector would free
             if collecting:
                 gc.enable()
         records = self.sched.finished()

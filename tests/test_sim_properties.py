@@ -157,6 +157,28 @@ def test_same_seed_same_inputs_same_results(policy):
     assert a.sim_s == b.sim_s and a.lane_busy_s == b.lane_busy_s
 
 
+@pytest.mark.parametrize("policy", ["flashrag", "hedra"])
+def test_a_finished_simulation_is_freed_without_the_cyclic_collector(policy):
+    """Its lanes' generators (which hold it, its timeline, its core) are closed at the end of
+    `run()`: a process that runs many simulations (sweeps, benchmarks) does not keep each one's
+    timeline until the cyclic collector finds it."""
+    import gc
+    import weakref
+
+    latency = LatencyModel(PROFILE)
+    sim = executor.Simulation(requests_for(["irg"], 6.0, 10.0, 3, 256), make_policy(policy, latency), latency)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        result = sim.run()
+        gone = weakref.ref(sim)
+        del sim
+        assert gone() is None and result.records and result.timeline
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def test_prefix_caching_serves_shared_templates(monkeypatch):
     requests = requests_for(["one-shot"], 4.0, 10.0, 1, 16)
     _, log = run(requests, "hedra", monkeypatch=monkeypatch, fold=False)  # every step's result
