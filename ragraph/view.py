@@ -4,7 +4,8 @@ The core (`ragraph.core.Scheduler`) hands every policy call a `SchedulerView`. I
 are read-only mappings (`types.MappingProxyType`) over the core's own dicts, so a policy
 reads the live state without copying it and cannot add or drop entries; the node and
 request objects it reaches are read, never assigned to. A policy changes the run only
-through the view's action methods (`take_clusters`, `reorder`, `sort_remaining`, `speculate`,
+through the view's action methods (`take_clusters`, `reorder`, `sort_remaining`,
+`partition_remaining`, `speculate`,
 `restart_speculation`, `watch_generation`, `speculate_retrieval`, `take_speculative`), each
 of which checks its arguments and raises `SchedulerError` on misuse. Ending requests
 (`fail_request`, `fail_all`) is the bodies' business and is not
@@ -17,7 +18,7 @@ attributes (the `_Core` protocol), so `ragraph.core` depends on this module and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Container, Mapping, Sequence, Set
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +52,8 @@ class _Core(Protocol):
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
     def sort_remaining(self, node: NodeRun, key: Callable[[int], Any], *, reverse: bool = False,
                        seed: tuple[int, ...] = ()) -> None: ...
+    def partition_remaining(self, node: NodeRun, groups: Sequence[Container[int]], *,
+                            seed: tuple[int, ...] = ()) -> None: ...
     def speculate(self, node: NodeRun, now: float) -> None: ...
     def restart_speculation(self, node: NodeRun, now: float) -> None: ...
     def watch_generation(self, node: NodeRun, fraction: float) -> None: ...
@@ -67,6 +70,7 @@ class SchedulerView:
         "gen_in_engine",
         "gen_ready",
         "gpu_cache",
+        "partition_remaining",
         "query_chars",
         "reorder",
         "requests",
@@ -99,6 +103,7 @@ class SchedulerView:
         self.take_clusters = core.take_clusters
         self.reorder = core.reorder
         self.sort_remaining = core.sort_remaining
+        self.partition_remaining = core.partition_remaining
         self.speculate = core.speculate
         self.restart_speculation = core.restart_speculation
         self.watch_generation = core.watch_generation

@@ -273,6 +273,36 @@ def test_sort_remaining_is_a_stable_sort_of_the_undispatched_clusters():
         s.sort_remaining(node, abs, seed=(1,))  # a seed only before the first scan
 
 
+def test_partition_remaining_is_sort_remaining_by_first_group():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(300):
+        clusters = tuple(rng.sample(range(40), rng.randint(1, 30)))
+        groups = [frozenset(rng.sample(range(40), rng.randint(0, 20))) for _ in range(rng.randint(0, 3))]
+        taken = rng.randint(0, len(clusters) - 1)
+        nodes = []
+        for _ in range(2):
+            s = Scheduler(FlashRAGPolicy())
+            s.submit(one_shot("a", clusters=clusters), 0.0)
+            node = s.requests["a"].nodes[0]
+            if taken:
+                s.take_clusters(node, taken)
+            nodes.append((s, node, node.order))
+        (s1, n1, o1), (s2, n2, o2) = nodes
+        s1.partition_remaining(n1, groups)
+        s2.sort_remaining(n2, lambda c: next((i for i, g in enumerate(groups) if c in g), len(groups)))
+        assert n1.order == n2.order and (n1.order is o1) == (n2.order is o2), trial
+    s = Scheduler(FlashRAGPolicy())
+    s.submit(one_shot("a", clusters=(7, 3, 5, 0, 6, 2, 4, 1)), 0.0)
+    node = s.requests["a"].nodes[0]
+    s.partition_remaining(node, ({4, 9}, {4, 0, 1, 5}), seed=(9,))  # 4; then 5, 0, 1; then the rest in order
+    assert node.order == (4, 5, 0, 1, 7, 3, 6, 2) and node.seed == (9,)
+    s.take_clusters(node, 1)
+    with pytest.raises(SchedulerError, match="seed"):
+        s.partition_remaining(node, ({1},), seed=(1,))  # a seed only before the first scan
+
+
 @pytest.mark.parametrize(("query", "question"), [("who wrote Hamlet", "ignored"), ("", "what is the Nile?"), ("", "")])
 def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(query, question):
     from backends.retrieval import RetrievalService

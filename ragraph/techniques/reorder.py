@@ -78,7 +78,9 @@ class SimilarityReorder:
         assert isinstance(spec, Retrieve)
         assert previous.truth is not None
         seed = tuple(dict.fromkeys((*node.seed, *previous.truth.top20)))  # after a speculation's own guess
-        s.sort_remaining(node, group_of(node.order, previous), seed=seed)  # (`reordered`, in place)
+        hits = previous.truth.hit_clusters  # (`reordered`, in place: H_v, then C - H_v, then the rest)
+        near = hits.union(previous.clusters)
+        s.partition_remaining(node, (hits, near) if hits else (near,), seed=seed)
         order = node.order
         if spec.truth is not None:
             self.applied += 1
