@@ -18,15 +18,21 @@ are printed beside wall seconds, as the machine may be shared.
 
     python benchmarks/sim_speed.py [--repeats 3] [--distserve DIR --distserve-python PY] [--demo]
 
-Where the time goes (py-spy, 2026-12-05, the irg case under hedra, ~2.9 CPU s in process): no
-single hot spot. The GPU cache's refresh every 50 sub-stages (Eq. 2 over 4,096 lists: tally,
-re-sort, prefix sums; ~1.3 ms x 442) ~25%; the CPU lane's sub-stage planning ~11%; the GPU lane's
-plan (resident clusters of every started query) ~10%; similarity reordering on each ready
-retrieval ~10%; completions in the core (speculation, finishing nodes) ~16%; the engine model ~6%;
-SimPy's own machinery ~5% (86,000 events; 64,000 lane wake-ups find nothing to do, ~0.1 s).
-End to end, `hedra sim` adds reading the 18 MB trace (~0.5 CPU s: json parsing and pydantic
-validation of 2.8 M cluster ids), ~0.5 s of imports and ~0.3 s of writing outputs: the 500x
-goal (0.6 s for the whole command) is out of reach of the JSONL trace alone.
+Where the time goes (py-spy at 700 Hz, 2026-12-05, branch speed, the irg case under hedra, ~2.0 CPU
+s in process): no single hot spot. The GPU cache's refresh every 50 sub-stages (~294 of them:
+Counter of ~9,300 (query, list) scans, a Python loop over the ~2,900 lists scanned, a sort of the
+4,096 lists by heat, prefix sums, Eq. 2's 33 splits; ~1.3 ms each) ~20%, each piece already a
+C-level pass, so pure Python has little left there (a numpy kernel of tally + order + prefix
+sums, sequential sums and lexsort for the same bits, measured 0.37 ms against 0.93 ms for that
+part: ~8% of the run; not done: `ragraph` imports no numpy); similarity reordering of each ready
+follow-up retrieval ~14% (a partition of its 256 lists: two set lookups per list); sub-stage
+planning ~12% (prefix sums of list sizes recomputed after each regrouping ~4%); the engine
+model ~10%; SimPy's machinery and 57,000 lane wake-ups that find nothing (next_work itself
+~0.05 s). 1000x in process is 0.3 s for the run: below the cost of the paper's refresh alone
+in pure Python. End to end, `hedra sim` adds reading the 18 MB trace (~0.45 CPU s: pydantic's
+json parsing of 2.8 M cluster ids ~30%, their distinctness check ~30%), ~0.2 s of imports and
+~0.4 s of writing outputs: the 500x goal (0.6 s for the whole command) is out of reach of the
+JSONL trace alone.
 """
 
 from __future__ import annotations
