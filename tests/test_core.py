@@ -291,7 +291,7 @@ def test_partition_remaining_is_sort_remaining_by_first_group():
             nodes.append((s, node, node.order))
         (s1, n1, o1), (s2, n2, o2) = nodes
         s1.partition_remaining(n1, groups)
-        s2.sort_remaining(n2, lambda c: next((i for i, g in enumerate(groups) if c in g), len(groups)))
+        s2.sort_remaining(n2, lambda c, gs=groups: next((i for i, g in enumerate(gs) if c in g), len(gs)))
         assert n1.order == n2.order and (n1.order is o1) == (n2.order is o2), trial
     s = Scheduler(FlashRAGPolicy())
     s.submit(one_shot("a", clusters=(7, 3, 5, 0, 6, 2, 4, 1)), 0.0)
