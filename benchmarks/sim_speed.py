@@ -11,12 +11,19 @@
    end to end (goal: hedra >= 10x faster). DistServe runs when `--distserve DIR` (a checkout
    holding `simdistserve/`; or $HEDRA_DISTSERVE) is given, with `--distserve-python` (a Python
    with its dependencies: numpy, pandas, simpy, tqdm; or $HEDRA_DISTSERVE_PYTHON); otherwise the
-   figure last measured on the 2-core machine is printed, marked as not re-measured.
+   figure last measured on the 2-core machine is printed, marked as not re-measured. Vidur
+   (`--vidur CMD`, or $HEDRA_VIDUR): CMD is a shell command that runs Vidur on the same 3000
+   arrivals and prints `vidur wall X s (simulated Y s)` as its last line, e.g. `bash
+   ../shared/peers/peer-vidur.sh /tmp/vidurvenv/bin/python /tmp/vidur-repo` (that script's header
+   says how to install Vidur 0.0.26 and where its profiling data comes from); the first run trains
+   Vidur's predictors (~35 min on the 2-core machine) and caches them, so run it once before: the
+   goal compares against Vidur with its predictors cached. Vidur's own wall time (the whole
+   `python -m vidur.main` process, as the script reports it) is the figure.
 
 Every figure is the median of `--repeats` runs; CPU seconds (the process's own, user + system)
 are printed beside wall seconds, as the machine may be shared.
 
-    python benchmarks/sim_speed.py [--repeats 3] [--distserve DIR --distserve-python PY] [--demo]
+    python benchmarks/sim_speed.py [--repeats 3] [--distserve DIR --distserve-python PY] [--vidur CMD] [--demo]
 
 Where the time goes (py-spy at 700 Hz, 2026-12-05, branch speed, the irg case under hedra, ~2.0 CPU
 s in process): no single hot spot. The GPU cache's refresh every 50 sub-stages (~294 of them:
@@ -41,6 +48,7 @@ import argparse
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -146,6 +154,8 @@ def generation_only(tmp: Path, args: argparse.Namespace) -> None:
     hedra_cpu = CPU_S["hedra"]
     print(f"generation only (3000 x 512/128 tokens at 10 req/s): hedra sim end to end {wall:.3f} s"
           f" ({hedra_cpu:.3f} CPU s; {sim_s:.0f} simulated s, {sim_s / wall:.0f}x real time)")
+    if args.vidur:
+        vidur(args.vidur, args.repeats, wall, sim_s)
     if not args.distserve:
         print(f"  DistServe's simulator end to end {DISTSERVE_LAST_S:.3f} s (NOT re-measured: last figure on the"
               " 2-core machine; pass --distserve DIR)")
@@ -167,6 +177,25 @@ def generation_only(tmp: Path, args: argparse.Namespace) -> None:
               f" end to end (goal >= 10x); {ds_cpu / hedra_cpu:.1f}x in CPU seconds")
 
 
+VIDUR_LINE = re.compile(r"vidur wall ([0-9.]+) s \(simulated ([0-9.]+) s\)")
+
+
+def vidur(cmd: str, repeats: int, hedra_wall: float, hedra_sim_s: float) -> None:
+    """Run the Vidur peer command `repeats` times; print its median wall time and the ratio."""
+    walls, spans = [], []
+    for _ in range(repeats):
+        out = subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+        found = VIDUR_LINE.search(out.strip().splitlines()[-1] if out.strip() else "")
+        if not found:
+            sys.exit(f"--vidur: its last line is not 'vidur wall X s (simulated Y s)': {out.strip()[-200:]!r}")
+        walls.append(float(found[1]))
+        spans.append(float(found[2]))
+    wall = statistics.median(walls)
+    print(f"  Vidur (predictors cached) end to end {wall:.3f} s ({statistics.median(spans):.0f} simulated s of its"
+          f" system; hedra's {hedra_sim_s:.0f})")
+    print(f"generation only: hedra sim {wall / hedra_wall:.1f}x faster than Vidur end to end (goal >= 10x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -176,6 +205,8 @@ def main() -> None:
                     help="a DistServe checkout (the folder holding simdistserve/)")
     ap.add_argument("--distserve-python", default=os.environ.get("HEDRA_DISTSERVE_PYTHON", sys.executable),
                     help="the Python that runs DistServe's simulator (with numpy, pandas, simpy, tqdm)")
+    ap.add_argument("--vidur", default=os.environ.get("HEDRA_VIDUR"),
+                    help="a shell command running Vidur on the same arrivals (see the module docstring)")
     ap.add_argument("--demo", action="store_true", help="also time `hedra demo`")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as name:
