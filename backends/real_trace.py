@@ -42,7 +42,8 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   query made of the first 25/50/75% of its words (`query_prefix`), embedded and searched in
   its own coarse probe list with the same nprobe, finds the same top-k in the same order.
 
-Token counts, arrivals and everything else stay as the generator drew them. The same seed,
+Token counts (but a gold-answered synthesis's `answer_tokens`), arrivals and everything else
+stay as the generator drew them. The same seed,
 trace and corpus give the same output (the embedder runs the same batches).
 """
 
@@ -59,7 +60,7 @@ import numpy as np
 from backends.corpus import Corpus, CorpusError
 from backends.ivf import IdLists
 from ragraph.graph import PREFIX_FRACTIONS, query_prefix
-from traces.metis import profile_from_decomposition
+from traces.metis import GOLD_ANSWER, gold_answer_tokens, profile_from_decomposition
 from traces.questions import Question
 from traces.schema import TOP_CACHE, TraceRequest
 
@@ -222,6 +223,14 @@ def realize_trace(requests: Sequence[TraceRequest | dict], corpus: Corpus, embed
         if plan.follow_ups and row.get("synthesis"):  # METIS's profile from the dataset's decomposition
             row["synthesis"]["profile"] = profile_from_decomposition(len(plan.follow_ups))
             row["synthesis"].pop("quality", None)
+        if plan.answers and row.get("synthesis"):  # the final answer as long as the gold answers need
+            syn: dict[str, Any] = {}
+            for key, value in row["synthesis"].items():
+                if key == "answer_tokens":  # its source right after it
+                    syn.update(answer_tokens=gold_answer_tokens(plan.answers), answer_source=GOLD_ANSWER)
+                elif key != "answer_source":
+                    syn[key] = value
+            row["synthesis"] = syn
         row["index"] = identity
         row = {**{k: row[k] for k in _ORDER if k in row}, **{k: v for k, v in row.items() if k not in _ORDER}}
         out.append(TraceRequest.model_validate_json(json.dumps(row)) if isinstance(original, TraceRequest) else row)

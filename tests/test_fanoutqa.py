@@ -252,6 +252,35 @@ def test_a_metis_request_on_a_decomposed_question_takes_its_profile_from_the_dec
                for r in template)  # no decomposition: the declared models stay
 
 
+def test_a_metis_request_with_gold_answers_takes_its_answer_length_from_them(wiki_corpus, embedder):
+    """The final answer's tokens of a gold-answered question come from its gold answer (words x
+    1.3, the generator's count, x 1.5, in 16-192), named "gold-answer", not from the dataset
+    shape's draw (7-10 tokens for SQuAD-like shapes would cut a FanOutQA list answer short)."""
+    from traces.metis import ANSWER_BOUNDS, GOLD_ANSWER, gold_answer_tokens
+
+    assert gold_answer_tokens(["yes"]) == ANSWER_BOUNDS[0] and gold_answer_tokens(["w " * 500]) == ANSWER_BOUNDS[1]
+    assert gold_answer_tokens(["a b c d e f g h i j k l m n o p q r s t"]) == 39  # 20 words: 26 tokens x 1.5
+    assert gold_answer_tokens(["Paris", "the city of Paris in France"]) == gold_answer_tokens(["a b c d e f"])
+    long_ = Question("long", "What is the capital of each of these countries?",
+                     ("\n".join(f"Country {i} - Capital city {i}" for i in range(8)),), ("q1?", "q2?", "q3?"))
+    qs = [*load_fanoutqa(MINI), long_]
+    drawn, out = realized_rows(wiki_corpus, embedder, qs, workflows=("metis",))
+    assert len(out) > len(qs)
+    for i, (before, row) in enumerate(zip(drawn, out, strict=True)):
+        q = qs[i % len(qs)]
+        syn = row["synthesis"]
+        assert syn["answer_tokens"] == gold_answer_tokens(q.golden_answers) and syn["answer_source"] == GOLD_ANSWER
+        assert list(syn)[list(syn).index("answer_tokens") + 1] == "answer_source"
+        assert TraceRequest.model_validate(row).synthesis.answer_source == GOLD_ANSWER
+        assert "answer_source" not in before["synthesis"]  # a synthetic trace's draw: no source field
+    long_rows = [r for i, r in enumerate(out) if qs[i % len(qs)] is long_]
+    gold_words = len(long_.golden_answers[0].split())  # 48 words: 63 tokens as the generator counts them
+    assert long_rows and all(r["synthesis"]["answer_tokens"] >= gold_words * 1.3 for r in long_rows)
+    assert any(b["synthesis"]["answer_tokens"] < gold_words * 1.3 for b in drawn)  # the draw was shorter
+    plain = realized_rows(wiki_corpus, embedder, None, workflows=("metis",))
+    assert [r["synthesis"] for r in plain[1]] == [r["synthesis"] for r in plain[0]]  # no gold answers: as drawn
+
+
 # --- answer quality asked for without gold answers --------------------------------------------------
 
 def test_quality_without_gold_answers_is_refused_in_one_line(tmp_path):

@@ -24,6 +24,10 @@ models, and names them in every output:
 
 A question decomposed by its dataset (FanOutQA) gets its profile from the decomposition
 instead (`profile_from_decomposition`: pieces = sub-questions), source "fanoutqa-decomposition".
+A question with gold answers (FanOutQA, a FlashRAG dataset) gets its `answer_tokens` from them
+instead of the dataset shape's draw (`gold_answer_tokens`: the longest gold answer's words x 1.3
+tokens, the generator's own count, x `ANSWER_MARGIN` 1.5, within `ANSWER_BOUNDS` 16-192),
+`answer_source` "gold-answer"; a drawn one has no `answer_source`.
 The profiling call itself is the workflow's first node, a generation of the `profile` role
 (`traces.datasets.ROLES`: METIS's prompt with one line of database metadata, ~330 tokens, plus
 the question; ~48 output tokens, the profile as JSON), so its cost is paid on both bodies.
@@ -32,15 +36,19 @@ the question; ~48 output tokens, the profile as JSON), so its cost is paid on bo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ragraph.synthesis import LENGTH_CHOICES, NUM_CHUNKS, Method, SynthesisConfig, space
+from ragraph.synthesis import LENGTH_CHOICES, NUM_CHUNKS, TOKENS_PER_WORD, Method, SynthesisConfig, space
 
 PROFILE_MODEL = "model:metis-profile-v1"
 QUALITY_MODEL = "model:metis-curves-v1"
 DECOMPOSITION = "fanoutqa-decomposition"
+GOLD_ANSWER = "gold-answer"  # `synthesis.answer_source` of answer_tokens taken from the gold answers
+ANSWER_MARGIN = 1.5  # a model's answer: the gold answer's tokens plus framing ("The ... are:"), names and numbers
+ANSWER_BOUNDS = (16, 192)  # answer_tokens from gold answers: room for "yes" with a sentence; a list of 100 words
 INTERMEDIATE_GRID = LENGTH_CHOICES  # intermediate lengths a quality table holds (words)
 CHUNK_TOKENS = 180  # one chunk: 35 of them plus a question fit the H100 profile's 8192-token context
 SYNTH_TEMPLATE = 60  # tokens of a synthesis prompt's template
@@ -108,6 +116,14 @@ def profile_from_decomposition(sub_questions: int, confidence: float = 1.0) -> d
     pieces = int(np.clip(sub_questions, 1, 10))
     return {"complexity": "high" if pieces >= 3 else "low", "joint": pieces > 1, "pieces": pieces,
             "summary_range": [30, 70], "confidence": confidence, "source": DECOMPOSITION}
+
+
+def gold_answer_tokens(answers: Sequence[str]) -> int:
+    """`answer_tokens` for a question with gold `answers`: the longest one's tokens as the trace
+    generator counts them (words x `TOKENS_PER_WORD`), x `ANSWER_MARGIN`, within `ANSWER_BOUNDS`."""
+    words = max((len(a.split()) for a in answers), default=0)
+    tokens = math.ceil(math.ceil(words * TOKENS_PER_WORD) * ANSWER_MARGIN)
+    return min(ANSWER_BOUNDS[1], max(ANSWER_BOUNDS[0], tokens))
 
 
 def quality(needs: Needs, config: SynthesisConfig) -> float:

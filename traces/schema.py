@@ -188,6 +188,7 @@ class SynthesisRecord(_Strict):
     chunk_tokens: Count
     template_tokens: int = Field(default=0, ge=0, lt=2**31)
     answer_tokens: Count
+    answer_source: str = ""  # "gold-answer": answer_tokens from the question's gold answers; "": drawn
     default: ConfigRecord
     profile: ProfileRecord | None = None
     quality: QualityRecord | None = None
