@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from ragraph.graph import Request
 from ragraph.policies import parse_policy
-from ragraph.synthesis import Method, SynthesisConfig, parse_config, space
+from ragraph.synthesis import MEASURED, Method, SynthesisConfig, parse_config, space
 from traces.generate import write_jsonl
 from traces.schema import TraceError, read_lines
 
@@ -44,7 +44,7 @@ Progress = Callable[[str], None]
 
 def source_name(model: str) -> str:
     """The quality table's source for answers of `model` (a name, or a folder: its last part)."""
-    return f"measured:{Path(str(model)).name or model}"
+    return f"{MEASURED}:{Path(str(model)).name or model}"
 
 
 def measurable(requests: Sequence[Request], path: Path | str) -> list[Request]:

@@ -30,6 +30,7 @@ INTERMEDIATE_LENGTH = (1, 100)  # METIS's range of intermediate_length (words pe
 TOKENS_PER_WORD = 1.3  # English words to tokens (as traces.datasets)
 LENGTH_CHOICES = (10, 25, 50, 100)  # intermediate lengths policies choose from (and quality tables hold)
 RERANK_SCORE_TOKENS = 3  # a map_rerank answer ends with its score ("Score: 87")
+MEASURED = "measured"  # a measured quality table's source: "measured" or "measured:MODEL" (not a declared model)
 
 
 class Method(StrEnum):
@@ -109,6 +110,16 @@ class Synthesis:
     profile: QueryProfile | None = None
     quality: tuple[tuple[str, float], ...] = ()  # (config label, F1) pairs: the quality table
     quality_source: str = ""  # e.g. "model:metis-curves-v1" or "measured"
+
+    @property
+    def measured(self) -> bool:
+        """Whether the quality table is measured (answers scored on a body), not drawn from a model."""
+        return bool(self.quality) and self.quality_source.partition(":")[0] == MEASURED
+
+    def table_configs(self) -> list[SynthesisConfig]:
+        """The quality table's configurations that run over this request's chunks, in table order."""
+        configs = (parse_config(label) for label, _ in self.quality)
+        return [c for c in configs if not c.problem(self.max_chunks)]
 
     def f1(self, config: SynthesisConfig) -> float | None:
         """The table's F1 of `config` (None: the table lacks it)."""

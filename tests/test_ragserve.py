@@ -191,6 +191,57 @@ def test_low_confidence_uses_the_last_queries_ranges():
     assert alone == SynthesisConfig(Method.MAP_REDUCE, 27, 50)
 
 
+MEASURED_GRID = ("stuff:chunks=3", "stuff:chunks=10", "map_reduce:chunks=5,length=25")
+
+
+def measured(*labels: str, **kw) -> Synthesis:
+    """A request whose quality table was measured for `labels` only (as `hedra quality measure --configs`)."""
+    return synthesis(quality=tuple((label, 0.1 * (i + 1)) for i, label in enumerate(labels)),
+                     quality_source="measured:smollm2", **kw)
+
+
+@pytest.mark.parametrize("options", [{}, {"best_fit": False}, {"profiler": False}, {"fallback": False},
+                                     {"feedback_every": 2}])
+@pytest.mark.parametrize("free", [300, 700, 1_500, 10**7])
+def test_a_measured_table_restricts_the_choice_to_its_configurations(options, free):
+    """ragserve on a partially measured table chooses only measured configurations, whatever its
+    parts and free memory (a table's F1 is always known); a declared model's table is not narrowed."""
+    policy = ragserve(**options)
+    for pieces, joint, complexity in [(5, True, "high"), (2, True, "low"), (1, False, "low"), (9, True, "high")]:
+        syn = measured(*MEASURED_GRID, pieces=pieces, joint=joint, complexity=complexity)
+        assert [c.label for c in policy.choosable(syn)] == list(MEASURED_GRID)
+        for _ in range(3):
+            config = policy._choose(view(free), syn)
+            assert config.label in MEASURED_GRID
+            assert policy._feedback(syn, config).label in MEASURED_GRID  # the golden round's stand-in
+    assert policy.measured["requests"] == 12 and policy.measured_labels == set(MEASURED_GRID)
+    model = synthesis(quality=tuple((label, 0.5) for label in MEASURED_GRID), quality_source="model:x")
+    assert not model.measured and len(list(policy.choosable(model))) == 210  # a model's table: the whole space
+
+
+def test_a_measured_table_prunes_where_it_can_and_falls_back_where_not():
+    policy = ragserve(feedback=False)
+    # complex, joint, 5 pieces: map_reduce over 5-15 chunks of 30-70 words; none measured there:
+    # the fallback's method (stuff, joint) among the measured, best fit
+    syn = measured(*MEASURED_GRID, pieces=5)
+    assert policy._choose(view(10**7), syn) == SynthesisConfig(Method.STUFF, 10)
+    assert policy._choose(view(1_500), syn) == SynthesisConfig(Method.STUFF, 3)  # 10 chunks need 1,892 tokens
+    assert policy.measured == {"requests": 2, "outside_ranges": 2}
+    # a measured length between the enumerated ones (30 words) inside the profile's 30-70: pruned to it
+    inside = measured(*MEASURED_GRID, "map_reduce:chunks=6,length=30", pieces=5)
+    assert policy._choose(view(10**7), inside) == SynthesisConfig(Method.MAP_REDUCE, 6, 30)
+    # nothing fits: the fallback's method over as many chunks as fit among the measured, else the smallest
+    assert policy._choose(view(300), syn) == SynthesisConfig(Method.STUFF, 3)
+    solo = measured(*MEASURED_GRID, "map_rerank:chunks=4", joint=False, pieces=2)
+    assert policy._choose(view(10**7), solo) == SynthesisConfig(Method.MAP_RERANK, 4)  # in map_rerank 2-6
+    assert policy._choose(view(10), solo) == SynthesisConfig(Method.STUFF, 3)  # the smallest measured
+    report = policy.report(SimpleNamespace(aborted_tokens=0))["ragserve"]
+    assert report["measured_space"] == {"requests": 6, "outside_ranges": 3, "sources": ["measured:smollm2"],
+                                        "configurations": sorted({*MEASURED_GRID, "map_reduce:chunks=6,length=30",
+                                                                  "map_rerank:chunks=4"})}
+    assert "measured_space" not in ragserve().report(SimpleNamespace(aborted_tokens=0))["ragserve"]
+
+
 def test_expand_builds_each_method():
     syn = synthesis()
     nodes, deps = expand(syn, SynthesisConfig(Method.MAP_REDUCE, 4, 10), 2, (1,), "w")
@@ -309,6 +360,40 @@ def test_cli_a_quality_table_lacking_a_choosable_configuration_exits_2(tmp_path,
     assert f"{bad}: request {rows[complex_]['id']!r}" in line
     assert "lacks the configuration map_reduce:chunks=30,length=100" in line and policy.split(":")[0] in line
     assert hedra_cli("sim", "--trace", metis_trace, "--policy", policy, "--out", out).returncode == 0  # whole: runs
+
+
+def test_ragserve_on_a_partially_measured_trace_chooses_only_measured_configurations(tmp_path, metis_trace):
+    """`hedra quality measure --configs` over three configurations: ragserve runs over those three
+    (said on its line and in summary.json), every request's choice has its measured F1; a fixed
+    configuration the table lacks is still refused (exit 2, one line)."""
+    rows = [json.loads(line) for line in metis_trace.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["synthesis"]["quality"] = {"source": "measured:smollm2",
+                                       "f1": {label: round(0.1 * (j + 1) + 0.01 * (i % 5), 3)
+                                              for j, label in enumerate(MEASURED_GRID)}}
+    part = tmp_path / "measured.jsonl"
+    part.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = simulate(load_trace(part), "ragserve", PROFILE, timeline=False)
+    records = run.result.records
+    assert len(records) == len(rows) and all(r.status == "completed" for r in records)
+    chosen = {SynthesisConfig(Method(r.synthesis), r.num_chunks, r.intermediate_length).label for r in records}
+    assert chosen <= set(MEASURED_GRID) and not any(math.isnan(r.config_f1) for r in records)
+    assert run.summary["quality"]["answered"] == len(rows) and run.summary["quality"]["source"] == "measured:smollm2"
+    out = tmp_path / "run"
+    proc = hedra_cli("sim", "--trace", part, "--policy", "ragserve", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "ragserve chose among the 3 measured configurations (measured:smollm2" in proc.stdout
+    space = json.loads((out / "summary.json").read_text())["ragserve"]["measured_space"]
+    assert space["requests"] == len(rows) and space["configurations"] == sorted(MEASURED_GRID)
+    line = one_error_line(hedra_cli("sim", "--trace", part, "--policy", "fixed:synthesis=stuff,chunks=5",
+                                    "--out", tmp_path / "fixed"), tmp_path / "fixed")
+    assert f"{part}: request {rows[0]['id']!r}" in line
+    assert "(measured:smollm2) lacks the configuration stuff:chunks=5" in line
+    assert hedra_cli("sim", "--trace", part, "--policy", "fixed:synthesis=stuff,chunks=10", "--out",
+                     tmp_path / "ok").returncode == 0  # a measured one runs
+    few = SimpleNamespace(id="q", synthesis=Synthesis(20, 180, 60, 12, 5, SynthesisConfig(Method.STUFF, 5),
+                                                      quality=(("stuff:chunks=10", 0.2),), quality_source="measured"))
+    assert "holds no configuration over at most 5 chunks" in ragserve().accepts([few])
 
 
 def test_cli_bad_synthesis_in_a_trace_or_a_workflow_file_exits_2(tmp_path, metis_trace):

@@ -99,3 +99,14 @@ def rate_of(requests) -> float:
     span = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests)
     return round((len(requests) - 1) / span, 2) if span > 0 else float(len(requests))
 
+
+def measured_space_note(summary: dict) -> str:
+    """"; ragserve chose among the N measured configurations (SOURCE)" for a run whose policy's
+    space was restricted to a measured quality table's configurations; "" otherwise."""
+    rs = summary.get("ragserve")
+    space = rs.get("measured_space") if isinstance(rs, dict) else None
+    if not isinstance(space, dict):
+        return ""
+    outside = f", none in the ranges of {space['outside_ranges']}" if space["outside_ranges"] else ""
+    return (f"; ragserve chose among the {len(space['configurations'])} measured configurations"
+            f" ({', '.join(space['sources'])}{outside})")

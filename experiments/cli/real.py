@@ -20,6 +20,7 @@ from experiments.cli.common import (
     UsageError,
     WorkflowsOpt,
     app,
+    measured_space_note,
     option_error,
     parse_cores,
     parse_rates,
@@ -191,6 +192,7 @@ def run(
     latency = f"latency P50 {lat['p50']:.3f} s, P99 {lat['p99']:.3f} s" if s["completed"] else "no latency"
     q = s.get("quality")
     quality = f"; answers F1 {q['f1_mean']:.3f}, EM {q['em_mean']:.3f} ({q['scored']} scored)" if q else ""
+    quality += measured_space_note(s)
     typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency}{quality};"
                f" {s['wall_s']:.1f} s wall -> {out}")
     if run_.result.stopped == "interrupted":

@@ -11,6 +11,7 @@ from experiments.cli.common import (
     UsageError,
     WorkflowsOpt,
     app,
+    measured_space_note,
     user_errors,
 )
 from experiments.listing import KINDS, workflow_lines
@@ -61,6 +62,7 @@ def sim(
     q = s.get("quality")
     if isinstance(q, dict) and q.get("f1_mean") is not None:  # a run that chose synthesis configurations
         latency += f"; F1 {q['f1_mean']:.3f} ({q['source']})"
+    latency += measured_space_note(s)
     typer.echo(f"{s['completed']}/{s['requests']} completed, {s['failed']} failed; {latency};"
                f" {s['sim_s']:.1f} simulated s in {s['wall_s']:.2f} s -> {out}")
 

@@ -37,6 +37,17 @@ run time (`Policy.configure`, once its profile generation and retrieval are done
    default) also sends a request's own fan-out calls one at a time, each when the previous one
    has left the engine (a chain calling the LLM once per chunk in a loop).
 
+A request whose quality table is *measured* (source `measured:MODEL`, `hedra quality measure`,
+often over a few configurations) is chosen for among the table's configurations only, so its
+F1 is always known: the pruning keeps the measured configurations inside the ranges above (a
+measured length between two of `LENGTH_CHOICES` counts where the summary range holds it); where
+none is inside, the fallback's method (stuff if joint, map_rerank if not; every measured one if
+the table has none of it); best fit, its middle and the no-fit fallback pick among those and
+the measured set; the golden round runs the golden configuration if measured, else the
+costliest measured one. `report()["ragserve"]["measured_space"]` records it (requests, the
+configurations, how many had none in their ranges). A table drawn from a declared model must
+hold every configuration (`accepts`).
+
 Scheduling is `hedra`'s (defaults), as for `fixed` and `adaptive` (`ragraph.policies.configured`).
 Each part is switchable: `ragserve:no-best-fit`, `ragserve:no-profiler`, `ragserve:no-batching`, ...
 """
@@ -44,6 +55,7 @@ Each part is switchable: `ragserve:no-best-fit`, `ragserve:no-profiler`, `ragser
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +76,7 @@ from ragraph.synthesis import (
 )
 
 if TYPE_CHECKING:
+    from ragraph.graph import Request
     from ragraph.runtime import NodeRun, RequestRun
     from ragraph.view import SchedulerView
 
@@ -89,16 +102,30 @@ class RagServeOptions(BaseModel):
 
 
 class Ranges:
-    """A pruned configuration space: methods, a chunk range, intermediate lengths."""
+    """A pruned configuration space: methods, a chunk range, intermediate lengths (those a policy
+    enumerates, and the span of words the profile asked for, which a measured length may fall in)."""
 
-    __slots__ = ("chunks", "lengths", "methods")
+    __slots__ = ("chunks", "length_span", "lengths", "methods")
 
-    def __init__(self, methods: tuple[Method, ...], chunks: tuple[int, int], lengths: tuple[int, ...]) -> None:
-        self.methods, self.chunks, self.lengths = methods, chunks, lengths
+    def __init__(self, methods: tuple[Method, ...], chunks: tuple[int, int], lengths: tuple[int, ...],
+                 length_span: tuple[int, int] = (0, -1)) -> None:
+        self.methods, self.chunks, self.lengths, self.length_span = methods, chunks, lengths, length_span
+
+    def _chunk_range(self, max_chunks: int) -> tuple[int, int]:
+        hi = min(self.chunks[1], max_chunks)
+        return min(self.chunks[0], hi), hi
+
+    def holds(self, config: SynthesisConfig, max_chunks: int) -> bool:
+        """Whether `config` lies in these ranges (over `max_chunks` chunks)."""
+        lo, hi = self._chunk_range(max_chunks)
+        if config.method not in self.methods or not lo <= config.num_chunks <= hi:
+            return False
+        length = config.intermediate_length
+        return (config.method is not Method.MAP_REDUCE or length in self.lengths
+                or self.length_span[0] <= length <= self.length_span[1])
 
     def configs(self, max_chunks: int) -> list[SynthesisConfig]:
-        hi = min(self.chunks[1], max_chunks)
-        lo = min(self.chunks[0], hi)
+        lo, hi = self._chunk_range(max_chunks)
         out = []
         for m in self.methods:
             for c in range(lo, hi + 1):
@@ -118,10 +145,10 @@ def prune(profile: QueryProfile, scale: float = 1.0) -> Ranges:
     lo, top = profile.summary_range[0], min(profile.summary_range[1], INTERMEDIATE_LENGTH[1])
     lengths = tuple(x for x in LENGTH_CHOICES if lo <= x <= top) or \
         (next((x for x in LENGTH_CHOICES if x >= lo), LENGTH_CHOICES[-1]),)
-    return Ranges(methods, (min(n, NUM_CHUNKS[1]), hi), lengths)
+    return Ranges(methods, (min(n, NUM_CHUNKS[1]), hi), lengths, (lo, top))
 
 
-WHOLE_SPACE = Ranges(tuple(Method), NUM_CHUNKS, LENGTH_CHOICES)
+WHOLE_SPACE = Ranges(tuple(Method), NUM_CHUNKS, LENGTH_CHOICES, INTERMEDIATE_LENGTH)
 
 
 class Union:
@@ -136,6 +163,9 @@ class Union:
 
     def configs(self, max_chunks: int) -> list[SynthesisConfig]:
         return list(dict.fromkeys(c for r in self.members for c in r.configs(max_chunks)))
+
+    def holds(self, config: SynthesisConfig, max_chunks: int) -> bool:
+        return any(r.holds(config, max_chunks) for r in self.members)
 
 
 def committed_tokens(s: SchedulerView) -> int:
@@ -157,6 +187,21 @@ class RagServePolicy(ConfiguringPolicy):
         self.seen = 0
         self.counts = {"best_fit": 0, "fallback": 0, "low_confidence": 0, "feedback_rounds": 0,
                        "feedback_widened": 0}
+        self.measured = {"requests": 0, "outside_ranges": 0}  # requests chosen for among measured configurations
+        self.measured_labels: set[str] = set()
+        self.measured_sources: set[str] = set()
+
+    def choosable(self, syn: Synthesis) -> Iterable[SynthesisConfig]:
+        """A measured table's configurations (module docstring); else the whole space."""
+        return syn.table_configs() if syn.measured else super().choosable(syn)
+
+    def accepts(self, requests: Sequence[Request]) -> str:
+        for r in requests:
+            syn = r.synthesis
+            if syn is not None and syn.measured and not syn.table_configs():
+                return (f"request {r.id!r}: its quality table ({syn.quality_source}) holds no configuration over at"
+                        f" most {syn.max_chunks} chunks (its retrieval's k), so {self.name} has none to choose")
+        return super().accepts(requests)
 
     def configure(self, s: SchedulerView, run: RequestRun, now: float) -> SynthesisConfig:
         syn = run.request.synthesis
@@ -211,8 +256,25 @@ class RagServePolicy(ConfiguringPolicy):
         """Every call of `config` fits in one engine call (`max_model_len`): else it never runs."""
         return longest_call(syn, config) <= self.max_model_len
 
+    def _fallback_method(self, syn: Synthesis) -> Method:
+        return Method.STUFF if syn.profile is not None and syn.profile.joint else Method.MAP_RERANK
+
+    def _measured_pruned(self, syn: Synthesis, ranges: Ranges | Union) -> list[SynthesisConfig]:
+        """The measured configurations in `ranges`; none: those of the fallback's method (or all)."""
+        table = syn.table_configs()
+        self.measured["requests"] += 1
+        self.measured_labels.update(c.label for c in table)
+        self.measured_sources.add(syn.quality_source)
+        inside = [c for c in table if ranges.holds(c, syn.max_chunks)]
+        if inside:
+            return inside
+        self.measured["outside_ranges"] += 1
+        method = self._fallback_method(syn)
+        return [c for c in table if c.method is method] or table
+
     def _choose(self, s: SchedulerView, syn: Synthesis) -> SynthesisConfig:
-        pruned = self._ranges(syn).configs(syn.max_chunks)
+        ranges = self._ranges(syn)
+        pruned = self._measured_pruned(syn, ranges) if syn.measured else ranges.configs(syn.max_chunks)
         candidates = [c for c in pruned if self._runs(syn, c)] or pruned
         by_demand = sorted(candidates, key=lambda c: demand_tokens(syn, c))
         if not self.o.best_fit:
@@ -225,8 +287,12 @@ class RagServePolicy(ConfiguringPolicy):
         self.counts["fallback"] += 1
         if not self.o.fallback:
             return by_demand[0]
-        joint = syn.profile is not None and syn.profile.joint
-        method = Method.STUFF if joint else Method.MAP_RERANK
+        method = self._fallback_method(syn)
+        if syn.measured:  # the fallback's method over as many chunks as fit, among the measured; else the smallest
+            table = sorted(syn.table_configs(), key=lambda c: demand_tokens(syn, c))
+            runs = [c for c in table if self._runs(syn, c)] or table
+            fit = [c for c in runs if c.method is method and demand_tokens(syn, c) * MEMORY_MARGIN <= free]
+            return fit[-1] if fit else runs[0]
         chunks = 1
         for c in range(2, syn.max_chunks + 1):
             config = SynthesisConfig(method, c)
@@ -241,6 +307,8 @@ class RagServePolicy(ConfiguringPolicy):
         while chunks > 1 and not self._runs(syn, golden):  # the engine's context bounds the golden round
             chunks -= 1
             golden = SynthesisConfig(GOLDEN.method, chunks, GOLDEN.intermediate_length)
+        if syn.measured and golden not in (table := syn.table_configs()):  # the costliest measured one that runs
+            golden = max([c for c in table if self._runs(syn, c)] or table, key=lambda c: demand_tokens(syn, c))
         self.counts["feedback_rounds"] += 1
         gold, own = syn.f1(golden), syn.f1(choice)
         if gold is not None and own is not None:
@@ -252,7 +320,11 @@ class RagServePolicy(ConfiguringPolicy):
         return golden
 
     def report(self, s: SchedulerView) -> dict[str, object]:
-        return {**super().report(s), "ragserve": {**self.counts, "chunk_scale": self.scale}}
+        out: dict[str, object] = {**self.counts, "chunk_scale": self.scale}
+        if self.measured["requests"]:  # the space was restricted: say so, and to what
+            out["measured_space"] = {**self.measured, "sources": sorted(self.measured_sources),
+                                     "configurations": sorted(self.measured_labels)}
+        return {**super().report(s), "ragserve": out}
 
 
 def _build(options: RagServeOptions, costs: GpuCacheCosts) -> RagServePolicy:
