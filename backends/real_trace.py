@@ -30,6 +30,10 @@ synthetic probe lists) and a corpus, and rewrites what the corpus can make real:
   declared profile model; its quality table, drawn by the quality model for the drawn
   question's hidden needs, does not describe this question and is dropped (a real question's
   quality is its answers' F1 on the real body; a simulation of it reports none);
+- `synthesis.answer_tokens` of such a request asking a question with gold answers: from the
+  gold answers (`traces.metis.gold_answer_tokens`: the longest one's words x 1.3, x 2.5, in
+  16-256), `answer_source` "gold-answer", in place of the dataset shape's draw (METIS's
+  SQuAD or Musique shapes' 8-12 tokens would cut FanOutQA's list answers after a few words);
 - each retrieve stage's `clusters`: the index's coarse assignment of the embedded query,
   `index.quantizer.search(embed(query), nprobe)`, in coarse-quantizer order. The simulator
   thus replays the true list skew and the real backend searches exactly those lists;

@@ -254,12 +254,12 @@ def test_a_metis_request_on_a_decomposed_question_takes_its_profile_from_the_dec
 
 def test_a_metis_request_with_gold_answers_takes_its_answer_length_from_them(wiki_corpus, embedder):
     """The final answer's tokens of a gold-answered question come from its gold answer (words x
-    1.3, the generator's count, x 1.5, in 16-192), named "gold-answer", not from the dataset
+    1.3, the generator's count, x 2.5, in 16-256), named "gold-answer", not from the dataset
     shape's draw (7-10 tokens for SQuAD-like shapes would cut a FanOutQA list answer short)."""
     from traces.metis import ANSWER_BOUNDS, GOLD_ANSWER, gold_answer_tokens
 
     assert gold_answer_tokens(["yes"]) == ANSWER_BOUNDS[0] and gold_answer_tokens(["w " * 500]) == ANSWER_BOUNDS[1]
-    assert gold_answer_tokens(["a b c d e f g h i j k l m n o p q r s t"]) == 39  # 20 words: 26 tokens x 1.5
+    assert gold_answer_tokens(["a b c d e f g h i j k l m n o p q r s t"]) == 65  # 20 words: 26 tokens x 2.5
     assert gold_answer_tokens(["Paris", "the city of Paris in France"]) == gold_answer_tokens(["a b c d e f"])
     long_ = Question("long", "What is the capital of each of these countries?",
                      ("\n".join(f"Country {i} - Capital city {i}" for i in range(8)),), ("q1?", "q2?", "q3?"))
