@@ -17,8 +17,8 @@ table, its source named `measured:<model>` so that every output reading it (summ
   policy may choose it there); a request that fails under a configuration (a call longer than
   the engine's context, say) gave no answer: F1 0, counted in `failed`.
 - Default configurations: every one a configuring policy may choose for the trace's requests
-  (`ragraph.synthesis.space` over each request's chunks: what `ragserve` requires of a table);
-  `configs` restricts them (a small grid on a CPU).
+  (`ragraph.synthesis.space` over each request's chunks: `ragserve`'s whole space);
+  `configs` restricts them (a small grid on a CPU), and `ragserve` then chooses among those.
 """
 
 from __future__ import annotations
