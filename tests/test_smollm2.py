@@ -196,9 +196,8 @@ def test_quality_measure_scores_each_question_under_each_configuration(body, wik
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     questions = [Question("0", QUESTION, ("Paris",)), Question("1", "Who wrote Hamlet?", ("William Shakespeare",))]
     rows = generate_trace(TraceConfig(("metis",), 1.0, 8.0, seed=4, nprobe=4, nlist=wiki_corpus.nlist))[:2]
-    for row in rows:
-        row["synthesis"]["answer_tokens"] = 24  # room for a sentence
     rows = realize_trace(rows, wiki_corpus, embedder, questions=questions)
+    assert all(r["synthesis"]["answer_tokens"] == 16 for r in rows)  # from the gold answers: room for a sentence
     trace = tmp_path / "t.jsonl"
     write_jsonl(rows, trace)
     requests = load_trace(trace)
