@@ -23,7 +23,7 @@ complete (the paper's Fig. 9b: up to 28% earlier with reordering).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ragraph.graph import Retrieve, SearchTruth
@@ -34,18 +34,20 @@ if TYPE_CHECKING:
 
 
 def reordered(order: Sequence[int], previous: Retrieve) -> list[int]:
-    """`order` (the new probe list, coarse order) regrouped around the previous retrieval."""
-    return sorted(order, key=group_of(order, previous))
+    """`order` (the new probe list, coarse order) regrouped around the previous retrieval: a
+    stable sort by the index of the first of `groups_around(previous)` holding each list (what
+    `Scheduler.partition_remaining` does in place)."""
+    groups = groups_around(previous)
+    return sorted(order, key=lambda c: next((i for i, g in enumerate(groups) if c in g), len(groups)))
 
 
-def group_of(order: Sequence[int], previous: Retrieve) -> Callable[[int], int]:
-    """The group of each list of `order` around the previous retrieval: 0 for H_v, 1 for the
-    previous probe list's other lists, 2 for the rest (a stable sort by it is the reorder)."""
+def groups_around(previous: Retrieve) -> tuple[frozenset[int], ...]:
+    """The groups a follow-up's lists are scanned in, around the previous retrieval: H_v (the
+    lists that held its top-k), then the rest of its probe list C; lists in neither come last."""
     assert previous.truth is not None
-    group = dict.fromkeys(order, 2)
-    group.update(dict.fromkeys(previous.clusters, 1))
-    group.update(dict.fromkeys(previous.truth.hit_clusters, 0))
-    return group.__getitem__
+    hits = previous.truth.hit_clusters
+    near = hits.union(previous.clusters)
+    return (hits, near) if hits else (near,)
 
 
 def completion_point(order: Sequence[int], truth: SearchTruth, seed: Sequence[int] = ()) -> int:
@@ -78,9 +80,7 @@ class SimilarityReorder:
         assert isinstance(spec, Retrieve)
         assert previous.truth is not None
         seed = tuple(dict.fromkeys((*node.seed, *previous.truth.top20)))  # after a speculation's own guess
-        hits = previous.truth.hit_clusters  # (`reordered`, in place: H_v, then C - H_v, then the rest)
-        near = hits.union(previous.clusters)
-        s.partition_remaining(node, (hits, near) if hits else (near,), seed=seed)
+        s.partition_remaining(node, groups_around(previous), seed=seed)  # (`reordered`, in place)
         order = node.order
         if spec.truth is not None:
             self.applied += 1
