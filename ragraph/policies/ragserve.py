@@ -256,6 +256,10 @@ class RagServePolicy(ConfiguringPolicy):
         """Every call of `config` fits in one engine call (`max_model_len`): else it never runs."""
         return longest_call(syn, config) <= self.max_model_len
 
+    def _running(self, syn: Synthesis, configs: list[SynthesisConfig]) -> list[SynthesisConfig]:
+        """Those of `configs` that run (`_runs`); none runs: all of them (the engine refuses it)."""
+        return [c for c in configs if self._runs(syn, c)] or configs
+
     def _fallback_method(self, syn: Synthesis) -> Method:
         return Method.STUFF if syn.profile is not None and syn.profile.joint else Method.MAP_RERANK
 
@@ -275,7 +279,7 @@ class RagServePolicy(ConfiguringPolicy):
     def _choose(self, s: SchedulerView, syn: Synthesis) -> SynthesisConfig:
         ranges = self._ranges(syn)
         pruned = self._measured_pruned(syn, ranges) if syn.measured else ranges.configs(syn.max_chunks)
-        candidates = [c for c in pruned if self._runs(syn, c)] or pruned
+        candidates = self._running(syn, pruned)
         by_demand = sorted(candidates, key=lambda c: demand_tokens(syn, c))
         if not self.o.best_fit:
             return by_demand[len(by_demand) // 2]
@@ -290,7 +294,7 @@ class RagServePolicy(ConfiguringPolicy):
         method = self._fallback_method(syn)
         if syn.measured:  # the fallback's method over as many chunks as fit, among the measured; else the smallest
             table = sorted(syn.table_configs(), key=lambda c: demand_tokens(syn, c))
-            runs = [c for c in table if self._runs(syn, c)] or table
+            runs = self._running(syn, table)
             fit = [c for c in runs if c.method is method and demand_tokens(syn, c) * MEMORY_MARGIN <= free]
             return fit[-1] if fit else runs[0]
         chunks = 1
@@ -308,7 +312,7 @@ class RagServePolicy(ConfiguringPolicy):
             chunks -= 1
             golden = SynthesisConfig(GOLDEN.method, chunks, GOLDEN.intermediate_length)
         if syn.measured and golden not in (table := syn.table_configs()):  # the costliest measured one that runs
-            golden = max([c for c in table if self._runs(syn, c)] or table, key=lambda c: demand_tokens(syn, c))
+            golden = max(self._running(syn, table), key=lambda c: demand_tokens(syn, c))
         self.counts["feedback_rounds"] += 1
         gold, own = syn.f1(golden), syn.f1(choice)
         if gold is not None and own is not None:
