@@ -21,6 +21,7 @@ step and search errors <= 5% median; the two bodies' capacities within 5%.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -93,6 +94,7 @@ def main() -> None:
     from rich.console import Console
 
     from backends.real import RealBackend, RealOptions
+    from calibration.machine_load import LoadMeter
     from calibration.report import error_table
     from calibration.validate import Case, run_validation
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
@@ -107,6 +109,7 @@ def main() -> None:
     body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: console.print(f"[setup] {m}"))
     if body.corpus.index_identity != prof.index.identity:
         sys.exit(f"the profile was measured on index {prof.index.identity}, the corpus is {body.corpus.index_identity}")
+    meter = LoadMeter().start()  # other processes' CPU use over every measurement below
     try:
         from calibration.staleness import warn_if_stale
 
@@ -139,6 +142,11 @@ def main() -> None:
                      "sim": f["sim"].to_json(), "real": f["real"].to_json()} for f in found]
             result = run_validation(body, prof, cases, policies, tmp, progress=lambda m: console.print(f"[run] {m}"),
                                     extra={"profile_check": check, "capacities": caps})
+            load = meter.stop()
+            result["machine_load"] = load.to_json()
+            (tmp / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+            if load.busy:
+                print(f"warning: {load.line('the body was measured')}", file=sys.stderr, flush=True)
             if "before_recalibration" in check:
                 (tmp / "profile.json").write_text(prof.model_dump_json(indent=1, exclude_none=True) + "\n")
             with (tmp / "report.md").open("a") as report:

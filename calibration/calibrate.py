@@ -14,7 +14,7 @@ import importlib.metadata
 import json
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
+from calibration.machine_load import LoadMeter
 from calibration.profiler import Row, dispatch_gaps, profile_cold, profile_engine, profile_gpu_cache, profile_search
 from hwmodel.profile import Engine, Profile
 
@@ -73,12 +74,15 @@ class Fits:
     pcie: LinearFit | None = None  # host-to-device cluster copies (GPU rigs)
     gpu_search: LinearFit | None = None  # scans of GPU-resident clusters (GPU rigs)
     cold: dict[str, float] | None = None  # a cold embedder: cold_s, cold_tau_s and the fit's error
+    machine_load: dict[str, object] | None = None  # other processes' CPU use while the grid ran (machine_load.py)
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         out = {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
                "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
         if self.cold is not None:
             out["cold_embedding"] = dict(self.cold)
+        if self.machine_load is not None:
+            out["machine_load"] = dict(self.machine_load)
         for name in ("pcie", "gpu_search"):
             fit = getattr(self, name)
             if fit is not None:
@@ -208,25 +212,27 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
               progress: Callable[[str], None] = lambda msg: None) -> Profile:
     """Profile `body` (running its options' engine configuration), fit, and return the measured profile."""
     from backends.real import pin_current_thread, thread_setup, usable_cores
-
     grid_kw: dict[str, object] = {}
     if quick:  # tests: a small grid, same code path
         grid_kw = {"grid": ((1, 32), (4, 128), (16, 64), (32, 32)), "stagger": ((4, 64, 2),)}
-    thread_setup(body.gen_cores)
-    rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
-    thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
-    passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
-    search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
-    sizes = body.retriever.list_sizes()
-    rows += profile_search(body.retrieval_body, sizes, passages, repeats=repeats, progress=progress,
-                           **search_kw)  # type: ignore[arg-type]
-    rows += profile_cold(body.retrieval_body, sizes, passages, progress=progress, **({"calls": 3} if quick else {}))
-    if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
-        rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
-                                  progress=progress)
-    pin_current_thread(usable_cores())
+    with LoadMeter() as meter:
+        thread_setup(body.gen_cores)
+        rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
+        thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
+        passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
+        search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
+        sizes = body.retriever.list_sizes()
+        rows += profile_search(body.retrieval_body, sizes, passages, repeats=repeats, progress=progress,
+                               **search_kw)  # type: ignore[arg-type]
+        rows += profile_cold(body.retrieval_body, sizes, passages, progress=progress,
+                             **({"calls": 3} if quick else {}))
+        if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
+            rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
+                                      progress=progress)
+        pin_current_thread(usable_cores())
+    assert meter.result is not None
     progress("fitting the latency models")
-    fits = fit_rows(rows)
+    fits = replace(fit_rows(rows), machine_load=meter.result.to_json())
     provisional = assemble_profile(body, rows, fits, name=name)
     progress("measuring the executor's time between items (a short replay)")
     rows += measure_dispatch(body, provisional, quick=quick)

@@ -5,7 +5,8 @@ Before a real run, validation or a benchmark uses a measured profile, `check_pro
 small slice of the calibration grid (`calibration.profiler`: engine steps of two batch
 shapes, search calls of four sizes, about 45 items, a few seconds on the CPU rig) on the
 body's own cores, prices every item with the profile's latency functions, and takes the
-median signed relative error (predicted - measured) / measured per kind. Beyond `TOLERANCE`
+median signed relative error (predicted - measured) / measured per kind (engine steps,
+search calls that embed their queries, search calls that only scan). Beyond `TOLERANCE`
 on either kind it returns one line saying so, with the command that recalibrates. The CPU
 model string cannot tell VMs of one kind apart, and the same VM drifts by 10-20% between
 runs (`.ci/run`); 25% lies above that drift and below what made validation wrong on another
@@ -33,7 +34,17 @@ PROBE_ENGINE = ((16, 256), (64, 64))  # (sequences, prompt tokens): prefill chun
 PROBE_OUTPUT = 12  # output tokens per sequence
 PROBE_SEARCH = ((1, 8), (4, 16), (8, 8), (32, 4))  # (queries per call, lists per query)
 PROBE_TEXT = (60, 350)  # query text lengths (characters)
-KINDS = {"engine_step": "engine steps", "search_call": "search calls"}
+# what the probe compares, each on its own: a profile whose query embedding is off by 2x while its
+# scans are right is stale, and a median over both kinds of search call hides it (it did, issue 16)
+KINDS = {"engine_step": "engine steps", "search_embed": "search calls that embed queries",
+         "search_scan": "search calls that only scan"}
+
+
+def probe_kind(row: Row) -> str:
+    """The `KINDS` key of a profiler row."""
+    if row["kind"] == "engine_step":
+        return "engine_step"
+    return "search_embed" if row["new_queries"] else "search_scan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +88,7 @@ def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE,
     items: dict[str, int] = {}
     for kind in KINDS:
         rel = [predicted_s(latency, r) / float(r["seconds"]) - 1 for r in rows
-               if r["kind"] == kind and float(r["seconds"]) > 0]
+               if probe_kind(r) == kind and float(r["seconds"]) > 0]
         errors[kind] = float(np.median(rel)) if rel else None
         items[kind] = len(rel)
     return Staleness(profile.name, errors, items, tolerance, probe_s)
@@ -86,7 +97,6 @@ def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE,
 def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None) -> list[Row]:
     """A small slice of the calibration grid on the body's own cores (each lane's thread setup)."""
     from backends.real import pin_current_thread, thread_setup, usable_cores
-
     try:
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=1, grid=PROBE_ENGINE, stagger=(), output_tokens=PROBE_OUTPUT,

@@ -15,7 +15,7 @@ def test_a_profile_agrees_with_the_machine_it_was_measured_on():
     prof, rows = measured_rows()
     found = compare(prof, rows)
     assert not found.stale
-    assert found.items["engine_step"] > 100 and found.items["search_call"] > 100
+    assert found.items["engine_step"] > 100 and found.items["search_embed"] > 50 and found.items["search_scan"] > 50
     assert all(abs(e) < 0.1 for e in found.errors.values())
 
 
@@ -25,7 +25,8 @@ def test_a_profile_with_its_step_costs_halved_is_flagged():
         update={k: v / 2 for k, v in prof.gen_step.model_dump().items()})})
     found = compare(halved, rows)
     assert found.stale
-    assert abs(found.errors["engine_step"] + 0.5) < 0.1 and abs(found.errors["search_call"]) < TOLERANCE
+    assert abs(found.errors["engine_step"] + 0.5) < 0.1
+    assert abs(found.errors["search_embed"]) < TOLERANCE and abs(found.errors["search_scan"]) < TOLERANCE
     line = found.line(recalibrate_command("cpu"))
     assert "\n" not in line and "engine steps take 2.0" in line and "hedra calibrate --backend cpu" in line
 
@@ -34,5 +35,16 @@ def test_a_slower_scan_is_flagged_and_a_small_drift_is_not():
     prof, rows = measured_rows()
     slower = [{**r, "seconds": r["seconds"] * (1.6 if r["kind"] == "search_call" else 1.1)} for r in rows]
     found = compare(prof, slower)
-    assert found.stale and found.errors["search_call"] < -TOLERANCE and abs(found.errors["engine_step"]) < TOLERANCE
+    assert found.stale and found.errors["search_scan"] < -TOLERANCE and abs(found.errors["engine_step"]) < TOLERANCE
     assert not compare(prof, [{**r, "seconds": r["seconds"] * 1.1} for r in rows]).stale
+
+
+def test_an_embedding_priced_twice_too_slow_is_flagged_though_the_scans_are_right():
+    """Half the probe's search calls only scan; a median over all of them hid a 2x embedding error."""
+    prof, rows = measured_rows()
+    faster = [{**r, "seconds": r["seconds"] / (2.0 if r["kind"] == "search_call" and r["new_queries"] else 1.0)}
+              for r in rows]
+    found = compare(prof, faster)
+    assert found.stale and found.errors["search_embed"] > 0.8
+    assert abs(found.errors["search_scan"]) < 0.1 and abs(found.errors["engine_step"]) < 0.1
+    assert "search calls that embed queries take 0.5" in found.line(recalibrate_command("cpu"))

@@ -309,6 +309,11 @@ def calibrate(
                f" the scan {fits['cpu_scan']['heldout_median_abs_rel_error']:.1%}, the query embedding"
                f" {fits['query_embedding']['heldout_median_abs_rel_error']:.1%}; whole search calls"
                f" {fits['cpu_search']['train_median_abs_rel_error']:.1%} (in sample)")
+    load = fits.get("machine_load")
+    if load and load["busy"]:
+        from calibration.machine_load import OtherLoad
+
+        typer.echo(OtherLoad.from_json(load).line(f"{out} was measured"), err=True)
 
 
 @app.command("validate")

@@ -157,7 +157,7 @@ class GpuIndexCache:
             rest = node.order[node.next_pos:]
             if cache.isdisjoint(rest):
                 continue
-            s.sort_remaining(node, cache.__contains__, reverse=True)  # the resident ones first
+            s.partition_remaining(node, (cache,))  # the resident ones first, each side in its order
             tasks.append(s.take_clusters(node, sum(map(cache.__contains__, rest))))
         if not tasks:
             return None
