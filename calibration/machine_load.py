@@ -2,14 +2,14 @@
 
 A profile measured while other processes share the body's cores prices every call too slow
 (measured here: a calibration beside two busy helper sessions priced the query embedding
-1.5-3x what the same calls took on the quiet machine an hour later, and its held-out error
-was 38% against 10-20%). Nothing inside the measurement tells such a profile apart: every
+1.5-2x what the same calls took on the quiet machine three hours later, and its held-out error
+was 38% against 8%). Nothing inside the measurement tells such a profile apart: every
 cell is slow alike. What does tell is the kernel's own accounting: `LoadMeter` reads the
 machine's busy CPU time (all cores, hypervisor steal included) and this process tree's
 (the body's engine and retrieval workers are its children) at the start and at the end,
 and reports the difference as the cores other processes kept busy on average.
 `hedra calibrate` records it in the profile (`fits["machine_load"]`) and says in one line
-when it is above `BUSY_CORES`; the fidelity benchmark records it per phase.
+when it is above `BUSY_CORES`; the fidelity benchmark records it over its whole run.
 """
 
 from __future__ import annotations
