@@ -178,9 +178,18 @@ class RealBackend:
         `text=False` keeps every prompt synthetic (the trace's token counts) even for a model
         that answers: what the simulator replays too (`hedra validate`, `hedra calibrate`).
         `kv_policy` (default lru): the order vLLM's cached free blocks are evicted in
-        (`backends.kv_order`); a policy only the simulator has is refused."""
+        (`backends.kv_order`); a policy only the simulator has is refused.
+
+        Each replay starts with vLLM's prefix cache empty, as a simulation starts with its own:
+        traces number their requests alike and synthetic prompts are seeded by request and node,
+        so without it a replay found the previous replay's blocks for its own prompts (the
+        fidelity benchmark's replays served 22-74% of their prompt tokens from blocks an earlier
+        replay of the same requests had left; the simulator, none)."""
         if kv_policy is not None:
             check_real_kv_policy(kv_policy)
+        if not self.engine.reset_prefix_cache():
+            raise BackendError("the engine's prefix cache could not be emptied before the replay:"
+                               " sequences of an earlier replay are still running")
         service = self.retrieval_body(requests)
         gen_cores, ret_cores = self.gen_cores, self.retrieval_cores
         setup = {Lane.GPU_GEN: lambda: thread_setup(gen_cores),

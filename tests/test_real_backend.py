@@ -315,3 +315,16 @@ def test_real_replay_of_map_reduce(backend, costs, wiki_corpus, embedder):
         [r.reason for r in records]
     assert all(r.synthesis == "map_reduce" and r.num_chunks == 4 and r.generate_nodes == 1 + 4 + 1 for r in records)
     assert {r.config_f1 for r in records} and run.summary["completed"] == len(requests)
+
+
+def test_a_replay_finds_none_of_the_previous_replays_prefix_blocks(backend, costs, trace_rows):
+    """Replays number their requests alike and synthetic prompts are seeded by request and node:
+    the second replay of the same requests must pay the same prefill as the first, as the
+    simulator does (before the body emptied vLLM's prefix cache per replay, it found the first
+    replay's blocks)."""
+    from runs.run import run_real
+
+    requests = requests_of(trace_rows[:8])
+    cached = [run_real(backend, requests, parse_policy("flashrag"), costs).summary["kv_cache"]["prompt_tokens_cached"]
+              for _ in range(2)]
+    assert cached[0] == cached[1], cached
