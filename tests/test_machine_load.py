@@ -61,4 +61,5 @@ def test_this_trees_cpu_includes_its_children():
     finally:
         child.wait()
     assert child1 - child0 > 0.3
-    assert tree1 - tree0 >= child1 - child0
+    # the two readings of each pair are instants apart and CPU times tick by 10 ms
+    assert tree1 - tree0 >= child1 - child0 - 0.05, (tree1 - tree0, child1 - child0)
