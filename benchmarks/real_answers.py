@@ -63,7 +63,6 @@ def cell(body, requests, policy: str, costs) -> tuple[dict, dict[str, str]]:
     from ragraph.policies import parse_policy
     from runs.run import run_real
 
-    body.engine.reset_prefix_cache()  # each policy starts cold: no prefix hits left by the other's replay
     t = time.perf_counter()
     run = run_real(body, requests, parse_policy(policy), costs, timeline=False)
     s = run.summary
