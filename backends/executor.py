@@ -90,16 +90,18 @@ class RealExecutor:
 
     `lane_setup[lane]` is called first thing in that lane's thread (pin cores, set thread
     counts); `on_request_end` tells the retrieval body a request's per-query state can go.
+    `text_tokens` counts a query text's tokens as the embedder does (the search features the
+    timeline records; a sub-stage budget's prices); None: 0.
     """
 
     def __init__(self, requests: list[Request], policy: Policy, gen: GenerationBody, retrieval: RetrievalBody,
                  *, lane_setup: dict[Lane, Callable[[], None]] | None = None, timeline: bool = True,
                  clock: Callable[[], float] = time.monotonic, answers: AnswerFlow | None = None,
-                 kv_policy: KVPolicy | None = None) -> None:
+                 kv_policy: KVPolicy | None = None, text_tokens: Callable[[str], int] | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
         # kvflow: the core attaches steps to execution to the steps (GenStep.kv_steps); the engine orders by them
-        self.sched = Scheduler(policy, self.kv_policy)
+        self.sched = Scheduler(policy, self.kv_policy, text_tokens)  # text_tokens: the embedder's token count
         self.gen, self.retrieval = gen, retrieval
         self.answers = answers  # real text through the run (None: synthetic prompts, trace queries)
         self._lane_setup = lane_setup or {}

@@ -30,6 +30,7 @@ from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
 from backends.models import answers_text, is_named, resolve_model
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
+from hwmodel.embedder_tokens import token_counter
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
 from ragraph.kvpolicy import KV_POLICIES, SIM_ONLY_KV_POLICIES, KVPolicy
@@ -156,6 +157,11 @@ class RealBackend:
                    answers_text(model))
 
     @cached_property
+    def text_tokens(self) -> Callable[[str], int]:
+        """A query text's tokens as the corpus's embedder counts them (the search features)."""
+        return token_counter(self.corpus.manifest["embedder"]["name"])
+
+    @cached_property
     def embedder(self) -> Embedder:
         """The corpus's embedder in this process, loaded on first use (for making traces)."""
         from backends.corpus import embedder_for
@@ -197,7 +203,7 @@ class RealBackend:
         answers = self.answer_flow(requests) if text else None
         executor = RealExecutor(requests, policy, self.engine, service,
                                 lane_setup=setup, timeline=timeline, answers=answers,
-                                kv_policy=kv_policy)
+                                kv_policy=kv_policy, text_tokens=self.text_tokens)
         if executor_hook is not None:
             executor_hook(executor)
         switch = sys.getswitchinterval()

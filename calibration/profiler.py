@@ -12,7 +12,8 @@ The grid is designed, not sampled from the traces a profile is later validated o
 - **retrieval**: for each (queries per call, lists per query, query text length) of
   `SEARCH_GRID` x `TEXT_CHARS`, one call whose queries start (embedding + scan) and one that
   continues them (scan only), through the same retrieval body the lane runs (on the CPU,
-  the retrieval worker process); each call reports the features of `hwmodel.latency.LatencyModel.search_s`.
+  the retrieval worker process); each call reports the features of `hwmodel.latency.LatencyModel.search_s`
+  (its texts' lengths in the embedder's tokens, counted by `text_tokens`: the body's own counter).
 
 Each function returns rows (plain dicts: the grid cell, the features, the measured
 seconds) that `calibration.calibrate` fits and stores in the profile.
@@ -119,7 +120,8 @@ def _texts_of_length(source: Sequence[str], chars: int, n: int, rng: np.random.G
 
 
 def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
-                   passages: Sequence[str], *, repeats: int = REPEATS, grid: Sequence[tuple[int, int]] = SEARCH_GRID,
+                   passages: Sequence[str], text_tokens: Callable[[str], int], *, repeats: int = REPEATS,
+                   grid: Sequence[tuple[int, int]] = SEARCH_GRID,
                    text_chars: Sequence[int] = TEXT_CHARS, k: int = 1, seed: int = 0,
                    progress: Progress = _quiet) -> list[Row]:
     """Time search calls over the grid (module docstring) through the retrieval body the lane
@@ -143,7 +145,7 @@ def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: 
             for part in (0, 1):  # the queries' first sub-stage (embed + scan), then a continuation (scan)
                 tasks = tuple(ScanTask(key=(req.id, 0), clusters=lists[part * per_call:(part + 1) * per_call],
                                        k=k, first=part == 0, last=part == 1,
-                                       embed_chars=len(text) if part == 0 else 0)
+                                       embed_tokens=text_tokens(text) if part == 0 else 0)
                               for req, lists, text in zip(requests, probe_lists, texts, strict=True))
                 batch = SearchBatch(tasks)
                 t0 = time.perf_counter()
@@ -227,7 +229,8 @@ COLD_CALLS = 12  # one-query calls per gap
 
 
 def profile_cold(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
-                 passages: Sequence[str], *, calls: int = COLD_CALLS, gaps: Sequence[float] = COLD_GAPS_S,
+                 passages: Sequence[str], text_tokens: Callable[[str], int], *, calls: int = COLD_CALLS,
+                 gaps: Sequence[float] = COLD_GAPS_S,
                  seed: int = 1, progress: Progress = _quiet) -> list[Row]:
     """One-query first sub-stages (a question of about 40 characters, 4 lists) after the lane
     sat idle for each of `gaps`: in a replay the retrieval lane idles between sparse arrivals,
@@ -243,7 +246,7 @@ def profile_cold(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Se
             req = chain(f"cold-{gap}-{j}", 0.0, "calibrate", [Retrieve(len(lists), 1, lists, query=text)])
             service = begin([req])
             batch = SearchBatch((ScanTask(key=(req.id, 0), clusters=lists, k=1, first=True, last=True,
-                                          embed_chars=len(text)),))
+                                          embed_tokens=text_tokens(text)),))
             time.sleep(gap)
             t0 = time.perf_counter()
             service.search(batch)

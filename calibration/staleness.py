@@ -104,7 +104,7 @@ def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None)
         thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
         corpus = body.corpus
         passages = [corpus.contents(i) for i in range(0, corpus.ntotal, max(1, corpus.ntotal // 100))]
-        rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, repeats=1,
+        rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, body.text_tokens, repeats=1,
                                grid=PROBE_SEARCH, text_chars=PROBE_TEXT, seed=7, progress=progress)
     finally:
         pin_current_thread(usable_cores())

@@ -7,11 +7,12 @@ file; `LatencyModel` binds a profile and precomputes the IVF list sizes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from hwmodel.profile import Profile
+from hwmodel.embedder_tokens import EmbedderUnavailable, token_counter
+from hwmodel.profile import Profile, ProfileError
 
 
 def gen_step_s(profile: Profile, prefill_tokens: int, seqs: int, context_tokens: int, admitted: int = 0,
@@ -52,6 +53,20 @@ def ivf_list_sizes(profile: Profile) -> np.ndarray:
     return sizes
 
 
+def _unpriced(text: str) -> int:
+    """The token count where the profile does not price query texts: 0 (nothing is counted)."""
+    return 0
+
+
+def _embedder_tokens(profile: Profile) -> Callable[[str], int]:
+    """The profile's embedder's token counter (its search model prices the embedding per token)."""
+    try:
+        return token_counter(str(profile.index.embedder))
+    except EmbedderUnavailable as exc:
+        raise ProfileError(f"profile {profile.name}: prices the query embedding in tokens of"
+                           f" {profile.index.embedder}, which cannot be counted here: {exc}") from None
+
+
 PEAK_CONTEXT_TOKENS = 1024  # context per sequence at which peak decode throughput is quoted
 
 
@@ -62,25 +77,26 @@ class LatencyModel:
         self.profile = profile
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
         m = profile.cpu_search
-        self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_char_s, m.embed_text_char_s,
+        self.text_tokens: Callable[[str], int] = _embedder_tokens(profile) if m.prices_text else _unpriced
+        self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_token_s, m.embed_text_token_s,
                         m.thread_bytes_per_s, m.memory_bytes_per_s, profile.hardware.cpu_threads,
                         profile.index.bytes_per_vector)
         self._cold = (m.cold_s, m.cold_tau_s)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0, embed_chars: int = 0, idle_s: float = 0.0) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0) -> float:
         """One CPU search call: the `new_queries` that start in it are embedded in one model
-        call: a cost per call, per query, per character of their texts (`embed_chars` in all:
-        tokenizing) and per padded character (the model runs every text padded to the longest,
-        `embed_max_chars`); then the (query, list) pairs spread over the threads and scan at the
+        call: a cost per call, per query, per token of their texts (`embed_tokens` in all:
+        tokenizing) and per padded token (the model runs every text padded to the longest,
+        `embed_max_tokens`); then the (query, list) pairs spread over the threads and scan at the
         per-thread rate times the threads in use, capped by the memory system's rate. A call
         that embeds after the lane sat idle `idle_s` seconds runs cold (the embedder's weights
         out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
         __init__: policies price every candidate sub-stage.)"""
-        (call, per_query, per_new, embed_call, per_char, per_text_char, thread_rate, memory_rate, threads,
+        (call, per_query, per_new, embed_call, per_token, per_text_token, thread_rate, memory_rate, threads,
          vec_bytes) = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
-        embed = (embed_call + new_queries * (per_new + per_char * embed_max_chars) + per_text_char * embed_chars
+        embed = (embed_call + new_queries * (per_new + per_token * embed_max_tokens) + per_text_token * embed_tokens
                  if new_queries else 0.0)
         if new_queries and idle_s > 0 and self._cold[0]:
             embed += self._cold[0] * -math.expm1(-idle_s / self._cold[1])
@@ -89,7 +105,7 @@ class LatencyModel:
     def search_call_s(self, args: Mapping[str, int], idle_s: float = 0.0) -> float:
         """A CPU search call priced from its features (`ragraph.work.SearchBatch.timeline_args`)."""
         return self.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
-                             args["embed_max_chars"], args["embed_chars"], idle_s)
+                             args["embed_max_tokens"], args["embed_tokens"], idle_s)
 
     def engine_step_s(self, args: Mapping[str, int]) -> float:
         """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`)."""

@@ -113,15 +113,30 @@ class SearchModel(_Strict):
     query_s: float = Field(ge=0)  # per query in the call (heap setup and merge)
     new_query_s: float = Field(ge=0)  # per query embedded and coarse-assigned in the call
     embed_call_s: float = Field(default=0.0, ge=0)  # per call that embeds at least one query (model call)
-    # per character of padded query text: the embedder pads a call's texts to the longest, so it
-    # does new_queries x (longest text) characters of work
-    embed_char_s: float = Field(default=0.0, ge=0)
-    embed_text_char_s: float = Field(default=0.0, ge=0)  # per character of the texts themselves (tokenizing)
+    # per token of padded query text, in the tokens of `index.embedder` (hwmodel.embedder_tokens):
+    # the embedder pads a call's texts to the longest, so it runs new_queries x (longest text) tokens
+    embed_token_s: float = Field(default=0.0, ge=0)
+    embed_text_token_s: float = Field(default=0.0, ge=0)  # per token of the texts themselves (tokenizing)
     # a call that embeds after the lane sat idle runs cold: + cold_s x (1 - exp(-idle / cold_tau_s))
     cold_s: float = Field(default=0.0, ge=0)
     cold_tau_s: float = Field(default=0.02, gt=0)
     thread_bytes_per_s: float = Field(gt=0)  # scan rate of one thread
     memory_bytes_per_s: float = Field(gt=0)  # scan rate of all threads together (DRAM bound)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_per_character(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for old in ("embed_char_s", "embed_text_char_s"):
+                if old in data:
+                    raise ValueError(f"{old}: a profile from an older hedra, which priced the query embedding per"
+                                     " character; it is priced per token now: recalibrate (hedra calibrate)")
+        return data
+
+    @property
+    def prices_text(self) -> bool:
+        """Whether a call's cost depends on its query texts' token counts."""
+        return bool(self.embed_token_s or self.embed_text_token_s)
 
 
 class TransferModel(_Strict):
@@ -182,6 +197,9 @@ class Profile(_Strict):
             raise ValueError("index.list_sizes: must have nlist entries summing to ntotal")
         if self.index.ntotal < self.index.nlist:
             raise ValueError("index.ntotal: fewer vectors than lists")
+        if self.cpu_search.prices_text and not self.index.embedder:
+            raise ValueError("index.embedder: required when cpu_search prices the query embedding per token"
+                             " (whose tokens it counts)")
         return self
 
     def on_index(self, index: Index) -> Profile:

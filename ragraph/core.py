@@ -54,6 +54,11 @@ from ragraph.work import (
 )
 
 
+def _no_tokens(text: str) -> int:
+    """No token counter: query texts are not priced (0 tokens)."""
+    return 0
+
+
 class LaneBusy(RuntimeError):
     """next_work was called for a lane that still holds an item."""
 
@@ -66,8 +71,11 @@ _RESULT_OF = {GenStep: GenStepResult, SearchBatch: SearchResult}  # result type 
 class Scheduler:
     """Owns request state; asks the policy what each idle lane should run."""
 
-    def __init__(self, policy: Policy, kv_policy: KVPolicy | None = None) -> None:
+    def __init__(self, policy: Policy, kv_policy: KVPolicy | None = None,
+                 text_tokens: Callable[[str], int] | None = None) -> None:
         self.policy = policy
+        # a query text's length in the embedder's tokens (what its embedding is priced by); None: 0
+        self._text_tokens = text_tokens or _no_tokens
         self.kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
         self._kv_dirty = self.kv_policy.wants_steps  # the graphs in flight changed since the last kv_steps
         self.requests: dict[str, RequestRun] = {}  # active requests by id
@@ -246,13 +254,14 @@ class Scheduler:
         node.substages += 1
         if node.remaining == 0:
             del self.retr_waiting[node.key]
-        chars = self.query_chars(node) if first else 0
-        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, chars, node.seed if first else ())
+        tokens = self.query_tokens(node) if first else 0
+        return ScanTask(node.key, clusters, spec.k, first, node.remaining == 0, tokens, node.seed if first else ())
 
-    def query_chars(self, node: NodeRun) -> int:
-        """Characters of the text a body embeds for a Retrieve node's query (0: no text; the
-        body then embeds nothing)."""
-        return len(self._query_text(node))
+    def query_tokens(self, node: NodeRun) -> int:
+        """Tokens of the text a body embeds for a Retrieve node's query, as its embedder counts
+        them (0: no text, and the body embeds nothing; or no counter was given)."""
+        text = self._query_text(node)
+        return self._text_tokens(text) if text else 0
 
     def _query_text(self, node: NodeRun) -> str:
         """A Retrieve node's query text: its own `query`, else its request's `question`."""
@@ -357,8 +366,9 @@ class Scheduler:
             raise SchedulerError(f"{node.key}: no speculative retrieval waits to be dispatched")
         spec = retrieve_spec(node)
         node.in_flight += 1
-        return ScanTask(node.key, spec.clusters, spec.k, True, True,
-                        len(query_prefix(self._query_text(node), node.spec_prefix)), (), node.spec_prefix)
+        prefix = query_prefix(self._query_text(node), node.spec_prefix)
+        return ScanTask(node.key, spec.clusters, spec.k, True, True, self._text_tokens(prefix) if prefix else 0,
+                        (), node.spec_prefix)
 
     def restart_speculation(self, node: NodeRun, now: float) -> None:
         """Throw away a speculative Generate node's work and start it again (its partial

@@ -21,9 +21,9 @@ class SearchCostModel(Protocol):
         ...
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0, embed_chars: int = 0) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0) -> float:
         """Seconds for one search call over `queries` queries (`new_queries` of them start in
-        it: their texts, `embed_chars` characters in all and the longest `embed_max_chars`,
+        it: their texts, `embed_tokens` tokens in all and the longest `embed_max_tokens`,
         are embedded first) scanning `pairs` (query, list) pairs that hold `scanned_vectors`
         vectors in all."""
         ...

@@ -46,7 +46,7 @@ class _Core(Protocol):
     aborted_tokens: int
 
     def busy(self, lane: Lane) -> bool: ...
-    def query_chars(self, node: NodeRun) -> int: ...
+    def query_tokens(self, node: NodeRun) -> int: ...
 
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask: ...
     def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None: ...
@@ -71,7 +71,7 @@ class SchedulerView:
         "gen_ready",
         "gpu_cache",
         "partition_remaining",
-        "query_chars",
+        "query_tokens",
         "reorder",
         "requests",
         "restart_speculation",
@@ -99,7 +99,7 @@ class SchedulerView:
         self.gpu_cache: Set[int] = core.gpu_cache  # clusters resident in the GPU index cache (live)
         # queries and actions: the core's bound methods
         self.busy = core.busy
-        self.query_chars = core.query_chars
+        self.query_tokens = core.query_tokens
         self.take_clusters = core.take_clusters
         self.reorder = core.reorder
         self.sort_remaining = core.sort_remaining

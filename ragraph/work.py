@@ -144,9 +144,9 @@ class ScanTask:
     k: int  # neighbours kept
     first: bool  # first sub-stage of this query: the query must be embedded/assigned first
     last: bool  # the query's top-k is final after this sub-stage
-    # characters of query text embedded in this sub-stage: the text's length on the first
-    # sub-stage, 0 on later ones and where the query has no text (then nothing is embedded)
-    embed_chars: int = 0
+    # tokens of query text embedded in this sub-stage (the embedder's tokens): the text's on the
+    # first sub-stage, 0 on later ones and where the query has no text (then nothing is embedded)
+    embed_tokens: int = 0
     # candidate ids merged into the query's top-k before its first scan (only with `first`): the
     # request's previous top-20 (HedraRAG's local cache). A body merges only those whose IVF list
     # is in the query's probe list (the Retrieve node's clusters), so the final top-k stays that
@@ -171,28 +171,28 @@ class SearchBatch:
         shows (both bodies write the same) and what the simulator prices it by.
 
         queries: scans in the call; new_queries: those in their first sub-stage; clusters:
-        (query, list) pairs; vectors: vectors scanned; embed_chars: query text embedded;
-        embed_max_chars: the longest of those texts (the embedder pads to it); speculative: scans
+        (query, list) pairs; vectors: vectors scanned; embed_tokens: query text embedded, in the
+        embedder's tokens; embed_max_tokens: the longest of those texts (the embedder pads to it); speculative: scans
         on a prefix of their query (speculative retrievals)."""
         return dict(zip(SEARCH_FEATURES, self.features(list_sizes), strict=True))
 
     def features(self, list_sizes: Sequence[int]) -> tuple[int, int, int, int, int, int, int]:
         """`timeline_args` as a tuple, in `SEARCH_FEATURES` order (the simulator prices every call)."""
-        pairs = vectors = new = chars = longest = speculative = 0
+        pairs = vectors = new = tokens = longest = speculative = 0
         size = list_sizes.__getitem__
         for t in self.tasks:
             pairs += len(t.clusters)
             vectors += sum(map(size, t.clusters))
             new += t.first
-            c = t.embed_chars
-            chars += c
-            if c > longest:
-                longest = c
+            n = t.embed_tokens
+            tokens += n
+            if n > longest:
+                longest = n
             speculative += t.prefix < 1
-        return len(self.tasks), new, pairs, vectors, chars, longest, speculative
+        return len(self.tasks), new, pairs, vectors, tokens, longest, speculative
 
 
-SEARCH_FEATURES = ("queries", "new_queries", "clusters", "vectors", "embed_chars", "embed_max_chars", "speculative")
+SEARCH_FEATURES = ("queries", "new_queries", "clusters", "vectors", "embed_tokens", "embed_max_tokens", "speculative")
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,7 @@ class Simulation:
                  seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
-        self.sched = Scheduler(policy, kv_policy)
+        self.sched = Scheduler(policy, kv_policy, latency.text_tokens)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
         self.engine = GenEngineModel(latency, kv_policy)
@@ -374,11 +374,11 @@ class Simulation:
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
             f = item.features(sizes)  # the call's features: priced here, shown on the timeline
-            queries, new, pairs, vectors, chars, longest, _ = f
+            queries, new, pairs, vectors, tokens, longest, _ = f
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(vectors * vec_bytes)
             else:  # (LatencyModel.search_call_s, without building its dict)
-                seconds = self.latency.search_s(queries, new, pairs, vectors, longest, chars, idle_s)
+                seconds = self.latency.search_s(queries, new, pairs, vectors, longest, tokens, idle_s)
             self._scans.start(item)
             return seconds, _NO_TOPK, dict(zip(SEARCH_FEATURES, f, strict=True)) if self._keep_timeline else {}, True
         assert isinstance(item, CacheLoad)

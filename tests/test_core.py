@@ -29,7 +29,7 @@ class FlatCosts:
     list_sizes = [1000] * 64
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_chars: int = 0, embed_chars: int = 0) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
 
     def peak_decode_tokens_s(self) -> float:
@@ -304,11 +304,12 @@ def test_partition_remaining_is_sort_remaining_by_first_group():
 
 
 @pytest.mark.parametrize(("query", "question"), [("who wrote Hamlet", "ignored"), ("", "what is the Nile?"), ("", "")])
-def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(query, question):
+def test_embed_tokens_count_the_embedded_text_on_the_first_substage_only(query, question):
     from backends.retrieval import RetrievalService
 
     req = chain("a", 0.0, "one-shot", [Retrieve(16, 1, tuple(range(16)), query=query), Generate(100, 5)], question)
-    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=5.0))  # 4 lists a call
+    s = Scheduler(hedra(FlatCosts(), chunk=2, max_budget_ms=5.0), text_tokens=lambda text: 100 + len(text))
+    # 4 lists a call
     s.submit(req, 0.0)
     tasks: list[ScanTask] = []
     t = 0.0
@@ -318,7 +319,7 @@ def test_embed_chars_is_the_embedded_text_length_on_the_first_substage_only(quer
         s.complete(batch, SearchResult(), t)
     text = RetrievalService(None, None, [req])._text(("a", 0))  # type: ignore[arg-type]  # what the real body embeds
     assert text == (query or question)
-    assert [t.embed_chars for t in tasks] == [len(text), 0, 0, 0]
+    assert [t.embed_tokens for t in tasks] == [100 + len(text) if text else 0, 0, 0, 0]
 
 
 def test_search_and_cache_items_count_their_timeline_args():
@@ -326,5 +327,5 @@ def test_search_and_cache_items_count_their_timeline_args():
     batch = SearchBatch((ScanTask(("a", 0), (0, 1), 1, True, False, 7), ScanTask(("b", 0), (2,), 1, False, True),
                          ScanTask(("c", 0), (1,), 1, True, True, 12)))
     assert batch.timeline_args(sizes) == {"queries": 3, "new_queries": 2, "clusters": 4, "vectors": 80,
-                                          "embed_chars": 19, "embed_max_chars": 12, "speculative": 0}
+                                          "embed_tokens": 19, "embed_max_tokens": 12, "speculative": 0}
     assert CacheLoad((0, 2)).timeline_args(sizes) == {"clusters": 2, "vectors": 40}

@@ -33,27 +33,27 @@ def _search_rows(coef: dict[str, float], rng: np.random.Generator, noise: float)
     rows = []
     for q in (1, 4, 16, 32):
         for c in (1, 8, 32):
-            for chars in (40, 250, 700):
+            for tokens in (12, 60, 170):
                 for new in (0, q):
                     x = {"queries": q, "new_queries": new, "clusters": q * c, "vectors": q * c * 40,
-                         "embed_chars": chars * new, "embed_max_chars": chars if new else 0}
+                         "embed_tokens": tokens * new, "embed_max_tokens": tokens if new else 0}
                     t = (coef["call_s"] + coef["query_s"] * q + (coef["embed_call_s"] if new else 0)
-                         + coef["new_query_s"] * new + coef["embed_char_s"] * chars * new
+                         + coef["new_query_s"] * new + coef["embed_token_s"] * tokens * new
                          + coef["vector_s"] * x["vectors"])
-                    if new > 1:  # a mixed call: one text of `chars`, the others short (40)
-                        x["embed_chars"] = chars + 40 * (new - 1)
-                        t += coef["embed_text_char_s"] * x["embed_chars"]
+                    if new > 1:  # a mixed call: one text of `tokens`, the others short (12)
+                        x["embed_tokens"] = tokens + 12 * (new - 1)
+                        t += coef["embed_text_token_s"] * x["embed_tokens"]
                     elif new:
-                        t += coef["embed_text_char_s"] * x["embed_chars"]
-                    rows.append({"kind": "search_call", "cell": f"q{q}-c{c}-t{chars}-{new}", **x,
+                        t += coef["embed_text_token_s"] * x["embed_tokens"]
+                    rows.append({"kind": "search_call", "cell": f"q{q}-c{c}-t{tokens}-{new}", **x,
                                  "seconds": t * (1 + noise * rng.standard_normal())})
     return rows
 
 
 GEN = {"base_s": 1.4e-3, "prefill_token_s": 7.5e-6, "seq_s": 3.8e-5, "context_token_s": 6e-8, "admit_s": 1.5e-4,
        "admit_token_s": 2e-7, "prefill_attention_s": 3e-9}
-SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_char_s": 3.5e-5,
-          "embed_text_char_s": 5e-6, "vector_s": 2.3e-7}
+SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_token_s": 1.2e-4,
+          "embed_text_token_s": 2e-5, "vector_s": 2.3e-7}
 
 
 def test_fit_recovers_known_coefficients_exactly_without_noise():
@@ -114,9 +114,9 @@ def test_cold_embedder_term_is_recovered_and_priced_by_idle_time():
     cold_s, tau = 4e-3, 0.02
     rows = []
     for idle in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
-        x = {"queries": 1, "new_queries": 1, "clusters": 4, "vectors": 160, "embed_chars": 40, "embed_max_chars": 40}
+        x = {"queries": 1, "new_queries": 1, "clusters": 4, "vectors": 160, "embed_tokens": 12, "embed_max_tokens": 12}
         warm = (SEARCH["call_s"] + SEARCH["query_s"] + SEARCH["embed_call_s"] + SEARCH["new_query_s"]
-                + SEARCH["embed_char_s"] * 40 + SEARCH["embed_text_char_s"] * 40 + SEARCH["vector_s"] * 160)
+                + SEARCH["embed_token_s"] * 12 + SEARCH["embed_text_token_s"] * 12 + SEARCH["vector_s"] * 160)
         rows.append({"kind": "search_cold", "cell": f"idle{idle}", "idle_s": idle, **x,
                      "seconds": warm + cold_s * -np.expm1(-idle / tau)})
     fit = fit_cold(rows, fits.scan, fits.embed)

@@ -117,11 +117,12 @@ def test_same_summary_keys_and_timeline_args_as_the_simulator(backend, costs, ca
     real = run_real(backend, requests, policy, costs)
     sim = simulate(requests, policy, calibrated_profile)
     assert set(sim.summary) - {"profile", "profile_kind", "seed"} <= set(real.summary)
-    text = sum(len(n.query or r.question) for r in requests for n in r.nodes if n.op == "retrieve")
+    count = costs.text_tokens  # the profile's embedder's tokens: the corpus's
+    text = sum(count(n.query or r.question) for r in requests for n in r.nodes if n.op == "retrieve")
     assert text > 0
-    for run in (real, sim):  # each query's text is counted once, on its first sub-stage
+    for run in (real, sim):  # each query's text is counted once, on its first sub-stage, in the same tokens
         assert all(r.status == "completed" for r in run.result.records)
-        assert sum(e[4]["embed_chars"] for e in run.result.timeline if e[1] == "SearchBatch") == text
+        assert sum(e[4]["embed_tokens"] for e in run.result.timeline if e[1] == "SearchBatch") == text
     keys = [{(lane, name, tuple(args)) for lane, name, _s, _d, args in run.result.timeline} for run in (real, sim)]
     assert keys[0] == keys[1]
 

@@ -95,7 +95,7 @@ class SubStages:
         `chunk` clusters per round, as the artifact's fixed sub-stages do."""
         search_s = self.costs.search_s
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
-        n_new = pairs = scanned = longest = chars = 0  # the new queries' texts: longest and all, in characters
+        n_new = pairs = scanned = longest = tokens = 0  # the new queries' texts: longest and all, in tokens
         per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
@@ -107,12 +107,12 @@ class SubStages:
                 if start == limit:
                     continue
                 fresh = node.next_pos == 0 and not have
-                text = s.query_chars(node) if fresh else 0
+                text = s.query_tokens(node) if fresh else 0
                 q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
 
                 def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0,
-                         top: int = max(longest, text), ch: int = chars + text) -> float:
-                    return search_s(q, new, p0 + end, v0 + c0[end], top, ch)
+                         top: int = max(longest, text), all_: int = tokens + text) -> float:
+                    return search_s(q, new, p0 + end, v0 + c0[end], top, all_)
 
                 end = _fit(cost, cum, start, limit, budget)
                 if end == start and not scanned:
@@ -121,7 +121,7 @@ class SubStages:
                     taken[node] = have + end - start
                     n_new += fresh
                     longest = max(longest, text)
-                    chars += text
+                    tokens += text
                     pairs += end - start
                     scanned += cum[end] - cum[start]
                     progressed = True
