@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calibration.contention import SLOWDOWNS, fit_contention, profile_contention
 from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
 from calibration.machine_load import LoadMeter
 from calibration.profiler import Row, dispatch_gaps, profile_cold, profile_engine, profile_gpu_cache, profile_search
@@ -76,6 +77,7 @@ class Fits:
     gpu_search: LinearFit | None = None  # scans of GPU-resident clusters (GPU rigs)
     cold: dict[str, float] | None = None  # a cold embedder: cold_s, cold_tau_s and the fit's error
     machine_load: dict[str, object] | None = None  # other processes' CPU use while the grid ran (machine_load.py)
+    contention: dict[str, object] | None = None  # how much the lanes slow each other (contention.py)
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         out = {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
@@ -84,6 +86,8 @@ class Fits:
             out["cold_embedding"] = dict(self.cold)
         if self.machine_load is not None:
             out["machine_load"] = dict(self.machine_load)
+        if self.contention is not None:
+            out["contention"] = dict(self.contention)
         for name in ("pcie", "gpu_search"):
             fit = getattr(self, name)
             if fit is not None:
@@ -129,7 +133,8 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
              "train_p90_abs_rel_error": float(np.percentile(err, 90))}
     return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
                 fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
-                fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed))
+                fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed),
+                contention=fit_contention(rows))
 
 
 COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -227,6 +232,12 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
                                progress=progress, **search_kw)  # type: ignore[arg-type]
         rows += profile_cold(body.retrieval_body, sizes, passages, body.text_tokens, progress=progress,
                              **({"calls": 3} if quick else {}))
+        if body.options.backend == "cpu":  # the lanes share the chip (a GPU engine's steps do not share the CPU's)
+            rows += profile_contention(body.engine, body.retrieval_body, sizes, passages, body.text_tokens,
+                                       gen_setup=lambda: thread_setup(body.gen_cores),
+                                       search_setup=lambda: thread_setup(body.retrieval_cores,
+                                                                         search_threads=len(body.retrieval_cores)),
+                                       repeats=1 if quick else 4, progress=progress)
         if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
             rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
                                       progress=progress)
@@ -296,6 +307,7 @@ def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: st
                        **({k: fits.cold[k] for k in ("cold_s", "cold_tau_s")} if fits.cold else {})},
         **fits.transfer_models(),
         "dispatch": {f"{lane}_s": float(np.median(gaps)) for lane, gaps in _gaps(rows).items()},
+        "contention": {k: v for k, v in (fits.contention or {}).items() if k in SLOWDOWNS.values()},
         "fits": fits.as_dict(),
         "measurements": rows,
     }

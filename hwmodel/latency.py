@@ -35,6 +35,16 @@ def decode_step_terms(profile: Profile, seqs: int) -> tuple[float, float]:
     return m.base_s + m.prefill_token_s * 0 + m.seq_s * seqs, m.context_token_s
 
 
+def contended_s(seconds: float, overlap_s: float, slowdown: float) -> float:
+    """An item that takes `seconds` alone, started while the other lane is busy for `overlap_s`
+    more seconds, during which it progresses at 1 / (1 + slowdown) of its speed alone
+    (`Profile.contention`): the time it takes. `seconds` itself where nothing overlaps."""
+    if overlap_s <= 0.0 or not slowdown:
+        return seconds
+    done = overlap_s / (1.0 + slowdown)  # work done while the other lane is busy
+    return seconds * (1.0 + slowdown) if seconds <= done else overlap_s + (seconds - done)
+
+
 def transfer_s(latency_s: float, bytes_per_s: float, nbytes: int) -> float:
     """A PCIe copy or a GPU-resident scan of `nbytes`."""
     return latency_s + nbytes / bytes_per_s if nbytes else 0.0

@@ -155,6 +155,18 @@ class Dispatch(_Strict):
     cpu_retrieval_s: float = Field(default=0.0, ge=0)
 
 
+class Contention(_Strict):
+    """How much a rig's two lanes slow each other where their items overlap in time: an engine
+    step runs `gen_step_slowdown` longer (a fraction of its time alone) over the part of it that
+    overlaps a CPU search call, a CPU search call `cpu_search_slowdown` longer over the part that
+    overlaps an engine step (`hwmodel.latency.contended_s`). On a CPU rig both lanes share the
+    chip's caches and memory; measured by `hedra calibrate` (cells timed alone, then beside the
+    other lane); 0 in an analytic profile."""
+
+    gen_step_slowdown: float = Field(default=0.0, ge=0)
+    cpu_search_slowdown: float = Field(default=0.0, ge=0)
+
+
 class Profile(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -170,6 +182,7 @@ class Profile(_Strict):
     gpu_search: TransferModel | None = None  # None: no GPU-resident index (a CPU rig)
     pcie: TransferModel | None = None
     dispatch: Dispatch = Field(default_factory=Dispatch)
+    contention: Contention = Field(default_factory=Contention)
     fits: dict[str, dict[str, object]] = Field(default_factory=dict)  # per model: coefficients, held-out error
     measurements: list[dict[str, float | int | str]] = Field(default_factory=list)  # raw data (measured)
 

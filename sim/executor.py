@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from hwmodel.latency import LatencyModel
+from hwmodel.latency import LatencyModel, contended_s
 from ragraph.core import Scheduler
 from ragraph.graph import PREFIX_FRACTIONS, NodeKey, Request, Retrieve, SearchTruth
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
@@ -147,6 +147,11 @@ class Simulation:
         self._timeline: list[TimelineEvent] = []
         self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
         self._lane_free = dict.fromkeys((lane.value for lane in Lane), -math.inf)  # when each lane's last item ended
+        # lane contention (Profile.contention): when the engine's current step and the CPU search
+        # call in flight end; an item started before then runs slower over the overlap
+        contention = latency.profile.contention
+        self._gen_slowdown, self._search_slowdown = contention.gen_step_slowdown, contention.cpu_search_slowdown
+        self._gen_busy_until = self._search_busy_until = -math.inf
         self._kv_peak = 0
         self._arrived = False
         self._cache_blocks: dict[int, int] = {}  # GPU-cached cluster -> KV blocks lent for it
@@ -242,10 +247,13 @@ class Simulation:
                 if due > now:  # what waits is loading from the host tier: until then, or new work
                     yield self._wake | env.timeout_at(due)
                 continue
+            if self._gen_slowdown:
+                seconds = contended_s(seconds, self._search_busy_until - now, self._gen_slowdown)
             end = now + (seconds + dispatch)
             allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
+            self._gen_busy_until = end - dispatch
             yield env.timeout_at(end)
             woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
             now = self._lane_free[name] = env.now
@@ -269,7 +277,8 @@ class Simulation:
             ends.append(end)
             decoded.append(res.decode_tokens)
             used, waiting = res.kv_used_blocks, res.waiting
-            run = engine.decode_run(allowed - len(ends), end, dispatch, horizon)
+            run = engine.decode_run(allowed - len(ends), end, dispatch, horizon, self._search_busy_until,
+                                    self._gen_slowdown)
             if run:
                 n = engine.n_dec
                 decoded += [n] * len(run)
@@ -302,6 +311,8 @@ class Simulation:
                 self._copies(engine.host.drain(), timeline)
             if not seconds:
                 raise RuntimeError("engine model ran nothing after a step that left sequences running")
+            if self._gen_slowdown:
+                seconds = contended_s(seconds, self._search_busy_until - end, self._gen_slowdown)
             end = end + (seconds + dispatch)
             if len(ends) >= allowed or res.finished or res.rejected or end >= horizon:
                 break
@@ -348,6 +359,8 @@ class Simulation:
         dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
         timeline = self._timeline if self._keep_timeline else None
         busy, free, execute, timeout = self._busy_s, self._lane_free, self._execute, env.timeout  # (hot loop)
+        cpu_search = lane is Lane.CPU_RETRIEVAL
+        slowdown = self._search_slowdown if cpu_search else 0.0
         while True:
             now = env.now
             item = sched.next_work(lane, now)
@@ -356,6 +369,10 @@ class Simulation:
                 continue
             seconds, result, args, changed = execute(item, now - free[name])
             if seconds:
+                if slowdown:
+                    seconds = contended_s(seconds, self._gen_busy_until - now, slowdown)
+                if cpu_search:
+                    self._search_busy_until = now + seconds
                 yield timeout(seconds + dispatch)
                 now = free[name] = env.now
                 busy[name] += seconds

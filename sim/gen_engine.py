@@ -56,10 +56,11 @@ head; only a step that preempts or runs out of token budget walks the whole runn
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
-from hwmodel.latency import LatencyModel
+from hwmodel.latency import LatencyModel, contended_s
 from ragraph.graph import NodeKey
 from ragraph.kvpolicy import KVPolicy, parse_kv_policy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
@@ -255,14 +256,16 @@ class GenEngineModel:
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
 
-    def decode_run(self, limit: int, end: float, dispatch: float,
-                   horizon: float) -> list[tuple[float, float, int, int]]:
+    def decode_run(self, limit: int, end: float, dispatch: float, horizon: float, slow_until: float = -math.inf,
+                   slowdown: float = 0.0) -> list[tuple[float, float, int, int]]:
         """Called by the body instead of `step()` for a run of steps it advances together: take up to
         `limit` steps while each is a decode step of the fast path (every running sequence decodes,
         nothing waits or prefills, free blocks suffice) that ends no sequence and ends before
         `horizon`; a step ends at the previous one's `end` + its seconds + `dispatch`. With a host
         tier, an eviction's copy starts at its step's start at the earliest, and `copy_marks` tells
-        how many copies were queued before each step taken (the body's timeline). Returns
+        how many copies were queued before each step taken (the body's timeline). A step that starts
+        before `slow_until` runs `slowdown` slower over the overlap (`hwmodel.latency.contended_s`:
+        the other lane's item in flight). Returns
         (seconds, end, context tokens, KV blocks used after it) per step taken; their results are
         `step()`'s (running = decode tokens = the decoding sequences, nothing else)."""
         n = self.n_dec
@@ -285,6 +288,8 @@ class GenEngineModel:
         while t < stop and t not in finishing:
             k = need[t % block]
             seconds = fixed + per_token * context
+            if end < slow_until and slowdown:
+                seconds = contended_s(seconds, slow_until - end, slowdown)
             after = end + (seconds + dispatch)
             if after >= horizon:
                 break

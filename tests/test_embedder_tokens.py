@@ -61,7 +61,7 @@ def test_a_per_token_profile_must_name_its_embedder(tmp_path):
     data["index"]["embedder"] = None
     path = tmp_path / "nameless.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ProfileError, match="index.embedder: required"):
+    with pytest.raises(ProfileError, match=r"index\.embedder: required"):
         load_profile(path)
 
 

@@ -1,0 +1,102 @@
+"""Lane contention (`Profile.contention`): the arithmetic, the fit that measures it, and the
+simulator charging it where an engine step and a CPU search call overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.contention import FULL_OVERLAP, fit_contention, overlap_share
+from hwmodel.latency import LatencyModel, contended_s
+from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
+from ragraph.policies import make_policy
+from ragraph.workflows import WorkflowRegistry
+from sim.executor import Simulation
+from traces.generate import TraceConfig, generate_trace
+from traces.schema import TraceRequest, to_request
+
+
+def test_an_item_is_slowed_over_the_overlap_only():
+    assert contended_s(2.0, 0.0, 0.25) == 2.0  # the other lane idle
+    assert contended_s(2.0, 5.0, 0.25) == 2.5  # wholly beside it: 1.25x
+    # beside it for 1 s (0.8 s of work done), then alone for the remaining 1.2 s of work
+    assert contended_s(2.0, 1.0, 0.25) == pytest.approx(2.2)
+    assert contended_s(2.0, 5.0, 0.0) == 2.0
+
+
+def test_overlap_share_of_sorted_busy_intervals():
+    busy = [(0.0, 1.0), (2.0, 3.0)]
+    assert overlap_share(0.5, 2.5, busy) == pytest.approx(0.5)
+    assert overlap_share(3.0, 4.0, busy) == 0.0
+    assert overlap_share(2.2, 2.4, busy) == pytest.approx(1.0)
+
+
+def _rows(kind: str, slowdown: float, rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for cell, base in (("a", 1e-3), ("b", 3e-3), ("c", 12e-3)):
+        for beside in (0, 1):
+            for i in range(40):
+                overlap = (1.0 if i % 4 else 0.5) if beside else 0.0  # some items only half beside
+                factor = 1 + slowdown * overlap
+                rows.append({"kind": kind, "cell": cell, "beside": beside, "overlap": overlap,
+                             "seconds": base * factor * (1 + 0.03 * rng.standard_normal())})
+    return rows
+
+
+def test_the_fit_recovers_each_lanes_slowdown_from_fully_overlapped_items():
+    rng = np.random.default_rng(5)
+    fit = fit_contention(_rows("contention_gen", 0.2, rng) + _rows("contention_search", 0.0, rng)
+                         + [{"kind": "engine_step", "cell": "a", "seconds": 1.0}])
+    assert fit["gen_step_slowdown"] == pytest.approx(0.2, abs=0.02)
+    assert fit["cpu_search_slowdown"] == pytest.approx(0.0, abs=0.02)  # never below 0
+    assert set(fit["gen_step_slowdown_cells"]) == {"a", "b", "c"}
+    assert fit_contention([{"kind": "engine_step", "cell": "a", "seconds": 1.0}]) is None
+    assert FULL_OVERLAP > 0.5  # the half-overlapped items are not counted as beside
+
+
+def _with(profile, **contention):
+    return profile.model_copy(update={"contention": profile.contention.model_copy(update=contention)})
+
+
+def _requests(profile, workflow: str = "one-shot", rate: float = 60.0):
+    registry = WorkflowRegistry()
+    cfg = TraceConfig((workflow,), rate, 4.0, seed=2, nlist=profile.index.nlist, nprobe=32)
+    return [to_request(TraceRequest.model_validate(row), registry) for row in generate_trace(cfg, registry)]
+
+
+def _run(profile, reqs, fold: bool = True, policy: str = "hedra"):
+    latency = LatencyModel(profile)
+    sim = Simulation(reqs, make_policy(policy, latency), latency)
+    sim.fold_steps = fold
+    return sim.run()
+
+
+def test_engine_steps_beside_a_search_call_take_longer_and_the_others_do_not():
+    base = load_profile(DEFAULT_CPU_PROFILE)
+    slowed = _with(base, gen_step_slowdown=0.3)
+    reqs = _requests(base)
+    plain, contended = _run(base, reqs), _run(slowed, reqs)
+    searches = sorted((s, s + d) for lane, _n, s, d, _a in contended.timeline if lane == "cpu_retrieval")
+    steps = [(s, d, a) for lane, _n, s, d, a in contended.timeline if lane == "gpu_gen"]
+    alone = LatencyModel(slowed)
+    beside = free = 0
+    for start, seconds, args in steps:
+        price = alone.engine_step_s(args)
+        overlap = sum(max(0.0, min(start + seconds, b) - max(start, a)) for a, b in searches)
+        if overlap == 0.0:
+            assert seconds == pytest.approx(price, rel=1e-12)
+            free += 1
+        elif overlap >= seconds * (1 - 1e-9) and not any(a > start for a, _ in searches if a < start + seconds):
+            assert seconds == pytest.approx(price * 1.3, rel=1e-9)  # started beside a call that outlasted it
+            beside += 1
+    assert beside > 20 and free > 20
+    assert contended.lane_busy_s["gpu_gen"] > plain.lane_busy_s["gpu_gen"]
+    assert _run(_with(base, gen_step_slowdown=0.0, cpu_search_slowdown=0.0), reqs).records == plain.records
+
+
+@pytest.mark.parametrize("policy", ["hedra", "flashrag"])
+def test_folded_steps_give_the_step_by_step_run_with_contention(policy):
+    profile = _with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.25, cpu_search_slowdown=0.1)
+    reqs = _requests(profile, "irg", 8.0)
+    folded, plain = _run(profile, reqs, True, policy), _run(profile, reqs, False, policy)
+    assert folded.records == plain.records and folded.timeline == plain.timeline
