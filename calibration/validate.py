@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.workload import at_rate, corpus_requests
-from hwmodel.latency import LatencyModel
+from hwmodel.latency import LatencyModel, contended_s
 from hwmodel.profile import Profile
 from ragraph.graph import Request
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
@@ -59,18 +59,23 @@ ITEM_KINDS = {"GenStep": "engine_step", "SearchBatch": "search_call"}
 
 def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[dict[str, object]]:
     """The real run's engine steps and CPU search calls, each with its measured duration and
-    the duration the profile's latency functions give it (from the item's timeline args)."""
+    the duration the profile's latency functions give it (from the item's timeline args), as
+    the simulator would: slowed by the profile's contention over its overlap with the other
+    lane's item in flight when it started (the real run's)."""
     rows: list[dict[str, object]] = []
     free: dict[str, float] = {}  # when each lane's previous item ended
+    contention = latency.profile.contention
     for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
         idle = start - free.get(lane, -math.inf)
         free[lane] = start + dur
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
-            pred = latency.engine_step_s(args)
+            pred = contended_s(latency.engine_step_s(args), free.get("cpu_retrieval", -math.inf) - start,
+                               contention.gen_step_slowdown)
         elif name == "SearchBatch" and lane == "cpu_retrieval":
-            pred = latency.search_call_s(args, idle)
+            pred = contended_s(latency.search_call_s(args, idle), free.get("gpu_gen", -math.inf) - start,
+                               contention.cpu_search_slowdown)
         else:
             continue
         rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})

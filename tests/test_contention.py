@@ -100,3 +100,17 @@ def test_folded_steps_give_the_step_by_step_run_with_contention(policy):
     reqs = _requests(profile, "irg", 8.0)
     folded, plain = _run(profile, reqs, True, policy), _run(profile, reqs, False, policy)
     assert folded.records == plain.records and folded.timeline == plain.timeline
+
+
+def test_validation_reprices_a_real_step_beside_a_search_call_as_the_simulator_would():
+    from calibration.validate import retimed_items
+
+    latency = LatencyModel(_with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.5))
+    step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
+            "prefill_attention": 0}
+    search = {"queries": 1, "new_queries": 1, "clusters": 8, "vectors": 400, "embed_tokens": 12,
+              "embed_max_tokens": 12, "speculative": 0}
+    timeline = [("cpu_retrieval", "SearchBatch", 0.0, 0.5, search), ("gpu_gen", "GenStep", 0.1, 0.01, step),
+                ("gpu_gen", "GenStep", 0.6, 0.01, step)]
+    beside, alone = [r["predicted_s"] for r in retimed_items(timeline, latency) if r["kind"] == "engine_step"]
+    assert alone == latency.engine_step_s(step) and beside == pytest.approx(1.5 * alone)
