@@ -55,7 +55,7 @@ def profile_for_corpus(profile: Profile, corpus_dir: Path, manifest: dict,
     A profile measured on this index, as is. One measured on another index carries over when
     what its search costs depend on is the same: an IVF index of flat vectors, their
     dimension, the metric and the query embedder (scan cost is per byte of a list, embedding
-    cost per query text); the lists are this index's (`list_sizes` once the body has read
+    cost per token of query text); the lists are this index's (`list_sizes` once the body has read
     them). Anything else is refused with the command that measures this body (issue 16)."""
     from backends.corpus import index_identity
 

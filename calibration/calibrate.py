@@ -24,7 +24,15 @@ import numpy as np
 from calibration.contention import SLOWDOWNS, fit_contention, profile_contention
 from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
 from calibration.machine_load import LoadMeter
-from calibration.profiler import Row, dispatch_gaps, profile_cold, profile_engine, profile_gpu_cache, profile_search
+from calibration.profiler import (
+    Row,
+    dispatch_gaps,
+    profile_cold,
+    profile_engine,
+    profile_engine_cold,
+    profile_gpu_cache,
+    profile_search,
+)
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
@@ -76,6 +84,7 @@ class Fits:
     pcie: LinearFit | None = None  # host-to-device cluster copies (GPU rigs)
     gpu_search: LinearFit | None = None  # scans of GPU-resident clusters (GPU rigs)
     cold: dict[str, float] | None = None  # a cold embedder: cold_s, cold_tau_s and the fit's error
+    engine_cold: dict[str, float] | None = None  # a cold engine: the same, on admissions after idle spells
     machine_load: dict[str, object] | None = None  # other processes' CPU use while the grid ran (machine_load.py)
     contention: dict[str, object] | None = None  # how much the lanes slow each other (contention.py)
 
@@ -84,6 +93,8 @@ class Fits:
                "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
         if self.cold is not None:
             out["cold_embedding"] = dict(self.cold)
+        if self.engine_cold is not None:
+            out["cold_engine"] = dict(self.engine_cold)
         if self.machine_load is not None:
             out["machine_load"] = dict(self.machine_load)
         if self.contention is not None:
@@ -134,6 +145,7 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
                 fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
                 fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed),
+                fit_engine_cold([r for r in rows if r["kind"] == "engine_cold"], gen),
                 contention=fit_contention(rows))
 
 
@@ -141,13 +153,26 @@ COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 def fit_cold(rows: Sequence[Row], scan: LinearFit, embed: LinearFit) -> dict[str, float] | None:
-    """Fit the cold-embedder term on calls after idle spells: what the warm `scan` and `embed` models leave of
-    each call, as cold_s x (1 - exp(-idle / tau)), tau from `COLD_TAUS_S` (the best median
-    relative error of the whole call), cold_s >= 0 by least squares for each tau."""
+    """The cold-embedder term, on calls after idle spells: what the warm `scan` and `embed`
+    models leave of each call (`fit_cold_term`)."""
     if not rows:
         return None
+    return fit_cold_term(rows, scan.predict(scan_features(rows)) + embed.predict(embed_features(rows)))
+
+
+def fit_engine_cold(rows: Sequence[Row], gen: LinearFit) -> dict[str, float] | None:
+    """The cold-engine term, on one-request admissions after idle spells: what the warm
+    engine-step model leaves of each (`fit_cold_term`)."""
+    if not rows:
+        return None
+    return fit_cold_term(rows, gen.predict(gen_features(rows)))
+
+
+def fit_cold_term(rows: Sequence[Row], base: np.ndarray) -> dict[str, float]:
+    """cold_s x (1 - exp(-idle / tau)) on what the warm prediction `base` leaves of each row,
+    tau from `COLD_TAUS_S` (the best median relative error of the whole item), cold_s >= 0 by
+    least squares for each tau."""
     y = _seconds(rows)
-    base = scan.predict(scan_features(rows)) + embed.predict(embed_features(rows))
     idle = np.array([r["idle_s"] for r in rows], dtype=float)
     best: dict[str, float] | None = None
     for tau in COLD_TAUS_S:
@@ -224,6 +249,7 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
     with LoadMeter() as meter:
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
+        rows += profile_engine_cold(body.engine, progress=progress, **({"calls": 2} if quick else {}))
         thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
         passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
         search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
@@ -302,7 +328,7 @@ def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: st
                   "list_sizes": retriever.list_sizes(), "identity": corpus.index_identity, "metric": retriever.metric,
                   "embedder": corpus.manifest["embedder"]["name"]},
         "engine": body.options.engine.model_dump(),
-        "gen_step": g,
+        "gen_step": {**g, **({k: fits.engine_cold[k] for k in ("cold_s", "cold_tau_s")} if fits.engine_cold else {})},
         "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate,
                        **({k: fits.cold[k] for k in ("cold_s", "cold_tau_s")} if fits.cold else {})},
         **fits.transfer_models(),

@@ -107,6 +107,27 @@ def profile_engine(engine: VLLMEngine, *, repeats: int = REPEATS, grid: Sequence
     return rows
 
 
+ENGINE_COLD_PROMPT = 200  # tokens: a question with its passages, one request (a replay's admission at low load)
+
+
+def profile_engine_cold(engine: VLLMEngine, *, calls: int = 8, gaps: Sequence[float] | None = None,
+                        prompt: int = ENGINE_COLD_PROMPT, progress: Progress = _quiet) -> list[Row]:
+    """One-request admissions after the engine sat idle for each of `gaps` (default
+    `COLD_GAPS_S`): at low load the engine idles between requests, and the step that admits the
+    next one ran 1.5x its price in replays after 2-100 ms idle (1.16-1.35x back to back). Rows of
+    kind `engine_cold` with `idle_s`: the admission step only (the request's last step ends it)."""
+    rows: list[Row] = []
+    for gap in COLD_GAPS_S if gaps is None else gaps:
+        progress(f"engine: one-request admissions after {gap * 1e3:.0f} ms idle")
+        for j in range(calls):
+            steps: list[Row] = []
+            time.sleep(gap)
+            _run_to_end(engine, {0: [GenTask((f"engine-cold-{gap}-{j}", 0), prompt, 2, "", 0)]},
+                        f"idle{gap * 1e3:g}ms", steps)
+            rows.append({**steps[0], "kind": "engine_cold", "idle_s": gap})
+    return rows
+
+
 # --- retrieval -----------------------------------------------------------------------------------
 
 def _texts_of_length(source: Sequence[str], chars: int, n: int, rng: np.random.Generator) -> list[str]:

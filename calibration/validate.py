@@ -71,8 +71,8 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
-            pred = contended_s(latency.engine_step_s(args), free.get("cpu_retrieval", -math.inf) - start,
-                               contention.gen_step_slowdown)
+            pred = contended_s(latency.engine_step_s(args) + latency.engine_cold_s(idle),
+                               free.get("cpu_retrieval", -math.inf) - start, contention.gen_step_slowdown)
         elif name == "SearchBatch" and lane == "cpu_retrieval":
             pred = contended_s(latency.search_call_s(args, idle), free.get("gpu_gen", -math.inf) - start,
                                contention.cpu_search_slowdown)

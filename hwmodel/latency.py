@@ -92,6 +92,8 @@ class LatencyModel:
                         m.thread_bytes_per_s, m.memory_bytes_per_s, profile.hardware.cpu_threads,
                         profile.index.bytes_per_vector)
         self._cold = (m.cold_s, m.cold_tau_s)
+        self.engine_cold = profile.gen_step.cold_s  # > 0: a step after an idle spell costs more (engine_cold_s)
+        self._engine_tau = profile.gen_step.cold_tau_s
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0) -> float:
@@ -116,6 +118,11 @@ class LatencyModel:
         """A CPU search call priced from its features (`ragraph.work.SearchBatch.timeline_args`)."""
         return self.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
                              args["embed_max_tokens"], args["embed_tokens"], idle_s)
+
+    def engine_cold_s(self, idle_s: float) -> float:
+        """What an engine step adds after the engine sat idle `idle_s` seconds (its caches
+        cooled): cold x (1 - exp(-idle / tau)); 0 back to back."""
+        return self.engine_cold * -math.expm1(-idle_s / self._engine_tau) if idle_s > 0 and self.engine_cold else 0.0
 
     def engine_step_s(self, args: Mapping[str, int]) -> float:
         """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`)."""

@@ -103,6 +103,9 @@ class GenStepModel(_Strict):
     admit_s: float = Field(default=0.0, ge=0)  # per request the step's item hands to the engine (add_request)
     admit_token_s: float = Field(default=0.0, ge=0)  # per prompt token of those requests (hashing, copying)
     prefill_attention_s: float = Field(default=0.0, ge=0)  # per query-key pair of the prefill chunks' attention
+    # a step after the engine sat idle runs cold: + cold_s x (1 - exp(-idle / cold_tau_s)); 0 back to back
+    cold_s: float = Field(default=0.0, ge=0)
+    cold_tau_s: float = Field(default=0.02, gt=0)
 
 
 class SearchModel(_Strict):

@@ -247,6 +247,8 @@ class Simulation:
                 if due > now:  # what waits is loading from the host tier: until then, or new work
                     yield self._wake | env.timeout_at(due)
                 continue
+            if self.latency.engine_cold and now > self._lane_free[name]:  # the engine sat idle: it runs cold
+                seconds += self.latency.engine_cold_s(now - self._lane_free[name])
             if self._gen_slowdown:
                 seconds = contended_s(seconds, self._search_busy_until - now, self._gen_slowdown)
             end = now + (seconds + dispatch)

