@@ -22,8 +22,8 @@ def test_fit_recovers_the_cold_engine_term():
     for idle in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
         x = {"prefill_tokens": 200, "seqs": 1, "context_tokens": 0, "admitted": 1, "admitted_tokens": 200,
              "prefill_attention": 200 * 100}
-        warm = (GEN["base_s"] + GEN["prefill_token_s"] * 200 + GEN["seq_s"] + GEN["admit_s"] + GEN["admit_token_s"] * 200
-                + GEN["prefill_attention_s"] * x["prefill_attention"])
+        warm = (GEN["base_s"] + GEN["prefill_token_s"] * 200 + GEN["seq_s"] + GEN["admit_s"]
+                + GEN["admit_token_s"] * 200 + GEN["prefill_attention_s"] * x["prefill_attention"])
         rows.append({"kind": "engine_cold", "cell": f"idle{idle}", "idle_s": idle, **x, "decode_tokens": 1,
                      "seconds": warm + cold_s * -np.expm1(-idle / tau)})
     fit = fit_rows(rows).engine_cold
