@@ -137,7 +137,7 @@ class GpuIndexCache:
         self.bytes = cum_bytes[len(desired)]
         cache = s.gpu_cache
         load = tuple(filterfalse(cache.__contains__, desired))
-        evict = tuple(sorted(cache.difference(desired)))
+        evict = tuple(sorted(cache.difference(desired)))  # type: ignore[attr-defined]  # (a set: the core's)
         if not load and not evict:
             return None
         self.refreshes += 1
