@@ -42,6 +42,7 @@ from ragraph.work import (
     WorkItem,
 )
 from sim.gen_engine import GenEngineModel
+from sim.heat_numpy import NumpyHeatTable
 
 _NO_TOPK = SearchResult()  # no scanned query has truth: no neighbour ids
 
@@ -132,11 +133,14 @@ class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
 
     fold_steps = True  # advance quiet runs of engine steps with one timeout (tests switch it off: same results)
+    numpy_heat = True  # the GPU index cache's heat table in numpy (sim.heat_numpy; off: the pure one, same results)
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
                  seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
+        if self.numpy_heat:
+            policy.use_heat_table(NumpyHeatTable)
         self.sched = Scheduler(policy, kv_policy, latency.text_tokens)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
