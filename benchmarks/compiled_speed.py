@@ -31,6 +31,9 @@ pure and compiled in the same session), mypy 2.4.1 / Cython 3.3.1, Python 3.11.7
 
 (mypyc: a scratch build, then this script at load average ~5; Cython: 1.27x from a scratch build
 that also compiled `ragraph.records`, 1.05x and 1.11x from this script at load average 5-6.)
+Again after the numpy heat table (`sim.heat_numpy`) and a rebase on main 1d2dba5, load average
+1.3-2.8: hedra pure 1.887 CPU s (160x), mypyc 1.216 (248x): 1.55x; flashrag 0.389 (810x),
+mypyc 0.273 (1152x): 1.42x; records the same.
 
 Every record identical both ways, and `benchmarks/same_outputs.py --quick` (48 cells) on the
 mypyc build against the pure one: 48 of 48 cells the same; the tests of the core, engine model,
