@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ragraph.runtime import RequestRun
 
@@ -109,7 +109,7 @@ def record_of(run: RequestRun, policy: str) -> RequestRecord:
     )
 
 
-def _configuration(run: RequestRun) -> dict[str, object]:
+def _configuration(run: RequestRun) -> dict[str, Any]:
     """The record's synthesis fields: the chosen configuration and its F1 in the quality table."""
     config, syn = run.config, run.request.synthesis
     if config is None or syn is None:

@@ -109,7 +109,7 @@ class BlockPool(PolicyOrder):
                 break
             kids = self.roots if node is None else node.children
             key = (block_tokens, h) if node is None else h
-            child = kids.get(key)  # type: ignore[call-overload]
+            child = kids.get(key)  # type: ignore[call-overload, arg-type]
             if child is None:
                 child = Chain(start, (j + 1) * block_tokens // b, node, key)
                 kids[key] = child  # type: ignore[index]

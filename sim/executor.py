@@ -42,6 +42,7 @@ from ragraph.work import (
     WorkItem,
 )
 from sim.gen_engine import GenEngineModel
+from sim.heat_numpy import NumpyHeatTable
 
 _NO_TOPK = SearchResult()  # no scanned query has truth: no neighbour ids
 
@@ -132,11 +133,14 @@ class Simulation:
     """Runs `requests` through `policy` on the hardware described by `latency`."""
 
     fold_steps = True  # advance quiet runs of engine steps with one timeout (tests switch it off: same results)
+    numpy_heat = True  # the GPU index cache's heat table in numpy (sim.heat_numpy; off: the pure one, same results)
 
     def __init__(self, requests: list[Request], policy: Policy, latency: LatencyModel, *,
                  seed: int = 0, timeline: bool = True, kv_policy: KVPolicy | None = None) -> None:
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         kv_policy = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
+        if self.numpy_heat:
+            policy.use_heat_table(NumpyHeatTable)
         self.sched = Scheduler(policy, kv_policy, latency.text_tokens)
         self.latency = latency
         self.seed = seed  # feeds stochastic result models; the analytic models use none
@@ -234,7 +238,7 @@ class Simulation:
             host = engine.host
             if host is not None:
                 host.now = now
-            engine.apply(item)
+            engine.apply(item)  # type: ignore[arg-type]  # (the generation lane's work is a GenStep)
             seconds, res = engine.step()
             if host is not None:
                 self._copies(host.drain(), timeline)
@@ -254,7 +258,8 @@ class Simulation:
             end = now + (seconds + dispatch)
             allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
-                item, seconds, res, end = self._fold(item, seconds, res, end, allowed, dispatch, timeline)
+                item, seconds, res, end = self._fold(item, seconds, res, end,  # type: ignore[arg-type]
+                                                      allowed, dispatch, timeline)
             self._gen_busy_until = end - dispatch
             yield env.timeout_at(end)
             woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
@@ -402,8 +407,8 @@ class Simulation:
             return seconds, _NO_TOPK, dict(zip(SEARCH_FEATURES, f, strict=True)) if self._keep_timeline else {}, True
         assert isinstance(item, CacheLoad)
         loaded = self._lend_for_cache(item, sizes, vec_bytes)
-        f = CacheLoad(loaded).timeline_args(sizes)
-        return self.latency.pcie_s(f["vectors"] * vec_bytes), CacheLoadResult(loaded), f, True
+        args = CacheLoad(loaded).timeline_args(sizes)
+        return self.latency.pcie_s(args["vectors"] * vec_bytes), CacheLoadResult(loaded), args, True
 
     def _lend_for_cache(self, item: CacheLoad, sizes: list[int], vec_bytes: int) -> tuple[int, ...]:
         """The GPU index cache and the KV cache share GPU memory: evicted clusters give their

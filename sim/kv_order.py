@@ -35,7 +35,7 @@ class Chain:
     start: int = 0  # its first block (a sequence's block index)
     end: int = UNBOUNDED  # one past its last block
     parent: Chain | None = None
-    key: object = None  # its key in its parent's `children` (or in the pool's roots)
+    key: Any = None  # its key in its parent's `children` (or in the pool's roots)
     cached: int = -1  # blocks start..cached-1 are cached (held by running sequences, or free)
     held: int = -1  # blocks start..held-1 are held by running sequences
     extents: dict[int, int] = field(default_factory=dict)  # a holder's last block + 1 -> how many hold that far
@@ -158,13 +158,15 @@ class PolicyOrder:
         not loading (`demand`: for a sequence the engine skips meanwhile, a load, not a prefetch)."""
         host = self.host
         assert host is not None
+        path: list[Chain]
+        node: Chain | None
         if isinstance(pid, str):
             node = self.chains.get(pid)
             path = [node] if node is not None else []
         else:
             path, node = [], None
             for j, h in enumerate(pid[1:]):  # type: ignore[index]
-                node = (self.roots.get((pid[0], h)) if j == 0 else node.children.get(h))  # type: ignore[index, union-attr]
+                node = (self.roots.get((pid[0], h)) if j == 0 else node.children.get(h))  # type: ignore[index, union-attr, arg-type, attr-defined]
                 if node is None:
                     break
                 path.append(node)

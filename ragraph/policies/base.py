@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ragraph.graph import Request
     from ragraph.runtime import NodeRun, RequestRun
     from ragraph.synthesis import SynthesisConfig
+    from ragraph.techniques.heat import HeatTableFactory
     from ragraph.view import SchedulerView
 
 
@@ -92,6 +93,10 @@ class Policy(ABC):
 
     def on_request_end(self, s: SchedulerView, run: RequestRun, now: float) -> None:
         """A request completed or failed."""
+
+    def use_heat_table(self, make: HeatTableFactory) -> None:
+        """Called by a body before a run: keep the GPU index cache's heat in tables `make` builds
+        (`ragraph.techniques.heat`: the same results, e.g. numpy's; default: no cache, nothing)."""
 
     # --- results ----------------------------------------------------------------------------------
 

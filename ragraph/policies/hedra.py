@@ -31,6 +31,7 @@ from ragraph.costs import GpuCacheCosts
 from ragraph.policies.base import Policy
 from ragraph.policies.spec import PolicyType
 from ragraph.techniques.gpu_cache import GpuIndexCache
+from ragraph.techniques.heat import HeatTableFactory
 from ragraph.techniques.reorder import SimilarityReorder
 from ragraph.techniques.spec_gen import SpeculativeGeneration
 from ragraph.techniques.spec_retr import SpeculativeRetrieval
@@ -153,6 +154,10 @@ class HedraPolicy(Policy):
                 self.spec_gen.forget(node.key)
             if self.gpu is not None:
                 self.gpu.forget(node)
+
+    def use_heat_table(self, make: HeatTableFactory) -> None:
+        if self.gpu is not None:
+            self.gpu.use_heat_table(make)
 
     def report(self, s: SchedulerView) -> dict[str, object]:
         out: dict[str, object] = {}

@@ -26,15 +26,13 @@ blocks while they are lent), so KV use plus the cache never exceed GPU memory.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Set
-from functools import reduce
-from itertools import accumulate, chain, filterfalse, islice, takewhile
-from operator import add, eq
+from itertools import filterfalse
 from typing import TYPE_CHECKING
 
 from ragraph.costs import GpuCacheCosts
 from ragraph.graph import Generate, Retrieve
+from ragraph.techniques.heat import RESCALE_AT, HeatTable, HeatTableFactory, PureHeatTable
 from ragraph.work import CacheLoad, Lane, ScanTask, SearchBatch
 
 if TYPE_CHECKING:
@@ -44,7 +42,6 @@ if TYPE_CHECKING:
 SIZING_STEPS = 32  # candidate splits of the pool Eq. 2 compares
 DEFAULT_TOKENS_PER_RETRIEVAL = 128  # output tokens per retrieval before any request arrived
 DEFAULT_SEQUENCE_TOKENS = 1024  # prompt + output tokens per sequence before any arrived
-RESCALE_AT = 2.0**500  # the heat's unit at which the stored heats are rescaled
 
 
 def eq2_split(pool_bytes: float, gen_rps: Callable[[float], float], retr_rps: Callable[[float], float],
@@ -72,9 +69,8 @@ class GpuIndexCache:
         self._bytes = [n * costs.bytes_per_vector for n in self.sizes]  # bytes per cluster
         # decayed vectors scanned per cluster as of the last `_tally`, in units of `_unit` (the heat
         # decays by `decay` at each refresh: rather than every heat shrinking, later scans weigh more)
-        self._heat = [0.0] * len(self.sizes)
+        self._table: HeatTable = PureHeatTable(self.sizes, self._bytes)
         self._unit = 1.0  # the weight of a vector scanned now
-        self._order: list[int] = []  # the clusters with heat, hottest first as of the last refresh
         self._noted: list[tuple[int, ...]] = []  # clusters of the scans noted since (tallied when read)
         self._since = 0  # sub-stages since the last refresh
         self._vectors = 0  # vectors scanned, all retrievals
@@ -90,6 +86,12 @@ class GpuIndexCache:
         self.clusters = 0  # clusters the last refresh wanted resident
         self.bytes = 0  # their bytes
         self._arranged: dict[NodeRun, tuple[int, int]] = {}  # query -> cache version its order was arranged for
+
+    def use_heat_table(self, make: HeatTableFactory) -> None:
+        """Keep the heat in a table `make` builds (the same results, e.g. `sim.heat_numpy`'s);
+        before the run starts."""
+        assert not self._vectors and not self._noted, "a heat table is chosen before the run"
+        self._table = make(self.sizes, self._bytes)
 
     # --- what the policy tells it -------------------------------------------------------------
 
@@ -123,21 +125,21 @@ class GpuIndexCache:
         if self._since < self.refresh_every or s.busy(Lane.GPU_RETRIEVAL):
             return None
         self._since = 0
-        order, heats = self._hottest()
-        cum = accumulate(map(self._bytes.__getitem__, order))
+        self._tally()
         if self.fixed_clusters is not None:
-            cum_bytes = [0, *cum]  # [i]: bytes of the hottest i
-            desired = order[: self.fixed_clusters]
+            ranked = self._table.ranked(None, False)  # cum_bytes[i]: bytes of the hottest i
+            desired = ranked.order[: self.fixed_clusters]
         else:  # (the prefixes within the KV pool: no larger one is ever resident)
-            cum_bytes = [0, *takewhile(self.costs.kv_pool_bytes().__ge__, cum)]
-            self.target_bytes = self._size_bytes(heats, cum_bytes)
-            desired = order[: bisect_right(cum_bytes, self.target_bytes) - 1]
+            ranked = self._table.ranked(self.costs.kv_pool_bytes(), True)
+            self.target_bytes = self._size_bytes(ranked.cum_heat, ranked.total_heat, ranked.cum_bytes)
+            desired = ranked.order[: bisect_right(ranked.cum_bytes, self.target_bytes) - 1]
+        cum_bytes = ranked.cum_bytes
         self._decay()
         self.clusters = len(desired)
         self.bytes = cum_bytes[len(desired)]
         cache = s.gpu_cache
         load = tuple(filterfalse(cache.__contains__, desired))
-        evict = tuple(sorted(cache.difference(desired)))
+        evict = tuple(sorted(cache.difference(desired)))  # type: ignore[attr-defined]  # (a set: the core's)
         if not load and not evict:
             return None
         self.refreshes += 1
@@ -189,57 +191,24 @@ class GpuIndexCache:
     def _tally(self) -> None:
         """Add the scans noted since the last call to the heat (and the vectors scanned): per
         cluster, its vectors times its scans, in the units of the current refresh (`_decay`)."""
-        heat, sizes, unit, vectors = self._heat, self.sizes, self._unit, 0
-        fresh = []
-        for c, scans in Counter(chain.from_iterable(self._noted)).items():
-            n = sizes[c] * scans
-            if n:  # (an empty list gets no heat: it never joins the order)
-                h = heat[c]
-                if not h:
-                    fresh.append(c)
-                heat[c] = h + n * unit
-                vectors += n
+        self._vectors += self._table.tally(self._noted, self._unit)
         self._noted = []
-        self._vectors += vectors
-        if fresh:
-            fresh.sort()  # among equal heat, lower ids first
-            self._order += fresh
-
-    def _hottest(self) -> tuple[list[int], list[float]]:
-        """The clusters with heat, hottest first, ties by cluster id, and their heats. The order of
-        the last refresh is sorted again (only the clusters scanned since moved, so the sort has
-        little to do)."""
-        self._tally()
-        order, heat = self._order, self._heat
-        order.sort(key=heat.__getitem__, reverse=True)  # stable: ties keep their earlier order
-        values = list(map(heat.__getitem__, order))
-        if any(map(eq, values, islice(values, 1, None))):  # equal heat: put each group in id order
-            i, n = 0, len(values)
-            while i < n:
-                j = i + 1
-                while j < n and values[j] == values[i]:
-                    j += 1
-                if j - i > 1:
-                    order[i:j] = sorted(order[i:j])
-                i = j
-        return order, values
 
     def _decay(self) -> None:
         """Every heat decays by `decay`, lazily: later scans count 1/decay times more (`_unit`);
         the stored heats are rescaled only when the unit grows large."""
         if self.decay <= 0:
-            self._heat = [0.0] * len(self.sizes)
-            self._order = []
+            self._table.clear()
             return
         self._unit /= self.decay
         if self._unit > RESCALE_AT:
-            self._heat = [h / self._unit for h in self._heat]
+            self._table.rescale(self._unit)
             self._unit = 1.0
 
-    def _size_bytes(self, heats: list[float], cum_bytes: list[int]) -> float:
+    def _size_bytes(self, cum_heat: list[float], total_heat: float, cum_bytes: list[int]) -> float:
         """The index cache's share of the KV pool by Eq. 2, for the workload seen so far, given
-        the heats of the clusters with heat, hottest first, and their cumulative bytes (at least
-        every prefix within the pool)."""
+        the cumulative heats and bytes of the hottest clusters (every prefix within the pool, the
+        heats summed in order) and the total heat."""
         costs = self.costs
         pool = costs.kv_pool_bytes()
         retrievals = max(self._retrievals, 1)
@@ -248,8 +217,7 @@ class GpuIndexCache:
         vectors_per_retrieval = self._vectors / retrievals
         # hot share of scan work covered by the hottest clusters within x bytes (a ratio of heats,
         # so their common unit cancels)
-        cum_heat = list(accumulate(islice(heats, len(cum_bytes) - 1), initial=0.0))
-        total_heat = reduce(add, islice(heats, len(cum_heat) - 1, None), cum_heat[-1]) or 1.0  # (summed in order)
+        total_heat = total_heat or 1.0
 
         def gen_rps(kv_bytes: float) -> float:
             seqs = min(costs.max_num_seqs, int(kv_bytes // (seq_tokens * costs.kv_bytes_per_token)))
