@@ -88,11 +88,17 @@ def build_mypyc(dest: Path) -> None:
                           "from __future__ import annotations\n\nfrom mypy_extensions import mypyc_attr\n", 1)
         p.write_text(src.replace(f"\nclass {cls}(", f"\n@mypyc_attr(native_class=False)\nclass {cls}(", 1))
     mypyc = Path(sys.executable).with_name("mypyc")
+    if not mypyc.exists():
+        sys.exit("mypyc is not installed in this Python: pip install mypy")
     subprocess.run([str(mypyc), "--ignore-missing-imports", "--follow-imports=silent", *MYPYC_MODULES],
                    cwd=dest, check=True, capture_output=True)
 
 
 def build_cython(dest: Path) -> None:
+    try:
+        import Cython  # noqa: F401
+    except ImportError:
+        sys.exit("Cython is not installed in this Python: pip install cython")
     mods = [str(p.relative_to(dest)) for pkg in ("ragraph", "sim") for p in (dest / pkg).rglob("*.py")
             if p.name != "__init__.py" and not str(p.relative_to(dest)).startswith(PYDANTIC)]
     (dest / "setup_cy.py").write_text(
