@@ -13,6 +13,7 @@ alone; pandas is not imported here.
 
 from __future__ import annotations
 
+import gc
 import json
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -99,9 +100,15 @@ def write_run(out_dir: str | Path, records: Sequence[RequestRecord], summary: di
               timeline: Iterable[TimelineEvent] | None, tracks: Mapping[str, str] | None = None) -> Path:
     """Write the run's files into `out_dir` atomically (replacing an older run there); `tracks`
     names the timeline's lanes (`lane_tracks`)."""
-    with atomic_dir(out_dir) as tmp:
-        write_requests(tmp / "requests.parquet", records)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if timeline is not None:
-            (tmp / "timeline.json").write_bytes(orjson.dumps(chrome_trace(timeline, tracks)))
+    collecting = gc.isenabled()
+    gc.disable()  # a slice dict per timeline slice and no cycle: a collection would walk the whole run
+    try:
+        with atomic_dir(out_dir) as tmp:
+            write_requests(tmp / "requests.parquet", records)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if timeline is not None:
+                (tmp / "timeline.json").write_bytes(orjson.dumps(chrome_trace(timeline, tracks)))
+    finally:
+        if collecting:
+            gc.enable()
     return Path(out_dir)
