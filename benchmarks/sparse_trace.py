@@ -6,7 +6,10 @@ The trace: 7,106 Mooncake-format lines (seeded): arrivals uniform over 7 days, p
 ids), outputs of 20-180 tokens; imported as `hedra trace import mooncake` does (gen-only), once
 as is and once with every timestamp divided by 500. Spread out, each request is alone in the
 engine, so it takes ~5x more engine steps than compressed; the simulator advances a quiet run of
-decode steps with one timeout, so the spread run's cost is close to the compressed one's.
+decode steps with one timeout, and keeps that run's timeline slices as its rows until the
+timeline is read (`sim/timeline.py`), so the spread run's cost is close to the compressed one's.
+What is left is per engine step: pricing each decode step (`GenEngineModel.decode_run`), the
+core's `complete_quiet`, and the rows kept for the timeline.
 
 Each figure is the median of `--repeats` runs of `Simulation.run()` (timeline kept, as `hedra
 sim` keeps it) under `flashrag`; CPU seconds (the process's own) are printed beside wall seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -68,7 +69,8 @@ class RunResult:
     sim_s: float  # trace-clock seconds from time 0 to the last request's end
     wall_s: float  # wall-clock seconds the run took
     lane_busy_s: dict[str, float]  # busy seconds per lane (every lane, 0.0 where unused)
-    timeline: list[TimelineEvent] = field(default_factory=list)  # one slice per lane item (empty if not kept)
+    # one slice per lane item (empty if not kept); the simulator's reads as a list (sim.timeline.Timeline)
+    timeline: Sequence[TimelineEvent] = field(default_factory=list)
     kv_peak_blocks: int = 0  # most KV-cache blocks in use after any engine step
     kv_total_blocks: int = 0  # KV-cache capacity in blocks (0 if the engine never stepped)
     stopped: StopReason = ""  # why the run ended early ("" when it ran to the end)

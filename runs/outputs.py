@@ -13,9 +13,11 @@ alone; pandas is not imported here.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ import orjson
 from ragraph.records import RequestRecord, TimelineEvent
 from ragraph.work import LANES, Lane
 from runs.outdir import atomic_dir
+from sim.timeline import Timeline
 
 
 def lane_tracks(gpu: str | None, gen_cores: Sequence[int] | None = None,
@@ -58,6 +61,30 @@ def chrome_trace(events: Iterable[TimelineEvent], tracks: Mapping[str, str] | No
     out.append({"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "hedra"}})
     out += slices
     return {"traceEvents": out, "displayTimeUnit": "ms"}
+
+
+def chrome_trace_chunks(events: Iterable[TimelineEvent], tracks: Mapping[str, str] | None = None,
+                        chunk: int = 8192) -> Iterator[bytes]:
+    """`orjson.dumps(chrome_trace(events, tracks))` in pieces, made `chunk` slices at a time,
+    so a timeline of millions of slices (a sparse trace's engine steps) is never held whole as
+    dicts or bytes (the same bytes: tests/test_step_folding.py)."""
+    if not isinstance(events, Sequence):
+        events = list(events)
+    tids = {lane.value: i + 1 for i, lane in enumerate(LANES)}
+    lanes = events.lanes() if isinstance(events, Timeline) else {e[0] for e in events}
+    names = tracks or {}
+    head: list[dict[str, object]] = [
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": names.get(lane, lane)}}
+        for lane, tid in tids.items() if lane in lanes
+    ]
+    head.append({"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "hedra"}})
+    yield b'{"traceEvents":' + orjson.dumps(head)[:-1]
+    it = iter(events)
+    while batch := list(itertools.islice(it, chunk)):
+        yield b","
+        yield orjson.dumps([{"name": name, "ph": "X", "pid": 1, "tid": tids[lane], "ts": round(start * 1e6, 3),
+                             "dur": round(dur * 1e6, 3), "args": args} for lane, name, start, dur, args in batch])[1:-1]
+    yield b'],"displayTimeUnit":"ms"}'
 
 
 def write_requests(path: Path, records: Sequence[RequestRecord]) -> None:
@@ -99,9 +126,16 @@ def write_run(out_dir: str | Path, records: Sequence[RequestRecord], summary: di
               timeline: Iterable[TimelineEvent] | None, tracks: Mapping[str, str] | None = None) -> Path:
     """Write the run's files into `out_dir` atomically (replacing an older run there); `tracks`
     names the timeline's lanes (`lane_tracks`)."""
-    with atomic_dir(out_dir) as tmp:
-        write_requests(tmp / "requests.parquet", records)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if timeline is not None:
-            (tmp / "timeline.json").write_bytes(orjson.dumps(chrome_trace(timeline, tracks)))
+    collecting = gc.isenabled()
+    gc.disable()  # a slice dict per timeline slice and no cycle: a collection would walk the whole run
+    try:
+        with atomic_dir(out_dir) as tmp:
+            write_requests(tmp / "requests.parquet", records)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if timeline is not None:
+                with open(tmp / "timeline.json", "wb") as f:
+                    f.writelines(chrome_trace_chunks(timeline, tracks))
+    finally:
+        if collecting:
+            gc.enable()
     return Path(out_dir)

@@ -28,7 +28,7 @@ from ragraph.core import Scheduler
 from ragraph.graph import PREFIX_FRACTIONS, NodeKey, Request, Retrieve, SearchTruth
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
 from ragraph.policies.base import Policy
-from ragraph.records import RunResult, StopReason, TimelineEvent
+from ragraph.records import RunResult, StopReason
 from ragraph.work import (
     SEARCH_FEATURES,
     CacheLoad,
@@ -43,6 +43,7 @@ from ragraph.work import (
 )
 from sim.gen_engine import GenEngineModel
 from sim.heat_numpy import NumpyHeatTable
+from sim.timeline import Timeline
 
 _NO_TOPK = SearchResult()  # no scanned query has truth: no neighbour ids
 
@@ -148,7 +149,7 @@ class Simulation:
         self.env = _Environment()
         self._wake = self.env.event()
         self._keep_timeline = timeline
-        self._timeline: list[TimelineEvent] = []
+        self._timeline = Timeline()
         self._busy_s = dict.fromkeys((lane.value for lane in Lane), 0.0)
         self._lane_free = dict.fromkeys((lane.value for lane in Lane), -math.inf)  # when each lane's last item ended
         # lane contention (Profile.contention): when the engine's current step and the CPU search
@@ -271,7 +272,7 @@ class Simulation:
                 self._check_done(done)
 
     def _fold(self, item: GenStep, seconds: float, res: GenStepResult, end: float, allowed: int, dispatch: float,
-              timeline: list[TimelineEvent] | None) -> tuple[GenStep, float, GenStepResult, float]:
+              timeline: Timeline | None) -> tuple[GenStep, float, GenStepResult, float]:
         """Run the steps after a quiet one that ends at `end` before the next event, up to `allowed`
         quiet ones (decode steps in one go, `GenEngineModel.decode_run`), complete the quiet ones;
         returns (the lane's item, seconds, result, end) of the last step, not completed."""
@@ -293,19 +294,13 @@ class Simulation:
                 copies = engine.host.drain() if engine.host is not None else None
                 if copies:  # evictions in the run copied KV out to the host tier
                     busy = self._fold_copies(run, copies, engine.copy_marks, dispatch, ends, timeline)
-                elif timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step
-                    args = GenStepResult(running=n, decode_tokens=n).timeline_args().copy
-                    add = timeline.append
-                    for s, e, c, u in run:
-                        busy += s  # summed step by step, as one timeout each would
-                        step_end(e)
-                        a = args()  # (a copy and two items: twice as fast as building the dict)
-                        a["kv_used_blocks"] = u
-                        a["context_tokens"] = c
-                        add(("gpu_gen", "GenStep", e - s - dispatch, s, a))
                 else:
+                    if timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step,
+                        # made when the timeline is read (sim.timeline: a run's rows, not ~640 bytes a step)
+                        timeline.add_decode_run(run, GenStepResult(running=n, decode_tokens=n).timeline_args(),
+                                                dispatch)
                     for s, e, _, _ in run:
-                        busy += s
+                        busy += s  # summed step by step, as one timeout each would
                         step_end(e)
                 self._busy_s["gpu_gen"] = busy
                 end, used, waiting = run[-1][1], run[-1][3], 0
@@ -328,7 +323,7 @@ class Simulation:
 
     def _fold_copies(self, run: list[tuple[float, float, int, int]], copies: list[tuple[str, float, float, int]],
                      marks: list[int], dispatch: float, ends: list[float],
-                     timeline: list[TimelineEvent] | None) -> float:
+                     timeline: Timeline | None) -> float:
         """The steps of a decode run (`GenEngineModel.decode_run`) whose evictions copied KV out to
         the host tier, as `_fold` takes them, each step's copies before its own slice (as step by
         step); returns the engine lane's busy time after them."""
@@ -344,14 +339,14 @@ class Simulation:
                                  {**args, "kv_used_blocks": u, "context_tokens": c}))
         return busy
 
-    def _copies(self, copies: list[tuple[str, float, float, int]], timeline: list[TimelineEvent] | None) -> None:
+    def _copies(self, copies: list[tuple[str, float, float, int]], timeline: Timeline | None) -> None:
         """KV copies between the GPU pool and the host tier: busy time and slices of the `pcie` lane."""
         for name, start, seconds, nbytes in copies:
             self._busy_s["pcie"] += seconds
             if timeline is not None:
                 timeline.append(("pcie", name, start, seconds, {"bytes": nbytes}))
 
-    def _step_done(self, res: GenStepResult, timeline: list[TimelineEvent] | None, start: float = 0.0,
+    def _step_done(self, res: GenStepResult, timeline: Timeline | None, start: float = 0.0,
                    seconds: float = 0.0) -> None:
         """An engine step ended: its busy time, the KV peak, its timeline slice."""
         if res.kv_used_blocks > self._kv_peak:

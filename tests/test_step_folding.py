@@ -71,6 +71,33 @@ def test_sparse_requests_take_few_timeouts():
     assert calls and max(calls) >= 190 and len(calls) <= 10
 
 
+def test_a_timeline_with_decode_runs_reads_as_its_list_of_slices():
+    """Decode runs kept compact (sim.timeline) read as the slices one per step: iteration,
+    length, indexing, equality, pickling as a plain list, and timeline.json's bytes."""
+    import pickle
+
+    import orjson
+
+    from runs.outputs import chrome_trace, chrome_trace_chunks
+    from sim.timeline import Timeline
+
+    reqs = [chain(f"r{i}", i * 1000.0, "g", [Generate(100, 200)]) for i in range(3)]
+    folded, *_ = simulate(reqs, "flashrag", True)
+    plain, *_ = simulate(reqs, "flashrag", False)
+    timeline, slices = folded.timeline, list(plain.timeline)
+    assert isinstance(timeline, Timeline) and len(timeline._items) < len(slices) // 10  # runs kept compact
+    assert len(timeline) == len(slices) and list(timeline) == slices and timeline == slices
+    assert timeline.lanes() == {e[0] for e in slices} and timeline != slices[:-1]
+    restored = pickle.loads(pickle.dumps(timeline))
+    assert type(restored) is list and restored == slices
+    assert timeline[7] == slices[7] and timeline[-3:] == slices[-3:]
+    expected = orjson.dumps(chrome_trace(slices, {"gpu_gen": "engine"}))
+    for chunk in (1, 7, 8192):
+        assert b"".join(chrome_trace_chunks(folded.timeline, {"gpu_gen": "engine"}, chunk)) == expected
+        assert b"".join(chrome_trace_chunks(iter(slices), {"gpu_gen": "engine"}, chunk)) == expected
+    assert b"".join(chrome_trace_chunks([])) == orjson.dumps(chrome_trace([]))
+
+
 def test_decode_step_terms_price_a_decode_step_bit_for_bit():
     for seqs in (1, 3, 64, 255):
         fixed, per_token = LATENCY.decode_step_terms(seqs)

@@ -10,6 +10,7 @@ their commands to it when imported here.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from experiments.cli.common import app
@@ -23,5 +24,19 @@ from experiments.cli.studies import bare_ray  # noqa: E402
 __all__ = ["app", "main"]
 
 
+# commands whose process ends at once when they succeed: their outputs are written and closed, and
+# freeing the trace, the run and its timeline object by object (~0.15 s of a 3 s `hedra sim`) serves
+# nobody; they start no worker, thread or pool that an exit handler would stop
+EXIT_AT_ONCE = ("sim",)
+
+
 def main() -> None:
-    app(args=bare_ray(sys.argv[1:]), prog_name="hedra")
+    args = bare_ray(sys.argv[1:])
+    try:
+        app(args=args, prog_name="hedra")
+    except SystemExit as exc:
+        if not exc.code and args[:1] and args[0] in EXIT_AT_ONCE:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise

@@ -19,7 +19,6 @@ from experiments.cli.common import (
 from experiments.workflowfile import load_workflows
 from ragraph.workflows import BUILTIN_WORKFLOWS, WorkflowError
 from runs.outdir import check_output_file, output_errors
-from traces.generate import MAX_REQUESTS, TraceConfig, generate_trace, write_jsonl
 from traces.schema import TraceError, load_trace
 
 trace_app = typer.Typer(help="Make and inspect workload traces.", no_args_is_help=True)
@@ -110,6 +109,8 @@ def trace_gen(
                              nprobe=256 if nprobe is None else nprobe, nlist=4096 if nlist is None else nlist,
                              iterations=iterations)
         agent = _agent_tokens(agent_tokens)
+        from traces.generate import TraceConfig, generate_trace, write_jsonl  # numpy and the models: `trace gen` only
+
         try:
             cfg = TraceConfig(names, rate, duration, seed, arrival, cv, 256 if nprobe is None else nprobe, k,
                               4096 if nlist is None else nlist, zipf, overlap, iterations, agent_tokens=agent,
@@ -157,6 +158,7 @@ def trace_import(
     workflows: WorkflowsOpt = None,
 ) -> None:
     """Import a public trace (Mooncake's format: timestamp ms, input_length, output_length, hash_ids)."""
+    from traces.generate import write_jsonl
     from traces.mooncake import import_mooncake
 
     with user_errors():
@@ -193,6 +195,8 @@ def _check_trace_options(*, rate: float, duration: float, arrival: str, cv: floa
     for option, value, ok, need in checks:
         if not ok:
             raise UsageError(f"{option} {f'{value:g}' if isinstance(value, float) else value}: {need}")
+    from traces.generate import MAX_REQUESTS
+
     if rate * duration > MAX_REQUESTS:
         raise UsageError(f"--rate {rate:g} x --duration {duration:g}: over {MAX_REQUESTS:,} requests; split the trace")
 
