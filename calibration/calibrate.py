@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calibration.contention import SLOWDOWNS, fit_contention, profile_contention
+from calibration.contention import SLOWDOWNS, fit_contention, replay_items
 from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
 from calibration.machine_load import LoadMeter
 from calibration.profiler import (
@@ -145,8 +145,7 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
                 fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
                 fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed),
-                fit_engine_cold([r for r in rows if r["kind"] == "engine_cold"], gen),
-                contention=fit_contention(rows))
+                fit_engine_cold([r for r in rows if r["kind"] == "engine_cold"], gen))
 
 
 COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -258,12 +257,6 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
                                progress=progress, **search_kw)  # type: ignore[arg-type]
         rows += profile_cold(body.retrieval_body, sizes, passages, body.text_tokens, progress=progress,
                              **({"calls": 3} if quick else {}))
-        if body.options.backend == "cpu":  # the lanes share the chip (a GPU engine's steps do not share the CPU's)
-            rows += profile_contention(body.engine, body.retrieval_body, sizes, passages, body.text_tokens,
-                                       gen_setup=lambda: thread_setup(body.gen_cores),
-                                       search_setup=lambda: thread_setup(body.retrieval_cores,
-                                                                         search_threads=len(body.retrieval_cores)),
-                                       repeats=1 if quick else 4, progress=progress)
         if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
             rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
                                       progress=progress)
@@ -272,9 +265,9 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
     progress("fitting the latency models")
     fits = replace(fit_rows(rows), machine_load=meter.result.to_json())
     provisional = assemble_profile(body, rows, fits, name=name)
-    progress("measuring the executor's time between items (a short replay)")
+    progress("measuring the executor's time between items and the lanes' contention (a short replay)")
     rows += measure_dispatch(body, provisional, quick=quick)
-    return assemble_profile(body, rows, fits, name=name)
+    return assemble_profile(body, rows, replace(fits, contention=fit_contention(rows)), name=name)
 
 
 DISPATCH_WORKFLOWS = "one-shot,irg"  # the short replay that measures the executor's time between items
@@ -283,15 +276,17 @@ DISPATCH_SEED = 90210  # not a seed the fidelity benchmark or `hedra validate` d
 
 def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False) -> list[Row]:
     """Replay a short designed workload (corpus requests of `DISPATCH_WORKFLOWS` under hedra,
-    its own seed) and return the back-to-back gaps of each lane (`profiler.dispatch_gaps`)."""
+    its own seed) and return the back-to-back gaps of each lane (`profiler.dispatch_gaps`) and
+    its items priced by `profile` with their overlap of the other lane (`contention.replay_items`)."""
     from calibration.workload import at_rate, corpus_requests
     from hwmodel.latency import LatencyModel
     from ragraph.policies import make_policy
 
     n = 16 if quick else 80
     requests = at_rate(corpus_requests(body, DISPATCH_WORKFLOWS, n, seed=DISPATCH_SEED), 4.0)
-    result = body.replay(requests, make_policy("hedra", LatencyModel(profile)), text=False)
-    return dispatch_gaps(result.timeline)
+    latency = LatencyModel(profile)
+    result = body.replay(requests, make_policy("hedra", latency), text=False)
+    return dispatch_gaps(result.timeline) + replay_items(result.timeline, latency)
 
 
 def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: str) -> Profile:

@@ -1,42 +1,37 @@
-"""Lane contention on a CPU rig: how much the engine and the retrieval lane slow each other.
+"""Lane contention on the real body: how much its two lanes slow each other where they overlap.
 
-The engine worker and the retrieval worker run on cores of their own but share the chip (its
-caches, its memory), and the calibration grid times each lane alone. In the fidelity replays of
-stop 21 (one-shot, tiny model, 2-core VM) hedra's engine steps that overlapped a search call
-took 1.16-1.37x their price by size, those that overlapped none 1.04-1.10x; flashrag's steps,
-which never overlap its searches, 1.03x. This module times a few cells of each lane alone and
-beside the other lane kept busy by a thread of this process (as a replay runs its lanes: the
-same worker processes, pipes and interpreter), measures each item's overlap with the other
-lane's items, and fits the slowdown `Profile.contention` holds: per cell, the median time of
-the items that ran wholly beside the other lane over the median time alone; the median of the
-cells' ratios, minus one (never below 0). The simulator charges it over the part of an item
-that overlaps the other lane's (`hwmodel.latency.contended_s`).
+The calibration grid times each lane alone. In a replay the lanes run at once: an engine step
+beside a search call, each lane's thread driving its worker process and running the scheduler
+core and the policy between items, in one interpreter. In the fidelity replays of stop 21
+(one-shot, tiny model, 2-core VM) hedra's decode steps that overlapped a search call took
+1.21x their price, those that overlapped none 1.05x; flashrag's steps, which never overlap its
+searches, 1.03x. A machine-level cause was ruled out (a process burning the other lane's core
+left decode steps and search calls as they were); a thread of the same process issuing search
+calls slowed decode steps by 0-30% from run to run, and the policy's own work between items
+(hedra plans each sub-stage in Python) is heavier than that thread's. So the slowdown is
+measured where it happens: on the calibration's own designed replay (`calibrate.measure_dispatch`,
+under hedra, its own seed; never a validation trace). Each of its engine steps and CPU search
+calls is priced by the grid's models and its overlap with the other lane's items measured; per
+kind of item (decode steps, admissions; calls that embed, calls that only scan) the median of
+measured / priced over the items wholly beside the other lane against the items beside none;
+a lane's slowdown is the median over its kinds of that ratio, minus one (never below 0)
+(`Profile.contention`). The simulator charges it over the part of an item that overlaps the
+other lane's item in flight (`hwmodel.latency.contended_s`).
 """
 
 from __future__ import annotations
 
 import statistics
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from calibration.profiler import REPEATS, Progress, Row, _quiet, _run_to_end, profile_search
-from ragraph.work import GenStep, GenTask
+from calibration.profiler import Row
+from hwmodel.latency import LatencyModel
+from ragraph.records import TimelineEvent
 
-if TYPE_CHECKING:
-    from backends.executor import RetrievalBody
-    from backends.vllm_engine import VLLMEngine
-
-ENGINE_CELLS = ((8, 32), (32, 64), (64, 32))  # (sequences, prompt tokens): mostly decode steps, as replays run
-ENGINE_OUTPUT = 24
-SEARCH_CELLS = ((1, 8), (4, 16), (16, 4))  # (queries per call, lists per query): one call that embeds, one that scans
-SEARCH_TEXT = (60,)  # characters: questions
-BUSY_SEARCH = ((4, 8),)  # what a busy retrieval lane runs: 4 questions embedded and scanned, then continued
-BUSY_BATCH, BUSY_PROMPT, BUSY_OUTPUT = 32, 64, 200  # what a busy engine runs: a batch decoding
+SLOWDOWNS = {"replay_step": "gen_step_slowdown", "replay_search": "cpu_search_slowdown"}
 FULL_OVERLAP = 0.95  # an item counts as beside the other lane when this share of it overlapped
-SLOWDOWNS = {"contention_gen": "gen_step_slowdown", "contention_search": "cpu_search_slowdown"}
+NO_OVERLAP = 0.05  # ... and as alone below this share
+OTHER = {"gpu_gen": "cpu_retrieval", "cpu_retrieval": "gpu_gen"}
 
 Interval = tuple[float, float]
 
@@ -49,95 +44,41 @@ def overlap_share(start: float, end: float, busy: Sequence[Interval]) -> float:
     return covered / (end - start)
 
 
-@contextmanager
-def _busy(work: Callable[[threading.Event, list[Interval]], None] | None) -> Iterator[list[Interval]]:
-    """Run `work(stop, intervals)` in a thread while the block runs (None: nothing); yields the
-    intervals it records, complete once the block has ended."""
-    intervals: list[Interval] = []
-    if work is None:
-        yield intervals
-        return
-    stop = threading.Event()
-    thread = threading.Thread(target=work, args=(stop, intervals), name="contention", daemon=True)
-    thread.start()
-    try:
-        yield intervals
-    finally:
-        stop.set()
-        thread.join()
-
-
-def profile_contention(engine: VLLMEngine, begin: Callable[[list], RetrievalBody], list_sizes: Sequence[int],
-                       passages: Sequence[str], text_tokens: Callable[[str], int], *,
-                       gen_setup: Callable[[], None], search_setup: Callable[[], None], repeats: int = REPEATS,
-                       progress: Progress = _quiet) -> list[Row]:
-    """Engine cells timed with the retrieval lane idle, then busy; search cells with the engine
-    idle, then busy (`gen_setup` / `search_setup` pin the calling thread as each lane's thread
-    is pinned). Rows of kind `contention_gen` and `contention_search` with `beside` (0/1) and
-    `overlap` (the item's share that overlapped the other lane's items)."""
-    serial = 0
-
-    def tasks(n: int, prompt: int, output: int) -> list[GenTask]:
-        nonlocal serial
-        serial += 1
-        return [GenTask((f"contention-{serial}", i), prompt, output, "", 0) for i in range(n)]
-
-    def searching(stop: threading.Event, intervals: list[Interval]) -> None:
-        search_setup()
-        seed = 1000
-        while not stop.is_set():
-            seed += 1
-            profile_search(begin, list_sizes, passages, text_tokens, repeats=1, grid=BUSY_SEARCH,
-                           text_chars=SEARCH_TEXT, seed=seed, intervals=intervals)
-
-    def decoding(stop: threading.Event, intervals: list[Interval]) -> None:
-        gen_setup()
-        while not stop.is_set():
-            batch = tasks(BUSY_BATCH, BUSY_PROMPT, BUSY_OUTPUT)
-            engine.apply(GenStep(admit=tuple(batch)))
-            pending = len(batch)
-            while pending and not stop.is_set():
-                t0 = time.perf_counter()
-                res = engine.step()
-                intervals.append((t0, time.perf_counter()))
-                pending -= len(res.finished)
-                engine.apply(GenStep())
-            engine.abort_all()
-
+def replay_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[Row]:
+    """A real replay's engine steps and CPU search calls, each with its measured seconds, its
+    price by `latency` (the grid's models, no contention: the cold terms by the lane's idle
+    time), its kind (`cell`) and its overlap with the other lane's items: rows of kind
+    `replay_step` and `replay_search`."""
+    busy: dict[str, list[Interval]] = {"gpu_gen": [], "cpu_retrieval": []}
+    for lane, _name, start, dur, _args in timeline:
+        if lane in busy and dur > 0:
+            busy[lane].append((start, start + dur))
+    for intervals in busy.values():
+        intervals.sort()
     rows: list[Row] = []
-    for r in range(repeats):
-        for beside in (0, 1):
-            progress(f"contention: engine steps, retrieval lane {'busy' if beside else 'idle'}, pass {r + 1}/{repeats}")
-            gen_setup()
-            found: list[tuple[Row, Interval]] = []
-            with _busy(searching if beside else None) as other:
-                for b, p in ENGINE_CELLS:
-                    cell_rows: list[Row] = []
-                    times: list[Interval] = []
-                    _run_to_end(engine, {0: tasks(b, p, ENGINE_OUTPUT)}, f"B{b}-P{p}", cell_rows, times)
-                    found += zip(cell_rows, times, strict=True)
-            rows += _marked(found, "contention_gen", beside, other)
-            progress(f"contention: search calls, engine {'busy' if beside else 'idle'}, pass {r + 1}/{repeats}")
-            search_setup()
-            found = []
-            with _busy(decoding if beside else None) as other:
-                times = []
-                calls = profile_search(begin, list_sizes, passages, text_tokens, repeats=1, grid=SEARCH_CELLS,
-                                       text_chars=SEARCH_TEXT, seed=2000 + 2 * r + beside, intervals=times)
-                found += zip(calls, times[-len(calls):], strict=True)  # (the first calls warm up, unrecorded)
-            rows += _marked(found, "contention_search", beside, other)
-    gen_setup()
+    free: dict[str, float] = {}
+    for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
+        idle = start - free.get(lane, float("-inf"))
+        free[lane] = start + dur
+        if dur <= 0 or lane not in busy:
+            continue
+        if name == "GenStep" and args.get("running"):
+            kind, cell = "replay_step", "admit" if args.get("admitted") else "decode" if not args.get(
+                "prefill_tokens") else "prefill"
+            priced = latency.engine_step_s(args) + latency.engine_cold_s(idle)
+        elif name == "SearchBatch":
+            kind, cell = "replay_search", "embed" if args.get("new_queries") else "scan"
+            priced = latency.search_call_s(args, idle)
+        else:
+            continue
+        rows.append({"kind": kind, "cell": cell, "overlap": overlap_share(start, start + dur, busy[OTHER[lane]]),
+                     "priced_s": priced, "seconds": dur})
     return rows
 
 
-def _marked(found: Sequence[tuple[Row, Interval]], kind: str, beside: int, other: Sequence[Interval]) -> list[Row]:
-    busy = sorted(other)
-    return [{**row, "kind": kind, "beside": beside, "overlap": overlap_share(a, b, busy)} for row, (a, b) in found]
-
-
 def fit_contention(rows: Sequence[Row]) -> dict[str, object] | None:
-    """Each lane's slowdown beside the other (module docstring), with each cell's ratio; None
-    without contention rows."""
+    """Each lane's slowdown beside the other (module docstring), with each kind's ratio and
+    sample sizes; None without replay rows that show both sides."""
     out: dict[str, object] = {}
     for kind, name in SLOWDOWNS.items():
         alone: dict[str, list[float]] = {}
@@ -145,14 +86,15 @@ def fit_contention(rows: Sequence[Row]) -> dict[str, object] | None:
         for r in rows:
             if r["kind"] != kind:
                 continue
-            if not r["beside"]:
-                alone.setdefault(str(r["cell"]), []).append(float(r["seconds"]))
-            elif float(r["overlap"]) >= FULL_OVERLAP:
-                beside.setdefault(str(r["cell"]), []).append(float(r["seconds"]))
-        ratios = {cell: statistics.median(beside[cell]) / statistics.median(times)
-                  for cell, times in sorted(alone.items()) if beside.get(cell)}
+            share, ratio = float(r["overlap"]), float(r["seconds"]) / float(r["priced_s"])
+            if share >= FULL_OVERLAP:
+                beside.setdefault(str(r["cell"]), []).append(ratio)
+            elif share < NO_OVERLAP:
+                alone.setdefault(str(r["cell"]), []).append(ratio)
+        ratios = {cell: statistics.median(beside[cell]) / statistics.median(ratio)
+                  for cell, ratio in sorted(alone.items()) if len(beside.get(cell, ())) >= 5 and len(ratio) >= 5}
         if ratios:
             out[name] = max(0.0, statistics.median(ratios.values()) - 1.0)
-            out[f"{name}_cells"] = {cell: round(ratio, 4) for cell, ratio in ratios.items()}
+            out[f"{name}_kinds"] = {cell: {"ratio": round(r, 4), "beside": len(beside[cell]), "alone": len(alone[cell])}
+                                    for cell, r in ratios.items()}
     return out or None
-

