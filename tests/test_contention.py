@@ -3,6 +3,8 @@ simulator charging it where an engine step and a CPU search call overlap."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -66,11 +68,18 @@ def test_replay_items_price_each_item_and_measure_its_overlap():
     rows = replay_items(timeline, latency)
     assert [(r["kind"], r["cell"]) for r in rows] == [("replay_search", "scan")] + [("replay_step", "decode")] * 3
     assert [r["overlap"] for r in rows] == pytest.approx([0.04, 1.0, 0.5, 0.0])
-    assert rows[3]["priced_s"] == latency.engine_step_s(step) and rows[3]["seconds"] == 0.01
+    assert rows[3]["priced_s"] == pytest.approx(latency.engine_step_s(step) + latency.engine_cold_s(0.6 - 0.51))
+    assert rows[3]["seconds"] == 0.01
 
 
 def _with(profile, **contention):
     return profile.model_copy(update={"contention": profile.contention.model_copy(update=contention)})
+
+
+def _warm(profile):
+    """`profile` without the cold-engine term and with no contention (what the tests add)."""
+    profile = profile.model_copy(update={"gen_step": profile.gen_step.model_copy(update={"cold_s": 0.0})})
+    return _with(profile, gen_step_slowdown=0.0, cpu_search_slowdown=0.0)
 
 
 def _requests(profile, workflow: str = "one-shot", rate: float = 60.0):
@@ -87,7 +96,7 @@ def _run(profile, reqs, fold: bool = True, policy: str = "hedra"):
 
 
 def test_engine_steps_beside_a_search_call_take_longer_and_the_others_do_not():
-    base = load_profile(DEFAULT_CPU_PROFILE)
+    base = _warm(load_profile(DEFAULT_CPU_PROFILE))
     slowed = _with(base, gen_step_slowdown=0.3)
     reqs = _requests(base)
     plain, contended = _run(base, reqs), _run(slowed, reqs)
@@ -128,4 +137,6 @@ def test_validation_reprices_a_real_step_beside_a_search_call_as_the_simulator_w
     timeline = [("cpu_retrieval", "SearchBatch", 0.0, 0.5, search), ("gpu_gen", "GenStep", 0.1, 0.01, step),
                 ("gpu_gen", "GenStep", 0.6, 0.01, step)]
     beside, alone = [r["predicted_s"] for r in retimed_items(timeline, latency) if r["kind"] == "engine_step"]
-    assert alone == latency.engine_step_s(step) and beside == pytest.approx(1.5 * alone)
+    price = latency.engine_step_s(step)
+    assert alone == pytest.approx(price + latency.engine_cold_s(0.6 - 0.11))  # after an idle spell: cold
+    assert beside == pytest.approx(1.5 * (price + latency.engine_cold_s(math.inf)))  # the first step: cold

@@ -32,8 +32,10 @@ def test_fit_recovers_the_cold_engine_term():
 
 
 def test_a_step_after_an_idle_spell_pays_the_cold_term_and_back_to_back_steps_do_not():
-    base = load_profile(DEFAULT_CPU_PROFILE)
-    cold = base.model_copy(update={"gen_step": base.gen_step.model_copy(update={"cold_s": 2e-3, "cold_tau_s": 0.01})})
+    shipped = load_profile(DEFAULT_CPU_PROFILE)
+    base, cold = (shipped.model_copy(update={"gen_step": shipped.gen_step.model_copy(update={"cold_s": c,
+                                                                                      "cold_tau_s": 0.01})})
+                  for c in (0.0, 2e-3))
     reqs = [chain(f"r{i}", i * 1.0, "g", [Generate(200, 20)]) for i in range(4)]  # alone, 1 s apart
 
     def steps(profile):
