@@ -49,8 +49,8 @@ rates = [50]
 LOADS = f"""
 seeds = [0]
 profiles = ["{DEFAULT_CPU_PROFILE}"]
-policies = ["flashrag", "hedra"]
-baseline = "flashrag"
+policies = ["langchain", "hedra"]  # capacities far apart on any CPU profile
+baseline = "langchain"
 plots = []
 duration_s = 20
 [capacity]
@@ -94,17 +94,17 @@ def test_each_policy_runs_at_its_own_capacity_speedups_match_by_load_and_searche
     spec = load_spec(path)
     cells = expand(spec, path)
     table = run_sweep(spec, cells, tmp_path / "out", inline_runner)
-    assert list(table["policy"]) == ["flashrag", "hedra", "flashrag", "hedra"]
+    assert list(table["policy"]) == ["langchain", "hedra", "langchain", "hedra"]
     assert list(table["load"]) == [0.4, 0.4, 0.8, 0.8]
     for _, row in table.iterrows():
         assert row["rate"] == pytest.approx(row["load"] * row["capacity_rps"], rel=1e-5)
         assert row["capacity_low"] <= row["capacity_rps"] < row["capacity_high"] <= 1.3 * row["capacity_low"]
     caps = table.groupby("policy")["capacity_rps"].unique()
     assert all(len(v) == 1 for v in caps)  # one capacity per policy, whatever the load
-    assert caps["flashrag"][0] != caps["hedra"][0]  # so the two policies ran at different rates
-    assert table["p50_x_vs_flashrag"].notna().all()  # matched by load, not by rate
-    flash, hedra = table.iloc[2], table.iloc[3]
-    assert hedra["p50_x_vs_flashrag"] == flash["p50_s"] / hedra["p50_s"]
+    assert caps["langchain"][0] != caps["hedra"][0]  # so the two policies ran at different rates
+    assert table["p50_x_vs_langchain"].notna().all()  # matched by load, not by rate
+    base, hedra = table.iloc[2], table.iloc[3]
+    assert hedra["p50_x_vs_langchain"] == base["p50_s"] / hedra["p50_s"]
 
     def no_search(task):
         raise AssertionError("a stored capacity was searched again")
@@ -151,7 +151,7 @@ def test_trace_file_rows_get_empty_capacity_columns(tmp_path):
 
 
 def test_a_capacity_search_is_one_per_kv_policy_and_runs_under_it(tmp_path, monkeypatch):
-    text = LOADS.replace('baseline = "flashrag"', 'baseline = "flashrag"\nkv_policies = ["lru", "kvflow"]')
+    text = LOADS.replace('baseline = "langchain"', 'baseline = "langchain"\nkv_policies = ["lru", "kvflow"]')
     path = write_spec(tmp_path, text)
     spec = load_spec(path)
     cells = expand(spec, path)
