@@ -31,7 +31,6 @@ from ragraph.records import TimelineEvent
 SLOWDOWNS = {"replay_step": "gen_step_slowdown", "replay_search": "cpu_search_slowdown"}
 FULL_OVERLAP = 0.95  # an item counts as beside the other lane when this share of it overlapped
 NO_OVERLAP = 0.05  # ... and as alone below this share
-OTHER = {"gpu_gen": "cpu_retrieval", "cpu_retrieval": "gpu_gen"}
 
 Interval = tuple[float, float]
 
@@ -46,9 +45,12 @@ def overlap_share(start: float, end: float, busy: Sequence[Interval]) -> float:
 
 def replay_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[Row]:
     """A real replay's engine steps and CPU search calls, each with its measured seconds, its
-    price by `latency` (the grid's models, no contention: the cold terms by the lane's idle
-    time), its kind (`cell`) and its overlap with the other lane's items: rows of kind
+    price as validation reprices a real run's items (`validate.retimed_items`: the grid's models,
+    the cold terms by the lane's idle time; `latency` is the provisional profile's, which has no
+    contention yet), its kind (`cell`) and its overlap with the other lane's items: rows of kind
     `replay_step` and `replay_search`."""
+    from calibration.validate import retimed_items
+
     busy: dict[str, list[Interval]] = {"gpu_gen": [], "cpu_retrieval": []}
     for lane, _name, start, dur, _args in timeline:
         if lane in busy and dur > 0:
@@ -56,23 +58,15 @@ def replay_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> li
     for intervals in busy.values():
         intervals.sort()
     rows: list[Row] = []
-    free: dict[str, float] = {}
-    for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
-        idle = start - free.get(lane, float("-inf"))
-        free[lane] = start + dur
-        if dur <= 0 or lane not in busy:
-            continue
-        if name == "GenStep" and args.get("running"):
-            kind, cell = "replay_step", "admit" if args.get("admitted") else "decode" if not args.get(
-                "prefill_tokens") else "prefill"
-            priced = latency.engine_step_s(args) + latency.engine_cold_s(idle)
-        elif name == "SearchBatch":
-            kind, cell = "replay_search", "embed" if args.get("new_queries") else "scan"
-            priced = latency.search_call_s(args, idle)
+    for item in retimed_items(timeline, latency):
+        start, seconds = float(item["start_s"]), float(item["measured_s"])  # type: ignore[arg-type]
+        if item["kind"] == "engine_step":
+            kind, other = "replay_step", busy["cpu_retrieval"]
+            cell = "admit" if item.get("admitted") else "decode" if not item.get("prefill_tokens") else "prefill"
         else:
-            continue
-        rows.append({"kind": kind, "cell": cell, "overlap": overlap_share(start, start + dur, busy[OTHER[lane]]),
-                     "priced_s": priced, "seconds": dur})
+            kind, other, cell = "replay_search", busy["gpu_gen"], "embed" if item.get("new_queries") else "scan"
+        rows.append({"kind": kind, "cell": cell, "overlap": overlap_share(start, start + seconds, other),
+                     "priced_s": item["predicted_s"], "seconds": seconds})
     return rows
 
 

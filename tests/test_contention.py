@@ -58,7 +58,7 @@ def test_the_fit_recovers_each_lanes_slowdown_whatever_the_grids_bias_per_kind()
 
 
 def test_replay_items_price_each_item_and_measure_its_overlap():
-    latency = LatencyModel(load_profile(DEFAULT_CPU_PROFILE))
+    latency = LatencyModel(_with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.0))  # (a provisional profile)
     step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
             "prefill_attention": 0}
     search = {"queries": 1, "new_queries": 0, "clusters": 8, "vectors": 400, "embed_tokens": 0,
