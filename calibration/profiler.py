@@ -107,21 +107,44 @@ ENGINE_COLD_PROMPT = 200  # tokens: a question with its passages, one request (a
 
 
 def profile_engine_cold(engine: VLLMEngine, *, calls: int = 8, gaps: Sequence[float] | None = None,
-                        prompt: int = ENGINE_COLD_PROMPT, progress: Progress = _quiet) -> list[Row]:
+                        prompt: int = ENGINE_COLD_PROMPT, between: Callable[[], object] | None = None,
+                        progress: Progress = _quiet) -> list[Row]:
     """One-request admissions after the engine sat idle for each of `gaps` (default
     `COLD_GAPS_S`): at low load the engine idles between requests, and the step that admits the
-    next one ran 1.5x its price in replays after 2-100 ms idle (1.16-1.35x back to back). Rows of
-    kind `engine_cold` with `idle_s`: the admission step only (the request's last step ends it)."""
+    next one ran 1.5x its price in replays after 2-100 ms idle (1.16-1.35x back to back).
+    `between()` runs at the end of each idle spell, as the retrieval lane's search runs while
+    the engine waits for the request it admits next (`other_lane_search`): on a machine whose
+    cores share a cache, the other lane's work is most of what makes an idle engine cold. Rows of
+    kind `engine_cold` with `idle_s`, the spell with `between` in it: the admission step only (the
+    request's last step ends it)."""
     rows: list[Row] = []
     for gap in COLD_GAPS_S if gaps is None else gaps:
-        progress(f"engine: one-request admissions after {gap * 1e3:.0f} ms idle")
+        progress(f"engine: one-request admissions after {gap * 1e3:.0f} ms idle"
+                 + (" and a search call" if between is not None else ""))
         for j in range(calls):
             steps: list[Row] = []
+            t0 = time.perf_counter()
             time.sleep(gap)
+            if between is not None:
+                between()
+            idle = time.perf_counter() - t0 if between is not None else gap
             _run_to_end(engine, {0: [GenTask((f"engine-cold-{gap}-{j}", 0), prompt, 2, "", 0)]},
                         f"idle{gap * 1e3:g}ms", steps)
-            rows.append({**steps[0], "kind": "engine_cold", "idle_s": gap})
+            rows.append({**steps[0], "kind": "engine_cold", "idle_s": idle})
     return rows
+
+
+def other_lane_generation(engine: VLLMEngine, *, prompt: int = ENGINE_COLD_PROMPT,
+                          output_tokens: int = 8) -> Callable[[], None]:
+    """A `between` for `profile_cold`: each call runs one request (`prompt` tokens, then
+    `output_tokens`) on the engine to its end, as the engine serves the previous request while
+    the retrieval lane waits for the next."""
+    serial = iter(range(1 << 62))
+
+    def generate() -> None:
+        _run_to_end(engine, {0: [GenTask((f"between-{next(serial)}", 0), prompt, output_tokens, "", 0)]},
+                    "between", [])
+    return generate
 
 
 # --- retrieval -----------------------------------------------------------------------------------
@@ -251,27 +274,55 @@ COLD_CALLS = 12  # one-query calls per gap
 
 def profile_cold(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
                  passages: Sequence[str], text_tokens: Callable[[str], int], *, calls: int = COLD_CALLS,
-                 gaps: Sequence[float] = COLD_GAPS_S,
+                 gaps: Sequence[float] = COLD_GAPS_S, between: Callable[[], object] | None = None,
                  seed: int = 1, progress: Progress = _quiet) -> list[Row]:
     """One-query first sub-stages (a question of about 40 characters, 4 lists) after the lane
     sat idle for each of `gaps`: in a replay the retrieval lane idles between sparse arrivals,
     and an embedding after an idle spell runs slower than back to back (measured here: 10.6 ms
-    back to back, 14-15 ms after 30-100 ms idle). Rows of kind `search_cold` with `idle_s`."""
+    back to back, 14-15 ms after 30-100 ms idle). `between()` runs at the end of each spell (the
+    engine's work meanwhile: `other_lane_generation`), as in `profile_engine_cold`. Rows of kind
+    `search_cold` with `idle_s`."""
     rng = np.random.default_rng(seed)
     sizes = list(list_sizes)
     rows: list[Row] = []
     for gap in gaps:
-        progress(f"retrieval: one-query calls after {gap * 1e3:.0f} ms idle")
+        progress(f"retrieval: one-query calls after {gap * 1e3:.0f} ms idle"
+                 + (" and a generation" if between is not None else ""))
         for j, text in enumerate(_texts_of_length(passages, 40, calls, rng)):
             lists = tuple(int(x) for x in rng.choice(len(sizes), min(4, len(sizes)), replace=False))
             req = chain(f"cold-{gap}-{j}", 0.0, "calibrate", [Retrieve(len(lists), 1, lists, query=text)])
             service = begin([req])
             batch = SearchBatch((ScanTask(key=(req.id, 0), clusters=lists, k=1, first=True, last=True,
                                           embed_tokens=text_tokens(text)),))
+            t_idle = time.perf_counter()
             time.sleep(gap)
+            if between is not None:
+                between()
+            idle = time.perf_counter() - t_idle if between is not None else gap
             t0 = time.perf_counter()
             service.search(batch)
             seconds = time.perf_counter() - t0
-            rows.append({"kind": "search_cold", "cell": f"idle{gap * 1e3:g}ms", "idle_s": gap,
+            rows.append({"kind": "search_cold", "cell": f"idle{gap * 1e3:g}ms", "idle_s": idle,
                          **batch.timeline_args(sizes), "seconds": seconds})
     return rows
+
+
+def other_lane_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
+                      passages: Sequence[str], text_tokens: Callable[[str], int], *, lists: int = 32,
+                      seed: int = 2) -> Callable[[], None]:
+    """A `between` for `profile_engine_cold`: each call runs one query's whole search (a question of
+    about 60 characters embedded, then `lists` lists scanned) on the retrieval lane, as the
+    request the engine admits next is searched while the engine waits."""
+    rng = np.random.default_rng(seed)
+    sizes = list(list_sizes)
+    serial = iter(range(1 << 62))
+
+    def search() -> None:
+        text = _texts_of_length(passages, 60, 1, rng)[0]
+        probe = tuple(int(x) for x in rng.choice(len(sizes), min(lists, len(sizes)), replace=False))
+        req = chain(f"between-{next(serial)}", 0.0, "calibrate", [Retrieve(len(probe), 1, probe, query=text)])
+        service = begin([req])
+        service.search(SearchBatch((ScanTask(key=(req.id, 0), clusters=probe, k=1, first=True, last=True,
+                                             embed_tokens=text_tokens(text)),)))
+        service.forget(req.id)
+    return search

@@ -84,6 +84,10 @@ class Engine(_Strict):
     # host-memory KV tier (the simulator's): KV blocks evicted from the GPU pool are copied to this
     # much CPU memory over `pcie` and loaded back instead of recomputed; 0: no host tier
     host_kv_gib: float = Field(default=0.0, ge=0)
+    # the real engine runs a forward pass of every step size 1..max_num_batched_tokens at start
+    # (backends.vllm_engine.VLLMEngine.warm_kernels): vLLM-CPU generates kernels for each step size
+    # the first time it meets it; the simulator models a warm engine, the calibration measures one
+    warm_kernels: bool = False
 
     @model_validator(mode="after")
     def _as_vllm_requires(self) -> Engine:

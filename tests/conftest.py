@@ -6,7 +6,13 @@ embedder / the Wikipedia summaries package) are not installed.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# an engine whose profile asks for warm kernels (`Engine.warm_kernels`) spends ~a minute on it at start;
+# the suite's engines start cold (tests/test_vllm_engine.py warms one on a few sizes)
+os.environ.setdefault("HEDRA_NO_KERNEL_WARMUP", "1")
 
 WIKI_TEST_ARTICLES = 600  # an evenly spaced subset: ~640 passages, nlist 16
 

@@ -41,6 +41,11 @@ def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_co
     assert p.contention.cpu_search_slowdown == fitted.get("cpu_search_slowdown", 0.0) >= 0
     assert p.dispatch.gpu_gen_s > 0 and p.dispatch.cpu_retrieval_s > 0
     assert p.fits["cold_embedding"]["rows"] > 0 and p.cpu_search.cold_tau_s > 0
+    # each idle spell ended with the other lane's item (a search before an admission, a generation
+    # before a search), so even the spells without a sleep left the lane idle for that item's time
+    for kind in ("engine_cold", "search_cold"):
+        assert min(m["idle_s"] for m in p.measurements if m["kind"] == kind) > 1e-4, kind
+    assert not p.engine.warm_kernels  # --quick: the engine ran without its minute of kernel warm-up
     for name in ("gen_step", "cpu_scan", "query_embedding"):
         fit = p.fits[name]
         assert 0 <= fit["heldout_median_abs_rel_error"] < 1, (name, fit)

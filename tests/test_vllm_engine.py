@@ -274,6 +274,23 @@ def test_prefix_cache_serves_a_shared_prefix(eng):
     assert sum(r.cached_prompt_tokens for r in r2[1:]) == 0
 
 
+def test_kernel_warmup_leaves_the_cache_and_the_outputs_as_they_were(eng):
+    """`warm_kernels` runs dummy forward passes only: the prefix cache still serves what it held,
+    no block stays in use, and the same tasks run the same steps after it."""
+    tasks = (task("w1", 300, 4, "doc-w", 256), task("w2", 90, 6))
+    eng.apply(GenStep(admit=tasks))
+    before = run_to_end(eng)
+    assert eng.warm_kernels(up_to=48) == 48
+    assert not eng.has_unfinished()
+    again = (task("w3", 300, 4, "doc-w", 256), task("w4", 90, 6))
+    eng.apply(GenStep(admit=again))
+    after = run_to_end(eng)
+    assert after[0].cached_prompt_tokens == 256  # the prefix's blocks survived the warm-up
+    assert [r.running for r in after] == [r.running for r in before]
+    assert [r.decode_tokens for r in after] == [r.decode_tokens for r in before]
+    assert after[-1].kv_used_blocks == before[-1].kv_used_blocks == 0
+
+
 def test_oversized_task_is_rejected_not_run(eng):
     big = task("big", MAX_MODEL_LEN - 10, 20)
     ok = task("ok", 100, 3)

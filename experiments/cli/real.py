@@ -289,6 +289,8 @@ def calibrate(
         changes = {k: v for k, v in {"kv_cache_gib": kv_cache_gib, "max_num_seqs": max_num_seqs,
                                      "max_num_batched_tokens": max_num_batched_tokens, "max_model_len": max_model_len,
                                      "block_size": block_size}.items() if v is not None}
+        if quick:  # a smoke run: not the minute of kernel warm-up (the profile says its engine ran cold)
+            changes["warm_kernels"] = False
         try:
             engine = base.model_validate({**base.model_dump(), **changes})
         except ValidationError as exc:
