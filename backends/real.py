@@ -30,7 +30,7 @@ from backends.executor import RealExecutor, RetrievalBody, pin_current_thread
 from backends.models import answers_text, is_named, resolve_model
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
-from backends.vllm_engine import NO_WARM_ENV
+from backends.vllm_engine import warms_kernels
 from hwmodel.embedder_tokens import token_counter
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
@@ -150,9 +150,8 @@ class RealBackend:
 
             cache = ClusterCache(corpus.index, device="cuda", capacity_vectors=options.cache_vectors)
         model = resolve_model(options.model, progress)
-        warm = options.engine.warm_kernels and os.environ.get(NO_WARM_ENV) != "1"
         then = f", then warming its kernels (step sizes 1-{options.engine.max_num_batched_tokens}: about a minute)"
-        progress(f"starting vLLM on {model}" + (then if warm else ""))
+        progress(f"starting vLLM on {model}" + (then if warms_kernels(options.engine) else ""))
         # the engine runs in a worker process on the engine cores (the GIL: see engine_worker.py)
         engine = EngineProcess(model, options.engine, device="cuda" if gpu else "cpu", seed=options.seed,
                                cores=gen_cores, threads=len(gen_cores))

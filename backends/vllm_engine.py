@@ -295,6 +295,12 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def warms_kernels(config: EngineConfig) -> bool:
+    """Whether an engine built from `config` warms its kernels at start (`Engine.warm_kernels`,
+    unless NO_WARM_ENV is "1")."""
+    return config.warm_kernels and os.environ.get(NO_WARM_ENV) != "1"
+
+
 def _vllm_dummy_forward(worker: Any, sizes: list[int]) -> None:
     """Run on the engine's worker (`LLMEngine.collective_rpc`): one dummy forward pass of each
     token count in `sizes` (`GPUModelRunner._dummy_run`, which vLLM's own warm-up and CUDA-graph
@@ -479,7 +485,7 @@ class VLLMEngine:
                      gpu_memory_utilization=config.gpu_memory_utilization,
                      enable_prefix_caching=config.enable_prefix_caching, seed=seed,
                      engine_args={"block_size": config.block_size, **kwargs.pop("engine_args", {})}, **kwargs)
-        if config.warm_kernels and os.environ.get(NO_WARM_ENV) != "1":
+        if warms_kernels(config):
             engine.warm_kernels()
         return engine
 

@@ -123,15 +123,22 @@ def profile_engine_cold(engine: VLLMEngine, *, calls: int = 8, gaps: Sequence[fl
                  + (" and a search call" if between is not None else ""))
         for j in range(calls):
             steps: list[Row] = []
-            t0 = time.perf_counter()
-            time.sleep(gap)
-            if between is not None:
-                between()
-            idle = time.perf_counter() - t0 if between is not None else gap
+            idle = _idle_spell(gap, between)
             _run_to_end(engine, {0: [GenTask((f"engine-cold-{gap}-{j}", 0), prompt, 2, "", 0)]},
                         f"idle{gap * 1e3:g}ms", steps)
             rows.append({**steps[0], "kind": "engine_cold", "idle_s": idle})
     return rows
+
+
+def _idle_spell(gap: float, between: Callable[[], object] | None) -> float:
+    """Leave a lane idle for `gap` seconds, then run the other lane's `between()`; the seconds
+    the lane sat idle (`gap` itself without `between`)."""
+    t0 = time.perf_counter()
+    time.sleep(gap)
+    if between is None:
+        return gap
+    between()
+    return time.perf_counter() - t0
 
 
 def other_lane_generation(engine: VLLMEngine, *, prompt: int = ENGINE_COLD_PROMPT,
@@ -290,21 +297,23 @@ def profile_cold(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Se
                  + (" and a generation" if between is not None else ""))
         for j, text in enumerate(_texts_of_length(passages, 40, calls, rng)):
             lists = tuple(int(x) for x in rng.choice(len(sizes), min(4, len(sizes)), replace=False))
-            req = chain(f"cold-{gap}-{j}", 0.0, "calibrate", [Retrieve(len(lists), 1, lists, query=text)])
+            req, batch = _one_query(f"cold-{gap}-{j}", text, lists, text_tokens)
             service = begin([req])
-            batch = SearchBatch((ScanTask(key=(req.id, 0), clusters=lists, k=1, first=True, last=True,
-                                          embed_tokens=text_tokens(text)),))
-            t_idle = time.perf_counter()
-            time.sleep(gap)
-            if between is not None:
-                between()
-            idle = time.perf_counter() - t_idle if between is not None else gap
+            idle = _idle_spell(gap, between)
             t0 = time.perf_counter()
             service.search(batch)
             seconds = time.perf_counter() - t0
             rows.append({"kind": "search_cold", "cell": f"idle{gap * 1e3:g}ms", "idle_s": idle,
                          **batch.timeline_args(sizes), "seconds": seconds})
     return rows
+
+
+def _one_query(rid: str, text: str, lists: tuple[int, ...], text_tokens: Callable[[str], int]
+               ) -> tuple[Request, SearchBatch]:
+    """A one-query request over `lists` (k 1) and its whole search as one call: embed + scan."""
+    req = chain(rid, 0.0, "calibrate", [Retrieve(len(lists), 1, lists, query=text)])
+    return req, SearchBatch((ScanTask(key=(req.id, 0), clusters=lists, k=1, first=True, last=True,
+                                      embed_tokens=text_tokens(text)),))
 
 
 def other_lane_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: Sequence[int],
@@ -320,9 +329,8 @@ def other_lane_search(begin: Callable[[list[Request]], RetrievalBody], list_size
     def search() -> None:
         text = _texts_of_length(passages, 60, 1, rng)[0]
         probe = tuple(int(x) for x in rng.choice(len(sizes), min(lists, len(sizes)), replace=False))
-        req = chain(f"between-{next(serial)}", 0.0, "calibrate", [Retrieve(len(probe), 1, probe, query=text)])
+        req, batch = _one_query(f"between-{next(serial)}", text, probe, text_tokens)
         service = begin([req])
-        service.search(SearchBatch((ScanTask(key=(req.id, 0), clusters=probe, k=1, first=True, last=True,
-                                             embed_tokens=text_tokens(text)),)))
+        service.search(batch)
         service.forget(req.id)
     return search
