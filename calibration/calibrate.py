@@ -11,10 +11,12 @@ each fitted model's held-out error.
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
+import math
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,13 +37,19 @@ from calibration.profiler import (
     profile_gpu_cache,
     profile_search,
 )
+from hwmodel.latency import AfterPrefill
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
     from backends.real import RealBackend
 
 GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s",
-                "prefill_attention_s")
+                "prefill_attention_s", "context_spill_token_s", "refill_s")
+# the engine model's non-linear shape, chosen by held-out error (`fit_gen_step`): the KV context that stays in
+# the caches between steps, and how a prefill's refill grows with its tokens and fades over the steps after it
+CACHED_TOKENS = (1000, 2000, 4000, 8000, 16000, 32000)
+REFILL_TOKENS = (256, 512, 1024, 2048)
+REFILL_DECAYS = (0.2, 0.3, 0.4, 0.5, 0.6)
 SCAN_FEATURES = ("call_s", "query_s", "vector_s")  # fitted on calls that only scan
 # on the rest of calls that embed (texts in the embedder's tokens)
 EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_token_s", "embed_text_token_s")
@@ -55,10 +63,40 @@ GPU_ENGINE = Engine(block_size=16, max_num_batched_tokens=8192, max_num_seqs=256
                     gpu_memory_utilization=0.8, activation_reserve_gib=2.0, enable_prefix_caching=True)
 
 
-def gen_features(rows: Sequence[Row]) -> np.ndarray:
-    """Columns of `GEN_FEATURES` for engine-step rows."""
-    return np.array([[1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"],
-                      r["prefill_attention"]] for r in rows], dtype=float)
+@dataclass(frozen=True)
+class GenShape:
+    """The engine model's non-linear constants (`hwmodel.profile.GenStepModel`)."""
+
+    context_cached_tokens: int = CACHED_TOKENS[0]
+    refill_tokens: float = REFILL_TOKENS[0]
+    refill_decay: float = REFILL_DECAYS[0]
+
+
+def gen_features(rows: Sequence[Row], shape: GenShape = GenShape()) -> np.ndarray:
+    """Columns of `GEN_FEATURES` for engine-step rows, in the order the engine ran them (a
+    step's refill depends on the steps before it: `hwmodel.latency.AfterPrefill`)."""
+    after_prefill = AfterPrefill()
+    out = []
+    for r in rows:
+        tokens, since = after_prefill.step(int(r["prefill_tokens"]))
+        refill = -math.expm1(-tokens / shape.refill_tokens) * shape.refill_decay ** (since - 1) if since else 0.0
+        out.append([1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"],
+                    r["prefill_attention"], max(0, r["context_tokens"] - shape.context_cached_tokens), refill])
+    return np.array(out, dtype=float).reshape(len(rows), len(GEN_FEATURES))
+
+
+def fit_gen_step(steps: Sequence[Row]) -> tuple[LinearFit, GenShape]:
+    """The engine-step model on the grid's steps, its shape (`GenShape`) the one of `CACHED_TOKENS` x
+    `REFILL_TOKENS` x `REFILL_DECAYS` whose fit predicts held-out cells best (median error)."""
+    y, cells = _seconds(steps), [r["cell"] for r in steps]
+    best: tuple[LinearFit, GenShape] | None = None
+    for cached, tokens, decay in itertools.product(CACHED_TOKENS, REFILL_TOKENS, REFILL_DECAYS):
+        shape = GenShape(cached, tokens, decay)
+        fit = fit_linear(GEN_FEATURES, gen_features(steps, shape), y, cells)
+        if best is None or fit.heldout_median_error < best[0].heldout_median_error:
+            best = fit, shape
+    assert best is not None
+    return best
 
 
 def scan_features(rows: Sequence[Row]) -> np.ndarray:
@@ -80,6 +118,7 @@ class Fits:
     """The fitted latency models of one calibration."""
 
     gen_step: LinearFit
+    gen_shape: GenShape  # the engine model's non-linear constants, chosen with `gen_step`
     scan: LinearFit  # search calls that only scan
     embed: LinearFit  # the embedding part of calls that embed: their time minus the fitted scan
     search_call_error: dict[str, float]  # the whole search model (scan + embed) on every call
@@ -91,8 +130,9 @@ class Fits:
     contention: dict[str, object] | None = None  # how much the lanes slow each other (contention.py)
 
     def as_dict(self) -> dict[str, dict[str, object]]:
-        out = {"gen_step": self.gen_step.as_dict(), "cpu_scan": self.scan.as_dict(),
-               "query_embedding": self.embed.as_dict(), "cpu_search": self.search_call_error}
+        out = {"gen_step": {**self.gen_step.as_dict(), "shape": asdict(self.gen_shape)},
+               "cpu_scan": self.scan.as_dict(), "query_embedding": self.embed.as_dict(),
+               "cpu_search": self.search_call_error}
         if self.cold is not None:
             out["cold_embedding"] = dict(self.cold)
         if self.engine_cold is not None:
@@ -135,7 +175,7 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     calls = [r for r in rows if r["kind"] == "search_call"]
     scans = [r for r in calls if not r["new_queries"]]
     embeds = [r for r in calls if r["new_queries"]]
-    gen = fit_linear(GEN_FEATURES, gen_features(steps), _seconds(steps), [r["cell"] for r in steps])
+    gen, shape = fit_gen_step(steps)
     scan = fit_linear(SCAN_FEATURES, scan_features(scans), _seconds(scans), [r["cell"] for r in scans])
     rest = _seconds(embeds) - scan.predict(scan_features(embeds))
     embed = fit_linear(EMBED_FEATURES, embed_features(embeds), np.maximum(rest, 1e-6), [r["cell"] for r in embeds])
@@ -144,10 +184,10 @@ def fit_rows(rows: Sequence[Row]) -> Fits:
     err = np.abs(pred - _seconds(calls)) / _seconds(calls)
     whole = {"rows": len(calls), "train_median_abs_rel_error": float(np.median(err)),
              "train_p90_abs_rel_error": float(np.percentile(err, 90))}
-    return Fits(gen, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
+    return Fits(gen, shape, scan, embed, whole, fit_transfer([r for r in rows if r["kind"] == "pcie_copy"]),
                 fit_transfer([r for r in rows if r["kind"] == "gpu_search"]),
                 fit_cold([r for r in rows if r["kind"] == "search_cold"], scan, embed),
-                fit_engine_cold([r for r in rows if r["kind"] == "engine_cold"], gen))
+                fit_engine_cold([r for r in rows if r["kind"] == "engine_cold"], gen, shape))
 
 
 COLD_TAUS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -161,12 +201,12 @@ def fit_cold(rows: Sequence[Row], scan: LinearFit, embed: LinearFit) -> dict[str
     return fit_cold_term(rows, scan.predict(scan_features(rows)) + embed.predict(embed_features(rows)))
 
 
-def fit_engine_cold(rows: Sequence[Row], gen: LinearFit) -> dict[str, float] | None:
+def fit_engine_cold(rows: Sequence[Row], gen: LinearFit, shape: GenShape) -> dict[str, float] | None:
     """The cold-engine term, on one-request admissions after idle spells: what the warm
     engine-step model leaves of each (`fit_cold_term`)."""
     if not rows:
         return None
-    return fit_cold_term(rows, gen.predict(gen_features(rows)))
+    return fit_cold_term(rows, gen.predict(gen_features(rows, shape)))
 
 
 def fit_cold_term(rows: Sequence[Row], base: np.ndarray) -> dict[str, float]:
@@ -328,7 +368,8 @@ def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: st
                   "list_sizes": retriever.list_sizes(), "identity": corpus.index_identity, "metric": retriever.metric,
                   "embedder": corpus.manifest["embedder"]["name"]},
         "engine": body.options.engine.model_dump(),
-        "gen_step": {**g, **({k: fits.engine_cold[k] for k in ("cold_s", "cold_tau_s")} if fits.engine_cold else {})},
+        "gen_step": {**g, **asdict(fits.gen_shape),
+                     **({k: fits.engine_cold[k] for k in ("cold_s", "cold_tau_s")} if fits.engine_cold else {})},
         "cpu_search": {**s, "thread_bytes_per_s": rate / threads, "memory_bytes_per_s": rate,
                        **({k: fits.cold[k] for k in ("cold_s", "cold_tau_s")} if fits.cold else {})},
         **fits.transfer_models(),

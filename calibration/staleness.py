@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.profiler import Row, profile_engine, profile_search
-from hwmodel.latency import LatencyModel
+from hwmodel.latency import AfterPrefill, LatencyModel
 from hwmodel.profile import Profile
 
 if TYPE_CHECKING:
@@ -73,21 +73,29 @@ class Staleness:
                 f" probe; tolerance {self.tolerance:.0%}); recalibrate: {recalibrate}")
 
 
-def predicted_s(latency: LatencyModel, row: Row) -> float:
-    """The profile's price of one probe row (an engine step or a search call, as the profiler records them)."""
-    if row["kind"] == "engine_step":
-        return latency.gen_step_s(int(row["prefill_tokens"]), int(row["seqs"]), int(row["context_tokens"]),
-                                  int(row["admitted"]), int(row["admitted_tokens"]), int(row["prefill_attention"]))
-    return latency.search_call_s(row)  # type: ignore[arg-type]
+def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
+    """The profile's price of each probe row (engine steps and search calls, as the profiler
+    records them, in the order they ran: a step's refill depends on the steps before it)."""
+    after_prefill = AfterPrefill()
+    out = []
+    for row in rows:
+        if row["kind"] == "engine_step":
+            out.append(latency.gen_step_s(int(row["prefill_tokens"]), int(row["seqs"]), int(row["context_tokens"]),
+                                          int(row["admitted"]), int(row["admitted_tokens"]),
+                                          int(row["prefill_attention"]))
+                       + latency.refill_s(*after_prefill.step(int(row["prefill_tokens"]))))
+        else:
+            out.append(latency.search_call_s(row))  # type: ignore[arg-type]
+    return out
 
 
 def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE, probe_s: float = 0.0) -> Staleness:
     """The median signed error of the profile's prediction per kind, over measured `rows`."""
-    latency = LatencyModel(profile)
+    prices = predicted_s(LatencyModel(profile), rows)
     errors: dict[str, float | None] = {}
     items: dict[str, int] = {}
     for kind in KINDS:
-        rel = [predicted_s(latency, r) / float(r["seconds"]) - 1 for r in rows
+        rel = [price / float(r["seconds"]) - 1 for price, r in zip(prices, rows, strict=True)
                if probe_kind(r) == kind and float(r["seconds"]) > 0]
         errors[kind] = float(np.median(rel)) if rel else None
         items[kind] = len(rel)

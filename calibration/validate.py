@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.workload import at_rate, corpus_requests
-from hwmodel.latency import LatencyModel, contended_s
+from hwmodel.latency import AfterPrefill, LatencyModel, contended_s
 from hwmodel.profile import Profile
 from ragraph.graph import Request
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy
@@ -65,13 +65,15 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
     rows: list[dict[str, object]] = []
     free: dict[str, float] = {}  # when each lane's previous item ended
     contention = latency.profile.contention
+    after_prefill = AfterPrefill()
     for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
         idle = start - free.get(lane, -math.inf)
         free[lane] = start + dur
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
-            pred = contended_s(latency.engine_step_s(args) + latency.engine_cold_s(idle),
+            alone = latency.engine_step_s(args) + latency.refill_s(*after_prefill.step(args["prefill_tokens"]))
+            pred = contended_s(alone + latency.engine_cold_s(idle),
                                free.get("cpu_retrieval", -math.inf) - start, contention.gen_step_slowdown)
         elif name == "SearchBatch" and lane == "cpu_retrieval":
             pred = contended_s(latency.search_call_s(args, idle), free.get("gpu_gen", -math.inf) - start,

@@ -21,16 +21,29 @@ def gen_step_s(profile: Profile, prefill_tokens: int, seqs: int, context_tokens:
     sequence (decode compute, the engine's per-request bookkeeping) + attention over the KV
     context read this step + the prefill chunks' own attention (query-key pairs, quadratic in
     a prompt's length) + the requests handed to the engine with it (`add_request`: a cost per
-    request and per prompt token)."""
+    request and per prompt token) + the context beyond what the chip's caches hold between
+    steps, read from memory (`context_spill_s`). What the steps before it leave (a prefill's
+    refill, an idle spell's cold caches) is added by the caller (`LatencyModel.refill_s`,
+    `LatencyModel.engine_cold_s`)."""
     m = profile.gen_step
     return (m.base_s + m.prefill_token_s * prefill_tokens + m.seq_s * seqs + m.context_token_s * context_tokens
-            + m.admit_s * admitted + m.admit_token_s * admitted_tokens + m.prefill_attention_s * prefill_attention)
+            + m.admit_s * admitted + m.admit_token_s * admitted_tokens + m.prefill_attention_s * prefill_attention
+            + context_spill_s(profile, context_tokens))
+
+
+def context_spill_s(profile: Profile, context_tokens: int) -> float:
+    """What a step's KV context beyond `context_cached_tokens` adds: read from memory, not from
+    the caches that hold the rest between steps (0.0 where the profile has no such term)."""
+    m = profile.gen_step
+    return m.context_spill_token_s * (context_tokens - m.context_cached_tokens) \
+        if context_tokens > m.context_cached_tokens else 0.0
 
 
 def decode_step_terms(profile: Profile, seqs: int) -> tuple[float, float]:
     """(fixed, per context token) of a step where `seqs` sequences decode and nothing else runs:
-    `gen_step_s(profile, 0, seqs, c) == fixed + per * c` bit for bit (its terms of work that is
-    zero add 0.0, which changes no sum), so a run of decode steps is priced without a call each."""
+    `gen_step_s(profile, 0, seqs, c) == fixed + per * c + context_spill_s(profile, c)` bit for
+    bit (its terms of work that is zero add 0.0, which changes no sum), so a run of decode steps
+    is priced without a call each."""
     m = profile.gen_step
     return m.base_s + m.prefill_token_s * 0 + m.seq_s * seqs, m.context_token_s
 
@@ -78,6 +91,33 @@ def _embedder_tokens(profile: Profile) -> Callable[[str], int]:
 
 
 PEAK_CONTEXT_TOKENS = 1024  # context per sequence at which peak decode throughput is quoted
+REFILL_STEPS = 8  # steps after a prefill that pay its refill (refill_decay^8 < 1e-3 at the fitted decays)
+
+
+class AfterPrefill:
+    """An engine's history as the refill term reads it: feed each step's prefill tokens in
+    order (`step`); `pending` while a step would still pay a refill."""
+
+    __slots__ = ("since", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = 0  # prompt tokens of the last step that computed any
+        self.since = REFILL_STEPS  # steps since it that computed none
+
+    @property
+    def pending(self) -> bool:
+        return self.since < REFILL_STEPS
+
+    def step(self, prefill_tokens: int) -> tuple[int, int]:
+        """Record one step; returns its (last prefill's tokens, steps since it) for `refill_s`,
+        (0, 0) when it computes prompt tokens itself or pays no refill."""
+        if prefill_tokens:
+            self.tokens, self.since = prefill_tokens, 0
+            return 0, 0
+        if self.since >= REFILL_STEPS:
+            return 0, 0
+        self.since += 1
+        return self.tokens, self.since
 
 
 class LatencyModel:
@@ -94,6 +134,9 @@ class LatencyModel:
         self._cold = (m.cold_s, m.cold_tau_s)
         self.engine_cold = profile.gen_step.cold_s  # > 0: a step after an idle spell costs more (engine_cold_s)
         self._engine_tau = profile.gen_step.cold_tau_s
+        g = profile.gen_step
+        self.refill = g.refill_s  # > 0: the steps after a prefill cost more (refill_s)
+        self._refill = (g.refill_tokens, g.refill_decay)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0) -> float:
@@ -124,8 +167,19 @@ class LatencyModel:
         cooled): cold x (1 - exp(-idle / tau)); 0 back to back."""
         return self.engine_cold * -math.expm1(-idle_s / self._engine_tau) if idle_s > 0 and self.engine_cold else 0.0
 
+    def refill_s(self, prefill_tokens: int, steps_after: int) -> float:
+        """What the `steps_after`-th step after a step that computed `prefill_tokens` prompt tokens
+        adds, where it computes none itself (`AfterPrefill`): the prefill pushed the weights out
+        of the caches and the steps after it bring them back, refill x (1 - exp(-prefill /
+        refill_tokens)) x decay^(steps_after - 1); 0.0 for (0, 0)."""
+        if not (steps_after and self.refill):
+            return 0.0
+        tokens, decay = self._refill
+        return self.refill * -math.expm1(-prefill_tokens / tokens) * decay ** (steps_after - 1)
+
     def engine_step_s(self, args: Mapping[str, int]) -> float:
-        """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`)."""
+        """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`),
+        its refill not included (`refill_s`)."""
         return self.gen_step_s(args["prefill_tokens"], args["running"], args["context_tokens"], args["admitted"],
                                args["admitted_tokens"], args["prefill_attention"])
 

@@ -98,7 +98,9 @@ class Engine(_Strict):
 
 class GenStepModel(_Strict):
     """step_s = base_s + prefill_token_s*prefill + seq_s*seqs + context_token_s*context + admit_s*admitted
-    + admit_token_s*admitted_tokens + prefill_attention_s*prefill_attention (see hwmodel.latency.gen_step_s)."""
+    + admit_token_s*admitted_tokens + prefill_attention_s*prefill_attention
+    + context_spill_token_s*max(0, context - context_cached_tokens) (see hwmodel.latency.gen_step_s),
+    + the refill after a prefill (hwmodel.latency.LatencyModel.refill_s) and the cold term."""
 
     base_s: float = Field(gt=0)  # fixed cost of a step (weights streamed once; the engine's Python)
     prefill_token_s: float = Field(ge=0)  # per prompt token computed
@@ -107,6 +109,15 @@ class GenStepModel(_Strict):
     admit_s: float = Field(default=0.0, ge=0)  # per request the step's item hands to the engine (add_request)
     admit_token_s: float = Field(default=0.0, ge=0)  # per prompt token of those requests (hashing, copying)
     prefill_attention_s: float = Field(default=0.0, ge=0)  # per query-key pair of the prefill chunks' attention
+    # KV context beyond what stays in the chip's caches between steps is read from memory: + this per token over
+    # `context_cached_tokens` (a CPU rig's last-level cache; 0 on a GPU, whose KV is always read from HBM)
+    context_spill_token_s: float = Field(default=0.0, ge=0)
+    context_cached_tokens: int = Field(default=0, ge=0)
+    # a prefill of P tokens pushes the weights out of the caches: the k-th step after it that computes no prompt
+    # tokens pays + refill_s x (1 - exp(-P / refill_tokens)) x refill_decay^(k - 1) (0 on a GPU rig)
+    refill_s: float = Field(default=0.0, ge=0)
+    refill_tokens: float = Field(default=1024.0, gt=0)
+    refill_decay: float = Field(default=0.4, ge=0, lt=1)
     # a step after the engine sat idle runs cold: + cold_s x (1 - exp(-idle / cold_tau_s)); 0 back to back
     cold_s: float = Field(default=0.0, ge=0)
     cold_tau_s: float = Field(default=0.02, gt=0)

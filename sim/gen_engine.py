@@ -45,7 +45,8 @@ when two sequences compute one prefix at once, is freed as content nobody reuses
 watermark (vLLM's default 0), speculative decoding, `long_prefill_token_threshold`, async
 or priority scheduling, KV connectors; output lengths are the trace's (no early stop). A
 step takes `hwmodel.latency.gen_step_s(prefill tokens, sequences scheduled, context tokens)`:
-the figures its `GenStepResult` reports, as the real driver reports them and calibration fits them.
+the figures its `GenStepResult` reports, as the real driver reports them and calibration fits them,
+plus the refill of the steps after a prefill (`LatencyModel.refill_s`, `AfterPrefill`).
 
 Cost: a decoding sequence's computed tokens are `tick - base`, so a step where every
 running sequence decodes is O(events) (sequences that end; blocks allocated by count, from
@@ -60,7 +61,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from hwmodel.latency import LatencyModel, contended_s
+from hwmodel.latency import REFILL_STEPS, AfterPrefill, LatencyModel, contended_s
 from ragraph.graph import NodeKey
 from ragraph.kvpolicy import KVPolicy, parse_kv_policy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
@@ -148,6 +149,9 @@ class GenEngineModel:
         self._admitted_tokens = 0  # their prompt tokens
         self._aborted_tokens = 0  # output tokens of the sequences aborted since the last step
         self._decode_terms: dict[int, tuple[float, float]] = {}  # decoding sequences -> decode_step_terms
+        g = latency.profile.gen_step
+        self._spill = (g.context_spill_token_s, g.context_cached_tokens)  # hwmodel.latency.context_spill_s
+        self.after_prefill = AfterPrefill()  # the steps since the last prefill (their refill)
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -240,6 +244,8 @@ class GenEngineModel:
         prefill, sampled, context, attention = self._tally(plan)
         self.prefill_tokens += prefill
         seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
+        if prefill or self.after_prefill.pending:
+            seconds += self.latency.refill_s(*self.after_prefill.step(prefill))
         if self._stall_until:
             wait = self._stall_until - self.host.now if self.host is not None else 0.0
             self._stall_until = 0.0
@@ -276,7 +282,10 @@ class GenEngineModel:
         terms = self._decode_terms.get(n)
         if terms is None:
             terms = self._decode_terms[n] = self.latency.decode_step_terms(n)
-        fixed, per_token = terms  # gen_step_s(0, n, context), bit for bit
+        fixed, per_token = terms  # gen_step_s(0, n, context) = fixed + per_token * context + spill, bit for bit
+        spill, cached = self._spill
+        after_prefill, latency = self.after_prefill, self.latency
+        since, tokens = after_prefill.since, after_prefill.tokens
         t, anon = self.tick, pool.anon
         context = n * t - self.base_sum
         used = pool.total - anon - pool.cached_free - pool.lent
@@ -288,6 +297,11 @@ class GenEngineModel:
         while t < stop and t not in finishing:
             k = need[t % block]
             seconds = fixed + per_token * context
+            if spill and context > cached:
+                seconds += spill * (context - cached)
+            refill = since < REFILL_STEPS  # (as `AfterPrefill.step(0)`, committed once the step is taken)
+            if refill:
+                seconds += latency.refill_s(tokens, since + 1)
             if slowdown and end < slow_until:
                 seconds = contended_s(seconds, slow_until - end, slowdown)
             after = end + (seconds + dispatch)
@@ -310,7 +324,9 @@ class GenEngineModel:
             end = after
             t += 1
             context += n
+            since += refill
         pool.anon, self.tick = anon, t
+        after_prefill.since = since
         return out
 
     def kv_cache_report(self) -> dict[str, object]:
@@ -366,6 +382,8 @@ class GenEngineModel:
         t = self.tick
         context = n * t - self.base_sum
         seconds = self.latency.gen_step_s(0, n, context)
+        if self.after_prefill.pending:
+            seconds += self.latency.refill_s(*self.after_prefill.step(0))
         finished = self._finish_decoders(t) if t in self.finishing else ()
         self.tick = t + 1
         pool = self.pool

@@ -8,24 +8,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calibration.calibrate import EMBED_FEATURES, GEN_FEATURES, SCAN_FEATURES, fit_rows, gen_features
+from calibration.calibrate import EMBED_FEATURES, GEN_FEATURES, SCAN_FEATURES, GenShape, fit_rows, gen_features
 from calibration.fit import fit_linear, nonnegative_lstsq
 
 
 def _grid_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -> list[dict]:
+    """Engine steps as the grid runs them: a cell's prefill, then its decode steps (their
+    refill fading), priced by `coef` with the shape `SHAPE`."""
     rows = []
     for b in (1, 4, 16, 64, 128):
-        for p in (0, 32, 512, 2048):
-            for ctx in (0, 1000, 20000, 200000):
-                admitted = b if p else 0
-                x = {"prefill_tokens": p, "seqs": b, "context_tokens": ctx, "admitted": admitted,
-                     "admitted_tokens": admitted * (ctx % 700 + 16), "prefill_attention": p * (ctx % 900 + p // 2)}
-                t = (coef["base_s"] + coef["prefill_token_s"] * p + coef["seq_s"] * b
-                     + coef["context_token_s"] * ctx + coef["admit_s"] * admitted
-                     + coef["admit_token_s"] * x["admitted_tokens"]
-                     + coef["prefill_attention_s"] * x["prefill_attention"])
-                rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", **x, "decode_tokens": b,
-                             "seconds": t * (1 + noise * rng.standard_normal())})
+        for p in (32, 512, 2048):
+            for ctx in (0, 1000, 5000, 20000, 200000):
+                rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": p, "seqs": b,
+                             "context_tokens": ctx, "admitted": b, "admitted_tokens": b * (ctx % 700 + 16),
+                             "prefill_attention": p * (ctx % 900 + p // 2), "decode_tokens": b})
+                for k in range(1, 4):
+                    rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": 0, "seqs": b,
+                                 "context_tokens": ctx + b * (p + k), "admitted": 0, "admitted_tokens": 0,
+                                 "prefill_attention": 0, "decode_tokens": b})
+    prices = gen_features(rows, SHAPE) @ np.array([coef.get(name, 0.0) for name in GEN_FEATURES])
+    for row, price in zip(rows, prices, strict=True):
+        row["seconds"] = price * (1 + noise * rng.standard_normal())
     return rows
 
 
@@ -51,7 +54,8 @@ def _search_rows(coef: dict[str, float], rng: np.random.Generator, noise: float)
 
 
 GEN = {"base_s": 1.4e-3, "prefill_token_s": 7.5e-6, "seq_s": 3.8e-5, "context_token_s": 6e-8, "admit_s": 1.5e-4,
-       "admit_token_s": 2e-7, "prefill_attention_s": 3e-9}
+       "admit_token_s": 2e-7, "prefill_attention_s": 3e-9, "context_spill_token_s": 1e-7, "refill_s": 1.2e-3}
+SHAPE = GenShape(context_cached_tokens=4000, refill_tokens=1024, refill_decay=0.4)  # one of the grids' values
 SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_token_s": 1.2e-4,
           "embed_text_token_s": 2e-5, "vector_s": 2.3e-7}
 
@@ -60,6 +64,7 @@ def test_fit_recovers_known_coefficients_exactly_without_noise():
     rng = np.random.default_rng(0)
     fits = fit_rows(_grid_rows(GEN, rng, 0.0) + _search_rows(SEARCH, rng, 0.0))
     assert fits.gen_step.names == GEN_FEATURES
+    assert fits.gen_shape == SHAPE  # the cache's size and the refill's shape, found on the grids
     assert (fits.scan.names, fits.embed.names) == (SCAN_FEATURES, EMBED_FEATURES)
     for fit, truth in ((fits.gen_step, GEN), (fits.scan, SEARCH), (fits.embed, SEARCH)):
         for name, value in zip(fit.names, fit.coef, strict=True):
@@ -70,9 +75,15 @@ def test_fit_recovers_known_coefficients_exactly_without_noise():
 
 def test_fit_recovers_coefficients_within_noise_and_reports_it():
     rng = np.random.default_rng(1)
-    gen = fit_rows(_grid_rows(GEN, rng, 0.03) + _search_rows(SEARCH, rng, 0.03)).gen_step
+    fits = fit_rows(_grid_rows(GEN, rng, 0.03) + _search_rows(SEARCH, rng, 0.03))
+    gen = fits.gen_step
+    shaped = ("context_token_s", "context_spill_token_s", "refill_s")  # (they trade off with the shape chosen)
     for name, value in zip(gen.names, gen.coef, strict=True):
-        assert value == pytest.approx(GEN[name], rel=0.15), name  # 3% noise on 80 steps
+        if name not in shaped:
+            assert value == pytest.approx(GEN[name], rel=0.15), name  # 3% noise on 300 steps
+    truth = _grid_rows(GEN, rng, 0.0)
+    priced = gen.predict(gen_features(truth, fits.gen_shape))
+    assert np.median(np.abs(priced / [r["seconds"] for r in truth] - 1)) < 0.02  # the whole step, shape and all
     assert 0.005 < gen.heldout_median_error < 0.05  # 3% noise: a median error of about 2%
 
 

@@ -28,8 +28,13 @@ def requests(workflow: str, rate: float, duration: float = 8.0, seed: int = 3, n
     return [to_request(TraceRequest.model_validate(row), registry) for row in generate_trace(cfg, registry)]
 
 
-def simulate(reqs, policy: str, fold: bool, kv: str = "lru"):
-    sim = Simulation(reqs, make_policy(policy, LATENCY), LATENCY, kv_policy=KVPolicy(kv))
+# a profile whose steps also pay for the context beyond the caches and for the refill after a prefill
+SPILLING = LatencyModel(PROFILE.model_copy(update={"gen_step": PROFILE.gen_step.model_copy(update={
+    "context_spill_token_s": 2e-8, "context_cached_tokens": 3000, "refill_s": 1e-3, "refill_decay": 0.5})}))
+
+
+def simulate(reqs, policy: str, fold: bool, kv: str = "lru", latency: LatencyModel = LATENCY):
+    sim = Simulation(reqs, make_policy(policy, latency), latency, kv_policy=KVPolicy(kv))
     sim.fold_steps = fold
     result = sim.run()
     steps = sim.sched._gen_steps
@@ -57,6 +62,15 @@ def test_folded_steps_give_the_step_by_step_run(workflow, rate, policy, kv):
     assert (folded.sim_s, folded.lane_busy_s, folded.kv_peak_blocks, folded.techniques, folded.kv_cache) == \
         (plain.sim_s, plain.lane_busy_s, plain.kv_peak_blocks, plain.techniques, plain.kv_cache)
     assert (steps, ema, tokens_s) == (steps0, ema0, tokens_s0)  # the core saw every step
+
+
+@pytest.mark.parametrize(("workflow", "rate", "policy"), [
+    ("gen-only", 0.5, "flashrag"), ("one-shot", 8.0, "hedra"), ("irg", 6.0, "hedra")])
+def test_folded_steps_pay_the_spill_and_the_refill_as_steps_one_by_one(workflow, rate, policy):
+    reqs = requests(workflow, rate)
+    folded, plain = (simulate(reqs, policy, fold, latency=SPILLING)[0] for fold in (True, False))
+    assert folded.records == plain.records and folded.timeline == plain.timeline
+    assert folded.records != simulate(reqs, policy, True)[0].records  # (the terms change the run)
 
 
 def test_sparse_requests_take_few_timeouts():
