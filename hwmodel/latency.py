@@ -91,7 +91,9 @@ def _embedder_tokens(profile: Profile) -> Callable[[str], int]:
 
 
 PEAK_CONTEXT_TOKENS = 1024  # context per sequence at which peak decode throughput is quoted
-REFILL_STEPS = 8  # steps after a prefill that pay its refill (refill_decay^8 < 1e-3 at the fitted decays)
+# steps after a prefill that pay its refill (the 8th pays decay^7 of it: 2e-4 at 0.3, 0.03 at 0.6); the fit's
+# features stop at the same step, so the fitted term is this truncated one
+REFILL_STEPS = 8
 
 
 class AfterPrefill:

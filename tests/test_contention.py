@@ -57,6 +57,18 @@ def test_the_fit_recovers_each_lanes_slowdown_whatever_the_grids_bias_per_kind()
     assert FULL_OVERLAP > 0.5 > NO_OVERLAP  # the half-overlapped items count on neither side
 
 
+def test_a_kind_seen_beside_the_other_lane_a_few_times_does_not_outvote_the_rest():
+    rng = np.random.default_rng(6)
+    rows = [r for r in _rows("replay_step", 0.05, rng) if r["cell"] != "prefill"]
+    # admissions: alone as often as before, beside only 6 times, and then faster than alone
+    rows = [r for r in rows if r["cell"] == "decode" or r["overlap"] != 1.0]
+    rows += [{"kind": "replay_step", "cell": "admit", "overlap": 1.0, "priced_s": 1e-3, "seconds": 1e-3 * 1.4 * 0.9}
+             for _ in range(6)]
+    fit = fit_contention(rows)
+    assert fit["gen_step_slowdown_kinds"]["admit"]["ratio"] < 1 < fit["gen_step_slowdown_kinds"]["decode"]["ratio"]
+    assert fit["gen_step_slowdown"] == pytest.approx(0.05 * 40 / 46 - 0.1 * 6 / 46, abs=0.01)  # weighted, not 0
+
+
 def test_replay_items_price_each_item_and_measure_its_overlap():
     latency = LatencyModel(_with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.0))  # (a provisional profile)
     step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
@@ -77,8 +89,10 @@ def _with(profile, **contention):
 
 
 def _warm(profile):
-    """`profile` without the cold-engine term and with no contention (what the tests add)."""
-    profile = profile.model_copy(update={"gen_step": profile.gen_step.model_copy(update={"cold_s": 0.0})})
+    """`profile` without the terms a step owes the steps before it (cold engine, refill after a
+    prefill: a step's price is then its own work's) and with no contention (what the tests add)."""
+    profile = profile.model_copy(update={"gen_step": profile.gen_step.model_copy(update={"cold_s": 0.0,
+                                                                                         "refill_s": 0.0})})
     return _with(profile, gen_step_slowdown=0.0, cpu_search_slowdown=0.0)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from calibration.staleness import TOLERANCE, compare, recalibrate_command
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 
@@ -22,13 +24,14 @@ def test_a_profile_agrees_with_the_machine_it_was_measured_on():
 def test_a_profile_with_its_step_costs_halved_is_flagged():
     prof, rows = measured_rows()
     halved = prof.model_copy(update={"gen_step": prof.gen_step.model_copy(
-        update={k: v / 2 for k, v in prof.gen_step.model_dump().items()})})
+        update={k: v / 2 for k, v in prof.gen_step.model_dump().items() if k.endswith("_s")})})  # costs, not shape
     found = compare(halved, rows)
     assert found.stale
     assert abs(found.errors["engine_step"] + 0.5) < 0.1
     assert abs(found.errors["search_embed"]) < TOLERANCE and abs(found.errors["search_scan"]) < TOLERANCE
     line = found.line(recalibrate_command("cpu"))
-    assert "\n" not in line and "engine steps take 2.0" in line and "hedra calibrate --backend cpu" in line
+    assert "\n" not in line and re.search(r"engine steps take (1\.9[5-9]|2\.0\d)x", line)  # about twice
+    assert "hedra calibrate --backend cpu" in line
 
 
 def test_a_slower_scan_is_flagged_and_a_small_drift_is_not():
