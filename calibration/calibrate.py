@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import json
-import math
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -37,7 +36,7 @@ from calibration.profiler import (
     profile_gpu_cache,
     profile_search,
 )
-from hwmodel.latency import AfterPrefill
+from hwmodel.latency import AfterPrefill, refill_share
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
@@ -78,8 +77,7 @@ def gen_features(rows: Sequence[Row], shape: GenShape = GenShape()) -> np.ndarra
     after_prefill = AfterPrefill()
     out = []
     for r in rows:
-        tokens, since = after_prefill.step(int(r["prefill_tokens"]))
-        refill = -math.expm1(-tokens / shape.refill_tokens) * shape.refill_decay ** (since - 1) if since else 0.0
+        refill = refill_share(*after_prefill.step(int(r["prefill_tokens"])), shape.refill_tokens, shape.refill_decay)
         out.append([1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"],
                     r["prefill_attention"], max(0, r["context_tokens"] - shape.context_cached_tokens), refill])
     return np.array(out, dtype=float).reshape(len(rows), len(GEN_FEATURES))

@@ -96,6 +96,15 @@ PEAK_CONTEXT_TOKENS = 1024  # context per sequence at which peak decode throughp
 REFILL_STEPS = 8
 
 
+def refill_share(prefill_tokens: int, steps_after: int, refill_tokens: float, decay: float) -> float:
+    """The share of `GenStepModel.refill_s` the `steps_after`-th step after a prefill of
+    `prefill_tokens` pays: (1 - exp(-prefill / refill_tokens)) x decay^(steps_after - 1); 0.0
+    for (0, 0). The one form the simulator charges and the calibration fits (its feature)."""
+    if not steps_after:
+        return 0.0
+    return -math.expm1(-prefill_tokens / refill_tokens) * decay ** (steps_after - 1)
+
+
 class AfterPrefill:
     """An engine's history as the refill term reads it: feed each step's prefill tokens in
     order (`step`); `pending` while a step would still pay a refill."""
@@ -176,8 +185,7 @@ class LatencyModel:
         refill_tokens)) x decay^(steps_after - 1); 0.0 for (0, 0)."""
         if not (steps_after and self.refill):
             return 0.0
-        tokens, decay = self._refill
-        return self.refill * -math.expm1(-prefill_tokens / tokens) * decay ** (steps_after - 1)
+        return self.refill * refill_share(prefill_tokens, steps_after, *self._refill)
 
     def engine_step_s(self, args: Mapping[str, int]) -> float:
         """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`),
