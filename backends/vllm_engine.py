@@ -342,6 +342,7 @@ class _ScheduleProbe:
     """Token counts of the last scheduled step (see the module docstring for the split)."""
 
     scheduled: int = 0  # requests scheduled
+    tokens: int = 0  # tokens scheduled (computed)
     prefill: int = 0
     decode: int = 0
     context: int = 0  # tokens the scheduled requests had computed before the step (attention context)
@@ -349,10 +350,11 @@ class _ScheduleProbe:
     preempted: int = 0  # requests preempted (vLLM 0.32: SchedulerOutput.preempted_req_ids)
 
     def reset(self) -> None:
-        self.scheduled = self.prefill = self.decode = self.context = self.attention = self.preempted = 0
+        self.scheduled = self.tokens = self.prefill = self.decode = self.context = self.attention = self.preempted = 0
 
     def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
         self.scheduled += len(num_scheduled_tokens)
+        self.tokens += sum(num_scheduled_tokens.values())
         for req_id, n in num_scheduled_tokens.items():
             req = requests[req_id]
             after = int(req.num_computed_tokens)  # already advanced by schedule()
@@ -490,16 +492,17 @@ class VLLMEngine:
         return engine
 
     def warm_kernels(self, up_to: int | None = None) -> int:
-        """One dummy forward pass of every token count 1..`up_to` (default: the step budget,
-        `max_num_batched_tokens`), so that no later step is the first of its size. vLLM-CPU's
-        oneDNN matmuls generate kernels for each token count (M) the first time a step has it:
-        such a step ran 1.5-3x its later cost (a 1,000-token prefill of the tiny model 47 ms
-        against 16 ms; a decode step of a new batch size +1-2 ms), and a cache of them is kept
-        for the engine's life. A server that has run for a while has met most sizes; a fresh
-        engine meets new ones in every replay. ~50 s for 2,048 sizes of the tiny model on one
-        core. Returns the number of sizes run; outputs and the KV cache are unchanged."""
+        """One dummy forward pass of every token count from `up_to` (default: the step budget,
+        `max_num_batched_tokens`) down to 1. vLLM-CPU's oneDNN matmuls compile kernels for each
+        token count (M) the first time a step has it: such a step ran 1.5-3x its later cost (a
+        1,000-token prefill of the tiny model 47 ms against 16 ms; a decode step of a new batch
+        size +1-2 ms). Only the most recent few hundred sizes stay compiled (measured by
+        `calibration.profiler.KERNEL_PASSES`; a size not run lately costs +1-4 ms again), so the
+        largest sizes go first and the engine starts with the smallest compiled: every decode
+        step's, and the short prefills'. ~30-50 s for 2,048 sizes of the tiny model on one core.
+        Returns the number of sizes run; outputs and the KV cache are unchanged."""
         n = self.max_num_batched_tokens if up_to is None else up_to
-        _vllm_warm_kernels(self._engine, list(range(1, n + 1)))
+        _vllm_warm_kernels(self._engine, list(range(n, 0, -1)))
         return n
 
     # --- properties ---------------------------------------------------------------------------------
@@ -647,7 +650,7 @@ class VLLMEngine:
         return GenStepResult(
             finished=tuple(finished), rejected=rejected, kv_used_blocks=used, kv_total_blocks=total,
             kv_block_tokens=self._block_size, running=self._probe.scheduled, waiting=waiting,
-            prefill_tokens=self._probe.prefill,
+            prefill_tokens=self._probe.prefill, computed_tokens=self._probe.tokens,
             decode_tokens=self._probe.decode, cached_prompt_tokens=cached, context_tokens=self._probe.context,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=self._probe.attention,
             aborted_tokens=aborted_tokens, texts=tuple(texts), partial_texts=tuple(partial),

@@ -36,19 +36,21 @@ from calibration.profiler import (
     profile_gpu_cache,
     profile_search,
 )
-from hwmodel.latency import AfterPrefill, refill_share
+from hwmodel.latency import AfterPrefill, KernelSizes, refill_share
 from hwmodel.profile import Engine, Profile
 
 if TYPE_CHECKING:
     from backends.real import RealBackend
 
 GEN_FEATURES = ("base_s", "prefill_token_s", "seq_s", "context_token_s", "admit_s", "admit_token_s",
-                "prefill_attention_s", "context_spill_token_s", "refill_s")
+                "prefill_attention_s", "context_spill_token_s", "refill_s", "kernel_s")
 # the engine model's non-linear shape, chosen by held-out error (`fit_gen_step`): the KV context that stays in
-# the caches between steps, and how a prefill's refill grows with its tokens and fades over the steps after it
+# the caches between steps, how a prefill's refill grows with its tokens and fades over the steps after it, and
+# how many step sizes keep their kernels compiled (0: no such cache; rows without `computed_tokens` try only 0)
 CACHED_TOKENS = (1000, 2000, 4000, 8000, 16000, 32000)
 REFILL_TOKENS = (256, 512, 1024, 2048)
 REFILL_DECAYS = (0.2, 0.3, 0.4, 0.5, 0.6)
+KERNEL_SIZES = (0, 128, 192, 256, 320, 384)
 SCAN_FEATURES = ("call_s", "query_s", "vector_s")  # fitted on calls that only scan
 # on the rest of calls that embed (texts in the embedder's tokens)
 EMBED_FEATURES = ("embed_call_s", "new_query_s", "embed_token_s", "embed_text_token_s")
@@ -69,27 +71,33 @@ class GenShape:
     context_cached_tokens: int = CACHED_TOKENS[0]
     refill_tokens: float = REFILL_TOKENS[0]
     refill_decay: float = REFILL_DECAYS[0]
+    kernel_sizes: int = 0
 
 
 def gen_features(rows: Sequence[Row], shape: GenShape = GenShape()) -> np.ndarray:
     """Columns of `GEN_FEATURES` for engine-step rows, in the order the engine ran them (a
-    step's refill depends on the steps before it: `hwmodel.latency.AfterPrefill`)."""
+    step's refill and its kernels depend on the steps before it: `hwmodel.latency.AfterPrefill`,
+    `KernelSizes`, from a warm engine: the calibration's engine warmed its kernels)."""
     after_prefill = AfterPrefill()
+    kernels = KernelSizes(shape.kernel_sizes, warmed=shape.kernel_sizes)
     out = []
     for r in rows:
         refill = refill_share(*after_prefill.step(int(r["prefill_tokens"])), shape.refill_tokens, shape.refill_decay)
+        new_size = float(kernels.run(int(r["computed_tokens"]))) if shape.kernel_sizes else 0.0
         out.append([1.0, r["prefill_tokens"], r["seqs"], r["context_tokens"], r["admitted"], r["admitted_tokens"],
-                    r["prefill_attention"], max(0, r["context_tokens"] - shape.context_cached_tokens), refill])
+                    r["prefill_attention"], max(0, r["context_tokens"] - shape.context_cached_tokens), refill,
+                    new_size])
     return np.array(out, dtype=float).reshape(len(rows), len(GEN_FEATURES))
 
 
 def fit_gen_step(steps: Sequence[Row]) -> tuple[LinearFit, GenShape]:
     """The engine-step model on the grid's steps, its shape (`GenShape`) the one of `CACHED_TOKENS` x
-    `REFILL_TOKENS` x `REFILL_DECAYS` whose fit predicts held-out cells best (median error)."""
+    `REFILL_TOKENS` x `REFILL_DECAYS` x `KERNEL_SIZES` whose fit predicts held-out cells best (median error)."""
     y, cells = _seconds(steps), [r["cell"] for r in steps]
+    kernel_sizes = KERNEL_SIZES if all("computed_tokens" in r for r in steps) else (0,)
     best: tuple[LinearFit, GenShape] | None = None
-    for cached, tokens, decay in itertools.product(CACHED_TOKENS, REFILL_TOKENS, REFILL_DECAYS):
-        shape = GenShape(cached, tokens, decay)
+    for cached, tokens, decay, sizes in itertools.product(CACHED_TOKENS, REFILL_TOKENS, REFILL_DECAYS, kernel_sizes):
+        shape = GenShape(cached, tokens, decay, sizes)
         fit = fit_linear(GEN_FEATURES, gen_features(steps, shape), y, cells)
         if best is None or fit.heldout_median_error < best[0].heldout_median_error:
             best = fit, shape
@@ -284,7 +292,7 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
     from backends.real import pin_current_thread, thread_setup, usable_cores
     grid_kw: dict[str, object] = {}
     if quick:  # tests: a small grid, same code path
-        grid_kw = {"grid": ((1, 32), (4, 128), (16, 64), (32, 32)), "stagger": ((4, 64, 2),)}
+        grid_kw = {"grid": ((1, 32), (4, 128), (16, 64), (32, 32)), "stagger": ((4, 64, 2),), "kernel_passes": (8,)}
     with LoadMeter() as meter:
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]

@@ -6,7 +6,10 @@ The grid is designed, not sampled from the traces a profile is later validated o
   prompt tokens and `ENGINE_OUTPUT` output tokens are admitted at once and stepped to the
   end, so every step from the prefill chunks (token budget) to the last decode is
   measured; `STAGGER_GRID` cases admit a sequence every few steps into a running batch,
-  which gives the mixed prefill + decode steps that real traces have. Each step is timed as
+  which gives the mixed prefill + decode steps that real traces have. `KERNEL_PASSES` cases run
+  one-request prefills of many sizes not met before, each twice over, which shows what a step
+  of a size whose kernels are not compiled adds and how many sizes stay compiled
+  (`hwmodel.latency.KernelSizes`). Each step is timed as
   the real executor times it (`apply` + `step`), and reports its prefill tokens, scheduled
   sequences and KV context, the features of `hwmodel.latency.gen_step_s`.
 - **retrieval**: for each (queries per call, lists per query, query text length) of
@@ -39,6 +42,10 @@ ENGINE_GRID = ((1, 32), (1, 512), (1, 2048), (4, 128), (4, 1024), (8, 32), (8, 5
                (32, 64), (32, 512), (64, 32), (64, 256), (128, 64), (128, 512), (256, 32))  # (B, P)
 ENGINE_OUTPUT = 24  # output tokens per sequence: enough decode steps per cell
 STAGGER_GRID = ((8, 256, 3), (32, 128, 2), (64, 512, 4))  # (sequences, prompt tokens, steps between admissions)
+# distinct prompt sizes run one request at a time, in a shuffled order, then again in the same order: a
+# size still compiled the second time is within the engine's kernel cache (a few hundred sizes here)
+KERNEL_PASSES = (96, 288)
+KERNEL_SIZE_RANGE = (130, 1100)  # drawn from here, avoiding the grid's own sizes
 SEARCH_GRID = ((1, 1), (1, 8), (1, 32), (2, 4), (4, 2), (4, 16), (8, 1), (8, 8), (8, 32), (16, 4), (16, 16),
                (32, 1), (32, 8), (32, 32))  # (queries per call, lists per query and call)
 # query text lengths: questions, hypothetical documents, question + passage; 0: a mix of 40 and 700
@@ -74,7 +81,8 @@ def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: 
         if res.running:
             rows.append({"kind": "engine_step", "cell": cell, "admitted": res.admitted,
                          "admitted_tokens": res.admitted_tokens, "prefill_attention": res.prefill_attention,
-                         "prefill_tokens": res.prefill_tokens, "seqs": res.running, "decode_tokens": res.decode_tokens,
+                         "prefill_tokens": res.prefill_tokens, "computed_tokens": res.computed_tokens,
+                         "seqs": res.running, "decode_tokens": res.decode_tokens,
                          "context_tokens": res.context_tokens, "seconds": seconds})
         if step_no > 100_000:
             raise RuntimeError(f"calibration cell {cell}: the engine did not finish")
@@ -82,7 +90,7 @@ def _run_to_end(engine: VLLMEngine, admissions: dict[int, list[GenTask]], cell: 
 
 def profile_engine(engine: VLLMEngine, *, repeats: int = REPEATS, grid: Sequence[tuple[int, int]] = ENGINE_GRID,
                    stagger: Sequence[tuple[int, int, int]] = STAGGER_GRID, output_tokens: int = ENGINE_OUTPUT,
-                   progress: Progress = _quiet) -> list[Row]:
+                   kernel_passes: Sequence[int] = KERNEL_PASSES, progress: Progress = _quiet) -> list[Row]:
     """Time engine steps over the grid (see the module docstring); unique prompts, so the
     prefix cache never serves them."""
     rows: list[Row] = []
@@ -100,6 +108,16 @@ def profile_engine(engine: VLLMEngine, *, repeats: int = REPEATS, grid: Sequence
         for i, (cell, plan) in enumerate(cells):
             progress(f"engine: cell {i + 1}/{len(cells)} ({cell}), pass {r + 1}/{repeats}")
             _run_to_end(engine, {step: tasks(b, p) for step, (b, p) in plan.items()}, cell, rows)
+    used = {p for _, p in grid} | {p for _, p, _ in stagger} | {b * p for b, p in grid}
+    sizes = [n for n in range(*KERNEL_SIZE_RANGE) if n not in used]
+    np.random.default_rng(0).shuffle(sizes)
+    for count in kernel_passes:
+        batch, sizes = sizes[:count], sizes[count:]
+        for rerun in ("first", "again"):
+            progress(f"engine: {count} step sizes, {rerun}")
+            for p in batch:
+                _run_to_end(engine, {0: [GenTask((f"calibrate-sizes-{rerun}", p), p, 1, "", 0)]},
+                            f"sizes{count}-{rerun}", rows)
     return rows
 
 

@@ -75,15 +75,16 @@ class Staleness:
 
 def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
     """The profile's price of each probe row (engine steps and search calls, as the profiler
-    records them, in the order they ran: a step's refill depends on the steps before it)."""
-    after_prefill = AfterPrefill()
+    records them, in the order they ran: a step's refill and kernels depend on the steps before it)."""
+    after_prefill, kernels = AfterPrefill(), latency.kernel_sizes()
     out = []
     for row in rows:
         if row["kind"] == "engine_step":
             out.append(latency.gen_step_s(int(row["prefill_tokens"]), int(row["seqs"]), int(row["context_tokens"]),
                                           int(row["admitted"]), int(row["admitted_tokens"]),
                                           int(row["prefill_attention"]))
-                       + latency.refill_s(*after_prefill.step(int(row["prefill_tokens"]))))
+                       + latency.refill_s(*after_prefill.step(int(row["prefill_tokens"])))
+                       + (latency.kernel_s if latency.kernel_s and kernels.run(int(row["computed_tokens"])) else 0.0))
         else:
             out.append(latency.search_call_s(row))  # type: ignore[arg-type]
     return out

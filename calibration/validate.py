@@ -61,18 +61,20 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
     """The real run's engine steps and CPU search calls, each with its measured duration and
     the duration the profile's latency functions give it (from the item's timeline args), as
     the simulator would: slowed by the profile's contention over its overlap with the other
-    lane's item in flight when it started (the real run's)."""
+    lane's item in flight when it started (the real run's); the steps' refill and kernels as a
+    warm engine's (`LatencyModel.kernel_sizes`) that ran this run's steps."""
     rows: list[dict[str, object]] = []
     free: dict[str, float] = {}  # when each lane's previous item ended
     contention = latency.profile.contention
-    after_prefill = AfterPrefill()
+    after_prefill, kernels = AfterPrefill(), latency.kernel_sizes()
     for lane, name, start, dur, args in sorted(timeline, key=lambda e: e[2]):
         idle = start - free.get(lane, -math.inf)
         free[lane] = start + dur
         if dur <= 0:
             continue
         if name == "GenStep" and args.get("running"):
-            alone = latency.engine_step_s(args) + latency.refill_s(*after_prefill.step(args["prefill_tokens"]))
+            alone = (latency.engine_step_s(args) + latency.refill_s(*after_prefill.step(args["prefill_tokens"]))
+                     + (latency.kernel_s if latency.kernel_s and kernels.run(args["computed_tokens"]) else 0.0))
             pred = contended_s(alone + latency.engine_cold_s(idle),
                                free.get("cpu_retrieval", -math.inf) - start, contention.gen_step_slowdown)
         elif name == "SearchBatch" and lane == "cpu_retrieval":

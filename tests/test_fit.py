@@ -14,18 +14,27 @@ from calibration.fit import fit_linear, nonnegative_lstsq
 
 def _grid_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -> list[dict]:
     """Engine steps as the grid runs them: a cell's prefill, then its decode steps (their
-    refill fading), priced by `coef` with the shape `SHAPE`."""
+    refill fading); then one-request prefills of distinct sizes, each pass twice over (the
+    kernels compiled per step size); priced by `coef` with the shape `SHAPE`."""
     rows = []
     for b in (1, 4, 16, 64, 128):
         for p in (32, 512, 2048):
             for ctx in (0, 1000, 5000, 20000, 200000):
-                rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": p, "seqs": b,
-                             "context_tokens": ctx, "admitted": b, "admitted_tokens": b * (ctx % 700 + 16),
+                rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": p, "computed_tokens": p,
+                             "seqs": b, "context_tokens": ctx, "admitted": b, "admitted_tokens": b * (ctx % 700 + 16),
                              "prefill_attention": p * (ctx % 900 + p // 2), "decode_tokens": b})
                 for k in range(1, 4):
-                    rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": 0, "seqs": b,
-                                 "context_tokens": ctx + b * (p + k), "admitted": 0, "admitted_tokens": 0,
-                                 "prefill_attention": 0, "decode_tokens": b})
+                    rows.append({"kind": "engine_step", "cell": f"B{b}-P{p}", "prefill_tokens": 0,
+                                 "computed_tokens": b, "seqs": b, "context_tokens": ctx + b * (p + k), "admitted": 0,
+                                 "admitted_tokens": 0, "prefill_attention": 0, "decode_tokens": b})
+    sizes = list(rng.permutation(np.arange(600, 1100)))
+    for count in (160, 224):  # SHAPE's 192 sizes: the first pass's sizes stay compiled, the second's do not
+        batch, sizes = sizes[:count], sizes[count:]
+        for rerun in ("first", "again"):
+            rows += [{"kind": "engine_step", "cell": f"sizes{count}-{rerun}", "prefill_tokens": int(p),
+                      "computed_tokens": int(p), "seqs": 1, "context_tokens": 0, "admitted": 1,
+                      "admitted_tokens": int(p), "prefill_attention": int(p) * (int(p) // 2), "decode_tokens": 1}
+                     for p in batch]
     prices = gen_features(rows, SHAPE) @ np.array([coef.get(name, 0.0) for name in GEN_FEATURES])
     for row, price in zip(rows, prices, strict=True):
         row["seconds"] = price * (1 + noise * rng.standard_normal())
@@ -54,8 +63,9 @@ def _search_rows(coef: dict[str, float], rng: np.random.Generator, noise: float)
 
 
 GEN = {"base_s": 1.4e-3, "prefill_token_s": 7.5e-6, "seq_s": 3.8e-5, "context_token_s": 6e-8, "admit_s": 1.5e-4,
-       "admit_token_s": 2e-7, "prefill_attention_s": 3e-9, "context_spill_token_s": 1e-7, "refill_s": 1.2e-3}
-SHAPE = GenShape(context_cached_tokens=4000, refill_tokens=1024, refill_decay=0.4)  # one of the grids' values
+       "admit_token_s": 2e-7, "prefill_attention_s": 3e-9, "context_spill_token_s": 1e-7, "refill_s": 1.2e-3,
+       "kernel_s": 2e-3}
+SHAPE = GenShape(context_cached_tokens=4000, refill_tokens=1024, refill_decay=0.4, kernel_sizes=192)  # on the grids
 SEARCH = {"call_s": 2e-4, "query_s": 3e-5, "embed_call_s": 6e-3, "new_query_s": 1e-3, "embed_token_s": 1.2e-4,
           "embed_text_token_s": 2e-5, "vector_s": 2.3e-7}
 
@@ -64,7 +74,7 @@ def test_fit_recovers_known_coefficients_exactly_without_noise():
     rng = np.random.default_rng(0)
     fits = fit_rows(_grid_rows(GEN, rng, 0.0) + _search_rows(SEARCH, rng, 0.0))
     assert fits.gen_step.names == GEN_FEATURES
-    assert fits.gen_shape == SHAPE  # the cache's size and the refill's shape, found on the grids
+    assert fits.gen_shape == SHAPE  # the caches' sizes and the refill's shape, found on the grids
     assert (fits.scan.names, fits.embed.names) == (SCAN_FEATURES, EMBED_FEATURES)
     for fit, truth in ((fits.gen_step, GEN), (fits.scan, SEARCH), (fits.embed, SEARCH)):
         for name, value in zip(fit.names, fit.coef, strict=True):
@@ -91,7 +101,7 @@ def test_heldout_error_exposes_a_form_that_does_not_fit():
     """Step time quadratic in the batch: a linear form fits its own rows passably but predicts
     held-out cells worse than a correct form would."""
     rng = np.random.default_rng(2)
-    rows = _grid_rows(GEN, rng, 0.0)
+    rows = [r for r in _grid_rows(GEN, rng, 0.0) if r["cell"].startswith("B")]  # the batch cells
     y = np.array([1e-3 + 2e-6 * r["seqs"] ** 2 for r in rows])
     fit = fit_linear(GEN_FEATURES, gen_features(rows), y, [r["cell"] for r in rows])
     assert fit.heldout_median_error > 0.1
