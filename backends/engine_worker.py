@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backends.paths import vllm_environment
-from backends.worker_process import WorkerProcess, serve, started
+from backends.worker_process import WorkerProcess, keep_freed_memory, serve, started
 from ragraph.graph import NodeKey
 from ragraph.kvpolicy import KVPolicy
 from ragraph.work import GenStep, GenStepResult
@@ -37,6 +37,7 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
     """The worker: build the engine, then serve step / abort_all / has_unfinished / close."""
     if cores:
         os.sched_setaffinity(0, set(cores))
+    keep_freed_memory()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     vllm_environment()
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backends.worker_process import WorkerProcess, serve, started
+from backends.worker_process import WorkerProcess, keep_freed_memory, serve, started
 from ragraph.graph import NodeKey, Request
 from ragraph.work import CacheLoad, CacheLoadResult, SearchBatch, SearchResult
 
@@ -34,6 +34,7 @@ def _serve(conn: Any, index_path: str, model: str | None, cores: tuple[int, ...]
     """The worker: load the index and the embedder, then serve begin / search / close."""
     if cores:
         os.sched_setaffinity(0, set(cores))
+    keep_freed_memory()
 
     def build() -> tuple[tuple[Any, Any], tuple[int, list[int]]]:
         import faiss

@@ -10,10 +10,31 @@ share a worker safely.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing as mp
 import threading
 from collections.abc import Callable
 from typing import Any
+
+# glibc's malloc hands large freed blocks back to the kernel (a block over the mmap threshold is a mapping of
+# its own; free memory at the heap's top is trimmed), so the next engine step that needs them faults them in
+# again: measured on the CPU rig, 2,048-token prefill steps faulted ~4,000 pages (16 MB) each, median 37.0 ms
+# against 32.9 ms with freed memory kept. A CPU serving deployment runs with an allocator that keeps it (vLLM's
+# CPU guide preloads tcmalloc); here glibc is told to, in each worker (`keep_freed_memory`).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+KEEP_FREED_BYTES = 1 << 30  # free memory the heap keeps at its top before it gives any back
+HEAP_BLOCK_BYTES = 32 << 20  # blocks up to this (glibc's largest threshold) come from the heap, and stay
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's malloc keep the memory it frees (see `KEEP_FREED_BYTES`); False where
+    the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)) and bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 class WorkerError(RuntimeError):
