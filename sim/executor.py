@@ -297,8 +297,7 @@ class Simulation:
                 else:
                     if timeline is not None:  # a slice per step, with GenStepResult.timeline_args of a decode step,
                         # made when the timeline is read (sim.timeline: a run's rows, not ~640 bytes a step)
-                        args = GenStepResult(running=n, decode_tokens=n, computed_tokens=n).timeline_args()
-                        timeline.add_decode_run(run, args, dispatch)
+                        timeline.add_decode_run(run, _decode_args(n), dispatch)
                     for s, e, _, _ in run:
                         busy += s  # summed step by step, as one timeout each would
                         step_end(e)
@@ -327,8 +326,7 @@ class Simulation:
         """The steps of a decode run (`GenEngineModel.decode_run`) whose evictions copied KV out to
         the host tier, as `_fold` takes them, each step's copies before its own slice (as step by
         step); returns the engine lane's busy time after them."""
-        n = self.engine.n_dec
-        args = GenStepResult(running=n, decode_tokens=n).timeline_args()
+        args = _decode_args(self.engine.n_dec)
         busy = self._busy_s["gpu_gen"]
         for i, (s, e, c, u) in enumerate(run):
             self._copies(copies[marks[i]:marks[i + 1] if i + 1 < len(marks) else len(copies)], timeline)
@@ -422,3 +420,9 @@ class Simulation:
             self._cache_blocks[c] = need
             loaded.append(c)
         return tuple(loaded)
+
+
+def _decode_args(n: int) -> dict[str, int]:
+    """The timeline args of a folded step where `n` sequences decode (`step()`'s result for it;
+    the run's rows add its context and KV use)."""
+    return GenStepResult(running=n, decode_tokens=n, computed_tokens=n).timeline_args()
