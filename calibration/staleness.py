@@ -84,7 +84,7 @@ def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
                                           int(row["admitted"]), int(row["admitted_tokens"]),
                                           int(row["prefill_attention"]))
                        + latency.refill_s(*after_prefill.step(int(row["prefill_tokens"])))
-                       + (latency.kernel_s if latency.kernel_s and kernels.run(int(row["computed_tokens"])) else 0.0))
+                       + latency.kernels_s(kernels, int(row["computed_tokens"])))
         else:
             out.append(latency.search_call_s(row))  # type: ignore[arg-type]
     return out

@@ -74,7 +74,7 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
             continue
         if name == "GenStep" and args.get("running"):
             alone = (latency.engine_step_s(args) + latency.refill_s(*after_prefill.step(args["prefill_tokens"]))
-                     + (latency.kernel_s if latency.kernel_s and kernels.run(args["computed_tokens"]) else 0.0))
+                     + latency.kernels_s(kernels, args["computed_tokens"]))
             pred = contended_s(alone + latency.engine_cold_s(idle),
                                free.get("cpu_retrieval", -math.inf) - start, contention.gen_step_slowdown)
         elif name == "SearchBatch" and lane == "cpu_retrieval":

@@ -228,6 +228,11 @@ class LatencyModel:
             return 0.0
         return self.refill * refill_share(prefill_tokens, steps_after, *self._refill)
 
+    def kernels_s(self, kernels: KernelSizes, computed_tokens: int) -> float:
+        """What a step of `computed_tokens` adds on an engine whose compiled sizes are `kernels`:
+        `kernel_s` where that size is not compiled, 0.0 where it is (the step is recorded)."""
+        return self.kernel_s if self.kernel_s and kernels.run(computed_tokens) else 0.0
+
     def engine_step_s(self, args: Mapping[str, int]) -> float:
         """An engine step priced from what it did (`ragraph.work.GenStepResult.timeline_args`),
         its refill not included (`refill_s`)."""

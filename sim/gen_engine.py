@@ -249,8 +249,7 @@ class GenEngineModel:
         if prefill or self.after_prefill.pending:
             seconds += self.latency.refill_s(*self.after_prefill.step(prefill))
         computed = prefill + plan.decoders
-        if self.latency.kernel_s and self.kernels.run(computed):
-            seconds += self.latency.kernel_s
+        seconds += self.latency.kernels_s(self.kernels, computed)
         if self._stall_until:
             wait = self._stall_until - self.host.now if self.host is not None else 0.0
             self._stall_until = 0.0
@@ -396,8 +395,7 @@ class GenEngineModel:
         seconds = self.latency.gen_step_s(0, n, context)
         if self.after_prefill.pending:
             seconds += self.latency.refill_s(*self.after_prefill.step(0))
-        if self.latency.kernel_s and self.kernels.run(n):
-            seconds += self.latency.kernel_s
+        seconds += self.latency.kernels_s(self.kernels, n)
         finished = self._finish_decoders(t) if t in self.finishing else ()
         self.tick = t + 1
         pool = self.pool
