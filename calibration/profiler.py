@@ -236,17 +236,18 @@ BACK_TO_BACK_S = 0.001  # a gap shorter than this between two items of a lane: t
 
 def dispatch_gaps(timeline: Sequence[tuple[str, str, float, float, dict]]) -> list[Row]:
     """Per lane, the gaps between consecutive items that ran back to back (the scheduler core's
-    `complete` and `next_work` between them): rows of kind `dispatch_gap`."""
-    by_lane: dict[str, list[tuple[float, float]]] = {}
-    for lane, _name, start, dur, _args in timeline:
-        by_lane.setdefault(lane, []).append((start, dur))
+    `complete` and `next_work` between them): rows of kind `dispatch_gap`, each with the
+    sequences the engine step before it ran (`running`; 0 after a search call)."""
+    by_lane: dict[str, list[tuple[float, float, int]]] = {}
+    for lane, _name, start, dur, args in timeline:
+        by_lane.setdefault(lane, []).append((start, dur, int(args.get("running", 0))))
     rows: list[Row] = []
     for lane, items in sorted(by_lane.items()):
         items.sort()
-        for (s0, d0), (s1, _) in pairwise(items):
+        for (s0, d0, running), (s1, _, _) in pairwise(items):
             gap = s1 - (s0 + d0)
             if 0 <= gap < BACK_TO_BACK_S:
-                rows.append({"kind": "dispatch_gap", "cell": lane, "seconds": gap})
+                rows.append({"kind": "dispatch_gap", "cell": lane, "seconds": gap, "running": running})
     return rows
 
 

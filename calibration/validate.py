@@ -8,6 +8,15 @@ latency functions re-time the real run's own engine steps and search calls (from
 timeline args), and the median |relative error| item by item says whether a gap comes from
 the per-item models or from scheduling. Outputs: `validation.json`, `report.md`, plots and
 `items.parquet` (every re-timed real item).
+
+Near a policy's capacity the latency is a steep function of the items' cost, and the real
+body's own speed moves from run to run (the CPU VM's: 10-20% within minutes). Each cell
+therefore also says how fast the machine ran in that run (`run_speed`: the real items'
+measured time over their price, per kind), how the simulator's P50 moves when every item
+costs 1% more (`p50_per_cost`, from a run at +2%), and the simulator's errors once it runs
+at the run's own speed (`at_run_speed`: the profile scaled by `run_speed`,
+`Profile.at_speed`). The last uses the real run's timings, so it is no prediction: it
+separates what the cost model misses from what the machine did that run.
 """
 
 from __future__ import annotations
@@ -55,6 +64,17 @@ def rel_error(sim: float | None, real: float | None) -> float | None:
 
 
 ITEM_KINDS = {"GenStep": "engine_step", "SearchBatch": "search_call"}
+COST_STEP = 0.02  # the extra cost of every item in the run that measures the P50's sensitivity
+
+
+def run_speed(items: Sequence[dict[str, object]]) -> dict[str, float | None]:
+    """Per item kind: the real run's measured seconds over their price, summed (None: no items)."""
+    out: dict[str, float | None] = {}
+    for kind in ITEM_KINDS.values():
+        mine = [r for r in items if r["kind"] == kind]
+        predicted = sum(float(r["predicted_s"]) for r in mine)  # type: ignore[arg-type]
+        out[kind] = sum(float(r["measured_s"]) for r in mine) / predicted if predicted > 0 else None  # type: ignore[arg-type]
+    return out
 
 
 def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[dict[str, object]]:
@@ -84,6 +104,11 @@ def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> l
             continue
         rows.append({"kind": ITEM_KINDS[name], "start_s": start, "measured_s": dur, "predicted_s": pred, **args})
     return rows
+
+
+def _per_cost(costlier: float | None, base: float | None) -> float | None:
+    """The P50's relative change per relative change of every item's cost (1.0: in proportion)."""
+    return None if costlier is None or not base else (costlier / base - 1) / COST_STEP
 
 
 def item_errors(items: Sequence[dict[str, object]]) -> dict[str, dict[str, float | int | None]]:
@@ -127,11 +152,19 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     sim = simulate(case.requests, policy, profile, timeline=False, latency=latency, kv_policy=kv)
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
+    speed = run_speed(items)
+    at_speed = _body_figures(simulate(case.requests, policy, profile.at_speed(
+        speed["engine_step"] or 1.0, speed["search_call"] or 1.0), timeline=False, kv_policy=kv).summary)
+    costlier = _body_figures(simulate(case.requests, policy, profile.at_speed(1 + COST_STEP, 1 + COST_STEP),
+                                      timeline=False, kv_policy=kv).summary)
     cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.spec,
             "label": label, "requests": len(case.requests),
             "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
-            "item_errors": item_errors(items),
+            "item_errors": item_errors(items), "run_speed": speed,
+            "at_run_speed": {**{p: at_speed[p] for p in PERCENTILES},
+                             **{f"{p}_error": rel_error(at_speed[p], r[p]) for p in PERCENTILES}},  # type: ignore[arg-type]
+            "p50_per_cost": _per_cost(costlier["p50"], s["p50"]),  # type: ignore[arg-type]
             "kv_cache": {"real": real.summary.get("kv_cache"), "sim": sim.summary.get("kv_cache")}}
     latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
                  "sim": [x.latency_s for x in sim.result.records if x.status == "completed"]}

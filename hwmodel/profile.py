@@ -174,10 +174,17 @@ class TransferModel(_Strict):
 class Dispatch(_Strict):
     """Time a lane spends between two items when it has more work: the scheduler core's own
     work (`complete`, `next_work`) around each item. Measured on the real body, whose core is
-    Python; 0 in an analytic profile (a compiled scheduler's cost sits inside the step)."""
+    Python; 0 in an analytic profile (a compiled scheduler's cost sits inside the step). The
+    core completes an engine step sequence by sequence, so the engine lane's gap grows with
+    the sequences the step ran (`gen_dispatch_s`)."""
 
     gpu_gen_s: float = Field(default=0.0, ge=0)
+    gpu_gen_seq_s: float = Field(default=0.0, ge=0)  # per sequence the step before the gap ran
     cpu_retrieval_s: float = Field(default=0.0, ge=0)
+
+    def gen_dispatch_s(self, running: int) -> float:
+        """The engine lane's gap after a step that ran `running` sequences."""
+        return self.gpu_gen_s + self.gpu_gen_seq_s * running
 
 
 class Contention(_Strict):
@@ -244,6 +251,14 @@ class Profile(_Strict):
         """This profile describing another index (its costs unchanged; checked again)."""
         return type(self).model_validate({**self.model_dump(), "index": index.model_dump()})
 
+    def at_speed(self, engine: float, search: float) -> Profile:
+        """This profile for the same machine running slower or faster: every engine step costs
+        `engine` times its price here, every CPU search call `search` times (the core's own work
+        and the lanes' contention as they are). Validation's view of a real run at the speed its
+        items ran (`calibration.validate`)."""
+        return self.model_copy(update={"gen_step": _time_scaled(self.gen_step, engine),
+                                       "cpu_search": _time_scaled(self.cpu_search, search)})
+
     def kv_capacity_blocks(self) -> int:
         """KV-cache blocks: `engine.kv_cache_gib` when set, else GPU memory x utilisation -
         weights - activations - index cache; divided by the bytes of one block."""
@@ -261,6 +276,18 @@ class Profile(_Strict):
     def host_kv_blocks(self) -> int:
         """KV blocks the host-memory tier holds (`engine.host_kv_gib`; 0: no host tier)."""
         return int(self.engine.host_kv_gib * GIB // (self.model.kv_bytes_per_token * self.engine.block_size))
+
+
+def _time_scaled(model: _Strict, factor: float) -> _Strict:
+    """`model` with every cost in seconds (a field named `*_s`, not a time constant `*_tau_s`)
+    times `factor` and every rate (`*_per_s`) divided by it."""
+    update: dict[str, float] = {}
+    for name in type(model).model_fields:
+        if name.endswith("_per_s"):
+            update[name] = getattr(model, name) / factor
+        elif name.endswith("_s") and not name.endswith("_tau_s"):
+            update[name] = getattr(model, name) * factor
+    return model.model_copy(update=update)
 
 
 def _field_path(err: dict) -> str:

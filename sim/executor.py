@@ -226,7 +226,7 @@ class Simulation:
         model has no clock, so the same steps in the same order give the same results; the end
         times are summed step by step as single timeouts would."""
         env, sched, engine, name = self.env, self.sched, self.engine, Lane.GPU_GEN.value
-        dispatch = getattr(self.latency.profile.dispatch, f"{name}_s", 0.0)  # the core's own work per item
+        dispatch_s = self.latency.profile.dispatch.gen_dispatch_s  # the core's own work after a step
         timeline = self._timeline if self._keep_timeline else None
         woken = False  # resumed by the shared wake-up event: lanes woken after it run at this instant too
         while True:
@@ -256,11 +256,13 @@ class Simulation:
                 seconds += self.latency.engine_cold_s(now - self._lane_free[name])
             if self._gen_slowdown:
                 seconds = contended_s(seconds, self._search_busy_until - now, self._gen_slowdown)
+            dispatch = dispatch_s(res.running)
             end = now + (seconds + dispatch)
             allowed = sched.quiet_gen_steps() if self.fold_steps and not woken else 0
             if allowed and not (res.finished or res.rejected) and end < env.peek():
                 item, seconds, res, end = self._fold(item, seconds, res, end,  # type: ignore[arg-type]
                                                       allowed, dispatch, timeline)
+                dispatch = dispatch_s(res.running)
             self._gen_busy_until = end - dispatch
             yield env.timeout_at(end)
             woken = False  # resumed by its own timeout: whatever else happens now is in the event queue
@@ -273,10 +275,12 @@ class Simulation:
 
     def _fold(self, item: GenStep, seconds: float, res: GenStepResult, end: float, allowed: int, dispatch: float,
               timeline: Timeline | None) -> tuple[GenStep, float, GenStepResult, float]:
-        """Run the steps after a quiet one that ends at `end` before the next event, up to `allowed`
-        quiet ones (decode steps in one go, `GenEngineModel.decode_run`), complete the quiet ones;
-        returns (the lane's item, seconds, result, end) of the last step, not completed."""
+        """Run the steps after a quiet one that ends at `end` (`dispatch` after it: the core's work
+        after that step) before the next event, up to `allowed` quiet ones (decode steps in one
+        go, `GenEngineModel.decode_run`), complete the quiet ones; returns (the lane's item,
+        seconds, result, end) of the last step, not completed."""
         engine, horizon = self.engine, self.env.peek()
+        dispatch_s = self.latency.profile.dispatch.gen_dispatch_s
         ends: list[float] = []
         decoded: list[int] = []
         aborted = res.aborted_tokens
@@ -285,6 +289,7 @@ class Simulation:
             ends.append(end)
             decoded.append(res.decode_tokens)
             used, waiting = res.kv_used_blocks, res.waiting
+            dispatch = dispatch_s(engine.n_dec)  # a decode step of the run runs all n_dec sequences
             run = engine.decode_run(allowed - len(ends), end, dispatch, horizon, self._search_busy_until,
                                     self._gen_slowdown)
             if run:
@@ -314,6 +319,7 @@ class Simulation:
                 raise RuntimeError("engine model ran nothing after a step that left sequences running")
             if self._gen_slowdown:
                 seconds = contended_s(seconds, self._search_busy_until - end, self._gen_slowdown)
+            dispatch = dispatch_s(res.running)
             end = end + (seconds + dispatch)
             if len(ends) >= allowed or res.finished or res.rejected or end >= horizon:
                 break

@@ -17,7 +17,8 @@ from test_real_backend import real_trace
 from hwmodel.profile import DEFAULT_CPU_PROFILE, PROFILE_DIR, load_profile
 from traces.generate import write_jsonl
 
-CELL_KEYS = {"workflow", "rate", "policy", "real", "sim", "p50_error", "p95_error", "p99_error", "item_errors"}
+CELL_KEYS = {"workflow", "rate", "policy", "real", "sim", "p50_error", "p95_error", "p99_error", "item_errors",
+             "run_speed", "at_run_speed", "p50_per_cost"}
 BODY_KEYS = {"p50", "p95", "p99", "lane_busy", "completed", "failed"}
 
 
@@ -76,6 +77,13 @@ def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model
     assert (out / "cdf-one-shot.png").stat().st_size > 0 and (out / "error-vs-load.png").stat().st_size > 0
     items = pd.read_parquet(out / "items.parquet")
     assert set(items["kind"]) == {"engine_step", "search_call"} and (items["measured_s"] > 0).all()
+    for cell in result["cells"]:  # the run's speed is its own items' measured time over their price
+        mine = items[items["policy"] == cell["policy"]]
+        for kind, group in mine.groupby("kind"):
+            assert cell["run_speed"][kind] == pytest.approx(group["measured_s"].sum() / group["predicted_s"].sum())
+        at = cell["at_run_speed"]
+        assert at["p50_error"] == pytest.approx((at["p50"] - cell["real"]["p50"]) / cell["real"]["p50"])
+        assert cell["p50_per_cost"] > 0  # dearer items: a later P50
 
 
 def test_run_refuses_a_profile_whose_search_costs_do_not_carry_to_the_index(tmp_path, wiki_corpus, embedder):

@@ -29,10 +29,12 @@ def requests(workflow: str, rate: float, duration: float = 8.0, seed: int = 3, n
 
 
 # a profile whose steps also pay for the context beyond the caches, for the refill after a prefill and for
-# the kernels of a step size not run lately (few sizes kept, so decode batch sizes miss too)
+# the kernels of a step size not run lately (few sizes kept, so decode batch sizes miss too), and whose core
+# takes longer after a step of more sequences
 SPILLING = LatencyModel(PROFILE.model_copy(update={"gen_step": PROFILE.gen_step.model_copy(update={
     "context_spill_token_s": 2e-8, "context_cached_tokens": 3000, "refill_s": 1e-3, "refill_decay": 0.5,
-    "kernel_s": 2e-3, "kernel_sizes": 6})}))
+    "kernel_s": 2e-3, "kernel_sizes": 6}), "dispatch": PROFILE.dispatch.model_copy(update={
+    "gpu_gen_s": 1.5e-5, "gpu_gen_seq_s": 2e-6})}))
 
 
 def simulate(reqs, policy: str, fold: bool, kv: str = "lru", latency: LatencyModel = LATENCY):
@@ -68,7 +70,7 @@ def test_folded_steps_give_the_step_by_step_run(workflow, rate, policy, kv):
 
 @pytest.mark.parametrize(("workflow", "rate", "policy"), [
     ("gen-only", 0.5, "flashrag"), ("one-shot", 8.0, "hedra"), ("irg", 6.0, "hedra")])
-def test_folded_steps_pay_the_spill_refill_and_kernels_as_steps_one_by_one(workflow, rate, policy):
+def test_folded_steps_pay_the_spill_refill_kernels_and_dispatch_as_steps_one_by_one(workflow, rate, policy):
     reqs = requests(workflow, rate)
     folded, plain = (simulate(reqs, policy, fold, latency=SPILLING)[0] for fold in (True, False))
     assert folded.records == plain.records and folded.timeline == plain.timeline
