@@ -245,8 +245,8 @@ def fit_dispatch(rows: Sequence[Row]) -> dict[str, float]:
     """`Profile.dispatch` from the replay's back-to-back gaps (`profiler.dispatch_gaps`). The
     engine lane's: a line in the sequences the step before the gap ran, by least squares (the
     mean gap is what the lane's time sums; the core completes a step sequence by sequence, and
-    in the fidelity replays the gap ran 13-18 us + 1.3-2.8 us a sequence, 80 us after a step of
-    32-64 sequences). The retrieval lane's: the median gap (a few dozen gaps, a tail of slow ones)."""
+    in stop 25's fidelity replays the gap ran 8-20 us + 1.3-2.8 us a sequence, 70-115 us after a
+    step of 32-64 sequences). The retrieval lane's: the median gap (a few dozen gaps, a tail of slow ones)."""
     out: dict[str, float] = {}
     gen = [(float(r.get("running", 0)), float(r["seconds"])) for r in rows
            if r["kind"] == "dispatch_gap" and r["cell"] == "gpu_gen"]
@@ -334,7 +334,7 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
 
 DISPATCH_WORKFLOWS = "one-shot,irg"  # the short replay that measures the executor's time between items
 DISPATCH_SEED = 90210  # not a seed the fidelity benchmark or `hedra validate` default to
-# then a burst of requests whose generations are long, arriving within a second: steps of 1 to ~48
+# then a burst of requests whose generations are long, arriving within a second: steps of up to ~20
 # sequences, over which the engine lane's gap grows (the replay above runs 1-3 sequences a step)
 DISPATCH_BURST = ("hyde", 48)
 
@@ -352,9 +352,9 @@ def measure_dispatch(body: RealBackend, profile: Profile, *, quick: bool = False
     latency = LatencyModel(profile)
     requests = at_rate(corpus_requests(body, DISPATCH_WORKFLOWS, n, seed=DISPATCH_SEED), 4.0)
     result = body.replay(requests, make_policy("hedra", latency), text=False)
-    workflow, burst = DISPATCH_BURST
-    burst = 12 if quick else burst
-    requests = at_rate(corpus_requests(body, workflow, burst, seed=DISPATCH_SEED), float(burst))
+    workflow, size = DISPATCH_BURST
+    size = 12 if quick else size
+    requests = at_rate(corpus_requests(body, workflow, size, seed=DISPATCH_SEED), float(size))
     burst_run = body.replay(requests, make_policy("hedra", latency), text=False)
     return (dispatch_gaps(result.timeline) + dispatch_gaps(burst_run.timeline)
             + replay_items(result.timeline, latency))
