@@ -36,6 +36,7 @@ from calibration.profiler import (
     profile_gpu_cache,
     profile_search,
 )
+from calibration.staleness import probe, reference
 from hwmodel.latency import AfterPrefill, KernelSizes, refill_share
 from hwmodel.profile import Engine, Profile
 
@@ -329,7 +330,9 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
     provisional = assemble_profile(body, rows, fits, name=name)
     progress("measuring the executor's time between items and the lanes' contention (a short replay)")
     rows += measure_dispatch(body, provisional, quick=quick)
-    return assemble_profile(body, rows, replace(fits, contention=fit_contention(rows)), name=name)
+    fitted = assemble_profile(body, rows, replace(fits, contention=fit_contention(rows)), name=name)
+    progress("probing the body as a later stale-profile check will (the reference of its speed)")
+    return fitted.model_copy(update={"probe": reference(fitted, probe(body))})
 
 
 DISPATCH_WORKFLOWS = "one-shot,irg"  # the short replay that measures the executor's time between items

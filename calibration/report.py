@@ -27,10 +27,12 @@ def _s(x: float | None) -> str:
 def error_table(cells: Sequence[dict]) -> list[str]:
     """Markdown rows: one per cell, real and sim percentiles, errors, busy fractions, item errors,
     the run's speed, the errors at that speed and the P50's sensitivity to the items' cost
-    (`calibration.validate`)."""
+    (`calibration.validate`); where a probe ran before each cell, its speed and the errors at it."""
+    probed = any("at_probe_speed" in c for c in cells)
     head = ("| workflow | rate | policy | real P50 | sim P50 | P50 err | real P99 | sim P99 | P99 err | P95 err"
             " | gen busy real/sim | retr busy real/sim | step err (med) | search err (med)"
-            " | run speed step/search | P50 / P99 err at run speed | P50 per cost |")
+            + (" | probe speed step/search | P50 / P99 err at probe speed" if probed else "")
+            + " | run speed step/search | P50 / P99 err at run speed | P50 per cost |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         r, s, items = c["real"], c["sim"], c["item_errors"]
@@ -41,8 +43,9 @@ def error_table(cells: Sequence[dict]) -> list[str]:
                      f" | {_pct(c['p50_error'])} | {_s(r['p99'])} | {_s(s['p99'])} | {_pct(c['p99_error'])}"
                      f" | {_pct(c['p95_error'])} | {busy[0]} | {busy[1]}"
                      f" | {_abs_pct(items['engine_step']['median_abs_rel_error'])}"
-                     f" | {_abs_pct(items['search_call']['median_abs_rel_error'])} | {_speeds(c)}"
-                     f" | {_at_speed(c)} | {_x(c.get('p50_per_cost'))} |")
+                     f" | {_abs_pct(items['search_call']['median_abs_rel_error'])}"
+                     + (f" | {_speeds(c, 'probe')} | {_at_speed(c, 'probe')}" if probed else "")
+                     + f" | {_speeds(c, 'run')} | {_at_speed(c, 'run')} | {_x(c.get('p50_per_cost'))} |")
     return lines
 
 
@@ -50,14 +53,15 @@ def _x(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}x"
 
 
-def _speeds(cell: dict) -> str:
-    """The real run's items, measured over their price: engine steps / search calls."""
-    speed = cell.get("run_speed") or {}
+def _speeds(cell: dict, which: str) -> str:
+    """Engine steps / search calls at the `which` ("run": the real run's items, measured over
+    their price; "probe": the probe's before the cell, over the calibration's)."""
+    speed = cell.get(f"{which}_speed") or {}
     return "/".join("n/a" if speed.get(k) is None else f"{speed[k]:.3f}" for k in ("engine_step", "search_call"))
 
 
-def _at_speed(cell: dict) -> str:
-    at = cell.get("at_run_speed") or {}
+def _at_speed(cell: dict, which: str) -> str:
+    at = cell.get(f"at_{which}_speed") or {}
     return f"{_pct(at.get('p50_error'))} / {_pct(at.get('p99_error'))}"
 
 
@@ -72,6 +76,8 @@ def write_report(path: Path, result: dict) -> None:
              " run's own engine steps and search calls; the median |relative error| per cell. Run speed: the"
              " real run's items, measured over their price, summed per kind; errors at run speed: the"
              " simulator with the profile scaled to that speed (no prediction: it uses the run's own timings);"
+             " probe speed (where measured): the stale-profile probe's just before the cell, against the"
+             " calibration's, and the simulator at it (a prediction: made before the run);"
              " P50 per cost: the simulated P50's relative change per relative change of every item's cost.", "",
              *error_table(cells), "",
              f"Worst |error|: P50 {_abs_pct(worst['p50_error'])}, P95 {_abs_pct(worst['p95_error'])},"

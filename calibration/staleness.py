@@ -11,6 +11,11 @@ on either kind it returns one line saying so, with the command that recalibrates
 model string cannot tell VMs of one kind apart, and the same VM drifts by 10-20% between
 runs (`.ci/run`); 25% lies above that drift and below what made validation wrong on another
 VM (engine steps 32% off, issue 16).
+
+The same probe also says how fast the machine runs now against the calibration's minute
+(`Staleness.speed`: measured over priced time per kind, divided by what the probe measured
+right after the calibration, `Profile.probe`). `Profile.at_speed` of it is a prediction that
+follows the machine's drift up to the probe's minute (validation's `--probe-each-cell`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from calibration.profiler import Row, profile_engine, profile_search
 from hwmodel.latency import AfterPrefill, LatencyModel
-from hwmodel.profile import Profile
+from hwmodel.profile import ProbeReference, Profile
 
 if TYPE_CHECKING:
     from backends.real import RealBackend
@@ -56,10 +61,11 @@ class Staleness:
     items: dict[str, int]  # per kind: items measured
     tolerance: float
     probe_s: float  # seconds the probe took
+    speed: dict[str, float | None]  # per `SPEED_KINDS`: the machine's time over the calibration's (`speed`)
 
     def to_json(self) -> dict[str, object]:
         return {"profile": self.profile, "stale": self.stale, "median_rel_error": self.errors, "items": self.items,
-                "tolerance": self.tolerance, "probe_s": self.probe_s}
+                "tolerance": self.tolerance, "probe_s": self.probe_s, "speed": self.speed}
 
     @property
     def stale(self) -> bool:
@@ -90,8 +96,36 @@ def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
     return out
 
 
+SPEED_KINDS = ("engine_step", "search_call")  # what `Profile.at_speed` scales, each on its own
+
+
+def raw_speed(rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
+    """Per `SPEED_KINDS`: the rows' measured seconds over their `prices`, summed (None: no rows)."""
+    out: dict[str, float | None] = {}
+    for kind in SPEED_KINDS:
+        mine = [(float(r["seconds"]), price) for r, price in zip(rows, prices, strict=True) if r["kind"] == kind]
+        priced = sum(price for _, price in mine)
+        out[kind] = sum(seconds for seconds, _ in mine) / priced if priced > 0 else None
+    return out
+
+
+def reference(profile: Profile, rows: Sequence[Row]) -> ProbeReference:
+    """`Profile.probe` from a probe run right after the calibration that fitted `profile`."""
+    speed = raw_speed(rows, predicted_s(LatencyModel(profile), rows))
+    return ProbeReference(**{kind: speed[kind] or 1.0 for kind in SPEED_KINDS})
+
+
+def speed(profile: Profile, rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
+    """How much longer than at the calibration the probe's items took, per `SPEED_KINDS`
+    (`raw_speed` over the profile's `probe` reference; 1.0: as fast; > 1: slower)."""
+    ref = profile.probe
+    return {kind: None if v is None else v / (getattr(ref, kind) if ref else 1.0)
+            for kind, v in raw_speed(rows, prices).items()}
+
+
 def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE, probe_s: float = 0.0) -> Staleness:
-    """The median signed error of the profile's prediction per kind, over measured `rows`."""
+    """The median signed error of the profile's prediction per kind, over measured `rows`, and the
+    machine's speed against the calibration's."""
     prices = predicted_s(LatencyModel(profile), rows)
     errors: dict[str, float | None] = {}
     items: dict[str, int] = {}
@@ -100,7 +134,7 @@ def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE,
                if probe_kind(r) == kind and float(r["seconds"]) > 0]
         errors[kind] = float(np.median(rel)) if rel else None
         items[kind] = len(rel)
-    return Staleness(profile.name, errors, items, tolerance, probe_s)
+    return Staleness(profile.name, errors, items, tolerance, probe_s, speed(profile, rows, prices))
 
 
 def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None) -> list[Row]:

@@ -16,7 +16,10 @@ measured time over their price, per kind), how the simulator's P50 moves when ev
 costs 1% more (`p50_per_cost`, from a run at +2%), and the simulator's errors once it runs
 at the run's own speed (`at_run_speed`: the profile scaled by `run_speed`,
 `Profile.at_speed`). The last uses the real run's timings, so it is no prediction: it
-separates what the cost model misses from what the machine did that run.
+separates what the cost model misses from what the machine did that run. With
+`probe_each_cell`, the stale-profile probe runs before each cell and the cell also holds the
+simulator at the probe's speed (`at_probe_speed`): a prediction, made before the run, that
+follows the machine's drift up to the probe's minute (`calibration.staleness`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calibration.staleness import check_profile
 from calibration.workload import at_rate, corpus_requests
 from hwmodel.latency import AfterPrefill, LatencyModel, contended_s
 from hwmodel.profile import Profile
@@ -137,10 +141,12 @@ def policy_label(policy: PolicyChoice, kv_policy: KVPolicy) -> str:
 
 
 def validate_case(body: RealBackend, profile: Profile, case: Case, policy: PolicyChoice,
-                  progress: Callable[[str], None] = lambda msg: None, kv_policy: KVPolicy | None = None
+                  progress: Callable[[str], None] = lambda msg: None, kv_policy: KVPolicy | None = None,
+                  probe_speed: dict[str, float | None] | None = None
                   ) -> tuple[dict, dict[str, list[float]], list[dict[str, object]]]:
     """One cell: (the cell's figures, the two bodies' completed latencies for plots, the real
-    run's items re-timed); both bodies run `kv_policy` (default lru)."""
+    run's items re-timed); both bodies run `kv_policy` (default lru); `probe_speed`: the
+    machine's speed a probe measured just before (`Staleness.speed`), also simulated at."""
     kv = kv_policy or KVPolicy(DEFAULT_KV_POLICY)
     latency = LatencyModel(profile)
     label = policy_label(policy, kv)
@@ -153,17 +159,21 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
     r, s = _body_figures(real.summary), _body_figures(sim.summary)
     items = retimed_items(real.result.timeline, latency)
     speed = run_speed(items)
-    at_speed = _body_figures(simulate(case.requests, policy, profile.at_speed(
-        speed["engine_step"] or 1.0, speed["search_call"] or 1.0), timeline=False, kv_policy=kv).summary)
-    costlier = _body_figures(simulate(case.requests, policy, profile.at_speed(1 + COST_STEP, 1 + COST_STEP),
-                                      timeline=False, kv_policy=kv).summary)
+
+    def at(speeds: dict[str, float | None]) -> dict[str, float | None]:
+        """The simulator's percentiles and errors with every item `speeds` times its price."""
+        figures = _body_figures(simulate(case.requests, policy, profile.at_speed(
+            speeds["engine_step"] or 1.0, speeds["search_call"] or 1.0), timeline=False, kv_policy=kv).summary)
+        return {**{p: figures[p] for p in PERCENTILES},  # type: ignore[misc]
+                **{f"{p}_error": rel_error(figures[p], r[p]) for p in PERCENTILES}}  # type: ignore[arg-type]
+
+    costlier = at({"engine_step": 1 + COST_STEP, "search_call": 1 + COST_STEP})
     cell = {"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.spec,
             "label": label, "requests": len(case.requests),
             "trace": case.source, **({"load": case.load} if case.load is not None else {}), "real": r, "sim": s,
             **{f"{p}_error": rel_error(s[p], r[p]) for p in PERCENTILES},  # type: ignore[arg-type]
-            "item_errors": item_errors(items), "run_speed": speed,
-            "at_run_speed": {**{p: at_speed[p] for p in PERCENTILES},
-                             **{f"{p}_error": rel_error(at_speed[p], r[p]) for p in PERCENTILES}},  # type: ignore[arg-type]
+            "item_errors": item_errors(items), "run_speed": speed, "at_run_speed": at(speed),
+            **({"probe_speed": probe_speed, "at_probe_speed": at(probe_speed)} if probe_speed else {}),
             "p50_per_cost": _per_cost(costlier["p50"], s["p50"]),  # type: ignore[arg-type]
             "kv_cache": {"real": real.summary.get("kv_cache"), "sim": sim.summary.get("kv_cache")}}
     latencies = {"real": [x.latency_s for x in real.result.records if x.status == "completed"],
@@ -173,9 +183,10 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
 
 def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], policies: Sequence[PolicyChoice],
                    out: Path, progress: Callable[[str], None] = lambda msg: None,
-                   extra: dict[str, object] | None = None, kv_policies: Sequence[KVPolicy] = ()) -> dict:
+                   extra: dict[str, object] | None = None, kv_policies: Sequence[KVPolicy] = (),
+                   probe_each_cell: bool = False) -> dict:
     """Validate every (case, policy, KV policy) (a case made for one policy: under that policy
-    alone; `kv_policies` default: lru alone); write
+    alone; `kv_policies` default: lru alone; `probe_each_cell`: the stale-profile probe first); write
     validation.json, report.md and plots into `out` (an existing, empty folder: the caller makes
     it atomic); `extra` joins validation.json's top level (e.g. `profile_check`, `capacities`)."""
     import pandas as pd
@@ -188,7 +199,11 @@ def run_validation(body: RealBackend, profile: Profile, cases: Sequence[Case], p
     for case in cases:
         for policy in ([case.policy] if case.policy else policies):
             for kv in kv_policies or [KVPolicy(DEFAULT_KV_POLICY)]:
-                cell, lat, cell_items = validate_case(body, profile, case, policy, progress, kv)
+                speed = None
+                if probe_each_cell:
+                    progress(f"probing the machine's speed before {case.workflow} at {case.rate:g} req/s")
+                    speed = check_profile(body, profile).speed
+                cell, lat, cell_items = validate_case(body, profile, case, policy, progress, kv, speed)
                 cells.append(cell)
                 latencies[(case.workflow, case.rate, cell["label"])] = lat
                 items += [{"workflow": case.workflow, "rate": case.rate, "policy": policy.spec, "kv_policy": kv.spec,

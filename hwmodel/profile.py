@@ -199,6 +199,16 @@ class Contention(_Strict):
     cpu_search_slowdown: float = Field(default=0.0, ge=0)
 
 
+class ProbeReference(_Strict):
+    """What the stale-profile probe (`calibration.staleness`) measured right after the
+    calibration: its items' measured time over their price, per kind. The fit's own bias on the
+    probe's few shapes (a few percent), which a later probe's speed is divided by, so that the
+    speed it reports is the machine's against the calibration's minute, not the fit's error."""
+
+    engine_step: float = Field(gt=0)
+    search_call: float = Field(gt=0)
+
+
 class Profile(_Strict):
     name: str
     version: int = Field(ge=1)
@@ -215,6 +225,7 @@ class Profile(_Strict):
     pcie: TransferModel | None = None
     dispatch: Dispatch = Field(default_factory=Dispatch)
     contention: Contention = Field(default_factory=Contention)
+    probe: ProbeReference | None = None  # measured by `hedra calibrate`; None: a probe's speed is taken as is
     fits: dict[str, dict[str, object]] = Field(default_factory=dict)  # per model: coefficients, held-out error
     measurements: list[dict[str, float | int | str]] = Field(default_factory=list)  # raw data (measured)
 

@@ -51,13 +51,15 @@ def test_calibrated_profile_is_measured_and_complete(calibrated_profile, wiki_co
         fit = p.fits[name]
         assert 0 <= fit["heldout_median_abs_rel_error"] < 1, (name, fit)
     assert p.gen_step.base_s > 0 and p.cpu_search.memory_bytes_per_s > 0
+    # the stale probe ran right after the fit: its items' time over their price, the reference of later probes
+    assert p.probe is not None and 0.5 < p.probe.engine_step < 2 and 0.5 < p.probe.search_call < 2
 
 
 def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model_dir, wiki_corpus):
     out = tmp_path / "validation"
     proc = hedra("validate", "--profile", calibrated_profile_path, "--workflow", "one-shot", "--rates", "2",
                  "--duration", "4", "--model", tiny_model_dir, "--corpus", wiki_corpus.path, "--out", out,
-                 timeout=600)
+                 "--probe-each-cell", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "validation.json").read_text())
     assert len(result["cells"]) == 2  # one workflow x one rate x {flashrag, hedra}
@@ -84,6 +86,11 @@ def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model
         at = cell["at_run_speed"]
         assert at["p50_error"] == pytest.approx((at["p50"] - cell["real"]["p50"]) / cell["real"]["p50"])
         assert cell["p50_per_cost"] > 0  # dearer items: a later P50
+        # --probe-each-cell: the machine's speed a probe measured before the cell, and the simulator at it
+        assert all(0.5 < cell["probe_speed"][kind] < 2 for kind in ("engine_step", "search_call"))
+        at = cell["at_probe_speed"]
+        assert at["p99_error"] == pytest.approx((at["p99"] - cell["real"]["p99"]) / cell["real"]["p99"])
+    assert "P50 / P99 err at probe speed" in (out / "report.md").read_text()
 
 
 def test_run_refuses_a_profile_whose_search_costs_do_not_carry_to_the_index(tmp_path, wiki_corpus, embedder):

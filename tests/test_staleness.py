@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from calibration.staleness import TOLERANCE, compare, recalibrate_command
+import pytest
+
+from calibration.staleness import SPEED_KINDS, TOLERANCE, compare, recalibrate_command, reference
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 
 
@@ -52,3 +54,15 @@ def test_an_embedding_priced_twice_too_slow_is_flagged_though_the_scans_are_righ
     assert abs(found.errors["search_scan"]) < 0.1 and abs(found.errors["engine_step"]) < 0.1
     taken = 1 / (1 + found.errors["search_embed"])  # about 0.5: the profile's own bias on these rows besides
     assert f"search calls that embed queries take {taken:.2f}x" in found.line(recalibrate_command("cpu"))
+
+
+def test_the_probe_speed_is_the_machine_against_the_calibrations_minute():
+    """Divided by what the probe measured right after the calibration (`Profile.probe`), the fit's
+    own bias on the probe's shapes drops out: the same rows read 1.0, rows 30% slower read 1.3."""
+    prof, rows = measured_rows()
+    raw = compare(prof, rows).speed  # no reference: the rows' measured over priced time as it is
+    assert all(0.8 < raw[kind] < 1.2 for kind in SPEED_KINDS)
+    referenced = prof.model_copy(update={"probe": reference(prof, rows)})
+    assert compare(referenced, rows).speed == pytest.approx({"engine_step": 1.0, "search_call": 1.0})
+    slower = [{**r, "seconds": r["seconds"] * (1.3 if r["kind"] == "engine_step" else 1.0)} for r in rows]
+    assert compare(referenced, slower).speed == pytest.approx({"engine_step": 1.3, "search_call": 1.0})

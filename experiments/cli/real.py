@@ -336,6 +336,9 @@ def validate(
     retrieval_cores: RetrievalCoresOpt = None,
     workflows: WorkflowsOpt = None,
     check_profile: CheckProfileOpt = True,
+    probe_each_cell: Annotated[bool, typer.Option(
+        help="Probe the machine before each cell too, and also predict with the profile at the speed it"
+             " measured (follows the machine's drift; ~15 s a cell).")] = False,
     kv_policy: Annotated[str, typer.Option(help=f"KV-cache policies, comma-separated ({', '.join(KV_POLICIES)}):"
                                                  " each cell runs under each, on both bodies.")] = DEFAULT_KV_POLICY,
     kv_cache_gib: KVCacheOpt = None,
@@ -385,7 +388,8 @@ def validate(
                              for path, reqs in zip(trace or [], loaded, strict=True)]
                 with atomic_dir(out) as tmp:
                     result = run_validation(body, prof, cases, choices, tmp, progress=status.update,
-                                            extra={"profile_check": check} if check else None, kv_policies=kvs)
+                                            extra={"profile_check": check} if check else None, kv_policies=kvs,
+                                            probe_each_cell=probe_each_cell)
         finally:
             body.close()
     from calibration.report import error_table
