@@ -45,7 +45,8 @@ def _serve(conn: Any, model: str, config: EngineConfig, device: str, seed: int, 
         import torch
 
         torch.set_num_threads(threads)
-        from backends.vllm_engine import EngineUnavailable, ModelLoadError, VLLMEngine, VLLMHandleError
+        from backends.vllm_engine import ModelLoadError, VLLMEngine
+        from backends.vllm_handles import EngineUnavailable, VLLMHandleError
 
         try:
             engine = VLLMEngine.from_config(model, config, device=device, seed=seed)
@@ -100,7 +101,8 @@ class EngineProcess:
 
     def __init__(self, model: str | Path, config: EngineConfig, *, device: str = "cpu", seed: int = 0,
                  cores: Sequence[int] = (), threads: int = 1) -> None:
-        from backends.vllm_engine import EngineUnavailable, ModelLoadError, VLLMHandleError
+        from backends.vllm_engine import ModelLoadError
+        from backends.vllm_handles import EngineUnavailable, VLLMHandleError
 
         self._worker = WorkerProcess(
             _serve, (str(model), config, device, seed, tuple(cores), threads), name="hedra-engine",

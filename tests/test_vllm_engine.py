@@ -42,7 +42,8 @@ def test_modules_import_without_vllm_or_torch():
 
 def test_missing_vllm_is_one_clear_error():
     code = ("import sys; sys.modules['vllm'] = None\n"  # makes `import vllm` fail as if it were not installed
-            "from backends.vllm_engine import EngineUnavailable, VLLMEngine\n"
+            "from backends.vllm_engine import VLLMEngine\n"
+            "from backends.vllm_handles import EngineUnavailable\n"
             "try:\n    VLLMEngine('no-model')\nexcept EngineUnavailable as e:\n    print(e)\n    sys.exit(0)\n"
             "sys.exit(1)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -358,11 +359,11 @@ def test_prompts_take_vllms_supported_input_path(eng):
     """Token ids reach vLLM as the renderer's processed input, not as a raw prompt dict, which
     vLLM 0.32's InputProcessor warns is deprecated (it takes the supported path for a dict
     that carries a "type")."""
-    from backends.vllm_engine import _vllm_engine_input
+    from backends.vllm_handles import engine_input
 
-    engine_input = _vllm_engine_input(eng.llm_engine, [5, 6, 7, 8])
-    assert isinstance(engine_input, dict) and "type" in engine_input
-    assert list(engine_input["prompt_token_ids"]) == [5, 6, 7, 8]
+    rendered = engine_input(eng.llm_engine, [5, 6, 7, 8])
+    assert isinstance(rendered, dict) and "type" in rendered
+    assert list(rendered["prompt_token_ids"]) == [5, 6, 7, 8]
 
 
 def test_the_tiny_model_gets_no_text_prompts(tiny_model: Path):

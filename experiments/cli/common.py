@@ -41,7 +41,8 @@ class UsageError(ValueError):
 
 _BACKEND_ERRORS = {"backends.corpus.store": ("CorpusError",), "backends.real": ("BackendError",),
                    "backends.embedder": ("EmbedderUnavailable",), "backends.ivf": ("RetrieverUnavailable",),
-                   "backends.vllm_engine": ("EngineUnavailable", "VLLMHandleError", "ModelLoadError"),
+                   "backends.vllm_engine": ("ModelLoadError",),
+                   "backends.vllm_handles": ("EngineUnavailable", "VLLMHandleError"),
                    "backends.smollm2": ("ModelUnavailable",)}
 
 
