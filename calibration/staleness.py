@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from backends.real import RealBackend
 
 TOLERANCE = 0.25  # median |predicted / measured - 1| of a kind beyond which the profile is stale
+# a measured profile's `probe` reference was taken on these shapes: changing them calls for a recalibration
 PROBE_ENGINE = ((16, 256), (64, 64))  # (sequences, prompt tokens): prefill chunks, then decode steps
 PROBE_OUTPUT = 12  # output tokens per sequence
 PROBE_SEARCH = ((1, 8), (4, 16), (8, 8), (32, 4))  # (queries per call, lists per query)
