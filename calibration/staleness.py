@@ -21,7 +21,7 @@ follows the machine's drift up to the probe's minute (validation's `--probe-each
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,28 +100,35 @@ def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
 SPEED_KINDS = ("engine_step", "search_call")  # what `Profile.at_speed` scales, each on its own
 
 
-def raw_speed(rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
-    """Per `SPEED_KINDS`: the rows' measured seconds over their `prices`, summed (None: no rows)."""
-    out: dict[str, float | None] = {}
-    for kind in SPEED_KINDS:
-        mine = [(float(r["seconds"]), price) for r, price in zip(rows, prices, strict=True) if r["kind"] == kind]
-        priced = sum(price for _, price in mine)
-        out[kind] = sum(seconds for seconds, _ in mine) / priced if priced > 0 else None
-    return out
+def measured_over_priced(items: Iterable[tuple[str, float, float]]) -> dict[str, float | None]:
+    """Per `SPEED_KINDS`: the items' measured seconds over their priced seconds, each summed, from
+    (kind, measured, priced) triples (None: no item of that kind). The probe's speed and a
+    validation run's (`calibration.validate.run_speed`)."""
+    measured, priced = dict.fromkeys(SPEED_KINDS, 0.0), dict.fromkeys(SPEED_KINDS, 0.0)
+    for kind, seconds, price in items:
+        if kind in priced:
+            measured[kind] += seconds
+            priced[kind] += price
+    return {kind: measured[kind] / priced[kind] if priced[kind] > 0 else None for kind in SPEED_KINDS}
+
+
+def _probe_speed(rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
+    return measured_over_priced((str(r["kind"]), float(r["seconds"]), price)
+                                for r, price in zip(rows, prices, strict=True))
 
 
 def reference(profile: Profile, rows: Sequence[Row]) -> ProbeReference:
     """`Profile.probe` from a probe run right after the calibration that fitted `profile`."""
-    speed = raw_speed(rows, predicted_s(LatencyModel(profile), rows))
+    speed = _probe_speed(rows, predicted_s(LatencyModel(profile), rows))
     return ProbeReference(**{kind: speed[kind] or 1.0 for kind in SPEED_KINDS})
 
 
 def speed(profile: Profile, rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
     """How much longer than at the calibration the probe's items took, per `SPEED_KINDS`
-    (`raw_speed` over the profile's `probe` reference; 1.0: as fast; > 1: slower)."""
+    (measured over priced time, over the profile's `probe` reference; 1.0: as fast; > 1: slower)."""
     ref = profile.probe
     return {kind: None if v is None else v / (getattr(ref, kind) if ref else 1.0)
-            for kind, v in raw_speed(rows, prices).items()}
+            for kind, v in _probe_speed(rows, prices).items()}
 
 
 def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE, probe_s: float = 0.0) -> Staleness:

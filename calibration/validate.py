@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calibration.staleness import check_profile
+from calibration.staleness import check_profile, measured_over_priced
 from calibration.workload import at_rate, corpus_requests
 from hwmodel.latency import AfterPrefill, LatencyModel, contended_s
 from hwmodel.profile import Profile
@@ -73,12 +73,8 @@ COST_STEP = 0.02  # the extra cost of every item in the run that measures the P5
 
 def run_speed(items: Sequence[dict[str, object]]) -> dict[str, float | None]:
     """Per item kind: the real run's measured seconds over their price, summed (None: no items)."""
-    out: dict[str, float | None] = {}
-    for kind in ITEM_KINDS.values():
-        mine = [r for r in items if r["kind"] == kind]
-        predicted = sum(float(r["predicted_s"]) for r in mine)  # type: ignore[arg-type]
-        out[kind] = sum(float(r["measured_s"]) for r in mine) / predicted if predicted > 0 else None  # type: ignore[arg-type]
-    return out
+    return measured_over_priced((str(r["kind"]), float(r["measured_s"]), float(r["predicted_s"]))  # type: ignore[arg-type]
+                                for r in items)
 
 
 def retimed_items(timeline: Sequence[TimelineEvent], latency: LatencyModel) -> list[dict[str, object]]:
