@@ -3,7 +3,9 @@
 Every latency function in `hwmodel.latency` is linear in a few work features with
 non-negative coefficients (a fixed cost per item, a cost per token, per sequence, per
 vector...). `fit_linear` fits such a form by non-negative least squares on *relative*
-error (each row weighted by 1/y, so a 1 ms step counts as much as a 50 ms one), and
+error (each row weighted by 1/y, so a 1 ms step counts as much as a 50 ms one), made robust
+by Huber weights (`robust_lstsq`: a row far off the fit, such as the steps of a few seconds
+when another tenant of the machine took its cores, counts linearly, not squared), and
 `heldout_error` says how well the form predicts measurements it was not fitted on: the
 rows are split into folds by the grid cell they came from, each fold is predicted by a fit
 of the others, and the median and 90th percentile of |predicted - measured| / measured are
@@ -59,12 +61,36 @@ def nonnegative_lstsq(a: np.ndarray, y: np.ndarray, weights: np.ndarray | None =
     return coef
 
 
+HUBER_K = 1.345  # Huber's tuning constant, in robust standard deviations (95% efficiency on clean data)
+ROBUST_ITERATIONS = 20
+
+
+def robust_lstsq(a: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`nonnegative_lstsq` with Huber's loss on the weighted residuals, by iteratively reweighted
+    least squares: residuals beyond `HUBER_K` robust standard deviations (1.4826 x their median
+    absolute deviation) get weight k / |r|. A run of slow steps (the machine busy elsewhere for a
+    few seconds of the calibration) then shifts the fit far less than under squared loss."""
+    coef = nonnegative_lstsq(a, y, weights)
+    for _ in range(ROBUST_ITERATIONS):
+        r = (a @ coef - y) * weights
+        scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        if scale <= 0.0:
+            break
+        k = HUBER_K * scale
+        huber = np.where(np.abs(r) <= k, 1.0, k / np.maximum(np.abs(r), k))
+        new = nonnegative_lstsq(a, y, weights * np.sqrt(huber))
+        if np.allclose(new, coef, rtol=1e-6, atol=0.0):
+            return new
+        coef = new
+    return coef
+
+
 def _rel_errors(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(pred - y) / y
 
 
 def fit_linear(names: Sequence[str], x: np.ndarray, y: np.ndarray, cells: Sequence[object]) -> LinearFit:
-    """Fit `y ~ x @ coef` (coef >= 0, relative least squares); `cells[i]` names the grid cell
+    """Fit `y ~ x @ coef` (coef >= 0, relative error, Huber's loss); `cells[i]` names the grid cell
     row i was measured in, and whole cells are held out together."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -72,7 +98,7 @@ def fit_linear(names: Sequence[str], x: np.ndarray, y: np.ndarray, cells: Sequen
     if (y <= 0).any():
         raise ValueError("measured durations must be positive")
     weights = 1.0 / y
-    coef = nonnegative_lstsq(x, y, weights)
+    coef = robust_lstsq(x, y, weights)
     train = _rel_errors(x @ coef, y)
     unique = sorted({str(c) for c in cells})
     fold_of = {c: i % FOLDS for i, c in enumerate(unique)}
@@ -82,7 +108,7 @@ def fit_linear(names: Sequence[str], x: np.ndarray, y: np.ndarray, cells: Sequen
         test = folds == f
         if test.all() or not test.any():
             continue
-        c = nonnegative_lstsq(x[~test], y[~test], weights[~test])
+        c = robust_lstsq(x[~test], y[~test], weights[~test])
         held.append(_rel_errors(x[test] @ c, y[test]))
     errs = np.concatenate(held) if held else train
     return LinearFit(tuple(names), tuple(float(v) for v in coef), float(np.median(train)),

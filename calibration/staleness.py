@@ -2,8 +2,8 @@
 profile's prediction.
 
 Before a real run, validation or a benchmark uses a measured profile, `check_profile` runs a
-small slice of the calibration grid (`calibration.profiler`: engine steps of two batch
-shapes, search calls of four sizes, about 45 items, a few seconds on the CPU rig) on the
+small slice of the calibration grid (`calibration.profiler`: engine steps of four batch
+shapes, search calls of four sizes, about 70 items, a few seconds on the CPU rig) on the
 body's own cores, prices every item with the profile's latency functions, and takes the
 median signed relative error (predicted - measured) / measured per kind (engine steps,
 search calls that embed their queries, search calls that only scan). Beyond `TOLERANCE`
@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 TOLERANCE = 0.25  # median |predicted / measured - 1| of a kind beyond which the profile is stale
 # a measured profile's `probe` reference was taken on these shapes: changing them calls for a recalibration
-PROBE_ENGINE = ((16, 256), (64, 64))  # (sequences, prompt tokens): prefill chunks, then decode steps
+# (sequences, prompt tokens): prefill chunks, then decode steps; one and four sequences as most of a replay's
+# steps are (stop 27: the two larger shapes alone said little about them)
+PROBE_ENGINE = ((1, 256), (4, 256), (16, 256), (64, 64))
 PROBE_OUTPUT = 12  # output tokens per sequence
 PROBE_SEARCH = ((1, 8), (4, 16), (8, 8), (32, 4))  # (queries per call, lists per query)
 PROBE_TEXT = (60, 350)  # query text lengths (characters)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calibration.calibrate import EMBED_FEATURES, GEN_FEATURES, SCAN_FEATURES, GenShape, fit_rows, gen_features
-from calibration.fit import fit_linear, nonnegative_lstsq
+from calibration.fit import fit_linear, nonnegative_lstsq, robust_lstsq
 
 
 def _grid_rows(coef: dict[str, float], rng: np.random.Generator, noise: float) -> list[dict]:
@@ -105,6 +105,25 @@ def test_heldout_error_exposes_a_form_that_does_not_fit():
     y = np.array([1e-3 + 2e-6 * r["seqs"] ** 2 for r in rows])
     fit = fit_linear(GEN_FEATURES, gen_features(rows), y, [r["cell"] for r in rows])
     assert fit.heldout_median_error > 0.1
+
+
+def test_a_slow_stretch_of_the_machine_barely_moves_the_fit():
+    """A tenth of the grid's cells measured while something else took the cores (1.8x slower):
+    the robust fit stays within 3% of the true coefficients where squared loss is pulled 6%+
+    (the shipped calibration of stop 27 had such a stretch: three staggered cells at 1.6-1.8x)."""
+    rng = np.random.default_rng(5)
+    a = np.column_stack([np.ones(400), rng.uniform(0, 64, 400), rng.uniform(0, 20000, 400)])
+    true = np.array([1e-3, 5e-5, 1.5e-7])
+    y = a @ true * (1 + 0.03 * rng.standard_normal(400))
+    cells = np.repeat(np.arange(40), 10)
+    slow = cells % 10 == 3  # 4 of 40 cells
+    y[slow] *= 1.8
+    squared = nonnegative_lstsq(a, y, 1.0 / y)
+    robust = robust_lstsq(a, y, 1.0 / y)
+    assert np.max(np.abs(robust / true - 1)) < 0.03
+    assert np.max(np.abs(squared / true - 1)) > 0.06
+    fit = fit_linear(("base_s", "seq_s", "context_token_s"), a, y, cells)
+    assert np.allclose(fit.coef, robust)
 
 
 @settings(max_examples=50, deadline=None)
