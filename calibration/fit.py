@@ -77,7 +77,7 @@ def robust_lstsq(a: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarra
         if scale <= 0.0:
             break
         k = HUBER_K * scale
-        huber = np.where(np.abs(r) <= k, 1.0, k / np.maximum(np.abs(r), k))
+        huber = k / np.maximum(np.abs(r), k)  # 1.0 within k, k / |r| beyond
         new = nonnegative_lstsq(a, y, weights * np.sqrt(huber))
         if np.allclose(new, coef, rtol=1e-6, atol=0.0):
             return new
