@@ -153,7 +153,7 @@ def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None)
     try:
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=1, grid=PROBE_ENGINE, stagger=(), output_tokens=PROBE_OUTPUT,
-                              progress=progress)
+                              kernel_passes=(), progress=progress)
         thread_setup(body.retrieval_cores, search_threads=len(body.retrieval_cores))
         corpus = body.corpus
         passages = [corpus.contents(i) for i in range(0, corpus.ntotal, max(1, corpus.ntotal // 100))]

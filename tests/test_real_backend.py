@@ -329,3 +329,15 @@ def test_a_replay_finds_none_of_the_previous_replays_prefix_blocks(backend, cost
     cached = [run_real(backend, requests, parse_policy("flashrag"), costs).summary["kv_cache"]["prompt_tokens_cached"]
               for _ in range(2)]
     assert cached[0] == cached[1], cached
+
+
+def test_the_stale_profile_probe_times_only_its_own_slice_of_the_grid(backend):
+    """The probe is a few seconds: its engine items come from its four cells alone (no
+    kernel-size passes, which would be ~1,500 prefills and evict the compiled decode sizes)."""
+    from calibration.staleness import PROBE_ENGINE, PROBE_SEARCH, probe
+
+    rows = probe(backend)
+    engine = [r for r in rows if r["kind"] == "engine_step"]
+    assert {r["cell"] for r in engine} == {f"B{b}-P{p}" for b, p in PROBE_ENGINE}
+    assert len(engine) < 100
+    assert len([r for r in rows if r["kind"] == "search_call"]) >= len(PROBE_SEARCH)
