@@ -15,9 +15,10 @@ a GPU server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +57,7 @@ class BackendError(ValueError):
 
 
 def usable_cores() -> list[int]:
+    """The cores the calling thread may run on (Linux: its own affinity, which `thread_setup` narrows)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -274,4 +276,22 @@ def thread_setup(cores: tuple[int, ...], search_threads: int | None = None) -> N
 
     torch._C.set_num_threads(max(1, len(cores)))
     if search_threads is not None:
+        _set_search_threads(search_threads)
+
+
+@contextlib.contextmanager
+def lanes_on_this_thread() -> Iterator[None]:
+    """Run lanes' work on the calling thread (`thread_setup` inside: the calibration, the stale
+    probe), then give the thread back the cores and OpenMP thread counts it had. Without it the
+    thread stayed pinned to the last lane's cores: after a probe, a replay's arrivals thread
+    (started from it, never pinned) shared the retrieval worker's core."""
+    import faiss
+    import torch
+
+    cores, torch_threads, search_threads = usable_cores(), torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        yield
+    finally:
+        pin_current_thread(cores)
+        torch._C.set_num_threads(torch_threads)
         _set_search_threads(search_threads)

@@ -301,11 +301,11 @@ def model_record(model_dir: Path) -> dict[str, object]:
 def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = False,
               progress: Callable[[str], None] = lambda msg: None) -> Profile:
     """Profile `body` (running its options' engine configuration), fit, and return the measured profile."""
-    from backends.real import pin_current_thread, thread_setup, usable_cores
+    from backends.real import lanes_on_this_thread, thread_setup
     grid_kw: dict[str, object] = {}
     if quick:  # tests: a small grid, same code path
         grid_kw = {"grid": ((1, 32), (4, 128), (16, 64), (32, 32)), "stagger": ((4, 64, 2),), "kernel_passes": (8,)}
-    with LoadMeter() as meter:
+    with LoadMeter() as meter, lanes_on_this_thread():
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=repeats, progress=progress, **grid_kw)  # type: ignore[arg-type]
         passages = [body.corpus.contents(i) for i in range(0, body.corpus.ntotal, max(1, body.corpus.ntotal // 500))]
@@ -323,7 +323,6 @@ def calibrate(body: RealBackend, *, name: str, repeats: int = 2, quick: bool = F
         if body.options.backend == "gpu":  # the GPU cluster cache's copies and scans
             rows += profile_gpu_cache(gpu_cache_for(body), sizes, body.retriever.d * 4, repeats=repeats,
                                       progress=progress)
-        pin_current_thread(usable_cores())
     assert meter.result is not None
     progress("fitting the latency models")
     fits = replace(fit_rows(rows), machine_load=meter.result.to_json())

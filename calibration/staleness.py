@@ -149,8 +149,8 @@ def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE,
 
 def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None) -> list[Row]:
     """A small slice of the calibration grid on the body's own cores (each lane's thread setup)."""
-    from backends.real import pin_current_thread, thread_setup, usable_cores
-    try:
+    from backends.real import lanes_on_this_thread, thread_setup
+    with lanes_on_this_thread():
         thread_setup(body.gen_cores)
         rows = profile_engine(body.engine, repeats=1, grid=PROBE_ENGINE, stagger=(), output_tokens=PROBE_OUTPUT,
                               kernel_passes=(), progress=progress)
@@ -159,8 +159,6 @@ def probe(body: RealBackend, progress: Callable[[str], None] = lambda msg: None)
         passages = [corpus.contents(i) for i in range(0, corpus.ntotal, max(1, corpus.ntotal // 100))]
         rows += profile_search(body.retrieval_body, body.retriever.list_sizes(), passages, body.text_tokens, repeats=1,
                                grid=PROBE_SEARCH, text_chars=PROBE_TEXT, seed=7, progress=progress)
-    finally:
-        pin_current_thread(usable_cores())
     return rows
 
 

@@ -333,10 +333,13 @@ def test_a_replay_finds_none_of_the_previous_replays_prefix_blocks(backend, cost
 
 def test_the_stale_profile_probe_times_only_its_own_slice_of_the_grid(backend):
     """The probe is a few seconds: its engine items come from its four cells alone (no
-    kernel-size passes, which would be ~1,500 prefills and evict the compiled decode sizes)."""
+    kernel-size passes, which would be ~1,500 prefills and evict the compiled decode sizes), and
+    the thread that ran it gets its cores back (it ran each lane's part pinned to that lane's)."""
     from calibration.staleness import PROBE_ENGINE, PROBE_SEARCH, probe
 
+    cores = os.sched_getaffinity(0)
     rows = probe(backend)
+    assert os.sched_getaffinity(0) == cores
     engine = [r for r in rows if r["kind"] == "engine_step"]
     assert {r["cell"] for r in engine} == {f"B{b}-P{p}" for b, p in PROBE_ENGINE}
     assert len(engine) < 100
