@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calibration.contention import SLOWDOWNS, fit_contention, replay_items
+from calibration.cpu import cpu_id, cpu_model
 from calibration.fit import LinearFit, fit_linear, nonnegative_lstsq
 from calibration.machine_load import LoadMeter
 from calibration.profiler import (
@@ -275,16 +276,6 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def model_record(model_dir: Path) -> dict[str, object]:
     """The `model` section of a profile from a Hugging Face folder's config.json and weights."""
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -371,8 +362,8 @@ def assemble_profile(body: RealBackend, rows: list[Row], fits: Fits, *, name: st
     bytes_per_vector = retriever.d * 4
     rate = bytes_per_vector / max(s.pop("vector_s"), 1e-15)  # bytes/s of the whole call at `threads` threads
     gpu = body.options.backend == "gpu"
-    hardware: dict[str, object] = {"cpu": cpu_model(), "cpu_threads": threads, "gen_cores": list(body.gen_cores),
-                                   "retrieval_cores": list(body.retrieval_cores)}
+    hardware: dict[str, object] = {"cpu": cpu_model(), "cpu_id": cpu_id(), "cpu_threads": threads,
+                                   "gen_cores": list(body.gen_cores), "retrieval_cores": list(body.retrieval_cores)}
     if gpu:
         import torch
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from calibration.cpu import cpu_id
 from calibration.profiler import Row, profile_engine, profile_search
 from hwmodel.latency import AfterPrefill, LatencyModel
 from hwmodel.profile import ProbeReference, Profile
@@ -65,10 +66,13 @@ class Staleness:
     tolerance: float
     probe_s: float  # seconds the probe took
     speed: dict[str, float | None]  # per `SPEED_KINDS`: the machine's time over the calibration's (`speed`)
+    # (the profile's CPU, this one's) where both are known and differ (`calibrate.cpu_id`); None otherwise
+    other_cpu: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"profile": self.profile, "stale": self.stale, "median_rel_error": self.errors, "items": self.items,
-                "tolerance": self.tolerance, "probe_s": self.probe_s, "speed": self.speed}
+                "tolerance": self.tolerance, "probe_s": self.probe_s, "speed": self.speed,
+                "other_cpu": list(self.other_cpu) if self.other_cpu else None}
 
     @property
     def stale(self) -> bool:
@@ -78,8 +82,9 @@ class Staleness:
         """One line: what is off, by how much, and `recalibrate` (the command that fixes it)."""
         parts = [f"{KINDS[kind]} take {1 / (1 + err):.2f}x its prediction" for kind, err in self.errors.items()
                  if err is not None]
+        cpu = f"; it was measured on {self.other_cpu[0]}, this CPU is {self.other_cpu[1]}" if self.other_cpu else ""
         return (f"profile {self.profile} does not describe this machine: {', '.join(parts)} (a {self.probe_s:.0f} s"
-                f" probe; tolerance {self.tolerance:.0%}); recalibrate: {recalibrate}")
+                f" probe; tolerance {self.tolerance:.0%}{cpu}); recalibrate: {recalibrate}")
 
 
 def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
@@ -167,7 +172,9 @@ def check_profile(body: RealBackend, profile: Profile, *, tolerance: float = TOL
     """Probe `body` and compare it with `profile` (a measured profile of a body like it)."""
     t0 = time.perf_counter()
     rows = probe(body, progress)
-    return compare(profile, rows, tolerance, time.perf_counter() - t0)
+    found = compare(profile, rows, tolerance, time.perf_counter() - t0)
+    theirs, ours = profile.hardware.cpu_id, cpu_id()
+    return replace(found, other_cpu=(theirs, ours)) if theirs and ours and theirs != ours else found
 
 
 def recalibrate_command(backend: str, corpus: object | None = None) -> str:

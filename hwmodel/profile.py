@@ -33,6 +33,8 @@ class Hardware(_Strict):
     gpu: str | None = None  # None: the engine runs on the CPU (its KV cache is engine.kv_cache_gib)
     gpu_memory_gib: float | None = Field(default=None, gt=0)
     cpu: str
+    # family, model, stepping, clock, cache (measured profiles): VMs sold as one model string differ in speed
+    cpu_id: str | None = None
     cpu_threads: int = Field(gt=0)  # threads the retrieval lane's search calls use
     gen_cores: list[int] | None = None  # cores the engine thread was pinned to (measured CPU profiles)
     retrieval_cores: list[int] | None = None  # cores of the retrieval lane (measured profiles)
