@@ -26,10 +26,12 @@ def cpu_model() -> str:
 
 def cpu_id() -> str | None:
     """What tells CPUs sold under one model string apart ("AMD EPYC" on every VM here): family,
-    model, stepping, clock and last-level-but-one cache, as /proc/cpuinfo has them (None elsewhere)."""
+    model, stepping, clock and the cache size /proc/cpuinfo reports (None where it has no x86
+    fields). The clock is the TSC's (half the boot-time bogomips), which stays put where
+    "cpu MHz" follows frequency scaling: the same machine must give the same id."""
     info = _cpuinfo()
     if "cpu family" not in info:
         return None
-    mhz = f", {float(info['cpu MHz']):.0f} MHz" if info.get("cpu MHz") else ""
+    mhz = f", {float(info['bogomips']) / 2:.0f} MHz" if info.get("bogomips") else ""
     cache = f", cache {info['cache size']}" if info.get("cache size") else ""
     return f"family {info['cpu family']} model {info.get('model')} stepping {info.get('stepping')}{mhz}{cache}"

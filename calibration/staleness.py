@@ -66,7 +66,7 @@ class Staleness:
     tolerance: float
     probe_s: float  # seconds the probe took
     speed: dict[str, float | None]  # per `SPEED_KINDS`: the machine's time over the calibration's (`speed`)
-    # (the profile's CPU, this one's) where both are known and differ (`calibrate.cpu_id`); None otherwise
+    # (the profile's CPU, this one's) where both are known and differ (`calibration.cpu.cpu_id`); None otherwise
     other_cpu: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
