@@ -66,3 +66,32 @@ def test_the_probe_speed_is_the_machine_against_the_calibrations_minute():
     assert compare(referenced, rows).speed == pytest.approx({"engine_step": 1.0, "search_call": 1.0})
     slower = [{**r, "seconds": r["seconds"] * (1.3 if r["kind"] == "engine_step" else 1.0)} for r in rows]
     assert compare(referenced, slower).speed == pytest.approx({"engine_step": 1.3, "search_call": 1.0})
+
+
+def test_a_stale_line_names_both_cpus_when_they_differ():
+    """VMs sold under one model string differ in speed: the line says the profile's CPU is not this one."""
+    from dataclasses import replace
+
+    prof, rows = measured_rows()
+    halved = prof.model_copy(update={"gen_step": prof.gen_step.model_copy(
+        update={k: v / 2 for k, v in prof.gen_step.model_dump().items() if k.endswith("_s")})})
+    found = replace(compare(halved, rows), other_cpu=("family 25 model 1 stepping 1", "family 25 model 17 stepping 1"))
+    line = found.line(recalibrate_command("cpu"))
+    assert "\n" not in line and "measured on family 25 model 1 stepping 1, this CPU is family 25 model 17" in line
+    assert found.to_json()["other_cpu"] == ["family 25 model 1 stepping 1", "family 25 model 17 stepping 1"]
+    assert compare(halved, rows).to_json()["other_cpu"] is None
+
+
+def test_the_cpu_id_reads_family_model_stepping_clock_and_cache(tmp_path, monkeypatch):
+    """From a /proc/cpuinfo like this VM's; the clock is the TSC's (bogomips / 2), not "cpu MHz",
+    which frequency scaling moves: the same machine must give the same id."""
+    from calibration import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\ncpu MHz\t\t: 3100.000\ncache size\t: 1024 KB\n"
+                    "bogomips\t: 5192.27\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    real_path = cpu.Path
+    monkeypatch.setattr(cpu, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert cpu.cpu_model() == "AMD EPYC"
+    assert cpu.cpu_id() == "family 25 model 17 stepping 1, 2596 MHz, cache 1024 KB"
