@@ -27,6 +27,9 @@ def test_as_measured_the_machines_drift_fails_the_guard():
     assert guard(cells, {0.3: 0.35, 0.7: 10}) == [
         "irg under flashrag at 0.3 of its capacity: |P50 error| 41.9% exceeds 35%"]
     assert guard(cells, {0.3: 0.35, 0.7: 10}, max_speed_drift=0.6) == []
+    fast_drift = [cell(0.3, -0.437, 0.045, 1.639)]  # the second run: its engine steps at 1.64x their price
+    assert len(guard(fast_drift, {0.3: 0.35}, max_speed_drift=0.6)) == 1
+    assert guard(fast_drift, {0.3: 0.35}, max_speed_drift=1.5) == []
 
 
 def test_at_run_speed_a_cost_model_off_by_2x_still_fails():
