@@ -206,9 +206,10 @@ def main() -> None:
 def regressions(cells: list[dict], limits: dict[float, float], max_speed_drift: float | None = None) -> list[str]:
     """CI's guard: the cells whose |P50 error| exceeds their load's limit. With `max_speed_drift`,
     the error at the run's own speed (`at_run_speed`) is guarded instead, and a run whose items
-    took beyond (1 + drift)x their price, or below 1 / (1 + drift)x, fails on its own: these VMs
-    drift 0.8-1.4x between a calibration and a run (the as-measured error at 30% load reached
-    42% on a run at 1.17x, with 28% left at its own speed), which a broken cost model outgrows."""
+    took beyond (1 + drift)x their price, or below 1 / (1 + drift)x, fails on its own: these VMs'
+    runs took 0.79-1.64x their price minutes after a calibration (the as-measured error at 30%
+    load reached 42% on a run at 1.17x, 28% at its own speed), which a grossly wrong cost model
+    outgrows."""
     out = []
     for c in cells:
         where = f"{c['workflow']} under {c['policy']} at {c['load']:g} of its capacity"
