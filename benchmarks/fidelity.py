@@ -13,9 +13,16 @@ functions re-timing the real run's own engine steps and search calls), and write
 Goal (issue "Calibration"): |error| <= 5% at P50 and <= 10% at P99 in every cell; per-item
 step and search errors <= 5% median; the two bodies' capacities within 5%.
 
+It also compares the policies on the real body (issue 16, item 4: hedra's capacity at least its
+baselines', its P50 / P99 at most theirs at every load below its capacity): each one's capacity
+over --subject's, and every other policy's real P50 / P99 over the subject's at each load. With
+--loads-of P the loads are fractions of P's capacity for every policy, so the policies are
+compared at equal rates (a policy is not replayed at a rate above its own capacity).
+
     python benchmarks/fidelity.py [--profile measured-cpu-tiny-llama-wiki] [--duration 30]
         [--workflows one-shot,hyde,recomp,multistep,irg] [--loads 0.3,0.6,0.85] [--out fidelity-run]
-        [--slo-p95 5] [--capacity-tolerance 0.1] [--capacity-on real|sim]
+        [--slo-p95 5] [--capacity-tolerance 0.1] [--capacity-on real|sim] [--policies flashrag,hedra]
+        [--loads-of flashrag] [--subject hedra]
 """
 
 from __future__ import annotations
@@ -63,6 +70,65 @@ def capacity_lines(found: list[dict]) -> list[str]:
     return lines
 
 
+def planned_cases(found: list[dict], loads: list[float], on: str, loads_of: str | None
+                  ) -> tuple[list[tuple[dict, float, float]], list[str]]:
+    """(capacity entry, load, rate) to replay for one workflow's `found` capacities, and a line for
+    each one left out: the loads are fractions of each policy's own `on` capacity, or with `loads_of`
+    of that policy's for every policy (equal rates), where a rate above a policy's own capacity is
+    not replayed (its latency there grows without bound: nothing to compare)."""
+    planned, skipped = [], []
+    for f in found:
+        ref = f if loads_of is None else next(g for g in found if g["policy"].spec == loads_of)
+        own = f[on].rps
+        for x in loads:
+            rate = round(ref[on].rps * x, 2)
+            if rate > own:
+                skipped.append(f"{f['workflow']} under {f['policy'].spec} at {x:g} x {loads_of}'s capacity"
+                               f" ({rate:g} req/s): above its own, {own:.2f} req/s")
+            else:
+                planned.append((f, x, rate))
+    return planned, skipped
+
+
+def comparison_lines(cells: list[dict], found: list[dict], subject: str) -> list[str]:
+    """Markdown: per workflow each policy's real (and sim) capacity over `subject`'s, then per
+    workflow and load every other policy's real P50 / P99 over `subject`'s (above 1: the subject's
+    latency is lower); "-" where either was not replayed."""
+    others = list(dict.fromkeys(f["policy"].spec for f in found if f["policy"].spec != subject))
+    caps = {(f["workflow"], f["policy"].spec): f for f in found}
+    lines = [f"| workflow | {subject} capacity real (sim) | "
+             + " | ".join(f"{subject} / {o} real (sim)" for o in others) + " |",
+             "|---|---|" + "---|" * len(others)]
+    for wf in dict.fromkeys(f["workflow"] for f in found):
+        mine = caps.get((wf, subject))
+        if mine is None:
+            continue
+        row = [f"{mine['real'].rps:.2f} ({mine['sim'].rps:.2f})"]
+        for o in others:
+            theirs = caps.get((wf, o))
+            row.append("-" if theirs is None or not theirs["real"].rps or not theirs["sim"].rps else
+                       f"{mine['real'].rps / theirs['real'].rps:.2f} ({mine['sim'].rps / theirs['sim'].rps:.2f})")
+        lines.append(f"| {wf} | " + " | ".join(row) + " |")
+    real = {(c["workflow"], c.get("load"), c["policy"]): c for c in cells}
+    head = " | ".join(f"{o} / {subject} P50, P99" for o in others)
+    lines += ["", f"| workflow | load | {subject}'s rate (req/s) | {head} |", "|---|---|---|" + "---|" * len(others)]
+    for wf, load in dict.fromkeys((c["workflow"], c.get("load")) for c in cells):
+        mine = real.get((wf, load, subject))
+        if mine is None:
+            continue
+        row = []
+        for o in others:
+            theirs = real.get((wf, load, o))
+            row.append("-" if theirs is None else ", ".join(_over(theirs["real"][p], mine["real"][p])
+                                                            for p in ("p50", "p99")))
+        lines.append(f"| {wf} | {load:g} | {mine['rate']:g} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _over(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}"
+
+
 def within_goal(cells: list[dict], p99: bool = True) -> int:
     """How many cells (or their `at_*_speed` figures) meet |P50| <= 5% and, with `p99`, |P99| <= 10%."""
     return sum(abs(c["p50_error"] or 0) <= GOALS["p50"] and (not p99 or abs(c["p99_error"] or 0) <= GOALS["p99"])
@@ -79,6 +145,10 @@ def main() -> None:
     ap.add_argument("--workflows", default="one-shot,hyde,recomp,multistep,irg")
     ap.add_argument("--loads", default="0.3,0.6,0.85", help="fractions of each policy's capacity")
     ap.add_argument("--policies", default="flashrag,hedra")
+    ap.add_argument("--loads-of", default=None, metavar="POLICY",
+                    help="loads as fractions of this policy's capacity for every policy (the policies at equal"
+                         " rates; default: each policy's own capacity)")
+    ap.add_argument("--subject", default="hedra", help="the policy the others are compared with")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per validation trace")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--slo-p95", type=float, default=5.0,
@@ -129,6 +199,13 @@ def main() -> None:
     workflows = [w.strip() for w in args.workflows.split(",") if w.strip()]
     loads = [float(x) for x in args.loads.split(",")]
     policies = [parse_policy(p.strip()) for p in args.policies.split(",") if p.strip()]
+    specs = [p.spec for p in policies]
+    for flag, name in (("--loads-of", args.loads_of), ("--subject", args.subject)):
+        if name is not None and parse_policy(name).spec not in specs:
+            print(f"{flag}: {name!r} is not one of --policies ({', '.join(specs)})", file=sys.stderr)
+            sys.exit(2)
+    loads_of = parse_policy(args.loads_of).spec if args.loads_of else None
+    subject = parse_policy(args.subject).spec
     body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: console.print(f"[setup] {m}"))
     if body.corpus.index_identity != prof.index.identity:
         sys.exit(f"the profile was measured on index {prof.index.identity}, the corpus is {body.corpus.index_identity}")
@@ -148,23 +225,26 @@ def main() -> None:
             check = {**warn_if_stale(body, prof, warn).to_json(), "before_recalibration": check}
         if check["stale"] and args.require_fresh_profile:
             sys.exit("the profile is stale on this machine (--require-fresh-profile)")
-        cases, found = [], []
+        cases, found, skipped = [], [], []
         for wf in workflows:
             template, wf_found = capacities(body, prof, wf, policies, args,
                                             lambda m, wf=wf: console.print(f"[{wf}] {m}"))
             found += wf_found
-            for f in wf_found:
-                for x in loads:
-                    rate = round(f[args.capacity_on].rps * x, 2)
-                    cases.append(Case(wf, rate, template.at(rate, args.duration),
-                                      f"{len(template.requests)} requests from the corpus, seed {args.seed},"
-                                      f" {x:g} x {f['policy'].spec}'s {args.capacity_on} capacity",
-                                      policy=f["policy"], load=x))
+            planned, left_out = planned_cases(wf_found, loads, args.capacity_on, loads_of)
+            skipped += left_out
+            for line in left_out:
+                console.print(f"[{wf}] not replayed: {line}")
+            for f, x, rate in planned:
+                cases.append(Case(wf, rate, template.at(rate, args.duration),
+                                  f"{len(template.requests)} requests from the corpus, seed {args.seed},"
+                                  f" {x:g} x {loads_of or f['policy'].spec}'s {args.capacity_on} capacity",
+                                  policy=f["policy"], load=x))
         with atomic_dir(args.out) as tmp:
             caps = [{"workflow": f["workflow"], "policy": f["policy"].spec, "on": args.capacity_on,
                      "sim": f["sim"].to_json(), "real": f["real"].to_json()} for f in found]
             result = run_validation(body, prof, cases, policies, tmp, progress=lambda m: console.print(f"[run] {m}"),
-                                    extra={"profile_check": check, "capacities": caps},
+                                    extra={"profile_check": check, "capacities": caps, "loads_of": loads_of,
+                                           "not_replayed": skipped},
                                     probe_each_cell=args.probe_each_cell)
             load = meter.stop()
             result["machine_load"] = load.to_json()
@@ -175,11 +255,18 @@ def main() -> None:
                 (tmp / "profile.json").write_text(prof.model_dump_json(indent=1, exclude_none=True) + "\n")
             with (tmp / "report.md").open("a") as report:
                 report.write("\n## Capacities\n\n" + "\n".join(capacity_lines(found)) + "\n")
+                report.write(f"\n## The policies against {subject}, real body\n\n"
+                             + "\n".join(comparison_lines(result["cells"], found, subject)) + "\n")
     finally:
         body.close()
+    of = f"{loads_of}'s" if loads_of else "each policy's"
     print(f"\nprofile {prof.name}; {args.duration:g} s of arrivals per trace, seed {args.seed}; loads {args.loads} of"
-          f" each policy's {args.capacity_on} capacity (P95 <= {args.slo_p95:g} s)\n")
+          f" {of} {args.capacity_on} capacity (P95 <= {args.slo_p95:g} s)\n")
     print("\n".join(capacity_lines(found)) + "\n")
+    if len(policies) > 1 and subject in specs:
+        print("\n".join(comparison_lines(result["cells"], found, subject)) + "\n")
+    for line in skipped:
+        print(f"not replayed: {line}")
     print("\n".join(error_table(result["cells"])))
     cells = [c for c in result["cells"] if c["p50_error"] is not None]  # a cell without arrivals says nothing
     if len(cells) < len(result["cells"]):

@@ -1,0 +1,54 @@
+"""The fidelity benchmark's comparison of policies on the real body (issue 16, item 4):
+equal-rate loads (`--loads-of`) and the ratio tables (`benchmarks/fidelity.py`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
+
+
+def fidelity():
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def found(**caps):
+    """Capacity entries of one workflow: policy -> (real req/s, sim req/s)."""
+    return [{"workflow": "irg", "policy": SimpleNamespace(spec=p), "real": SimpleNamespace(rps=r),
+             "sim": SimpleNamespace(rps=s)} for p, (r, s) in caps.items()]
+
+
+def cell(policy, load, rate, p50, p99):
+    return {"workflow": "irg", "policy": policy, "load": load, "rate": rate, "real": {"p50": p50, "p99": p99}}
+
+
+def test_equal_rates_skip_a_policy_beyond_its_own_capacity():
+    caps = found(flashrag=(10.0, 9.0), hedra=(15.0, 14.0), langchain=(5.0, 5.5))
+    planned, skipped = fidelity().planned_cases(caps, [0.3, 0.6], "real", "flashrag")
+    assert [(f["policy"].spec, x, rate) for f, x, rate in planned] == [
+        ("flashrag", 0.3, 3.0), ("flashrag", 0.6, 6.0), ("hedra", 0.3, 3.0), ("hedra", 0.6, 6.0),
+        ("langchain", 0.3, 3.0)]
+    assert skipped == ["irg under langchain at 0.6 x flashrag's capacity (6 req/s): above its own, 5.00 req/s"]
+
+
+def test_by_default_each_policy_runs_at_its_own_capacity():
+    caps = found(flashrag=(10.0, 9.0), hedra=(15.0, 14.0))
+    planned, skipped = fidelity().planned_cases(caps, [0.5], "sim", None)
+    assert [(f["policy"].spec, rate) for f, _, rate in planned] == [("flashrag", 4.5), ("hedra", 7.0)]
+    assert skipped == []
+
+
+def test_the_tables_put_each_baseline_over_the_subject():
+    caps = found(flashrag=(10.0, 8.0), hedra=(15.0, 16.0), langchain=(5.0, 4.0))
+    cells = [cell("flashrag", 0.3, 3.0, 0.2, 0.9), cell("hedra", 0.3, 3.0, 0.1, 1.0),
+             cell("langchain", 0.3, 3.0, 0.5, 2.0), cell("flashrag", 0.6, 6.0, 0.4, 1.2),
+             cell("hedra", 0.6, 6.0, 0.2, 0.6)]
+    lines = fidelity().comparison_lines(cells, caps, "hedra")
+    assert lines[2] == "| irg | 15.00 (16.00) | 1.50 (2.00) | 3.00 (4.00) |"
+    assert lines[-2] == "| irg | 0.3 | 3 | 2.00, 0.90 | 5.00, 2.00 |"
+    assert lines[-1] == "| irg | 0.6 | 6 | 2.00, 2.00 | - |"  # langchain not replayed at 0.6
