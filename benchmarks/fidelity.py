@@ -187,6 +187,7 @@ def main() -> None:
     from calibration.validate import Case, run_validation
     from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
     from ragraph.policies import parse_policy
+    from ragraph.policies.base import PolicyError
     from runs.outdir import OutputError, atomic_dir, check_output_dir
 
     console = Console(stderr=True)
@@ -198,14 +199,18 @@ def main() -> None:
     prof = load_profile(args.profile or DEFAULT_CPU_PROFILE)
     workflows = [w.strip() for w in args.workflows.split(",") if w.strip()]
     loads = [float(x) for x in args.loads.split(",")]
-    policies = [parse_policy(p.strip()) for p in args.policies.split(",") if p.strip()]
-    specs = [p.spec for p in policies]
-    for flag, name in (("--loads-of", args.loads_of), ("--subject", args.subject)):
-        if name is not None and parse_policy(name).spec not in specs:
+    try:
+        policies = [parse_policy(p.strip()) for p in args.policies.split(",") if p.strip()]
+        specs = [p.spec for p in policies]
+        loads_of = parse_policy(args.loads_of).spec if args.loads_of else None
+        subject = parse_policy(args.subject).spec
+    except PolicyError as exc:
+        print(f"fidelity: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for flag, name in (("--loads-of", loads_of), ("--subject", subject)):
+        if name is not None and name not in specs:
             print(f"{flag}: {name!r} is not one of --policies ({', '.join(specs)})", file=sys.stderr)
             sys.exit(2)
-    loads_of = parse_policy(args.loads_of).spec if args.loads_of else None
-    subject = parse_policy(args.subject).spec
     body = RealBackend.open(RealOptions.of_profile(prof), progress=lambda m: console.print(f"[setup] {m}"))
     if body.corpus.index_identity != prof.index.identity:
         sys.exit(f"the profile was measured on index {prof.index.identity}, the corpus is {body.corpus.index_identity}")

@@ -52,3 +52,15 @@ def test_the_tables_put_each_baseline_over_the_subject():
     assert lines[2] == "| irg | 15.00 (16.00) | 1.50 (2.00) | 3.00 (4.00) |"
     assert lines[-2] == "| irg | 0.3 | 3 | 2.00, 0.90 | 5.00, 2.00 |"
     assert lines[-1] == "| irg | 0.6 | 6 | 2.00, 2.00 | - |"  # langchain not replayed at 0.6
+
+
+def test_a_comparison_against_a_policy_not_run_is_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    for flags, said in ((["--loads-of", "langchain"], "--loads-of: 'langchain' is not one of --policies"),
+                        (["--subject", "foo"], "unknown policy 'foo'")):
+        out = subprocess.run([sys.executable, str(SCRIPT), *flags, "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and said in out.stderr
+        assert not (tmp_path / "run").exists()
