@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ragraph.graph import NodeKey, Request, Retrieve, query_prefix
-from ragraph.work import CacheLoad, CacheLoadResult, Lane, ScanTask, SearchBatch, SearchResult
+from ragraph.work import CacheLoad, CacheLoadResult, Lane, ScanTask, SearchBatch, SearchResult, embed_groups
 
 if TYPE_CHECKING:
     from backends.gpu_cache import ClusterCache
@@ -105,16 +105,20 @@ class RetrievalService:
             return
         vectors: dict[NodeKey, np.ndarray] = {}
         texts: dict[NodeKey, str] = {}
+        tokens: list[int] = []  # each text's tokens, as the scheduler counted them (0: not counted)
         for t in tasks:
             text = self._text(t.key) if t.prefix >= 1 or t.key in given else query_prefix(self._text(t.key), t.prefix)
             if text:
                 texts[t.key] = text
+                tokens.append(t.embed_tokens)
             else:
                 vectors[t.key] = self.retriever.centroid(t.clusters[0])
         if texts:
-            with self._encode_lock:
-                emb = self.encode(list(texts.values()))
-            vectors.update(zip(texts, emb, strict=True))
+            keys, values = list(texts), list(texts.values())
+            with self._encode_lock:  # one model call per length group, as the search model prices the call
+                for group in embed_groups(tokens) if any(tokens) else [range(len(keys))]:
+                    emb = self.encode([values[i] for i in group])
+                    vectors.update(zip((keys[i] for i in group), emb, strict=True))
         with self._state_lock:
             for t in tasks:
                 q = self.retriever.start(np.asarray(vectors[t.key], dtype=np.float32), t.k)

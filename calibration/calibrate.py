@@ -113,8 +113,11 @@ def scan_features(rows: Sequence[Row]) -> np.ndarray:
 
 
 def embed_features(rows: Sequence[Row]) -> np.ndarray:
-    """Columns of `EMBED_FEATURES` for search-call rows that embed (one padded model call)."""
-    return np.array([[1.0, r["new_queries"], r["new_queries"] * r["embed_max_tokens"], r["embed_tokens"]]
+    """Columns of `EMBED_FEATURES` for search-call rows that embed: model calls, queries, padded
+    tokens, tokens (rows measured before calls were split by length: one call, every text padded
+    to the longest)."""
+    return np.array([[r.get("embed_calls", 1), r["new_queries"],
+                      r.get("embed_padded_tokens", r["new_queries"] * r["embed_max_tokens"]), r["embed_tokens"]]
                      for r in rows], dtype=float)
 
 

@@ -191,11 +191,14 @@ class LatencyModel:
                            engine.max_num_batched_tokens if engine.warm_kernels else 0)
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0) -> float:
-        """One CPU search call: the `new_queries` that start in it are embedded in one model
-        call: a cost per call, per query, per token of their texts (`embed_tokens` in all:
-        tokenizing) and per padded token (the model runs every text padded to the longest,
-        `embed_max_tokens`); then the (query, list) pairs spread over the threads and scan at the
+                 embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0,
+                 embed_calls: int | None = None, embed_padded_tokens: int | None = None) -> float:
+        """One CPU search call: the `new_queries` that start in it are embedded in `embed_calls`
+        model calls (`ragraph.work.embed_groups`; default one): a cost per model call, per query,
+        per token of their texts (`embed_tokens` in all: tokenizing) and per padded token (a model
+        call runs its texts padded to its longest: `embed_padded_tokens`, default every text
+        padded to `embed_max_tokens`, the one-call upper bound that sub-stage planning prices
+        with); then the (query, list) pairs spread over the threads and scan at the
         per-thread rate times the threads in use, capped by the memory system's rate. A call
         that embeds after the lane sat idle `idle_s` seconds runs cold (the embedder's weights
         out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
@@ -203,8 +206,12 @@ class LatencyModel:
         (call, per_query, per_new, embed_call, per_token, per_text_token, thread_rate, memory_rate, threads,
          vec_bytes) = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))
-        embed = (embed_call + new_queries * (per_new + per_token * embed_max_tokens) + per_text_token * embed_tokens
-                 if new_queries else 0.0)
+        if new_queries:
+            padded = new_queries * embed_max_tokens if embed_padded_tokens is None else embed_padded_tokens
+            embed = (embed_call * (1 if embed_calls is None else embed_calls) + new_queries * per_new
+                     + per_token * padded + per_text_token * embed_tokens)
+        else:
+            embed = 0.0
         if new_queries and idle_s > 0 and self._cold[0]:
             embed += self._cold[0] * -math.expm1(-idle_s / self._cold[1])
         return call + per_query * queries + embed + scanned_vectors * vec_bytes / rate
@@ -212,7 +219,8 @@ class LatencyModel:
     def search_call_s(self, args: Mapping[str, int], idle_s: float = 0.0) -> float:
         """A CPU search call priced from its features (`ragraph.work.SearchBatch.timeline_args`)."""
         return self.search_s(args["queries"], args["new_queries"], args["clusters"], args["vectors"],
-                             args["embed_max_tokens"], args["embed_tokens"], idle_s)
+                             args["embed_max_tokens"], args["embed_tokens"], idle_s, args.get("embed_calls"),
+                             args.get("embed_padded_tokens"))
 
     def engine_cold_s(self, idle_s: float) -> float:
         """What an engine step adds after the engine sat idle `idle_s` seconds (its caches

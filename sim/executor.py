@@ -397,11 +397,11 @@ class Simulation:
         sizes, vec_bytes = self.latency.list_sizes, self.latency.profile.index.bytes_per_vector
         if isinstance(item, SearchBatch):
             f = item.features(sizes)  # the call's features: priced here, shown on the timeline
-            queries, new, pairs, vectors, tokens, longest, _ = f
+            queries, new, pairs, vectors, tokens, longest, _, calls, padded = f
             if item.lane is Lane.GPU_RETRIEVAL:
                 seconds = self.latency.gpu_search_s(vectors * vec_bytes)
             else:  # (LatencyModel.search_call_s, without building its dict)
-                seconds = self.latency.search_s(queries, new, pairs, vectors, longest, tokens, idle_s)
+                seconds = self.latency.search_s(queries, new, pairs, vectors, longest, tokens, idle_s, calls, padded)
             self._scans.start(item)
             return seconds, _NO_TOPK, dict(zip(SEARCH_FEATURES, f, strict=True)) if self._keep_timeline else {}, True
         assert isinstance(item, CacheLoad)

@@ -327,5 +327,6 @@ def test_search_and_cache_items_count_their_timeline_args():
     batch = SearchBatch((ScanTask(("a", 0), (0, 1), 1, True, False, 7), ScanTask(("b", 0), (2,), 1, False, True),
                          ScanTask(("c", 0), (1,), 1, True, True, 12)))
     assert batch.timeline_args(sizes) == {"queries": 3, "new_queries": 2, "clusters": 4, "vectors": 80,
-                                          "embed_tokens": 19, "embed_max_tokens": 12, "speculative": 0}
+                                          "embed_tokens": 19, "embed_max_tokens": 12, "speculative": 0,
+                                          "embed_calls": 1, "embed_padded_tokens": 24}  # 7 and 12: one call
     assert CacheLoad((0, 2)).timeline_args(sizes) == {"clusters": 2, "vectors": 40}

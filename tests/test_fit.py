@@ -171,3 +171,20 @@ def test_cold_embedder_term_is_recovered_and_priced_by_idle_time():
     assert m.search_s(1, 1, 4, 160, 40, 40, idle_s=0.0) == warm_s
     assert m.search_s(1, 1, 4, 160, 40, 40, idle_s=float("inf")) == pytest.approx(warm_s + cold_s)
     assert m.search_s(1, 0, 4, 160, 0, 0, idle_s=1.0) == m.search_s(1, 0, 4, 160)  # a scan embeds nothing
+
+
+def test_fit_recovers_the_embedding_per_model_call_when_calls_are_split_by_length():
+    """A search call whose new queries are embedded in several model calls (`ragraph.work.embed_groups`)
+    pays the call's cost per model call and runs each text padded to its own group's longest."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for r in _search_rows(SEARCH, rng, 0.0):
+        new, tokens = r["new_queries"], r["embed_max_tokens"]
+        if new > 2 and tokens > 12:  # the long text and a short one, then the other short ones: two model calls
+            padded = 2 * tokens + 12 * (new - 2)
+            r = {**r, "embed_calls": 2, "embed_padded_tokens": padded,
+                 "seconds": r["seconds"] + SEARCH["embed_call_s"] + SEARCH["embed_token_s"] * (padded - tokens * new)}
+        rows.append(r)
+    fits = fit_rows(_grid_rows(GEN, rng, 0.0) + rows)
+    for name, value in zip(fits.embed.names, fits.embed.coef, strict=True):
+        assert value == pytest.approx(SEARCH[name], rel=1e-6), name
