@@ -1,7 +1,8 @@
 """Token counts of query texts, as the query embedder sees them: what its cost is priced by.
 
 The embedder (sentence-transformers) tokenizes a call's texts, pads them to the longest and runs
-the model over the padded batch, so an embedding's cost follows tokens, not characters: the same
+the model over the padded batch (both bodies group a search call's texts by length for it:
+`ragraph.work.embed_groups`), so an embedding's cost follows tokens, not characters: the same
 number of characters is 16 tokens of a trace's question and 30 of a Wikipedia passage's cut
 (names, numbers, punctuation), and a model priced per character from passage cuts overpriced
 the questions' calls by up to 27% (docs/validation-cpu.md). Both bodies count with the same
