@@ -41,6 +41,9 @@ def test_by_default_each_policy_runs_at_its_own_capacity():
     planned, skipped = fidelity().planned_cases(caps, [0.5], "sim", None)
     assert [(f["policy"].spec, rate) for f, _, rate in planned] == [("flashrag", 4.5), ("hedra", 7.0)]
     assert skipped == []
+    planned, skipped = fidelity().planned_cases(caps, [1.2], "sim", None)  # overload, asked for: replayed
+    assert [(f["policy"].spec, rate) for f, _, rate in planned] == [("flashrag", 10.8), ("hedra", 16.8)]
+    assert skipped == []
 
 
 def test_the_tables_put_each_baseline_over_the_subject():
