@@ -194,14 +194,13 @@ class LatencyModel:
                  embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0,
                  embed_calls: int | None = None, embed_padded_tokens: int | None = None) -> float:
         """One CPU search call: the `new_queries` that start in it are embedded in `embed_calls`
-        model calls (`ragraph.work.embed_groups`; default one): a cost per model call, per query,
+        model calls (`ragraph.work.embed_plan`; default one): a cost per model call, per query,
         per token of their texts (`embed_tokens` in all: tokenizing) and per padded token (a model
         call runs its texts padded to its longest: `embed_padded_tokens`, default every text
-        padded to `embed_max_tokens`, the one-call upper bound that sub-stage planning prices
-        with); then the (query, list) pairs spread over the threads and scan at the
-        per-thread rate times the threads in use, capped by the memory system's rate. A call
-        that embeds after the lane sat idle `idle_s` seconds runs cold (the embedder's weights
-        out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
+        padded to `embed_max_tokens`, as one call would); then the (query, list) pairs spread
+        over the threads and scan at the per-thread rate times the threads in use, capped by the
+        memory system's rate. A call that embeds after the lane sat idle `idle_s` seconds runs
+        cold (the embedder's weights out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
         __init__: policies price every candidate sub-stage.)"""
         (call, per_query, per_new, embed_call, per_token, per_text_token, thread_rate, memory_rate, threads,
          vec_bytes) = self._search

@@ -21,11 +21,13 @@ class SearchCostModel(Protocol):
         ...
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_tokens: int = 0, embed_tokens: int = 0) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0, *, embed_calls: int | None = None,
+                 embed_padded_tokens: int | None = None) -> float:
         """Seconds for one search call over `queries` queries (`new_queries` of them start in
         it: their texts, `embed_tokens` tokens in all and the longest `embed_max_tokens`,
-        are embedded first) scanning `pairs` (query, list) pairs that hold `scanned_vectors`
-        vectors in all."""
+        are embedded first, in `embed_calls` model calls that run `embed_padded_tokens` tokens
+        (`ragraph.work.embed_plan`; None: one call, every text padded to the longest)) scanning
+        `pairs` (query, list) pairs that hold `scanned_vectors` vectors in all."""
         ...
 
     def peak_decode_tokens_s(self) -> float:

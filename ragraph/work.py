@@ -197,7 +197,7 @@ class SearchBatch:
                 if n > longest:
                     longest = n
             speculative += t.prefix < 1
-        calls, padded = (1, longest) if len(texts) < 2 else embed_cost(texts, embed_groups(texts))
+        calls, padded = embed_plan(texts)
         return len(self.tasks), new, pairs, vectors, tokens, longest, speculative, calls if new else 0, padded
 
 
@@ -229,6 +229,15 @@ def embed_groups(tokens: Sequence[int]) -> list[list[int]]:
         groups.append(order[cut[end]:end])
         end = cut[end]
     return groups[::-1]
+
+
+def embed_plan(tokens: Sequence[int]) -> tuple[int, int]:
+    """(model calls, padded tokens) of embedding texts of `tokens` tokens as both bodies do
+    (`embed_groups`): what a search call's embedding is priced by, in the simulator and in a
+    policy's plan alike."""
+    if len(tokens) < 2:
+        return 1, max(tokens, default=0)
+    return embed_cost(tokens, embed_groups(tokens))
 
 
 def embed_cost(tokens: Sequence[int], groups: Sequence[Sequence[int]]) -> tuple[int, int]:

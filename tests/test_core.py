@@ -16,7 +16,7 @@ from ragraph.policies.base import Policy
 from ragraph.policies.flashrag import FlashRAGPolicy
 from ragraph.policies.hedra import HedraOptions, HedraPolicy
 from ragraph.state import IllegalTransition, NodeEvent, NodeState, advance
-from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, ScanTask, SearchBatch, SearchResult
+from ragraph.work import CacheLoad, GenStep, GenStepResult, Lane, ScanTask, SearchBatch, SearchResult, embed_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BANNED = {"simpy", "vllm", "faiss", "torch", "threading", "time", "asyncio", "socket", "multiprocessing",
@@ -29,7 +29,7 @@ class FlatCosts:
     list_sizes = [1000] * 64
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_tokens: int = 0, embed_tokens: int = 0) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0, **embed_calls: int | None) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
 
     def peak_decode_tokens_s(self) -> float:
@@ -330,3 +330,24 @@ def test_search_and_cache_items_count_their_timeline_args():
                                           "embed_tokens": 19, "embed_max_tokens": 12, "speculative": 0,
                                           "embed_calls": 1, "embed_padded_tokens": 24}  # 7 and 12: one call
     assert CacheLoad((0, 2)).timeline_args(sizes) == {"clusters": 2, "vectors": 40}
+
+
+def test_hedra_prices_a_substage_by_the_model_calls_the_bodies_embed_in():
+    class RecordingCosts(FlatCosts):
+        def __init__(self) -> None:
+            self.priced: list[tuple[int, int | None, int | None]] = []
+
+        def search_s(self, queries, new_queries, pairs, scanned_vectors, embed_max_tokens=0, embed_tokens=0,
+                     *, embed_calls=None, embed_padded_tokens=None):
+            self.priced.append((new_queries, embed_calls, embed_padded_tokens))
+            return super().search_s(queries, new_queries, pairs, scanned_vectors)
+
+    costs = RecordingCosts()
+    s = Scheduler(hedra(costs, max_budget_ms=50.0, join_new=False), text_tokens=len)
+    for name, text in (("a", "x" * 5), ("b", "y" * 400)):  # lengths apart: two model calls
+        s.submit(chain(name, 0.0, "one-shot", [Retrieve(4, 1, (0, 1, 2, 3), query=text), Generate(100, 5)]), 0.0)
+    batch = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
+    assert [t.embed_tokens for t in batch.tasks] == [5, 400]
+    both = {(calls, padded) for new, calls, padded in costs.priced if new == 2}
+    assert both == {embed_plan([5, 400])} == {(2, 405)}
+    assert batch.features(costs.list_sizes)[-2:] == (2, 405)  # what the simulator then prices
