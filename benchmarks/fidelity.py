@@ -308,7 +308,7 @@ def regressions(cells: list[dict], limits: dict[float, float], max_speed_drift: 
     outgrows."""
     out = []
     for c in cells:
-        where = f"{c['workflow']} under {c['policy']} at {c['load']:g} of its capacity"
+        where = f"{c['workflow']} under {c['policy']} at load {c['load']:g}"  # of its own capacity, or --loads-of's
         if max_speed_drift is not None:
             low, high = 1 / (1 + max_speed_drift), 1 + max_speed_drift
             for kind, speed in c["run_speed"].items():
