@@ -29,7 +29,8 @@ class FlatCosts:
     list_sizes = [1000] * 64
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
-                 embed_max_tokens: int = 0, embed_tokens: int = 0, **embed_calls: int | None) -> float:
+                 embed_max_tokens: int = 0, embed_tokens: int = 0, *, embed_calls: int | None = None,
+                 embed_padded_tokens: int | None = None) -> float:
         return 1e-3 + 1e-6 * scanned_vectors
 
     def peak_decode_tokens_s(self) -> float:

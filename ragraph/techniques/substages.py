@@ -95,9 +95,9 @@ class SubStages:
         `chunk` clusters per round, as the artifact's fixed sub-stages do."""
         search_s = self.costs.search_s
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
-        n_new = pairs = scanned = longest = tokens = 0  # the new queries' texts: longest and all, in tokens
-        texts: list[int] = []  # the new queries' texts, in tokens
-        calls, padded = embed_plan(texts)  # their model calls and padded tokens, as the bodies embed them
+        n_new = pairs = scanned = 0
+        texts: list[int] = []  # the taken new queries' texts, in tokens
+        plan = embed_plan(texts)  # their model calls and padded tokens, as the bodies embed them
         per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
@@ -111,13 +111,14 @@ class SubStages:
                 fresh = node.next_pos == 0 and not have
                 text = s.query_tokens(node) if fresh else 0
                 q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
-                plan = embed_plan([*texts, text]) if text else (calls, padded)
+                mine = [*texts, text] if text else texts  # the texts the call embeds if this query joins
+                with_mine = embed_plan(mine) if text else plan
 
                 def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0,
-                         top: int = max(longest, text), all_: int = tokens + text,
-                         plan: tuple[int, int] = plan) -> float:
-                    return search_s(q, new, p0 + end, v0 + c0[end], top, all_, embed_calls=plan[0],
-                                    embed_padded_tokens=plan[1])
+                         top: int = max(mine, default=0), all_: int = sum(mine),
+                         calls: tuple[int, int] = with_mine) -> float:
+                    return search_s(q, new, p0 + end, v0 + c0[end], top, all_, embed_calls=calls[0],
+                                    embed_padded_tokens=calls[1])
 
                 end = _fit(cost, cum, start, limit, budget)
                 if end == start and not scanned:
@@ -125,11 +126,7 @@ class SubStages:
                 if end > start:
                     taken[node] = have + end - start
                     n_new += fresh
-                    longest = max(longest, text)
-                    tokens += text
-                    if text:
-                        texts.append(text)
-                        calls, padded = plan
+                    texts, plan = mine, with_mine
                     pairs += end - start
                     scanned += cum[end] - cum[start]
                     progressed = True
