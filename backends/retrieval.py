@@ -62,7 +62,7 @@ class RetrievalService:
         if queries:
             with self._state_lock:
                 self._queries.update(queries)
-        self._start_new([t for t in batch.tasks if t.first], queries or {})
+        self._start_new([t for t in batch.tasks if t.first], queries or {}, batch.embed_call_tokens)
         states = [self._topk[t.key] for t in batch.tasks]
         clusters = [t.clusters if t.prefix >= 1 else self._prefix_probes.pop(t.key) for t in batch.tasks]
         locks = [self._locks[t.key] for t in sorted(batch.tasks, key=lambda t: t.key)]
@@ -97,10 +97,11 @@ class RetrievalService:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _start_new(self, tasks: list[ScanTask], given: Mapping[NodeKey, str]) -> None:
-        """Embed (one batched call) and start the heaps of queries in their first sub-stage. A
-        speculative search (prefix < 1) embeds its query's prefix, unless its text was `given`
-        (the real partial generation of a model that answers): then that text, whole."""
+    def _start_new(self, tasks: list[ScanTask], given: Mapping[NodeKey, str], call_tokens: float) -> None:
+        """Embed (in model calls grouped by length, cut at `call_tokens`: `embed_groups`) and start
+        the heaps of queries in their first sub-stage. A speculative search (prefix < 1) embeds its
+        query's prefix, unless its text was `given` (the real partial generation of a model that
+        answers): then that text, whole."""
         if not tasks:
             return
         vectors: dict[NodeKey, np.ndarray] = {}
@@ -116,7 +117,7 @@ class RetrievalService:
         if texts:
             keys, values = list(texts), list(texts.values())
             with self._encode_lock:  # one model call per length group, as the search model prices the call
-                for group in embed_groups(tokens) if any(tokens) else [range(len(keys))]:
+                for group in embed_groups(tokens, call_tokens) if any(tokens) else [range(len(keys))]:
                     emb = self.encode([values[i] for i in group])
                     vectors.update(zip((keys[i] for i in group), emb, strict=True))
         with self._state_lock:

@@ -17,6 +17,10 @@ The grid is designed, not sampled from the traces a profile is later validated o
   continues them (scan only), through the same retrieval body the lane runs (on the CPU,
   the retrieval worker process); each call reports the features of `hwmodel.latency.LatencyModel.search_s`
   (its texts' lengths in the embedder's tokens, counted by `text_tokens`: the body's own counter).
+  A call embeds its new queries in one model call: the mixed cell's short texts padded to its
+  long ones are what tell a padded token's cost from a text token's, and those two terms put
+  the cut where the bodies later split a call's texts into model calls
+  (`SearchModel.embed_call_tokens`).
 
 Each function returns rows (plain dicts: the grid cell, the features, the measured
 seconds) that `calibration.calibrate` fits and stores in the profile.
@@ -219,7 +223,7 @@ def profile_search(begin: Callable[[list[Request]], RetrievalBody], list_sizes: 
                                        k=k, first=part == 0, last=part == 1,
                                        embed_tokens=text_tokens(text) if part == 0 else 0)
                               for req, lists, text in zip(requests, probe_lists, texts, strict=True))
-                batch = SearchBatch(tasks)
+                batch = SearchBatch(tasks)  # one model call (module docstring)
                 t0 = time.perf_counter()
                 service.search(batch)
                 seconds = time.perf_counter() - t0

@@ -173,6 +173,7 @@ class LatencyModel:
         self.list_sizes: list[int] = ivf_list_sizes(profile).tolist()  # vectors per IVF list
         m = profile.cpu_search
         self.text_tokens: Callable[[str], int] = _embedder_tokens(profile) if m.prices_text else _unpriced
+        self.embed_call_tokens = m.embed_call_tokens  # where search calls cut the embedding (SearchBatch)
         self._search = (m.call_s, m.query_s, m.new_query_s, m.embed_call_s, m.embed_token_s, m.embed_text_token_s,
                         m.thread_bytes_per_s, m.memory_bytes_per_s, profile.hardware.cpu_threads,
                         profile.index.bytes_per_vector)
@@ -194,14 +195,15 @@ class LatencyModel:
                  embed_max_tokens: int = 0, embed_tokens: int = 0, idle_s: float = 0.0,
                  embed_calls: int | None = None, embed_padded_tokens: int | None = None) -> float:
         """One CPU search call: the `new_queries` that start in it are embedded in `embed_calls`
-        model calls (`ragraph.work.embed_plan`; default one): a cost per model call, per query,
-        per token of their texts (`embed_tokens` in all: tokenizing) and per padded token (a model
-        call runs its texts padded to its longest: `embed_padded_tokens`, default every text
-        padded to `embed_max_tokens`, as one call would); then the (query, list) pairs spread
-        over the threads and scan at the per-thread rate times the threads in use, capped by the
-        memory system's rate. A call that embeds after the lane sat idle `idle_s` seconds runs
-        cold (the embedder's weights out of cache): + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in
-        __init__: policies price every candidate sub-stage.)"""
+        model calls (`ragraph.work.embed_plan`, cut at `embed_call_tokens`; default one): a cost
+        per model call, per query, per token of their texts (`embed_tokens` in all: tokenizing)
+        and per padded token (a model call runs its texts padded to its longest:
+        `embed_padded_tokens`, default every text padded to `embed_max_tokens`, as one call
+        would); then the (query, list) pairs spread over the threads and scan at the per-thread
+        rate times the threads in use, capped by the memory system's rate. A call that embeds
+        after the lane sat idle `idle_s` seconds runs cold (the embedder's weights out of cache):
+        + cold x (1 - exp(-idle / tau)). (The profile is unpacked once in __init__: policies
+        price every candidate sub-stage.)"""
         (call, per_query, per_new, embed_call, per_token, per_text_token, thread_rate, memory_rate, threads,
          vec_bytes) = self._search
         rate = min(memory_rate, thread_rate * min(threads, max(pairs, 1)))

@@ -10,6 +10,7 @@ name the file and the field. Profiles are loaded only when asked for, never at i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -164,6 +165,13 @@ class SearchModel(_Strict):
     def prices_text(self) -> bool:
         """Whether a call's cost depends on its query texts' token counts."""
         return bool(self.embed_token_s or self.embed_text_token_s)
+
+    @property
+    def embed_call_tokens(self) -> float:
+        """A model call's own cost in padded tokens (embed_call_s / embed_token_s): where the bodies
+        cut a call's new texts into model calls (`ragraph.work.embed_groups`); inf (one call) where
+        padded tokens cost nothing."""
+        return self.embed_call_s / self.embed_token_s if self.embed_token_s else math.inf
 
 
 class TransferModel(_Strict):

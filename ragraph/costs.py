@@ -20,6 +20,12 @@ class SearchCostModel(Protocol):
         """Vectors stored in each IVF list, indexed by list id."""
         ...
 
+    @property
+    def embed_call_tokens(self) -> float:
+        """An embedding-model call's own cost in padded tokens: where a search call's new texts
+        are cut into model calls (`ragraph.work.embed_groups`); inf where texts are not priced."""
+        ...
+
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_tokens: int = 0, embed_tokens: int = 0, *, embed_calls: int | None = None,
                  embed_padded_tokens: int | None = None) -> float:

@@ -8,6 +8,7 @@ is a decision that has been made, a result a fact that has happened.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -168,6 +169,10 @@ class SearchBatch:
 
     tasks: tuple[ScanTask, ...]
     lane: Lane = Lane.CPU_RETRIEVAL  # cpu_retrieval, or gpu_retrieval for cached clusters
+    # where the body cuts the new queries' texts into embedding-model calls (`embed_groups`): a
+    # model call's own cost in padded tokens, the planner's cost model's (`SearchCostModel.
+    # embed_call_tokens`, from the profile); inf: one call (a model whose cost has no text terms)
+    embed_call_tokens: float = math.inf
 
     def timeline_args(self, list_sizes: Sequence[int]) -> dict[str, int]:
         """What this call does, given the vectors per IVF list: what a timeline slice of it
@@ -197,31 +202,29 @@ class SearchBatch:
                 if n > longest:
                     longest = n
             speculative += t.prefix < 1
-        calls, padded = embed_plan(texts)
+        calls, padded = embed_plan(texts, self.embed_call_tokens)
         return len(self.tasks), new, pairs, vectors, tokens, longest, speculative, calls if new else 0, padded
 
 
 SEARCH_FEATURES = ("queries", "new_queries", "clusters", "vectors", "embed_tokens", "embed_max_tokens", "speculative",
                    "embed_calls", "embed_padded_tokens")
 
-# A query-embedding model call's own cost, in padded tokens: the embedder pads a call's texts to
-# the longest, so a call of mixed lengths is cheapest split where the padding a group would add
-# costs more than one more call. Measured on the 2-core VM's profile: 9.6 ms a call against
-# 0.28 ms a padded token (`benchmarks/embed_padding.py`: six queries of 20-142 tokens 1.54x
-# dearer in one call than in six, six of 60-68 tokens 0.75x).
-EMBED_CALL_TOKENS = 35
 
-
-def embed_groups(tokens: Sequence[int]) -> list[list[int]]:
+def embed_groups(tokens: Sequence[int], call_tokens: float) -> list[list[int]]:
     """The model calls that embed texts of `tokens` tokens cheapest: indices into `tokens`, longest
-    first, cut so that sum over calls of (EMBED_CALL_TOKENS + texts x longest) is least (an exact
-    dynamic programme over the sorted lengths; both bodies embed a search call's new queries so)."""
+    first, cut so that sum over calls of (call_tokens + texts x longest) is least (an exact dynamic
+    programme over the sorted lengths; both bodies embed a search call's new queries so).
+    `call_tokens` is a model call's own cost in padded tokens: the embedder pads a call's texts to
+    its longest, so a call of mixed lengths is cheapest split where the padding a group would add
+    costs more than one more call (`SearchBatch.embed_call_tokens`); inf: one call."""
     order = sorted(range(len(tokens)), key=lambda i: -tokens[i])
     n = len(order)
+    if n < 2 or math.isinf(call_tokens):
+        return [order] if n else []
     best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
     for end in range(1, n + 1):
         for start in range(end):
-            cost = best[start] + EMBED_CALL_TOKENS + (end - start) * tokens[order[start]]
+            cost = best[start] + call_tokens + (end - start) * tokens[order[start]]
             if cost < best[end]:
                 best[end], cut[end] = cost, start
     groups, end = [], n
@@ -231,13 +234,13 @@ def embed_groups(tokens: Sequence[int]) -> list[list[int]]:
     return groups[::-1]
 
 
-def embed_plan(tokens: Sequence[int]) -> tuple[int, int]:
+def embed_plan(tokens: Sequence[int], call_tokens: float) -> tuple[int, int]:
     """(model calls, padded tokens) of embedding texts of `tokens` tokens as both bodies do
     (`embed_groups`): what a search call's embedding is priced by, in the simulator and in a
     policy's plan alike."""
     if len(tokens) < 2:
         return 1, max(tokens, default=0)
-    return embed_cost(tokens, embed_groups(tokens))
+    return embed_cost(tokens, embed_groups(tokens, call_tokens))
 
 
 def embed_cost(tokens: Sequence[int], groups: Sequence[Sequence[int]]) -> tuple[int, int]:

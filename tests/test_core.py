@@ -27,6 +27,7 @@ class FlatCosts:
     """Every list holds 1000 vectors; a call costs 1 ms + 1 us per vector."""
 
     list_sizes = [1000] * 64
+    embed_call_tokens = 35.0  # an embedding-model call costs as much as 35 padded tokens
 
     def search_s(self, queries: int, new_queries: int, pairs: int, scanned_vectors: int,
                  embed_max_tokens: int = 0, embed_tokens: int = 0, *, embed_calls: int | None = None,
@@ -350,5 +351,5 @@ def test_hedra_prices_a_substage_by_the_model_calls_the_bodies_embed_in():
     batch = s.next_work(Lane.CPU_RETRIEVAL, 0.0)
     assert [t.embed_tokens for t in batch.tasks] == [5, 400]
     both = {(calls, padded) for new, calls, padded in costs.priced if new == 2}
-    assert both == {embed_plan([5, 400])} == {(2, 405)}
+    assert both == {embed_plan([5, 400], costs.embed_call_tokens)} == {(2, 405)}
     assert batch.features(costs.list_sizes)[-2:] == (2, 405)  # what the simulator then prices

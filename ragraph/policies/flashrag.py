@@ -9,6 +9,8 @@ HedraRAG artifact (SOSP 2025).
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragraph.costs import SearchCostModel
@@ -24,14 +26,14 @@ class FlashRAGOptions(BaseModel):
 class FlashRAGPolicy(StagedPolicy):
     name = "flashrag"
 
-    def __init__(self, options: FlashRAGOptions | None = None) -> None:
-        super().__init__()
+    def __init__(self, options: FlashRAGOptions | None = None, embed_call_tokens: float = math.inf) -> None:
+        super().__init__(embed_call_tokens)
         self.options = options or FlashRAGOptions()
         self.chunk = self.options.chunk
 
 
 def build(options: FlashRAGOptions, costs: SearchCostModel) -> FlashRAGPolicy:
-    return FlashRAGPolicy(options)
+    return FlashRAGPolicy(options, costs.embed_call_tokens)
 
 
 POLICY = PolicyType("flashrag", FlashRAGOptions, build,

@@ -88,6 +88,7 @@ class HedraPolicy(Policy):
 
     def __init__(self, options: HedraOptions, costs: GpuCacheCosts) -> None:
         o = self.options = options
+        self.embed_call_tokens = costs.embed_call_tokens  # where its search calls cut the embedding (SearchBatch)
         self.substages = SubStages(costs, o.substages, budget_factor=o.budget_factor, min_budget_ms=o.min_budget_ms,
                                    max_budget_ms=o.max_budget_ms, chunk=o.chunk, max_queries=o.max_queries,
                                    fill=o.fill, join_new=o.join_new)
@@ -111,13 +112,13 @@ class HedraPolicy(Policy):
         if lane is not Lane.CPU_RETRIEVAL:
             return None
         if self.spec_retr is not None and (spec := self.spec_retr.plan(s)):
-            return SearchBatch(tuple(spec))
+            return SearchBatch(tuple(spec), embed_call_tokens=self.embed_call_tokens)
         if self.gpu is not None:
             self.gpu.defer_cached(s)  # leave the resident clusters to the GPU lane
         tasks = tuple(self.substages.plan(s, self.wavefront.queries(s)))
         if self.gpu is not None:
             self.gpu.note(tasks, lane)
-        return SearchBatch(tasks)
+        return SearchBatch(tasks, embed_call_tokens=self.embed_call_tokens)
 
     def plan_pcie(self, s: SchedulerView, now: float) -> CacheLoad | None:
         return self.gpu.plan_pcie(s) if self.gpu is not None else None

@@ -10,6 +10,7 @@ the HedraRAG artifact (SOSP 2025).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -31,8 +32,8 @@ class LangChainPolicy(StagedPolicy):
     name = "langchain"
     chunk = 1
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, embed_call_tokens: float = math.inf) -> None:
+        super().__init__(embed_call_tokens)
         self._batch: set[str] = set()  # ids of the requests in the running batch
 
     def eligible(self, s: SchedulerView, node: NodeRun) -> bool:
@@ -45,7 +46,7 @@ class LangChainPolicy(StagedPolicy):
 
 
 def build(options: LangChainOptions, costs: SearchCostModel) -> LangChainPolicy:
-    return LangChainPolicy()
+    return LangChainPolicy(costs.embed_call_tokens)
 
 
 POLICY = PolicyType("langchain", LangChainOptions, build,

@@ -10,6 +10,7 @@ query's full nprobe. Stages alternate, so the GPU and the CPU never work at once
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,8 @@ class StagedPolicy(Policy):
 
     chunk: int  # most queries in one search call
 
-    def __init__(self) -> None:
+    def __init__(self, embed_call_tokens: float = math.inf) -> None:
+        self.embed_call_tokens = embed_call_tokens  # where its search calls cut the embedding (SearchBatch)
         self._last_stage = "retrieve"  # so that the first stage may be either
         self._stage_queries: deque[NodeRun] = deque()  # queries left in the retrieval stage
 
@@ -61,7 +63,7 @@ class StagedPolicy(Policy):
         while self._stage_left(s) and len(tasks) < self.chunk:
             node = self._stage_queries.popleft()
             tasks.append(s.take_clusters(node, node.remaining))
-        return SearchBatch(tuple(tasks))
+        return SearchBatch(tuple(tasks), embed_call_tokens=self.embed_call_tokens)
 
     def _stage_left(self, s: SchedulerView) -> bool:
         """Whether the retrieval stage still has queries (dropping those whose request failed)."""

@@ -97,7 +97,8 @@ class SubStages:
         taken: dict[NodeRun, int] = {}  # clusters taken per query, in the order first taken
         n_new = pairs = scanned = 0
         texts: list[int] = []  # the taken new queries' texts, in tokens
-        plan = embed_plan(texts)  # their model calls and padded tokens, as the bodies embed them
+        cut = self.costs.embed_call_tokens
+        plan = embed_plan(texts, cut)  # their model calls and padded tokens, as the bodies embed them
         per_visit = self.chunk if self.fill == "round_robin" else 1 << 30
         while True:
             progressed = False
@@ -112,7 +113,7 @@ class SubStages:
                 text = s.query_tokens(node) if fresh else 0
                 q, new, p0, v0, c0 = len(taken) + (not have), n_new + fresh, pairs - start, scanned - cum[start], cum
                 mine = [*texts, text] if text else texts  # the texts the call embeds if this query joins
-                with_mine = embed_plan(mine) if text else plan
+                with_mine = embed_plan(mine, cut) if text else plan
 
                 def cost(end: int, q: int = q, new: int = new, p0: int = p0, v0: int = v0, c0: list[int] = c0,
                          top: int = max(mine, default=0), all_: int = sum(mine),
