@@ -92,8 +92,9 @@ def planned_cases(found: list[dict], loads: list[float], on: str, loads_of: str 
 
 def comparison_lines(cells: list[dict], found: list[dict], subject: str) -> list[str]:
     """Markdown: per workflow each policy's real (and sim) capacity over `subject`'s, then per
-    workflow and load every other policy's real P50 / P99 over `subject`'s (above 1: the subject's
-    latency is lower); "-" where either was not replayed."""
+    workflow and load every other policy's real (and sim) P50 / P99 over `subject`'s (above 1:
+    the subject's latency is lower; the simulator's, on the one profile, has no drift of the
+    machine between the two runs in it); "-" where either was not replayed."""
     others = list(dict.fromkeys(f["policy"].spec for f in found if f["policy"].spec != subject))
     caps = {(f["workflow"], f["policy"].spec): f for f in found}
     lines = [f"| workflow | {subject} capacity real (sim) | "
@@ -110,7 +111,7 @@ def comparison_lines(cells: list[dict], found: list[dict], subject: str) -> list
                        f"{mine['real'].rps / theirs['real'].rps:.2f} ({mine['sim'].rps / theirs['sim'].rps:.2f})")
         lines.append(f"| {wf} | " + " | ".join(row) + " |")
     real = {(c["workflow"], c.get("load"), c["policy"]): c for c in cells}
-    head = " | ".join(f"{o} / {subject} P50, P99" for o in others)
+    head = " | ".join(f"{o} / {subject} P50, P99 real (sim)" for o in others)
     lines += ["", f"| workflow | load | {subject}'s rate (req/s) | {head} |", "|---|---|---|" + "---|" * len(others)]
     for wf, load in dict.fromkeys((c["workflow"], c.get("load")) for c in cells):
         mine = real.get((wf, load, subject))
@@ -119,10 +120,14 @@ def comparison_lines(cells: list[dict], found: list[dict], subject: str) -> list
         row = []
         for o in others:
             theirs = real.get((wf, load, o))
-            row.append("-" if theirs is None else ", ".join(_over(theirs["real"][p], mine["real"][p])
-                                                            for p in ("p50", "p99")))
+            row.append("-" if theirs is None else
+                       f"{_latency_ratios(theirs, mine, 'real')} ({_latency_ratios(theirs, mine, 'sim')})")
         lines.append(f"| {wf} | {load:g} | {mine['rate']:g} | " + " | ".join(row) + " |")
     return lines
+
+
+def _latency_ratios(theirs: dict, mine: dict, body: str) -> str:
+    return ", ".join(_over(theirs[body][p], mine[body][p]) for p in ("p50", "p99"))
 
 
 def _over(a: float | None, b: float | None) -> str:

@@ -23,8 +23,9 @@ def found(**caps):
              "sim": SimpleNamespace(rps=s)} for p, (r, s) in caps.items()]
 
 
-def cell(policy, load, rate, p50, p99):
-    return {"workflow": "irg", "policy": policy, "load": load, "rate": rate, "real": {"p50": p50, "p99": p99}}
+def cell(policy, load, rate, p50, p99, sim=(1.0, 2.0)):
+    return {"workflow": "irg", "policy": policy, "load": load, "rate": rate, "real": {"p50": p50, "p99": p99},
+            "sim": {"p50": sim[0], "p99": sim[1]}}
 
 
 def test_equal_rates_skip_a_policy_beyond_its_own_capacity():
@@ -48,13 +49,13 @@ def test_by_default_each_policy_runs_at_its_own_capacity():
 
 def test_the_tables_put_each_baseline_over_the_subject():
     caps = found(flashrag=(10.0, 8.0), hedra=(15.0, 16.0), langchain=(5.0, 4.0))
-    cells = [cell("flashrag", 0.3, 3.0, 0.2, 0.9), cell("hedra", 0.3, 3.0, 0.1, 1.0),
+    cells = [cell("flashrag", 0.3, 3.0, 0.2, 0.9, sim=(0.3, 1.0)), cell("hedra", 0.3, 3.0, 0.1, 1.0, sim=(0.2, 0.8)),
              cell("langchain", 0.3, 3.0, 0.5, 2.0), cell("flashrag", 0.6, 6.0, 0.4, 1.2),
              cell("hedra", 0.6, 6.0, 0.2, 0.6)]
     lines = fidelity().comparison_lines(cells, caps, "hedra")
     assert lines[2] == "| irg | 15.00 (16.00) | 1.50 (2.00) | 3.00 (4.00) |"
-    assert lines[-2] == "| irg | 0.3 | 3 | 2.00, 0.90 | 5.00, 2.00 |"
-    assert lines[-1] == "| irg | 0.6 | 6 | 2.00, 2.00 | - |"  # langchain not replayed at 0.6
+    assert lines[-2] == "| irg | 0.3 | 3 | 2.00, 0.90 (1.50, 1.25) | 5.00, 2.00 (5.00, 2.50) |"  # real (sim)
+    assert lines[-1] == "| irg | 0.6 | 6 | 2.00, 2.00 (1.00, 1.00) | - |"  # langchain not replayed at 0.6
 
 
 def test_a_comparison_against_a_policy_not_run_is_refused_before_any_work(tmp_path):
