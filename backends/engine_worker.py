@@ -104,13 +104,13 @@ class EngineProcess:
         from backends.vllm_engine import ModelLoadError
         from backends.vllm_handles import EngineUnavailable, VLLMHandleError
 
-        self._worker = WorkerProcess(
+        self.worker = WorkerProcess(
             _serve, (str(model), config, device, seed, tuple(cores), threads), name="hedra-engine",
             errors={"EngineUnavailable": EngineUnavailable, "VLLMHandleError": VLLMHandleError,
                     "ModelLoadError": ModelLoadError, "ValueError": ValueError})
         # applied, sent with the next step: (step, chat prompts of its text-prompted tasks or None)
         self._pending: list[tuple[GenStep, Mapping[NodeKey, list[dict[str, str]]] | None]] = []
-        info = self._worker.ready
+        info = self.worker.ready
         self.model: str = info["model"]
         self.block_size: int = info["block_size"]
         self.total_blocks: int = info["total_blocks"]
@@ -124,24 +124,24 @@ class EngineProcess:
     def step(self) -> GenStepResult:
         """Apply what was queued and run exactly one engine step: one round trip to the worker."""
         pending, self._pending = self._pending, []
-        return self._worker.call("step", pending)
+        return self.worker.call("step", pending)
 
     def abort_all(self) -> None:
         self._pending.clear()
-        self._worker.call("abort_all")
+        self.worker.call("abort_all")
 
     def has_unfinished(self) -> bool:
-        return bool(self._worker.call("has_unfinished"))
+        return bool(self.worker.call("has_unfinished"))
 
     def reset_prefix_cache(self) -> bool:
-        return bool(self._worker.call("reset_prefix_cache"))
+        return bool(self.worker.call("reset_prefix_cache"))
 
     def set_kv_policy(self, policy: KVPolicy) -> None:
         """Evict in `policy`'s order from now on (`VLLMEngine.set_kv_policy`)."""
-        self._worker.call("set_kv_policy", policy)
+        self.worker.call("set_kv_policy", policy)
 
     def kv_report(self) -> dict[str, int]:
-        return self._worker.call("kv_report")
+        return self.worker.call("kv_report")
 
     def close(self) -> None:
-        self._worker.close(30)
+        self.worker.close(30)

@@ -32,6 +32,7 @@ from backends.models import answers_text, is_named, resolve_model
 from backends.retrieval import RetrievalService
 from backends.retrieval_worker import RetrievalProcess
 from backends.vllm_engine import warms_kernels
+from backends.worker_process import WorkerProcess
 from hwmodel.embedder_tokens import token_counter
 from hwmodel.profile import Engine, Profile
 from ragraph.graph import Request
@@ -233,6 +234,14 @@ class RealBackend:
                 "corpus": str(self.corpus.path),
                 "index": self.corpus.manifest.get("index", {}), "gen_cores": list(self.gen_cores),
                 "retrieval_cores": list(self.retrieval_cores), "engine": self.options.engine.model_dump()}
+
+    def workers(self) -> dict[str, WorkerProcess]:
+        """The worker processes the lanes call, by lane name (the CPU body's engine and retrieval;
+        none for the GPU body's in-process retrieval): `benchmarks/handoff.py` reads their logs."""
+        found = {"gpu_gen": self.engine.worker}
+        if isinstance(self._retrieval, RetrievalProcess):
+            found["cpu_retrieval"] = self._retrieval.worker
+        return found
 
     def close(self) -> None:
         self.engine.close()

@@ -79,11 +79,11 @@ class RetrievalProcess:
 
     def __init__(self, index_path: str | Path, model: str | None = None, *, cores: Sequence[int] = (),
                  threads: int = 1) -> None:
-        self._worker = WorkerProcess(_serve, (str(index_path), model, tuple(cores), threads), name="hedra-retrieval")
-        self.dim, self.list_sizes = self._worker.ready
+        self.worker = WorkerProcess(_serve, (str(index_path), model, tuple(cores), threads), name="hedra-retrieval")
+        self.dim, self.list_sizes = self.worker.ready
 
     def call(self, command: str, payload: object) -> Any:
-        return self._worker.call(command, payload)
+        return self.worker.call(command, payload)
 
     def begin(self, requests: Sequence[Request]) -> RemoteRetrieval:
         """A fresh service for one replay: per-query state of an earlier replay is dropped."""
@@ -91,7 +91,7 @@ class RetrievalProcess:
         return RemoteRetrieval(self)
 
     def close(self) -> None:
-        self._worker.close(10)
+        self.worker.close(10)
 
 
 class RemoteRetrieval:
@@ -101,7 +101,7 @@ class RemoteRetrieval:
     waiting on a search: it never touches the pipe, the ids ride with the next search."""
 
     def __init__(self, worker: RetrievalProcess) -> None:
-        self._worker = worker
+        self.worker = worker
         self.list_sizes = worker.list_sizes
         self._ended: list[str] = []
         self._ended_lock = threading.Lock()
@@ -109,7 +109,7 @@ class RemoteRetrieval:
     def search(self, batch: SearchBatch, queries: Mapping[NodeKey, str] | None = None) -> SearchResult:
         with self._ended_lock:
             ended, self._ended = self._ended, []
-        return self._worker.call("search", (ended, batch, queries))
+        return self.worker.call("search", (ended, batch, queries))
 
     def load(self, item: CacheLoad) -> CacheLoadResult:
         raise RuntimeError("a pcie item on the CPU body: the retrieval worker has no GPU cluster cache")

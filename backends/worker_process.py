@@ -5,6 +5,10 @@ state), pinned by its own target, and talks over one pipe: the parent sends `(co
 payload)`, the worker answers `("ok", reply)` or `("error", (exception type name, message))`;
 its first answer says it is ready. One exchange at a time (a lock), so two lane threads can
 share a worker safely.
+
+Each answer also carries the seconds the worker spent in its handler, so a call's time splits
+into the work and the hand-off around it (pickling, the pipe, the waiting thread's wake-up and
+its GIL): `WorkerProcess.handler_log`, kept when a caller asks (`benchmarks/handoff.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import ctypes
 import multiprocessing as mp
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,22 +62,26 @@ class WorkerProcess:
         self.name = name
         self._errors = errors or {}
         self._lock = threading.Lock()
+        # a list: each answered call appends (command, seconds in the worker's handler); None: not kept
+        self.handler_log: list[tuple[str, float]] | None = None
         self.ready: Any = self._reply()  # what the worker said when it was ready
 
-    def _reply(self) -> Any:
+    def _reply(self, command: str = "") -> Any:
         try:
-            status, payload = self._conn.recv()
+            status, payload, *handler_s = self._conn.recv()
         except EOFError:
             raise WorkerError(f"the {self.name} worker exited") from None
         if status == "error":
             kind, message = payload
             raise self._errors.get(kind, WorkerError)(message if kind in self._errors else f"{kind}: {message}")
+        if handler_s and self.handler_log is not None:
+            self.handler_log.append((command, handler_s[0]))
         return payload
 
     def call(self, command: str, payload: object = None) -> Any:
         with self._lock:
             self._conn.send((command, payload))
-            return self._reply()
+            return self._reply(command)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Ask the worker to end ("close"), and kill it if it does not."""
@@ -92,17 +101,18 @@ def serve(conn: Any, handle: Callable[[str, Any], Any]) -> None:
             command, payload = conn.recv()
         except (EOFError, OSError):  # the parent went away (it failed or was stopped): end quietly
             return
+        began = time.perf_counter()
         try:
             reply = handle(command, payload)
         except Exception as exc:
             if not _send(conn, ("error", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))):
                 return
             continue
-        if not _send(conn, ("ok", reply)) or command == "close":
+        if not _send(conn, ("ok", reply, time.perf_counter() - began)) or command == "close":
             return
 
 
-def _send(conn: Any, message: tuple[str, Any]) -> bool:
+def _send(conn: Any, message: tuple[Any, ...]) -> bool:
     """Send `message` to the parent; False when it has gone away (nobody to answer, nothing to say)."""
     try:
         conn.send(message)
