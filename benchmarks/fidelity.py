@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -60,14 +61,24 @@ def capacities(body, prof, wf: str, policies, args, say) -> tuple[object, list[d
 
 
 def capacity_lines(found: list[dict]) -> list[str]:
-    lines = ["| workflow | policy | sim capacity (req/s) | real capacity (req/s) | sim / real - 1 | real runs |",
-             "|---|---|---|---|---|---|"]
+    """Each policy's capacity on both bodies, with the bracket each search ended on: two
+    capacities whose brackets overlap agree within the searches' resolution (`--capacity-tolerance`),
+    whatever the gap between the rates that passed."""
+    lines = ["| workflow | policy | sim capacity (req/s) [bracket] | real capacity (req/s) [bracket] | sim / real - 1"
+             " | brackets overlap | real runs |", "|---|---|---|---|---|---|---|"]
     for f in found:
-        s, r = f["sim"].rps, f["real"].rps
-        err = f"{s / r - 1:+.1%}" if r > 0 and f["real"] is not f["sim"] else "-"
-        runs = len(f["real"].trials) if f["real"] is not f["sim"] else 0
-        lines.append(f"| {f['workflow']} | {f['policy'].spec} | {s:.2f} | {r:.2f} | {err} | {runs} |")
+        s, r = f["sim"], f["real"]
+        measured = r is not s
+        err = f"{s.rps / r.rps - 1:+.1%}" if measured and r.rps > 0 else "-"
+        overlap = ("yes" if s.low < r.high and r.low < s.high else "no") if measured else "-"
+        runs = len(r.trials) if measured else 0
+        lines.append(f"| {f['workflow']} | {f['policy'].spec} | {s.rps:.2f} {_bracket(s)} | {r.rps:.2f} {_bracket(r)}"
+                     f" | {err} | {overlap} | {runs} |")
     return lines
+
+
+def _bracket(c) -> str:
+    return f"[{c.low:.2f}, {'open' if math.isinf(c.high) else f'{c.high:.2f}'})"
 
 
 def planned_cases(found: list[dict], loads: list[float], on: str, loads_of: str | None

@@ -68,3 +68,21 @@ def test_a_comparison_against_a_policy_not_run_is_refused_before_any_work(tmp_pa
                              capture_output=True, text=True)
         assert out.returncode == 2 and said in out.stderr
         assert not (tmp_path / "run").exists()
+
+
+def test_the_capacity_table_says_whether_the_two_searches_brackets_overlap() -> None:
+    def cap(low, high):
+        return SimpleNamespace(rps=low, low=low, high=high, trials=(1, 2, 3))
+
+    rows = [{"workflow": "irg", "policy": SimpleNamespace(spec=p), "sim": sim, "real": real}
+            for p, sim, real in (("flashrag", cap(6.73, 7.74), cap(6.0, 6.9)),  # 12% apart, brackets meet
+                                 ("hedra", cap(10.0, 11.5), cap(8.0, 9.2)),  # 25% apart, they do not
+                                 ("langchain", cap(4.0, float("inf")), cap(5.0, 5.75)))]
+    lines = fidelity().capacity_lines(rows)
+    assert lines[2].endswith("| 6.73 [6.73, 7.74) | 6.00 [6.00, 6.90) | +12.2% | yes | 3 |")
+    assert lines[3].endswith("| +25.0% | no | 3 |")
+    assert "4.00 [4.00, open)" in lines[4] and lines[4].endswith("| yes | 3 |")
+    same = cap(6.0, 6.9)  # the simulator's capacity standing in for the real one (--capacity-on sim)
+    line = fidelity().capacity_lines([{"workflow": "irg", "policy": SimpleNamespace(spec="hedra"), "sim": same,
+                                       "real": same}])[2]
+    assert line.endswith("| - | - | 0 |")
