@@ -101,7 +101,7 @@ class RemoteRetrieval:
     waiting on a search: it never touches the pipe, the ids ride with the next search."""
 
     def __init__(self, worker: RetrievalProcess) -> None:
-        self.worker = worker
+        self._worker = worker
         self.list_sizes = worker.list_sizes
         self._ended: list[str] = []
         self._ended_lock = threading.Lock()
@@ -109,7 +109,7 @@ class RemoteRetrieval:
     def search(self, batch: SearchBatch, queries: Mapping[NodeKey, str] | None = None) -> SearchResult:
         with self._ended_lock:
             ended, self._ended = self._ended, []
-        return self.worker.call("search", (ended, batch, queries))
+        return self._worker.call("search", (ended, batch, queries))
 
     def load(self, item: CacheLoad) -> CacheLoadResult:
         raise RuntimeError("a pcie item on the CPU body: the retrieval worker has no GPU cluster cache")

@@ -2,13 +2,13 @@
 
 The worker is started with `spawn` (never fork a process that holds vLLM, torch or OpenMP
 state), pinned by its own target, and talks over one pipe: the parent sends `(command,
-payload)`, the worker answers `("ok", reply)` or `("error", (exception type name, message))`;
-its first answer says it is ready. One exchange at a time (a lock), so two lane threads can
-share a worker safely.
+payload)`, the worker answers `("ok", reply, seconds in its handler)` or `("error", (exception
+type name, message))`; its first answer says it is ready. One exchange at a time (a lock), so
+two lane threads can share a worker safely.
 
-Each answer also carries the seconds the worker spent in its handler, so a call's time splits
-into the work and the hand-off around it (pickling, the pipe, the waiting thread's wake-up and
-its GIL): `WorkerProcess.handler_log`, kept when a caller asks (`benchmarks/handoff.py`).
+The handler's seconds split a call's time as its caller sees it into the work and the hand-off
+around it (pickling, the pipe, the waiting thread's wake-up and its GIL):
+`WorkerProcess.handler_log`, kept when a caller asks (`benchmarks/handoff.py`).
 """
 
 from __future__ import annotations
