@@ -22,7 +22,7 @@ compared at equal rates (a policy is not replayed at a rate above its own capaci
     python benchmarks/fidelity.py [--profile measured-cpu-tiny-llama-wiki] [--duration 30]
         [--workflows one-shot,hyde,recomp,multistep,irg] [--loads 0.3,0.6,0.85] [--out fidelity-run]
         [--slo-p95 5] [--capacity-tolerance 0.1] [--capacity-on real|sim] [--policies flashrag,hedra]
-        [--loads-of flashrag] [--subject hedra]
+        [--loads-of flashrag] [--subject hedra] [--capacity-at-speed] [--probe-each-cell]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ GOALS = {"p50": 0.05, "p99": 0.10, "item": 0.05}
 def capacities(body, prof, wf: str, policies, args, say) -> tuple[object, list[dict]]:
     """The workload of `wf` (a growing template) and each policy's capacity for it on both bodies."""
     from calibration.capacity import real_capacity, sim_capacity
+    from calibration.staleness import at_measured_speed, check_profile
     from calibration.workload import Template, corpus_requests
     from hwmodel.latency import LatencyModel
 
@@ -51,34 +52,65 @@ def capacities(body, prof, wf: str, policies, args, say) -> tuple[object, list[d
                 "duration_s": args.capacity_duration}
         sim = sim_capacity(template, choice, prof, **opts)
         say(f"{choice.spec}: the simulator's capacity {sim.rps:.2f} req/s")
-        real = sim
+        entry = {"workflow": wf, "policy": choice, "sim": sim, "real": sim}
         if args.capacity_on == "real":
-            real = real_capacity(body, template, choice, LatencyModel(prof), guess=sim.rps or 1.0, step=1.25,
-                                 progress=say, **opts)
+            if args.capacity_at_speed:
+                say(f"{choice.spec}: probing the machine's speed before the real search")
+                entry["probe_speed"] = speed = check_profile(body, prof).speed
+                entry["sim_at_probe"] = sim_capacity(template, choice, at_measured_speed(prof, speed),
+                                                     guess=sim.rps or 1.0, **opts)
+            entry["real"] = real = real_capacity(body, template, choice, LatencyModel(prof), guess=sim.rps or 1.0,
+                                                 step=1.25, progress=say, **opts)
             say(f"{choice.spec}: the real body's capacity {real.rps:.2f} req/s")
-        found.append({"workflow": wf, "policy": choice, "sim": sim, "real": real})
+            if args.capacity_at_speed and (speed := real.run_speed()) is not None:
+                entry["sim_at_run"] = sim_capacity(template, choice, at_measured_speed(prof, speed),
+                                                   guess=real.rps or 1.0, **opts)
+        found.append(entry)
     return template, found
 
 
 def capacity_lines(found: list[dict]) -> list[str]:
     """Each policy's capacity on both bodies, with the bracket each search ended on: two
     capacities whose brackets overlap agree within the searches' resolution (`--capacity-tolerance`),
-    whatever the gap between the rates that passed."""
+    whatever the gap between the rates that passed. With `--capacity-at-speed`, also the
+    simulator's capacity at the speed a probe measured before the real search (a prediction) and
+    at the speed the real search's own runs ran (the machine's drift taken out: what is left is
+    the model's error)."""
+    at_speed = any("sim_at_run" in f or "sim_at_probe" in f for f in found)
     lines = ["| workflow | policy | sim capacity (req/s) [bracket] | real capacity (req/s) [bracket] | sim / real - 1"
-             " | brackets overlap | real runs |", "|---|---|---|---|---|---|---|"]
+             " | brackets overlap | real runs |" + (" sim at probe speed | real search's speed (engine, search)"
+                                                  " | sim at that speed |" if at_speed else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|---|" if at_speed else "")]
     for f in found:
         s, r = f["sim"], f["real"]
         measured = r is not s
-        err = f"{s.rps / r.rps - 1:+.1%}" if measured and r.rps > 0 else "-"
         overlap = ("yes" if s.low < r.high and r.low < s.high else "no") if measured else "-"
         runs = len(r.trials) if measured else 0
-        lines.append(f"| {f['workflow']} | {f['policy'].spec} | {s.rps:.2f} {_bracket(s)} | {r.rps:.2f} {_bracket(r)}"
-                     f" | {err} | {overlap} | {runs} |")
+        line = (f"| {f['workflow']} | {f['policy'].spec} | {s.rps:.2f} {_bracket(s)} | {r.rps:.2f} {_bracket(r)}"
+                f" | {_error(s, r) if measured else '-'} | {overlap} | {runs} |")
+        if at_speed:
+            speed = r.run_speed() or {}
+            ran = f"{_x(speed.get('engine_step'))}, {_x(speed.get('search_call'))}"
+            line += f" {_at(f.get('sim_at_probe'), r)} | {ran} | {_at(f.get('sim_at_run'), r)} |"
+        lines.append(line)
     return lines
 
 
 def _bracket(c) -> str:
     return f"[{c.low:.2f}, {'open' if math.isinf(c.high) else f'{c.high:.2f}'})"
+
+
+def _error(sim, real) -> str:
+    return f"{sim.rps / real.rps - 1:+.1%}" if real.rps > 0 else "-"
+
+
+def _at(sim, real) -> str:
+    """A simulator's capacity at a measured speed, and its error against the real one."""
+    return "-" if sim is None else f"{sim.rps:.2f} ({_error(sim, real)})"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def planned_cases(found: list[dict], loads: list[float], on: str, loads_of: str | None
@@ -190,6 +222,9 @@ def main() -> None:
                     help="when the probe says the profile is stale, calibrate the loaded body again (a few"
                          " minutes), compare against that profile (written to --out as profile.json) and probe"
                          " once more; CI's VMs drift between its calibrate step and this one")
+    ap.add_argument("--capacity-at-speed", action="store_true",
+                    help="also find the simulator's capacity at the machine's speed: a probe's before each real"
+                         " search (a prediction) and the real search's own runs' (the drift taken out)")
     ap.add_argument("--probe-each-cell", action="store_true",
                     help="run the stale-profile probe before each cell and also predict with the profile at the"
                          " machine's speed it measured (a prediction that follows the VM's drift; ~15 s a cell)")
@@ -264,7 +299,8 @@ def main() -> None:
                                   policy=f["policy"], load=x))
         with atomic_dir(args.out) as tmp:
             caps = [{"workflow": f["workflow"], "policy": f["policy"].spec, "on": args.capacity_on,
-                     "sim": f["sim"].to_json(), "real": f["real"].to_json()} for f in found]
+                     **{k: f[k].to_json() for k in ("sim", "real", "sim_at_probe", "sim_at_run") if k in f},
+                     **({"probe_speed": f["probe_speed"]} if "probe_speed" in f else {})} for f in found]
             result = run_validation(body, prof, cases, policies, tmp, progress=lambda m: console.print(f"[run] {m}"),
                                     extra={"profile_check": check, "capacities": caps, "loads_of": loads_of,
                                            "not_replayed": skipped},

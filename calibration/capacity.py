@@ -17,6 +17,13 @@ request arrives near 0.95 x D); `min_duration_s` is that bound, the default dura
 queue had not yet grown past the SLO when the arrivals stopped.
 Throughput-oriented definition as in the serving literature (DistServe's and Vidur's
 "capacity under a latency SLO"); the HedraRAG paper reports sustainable rates the same way.
+
+A real search also says how fast the machine ran while it searched: each real run's engine
+steps and CPU search calls, measured over their price in the body's profile (`Trial.speed`,
+as validation's `run_speed`), and their median over the search's full-length runs
+(`Capacity.run_speed`). A CPU VM drifts by 0.7-1.5x within the hour, and a search near the
+SLO takes minutes per run: the simulator's capacity with the profile at that speed
+(`staleness.at_measured_speed`) separates the model's error from the machine's drift.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ class Trial:
     sustained: bool  # p95_s <= the SLO
     wall_s: float  # seconds the run took
     duration_s: float  # seconds of arrivals (a screening run: a quarter of the search's)
+    # real runs: per kind (engine_step, search_call), the items' measured over priced seconds; None: not timed
+    speed: dict[str, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +80,24 @@ class Capacity:
     trials: tuple[Trial, ...]  # every run, in the order they ran (screening runs included)
     note: str = ""  # why the bracket is open, when it is
 
+    def run_speed(self) -> dict[str, float | None] | None:
+        """Per kind, the median of `Trial.speed` over the full-length runs (those near the answer
+        decide it; screening runs are a quarter as long); None for a body that does not time its
+        items (the simulator)."""
+        runs = [t.speed for t in self.trials if t.speed is not None and t.duration_s == self.duration_s]
+        if not runs:
+            return None
+        out: dict[str, float | None] = {}
+        for kind in runs[0]:
+            values = [v for r in runs if (v := r.get(kind)) is not None]
+            out[kind] = float(np.median(values)) if values else None
+        return out
+
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
         d["high"] = None if math.isinf(self.high) else self.high
         d["trials"] = [{**t, "p95_s": None if math.isinf(t["p95_s"]) else t["p95_s"]} for t in d["trials"]]
+        d["run_speed"] = self.run_speed()
         return d
 
 
@@ -147,17 +170,22 @@ SCREEN_MARGIN = 2.0  # a screening run fails a rate only when its P95 exceeds th
 
 
 def _measure(body: str, choice: PolicyChoice, template: Template, duration: float, slo_p95_s: float,
-             run: Callable[[list], Run], progress: Callable[[str], None]) -> Measure:
-    """A `Measure` that runs `template` at a rate through `run` (one body's run function)."""
+             run: Callable[[list], Run], progress: Callable[[str], None],
+             speed_of: Callable[[Run], dict[str, float | None]] | None = None) -> Measure:
+    """A `Measure` that runs `template` at a rate through `run` (one body's run function);
+    `speed_of`: how fast a run's items ran against their price (`Trial.speed`)."""
 
     def trial(rate: float, seconds: float) -> Trial:
         t0 = time.perf_counter()
-        records = run(template.at(rate, seconds)).result.records
+        done_run = run(template.at(rate, seconds))
+        records = done_run.result.records
         p95 = p95_of(records)
         done = sum(r.status == "completed" for r in records)
-        out = Trial(rate, len(records), done, p95, p95 <= slo_p95_s, time.perf_counter() - t0, seconds)
+        speed = speed_of(done_run) if speed_of is not None else None
+        out = Trial(rate, len(records), done, p95, p95 <= slo_p95_s, time.perf_counter() - t0, seconds, speed)
+        at = "".join(f", {kind} {v:.2f}x" for kind, v in (speed or {}).items() if v is not None)
         progress(f"{body} {choice.spec} at {rate:.3g} req/s, {seconds:.0f} s: P95 {p95:.3g} s"
-                 f" ({'passes' if out.sustained else 'fails'}; {out.wall_s:.0f} s)")
+                 f" ({'passes' if out.sustained else 'fails'}; {out.wall_s:.0f} s{at})")
         return out
 
     def measure(rate: float, screen: bool) -> list[Trial]:
@@ -185,12 +213,17 @@ def sim_capacity(template: Template, choice: PolicyChoice, profile: Profile, *, 
 
 def real_capacity(body: RealBackend, template: Template, choice: PolicyChoice, costs: LatencyModel, *,
                   slo_p95_s: float = SLO_P95_S, tolerance: float = TOLERANCE, duration_s: float | None = None,
-                  guess: float = 1.0, step: float = 2.0,
+                  guess: float = 1.0, step: float = 2.0, max_rps: float = 10_000.0,
                   progress: Callable[[str], None] = lambda msg: None) -> Capacity:
     """`choice`'s capacity on the real `body` (its sub-stages priced by `costs`, the body's
     measured profile), for `template`'s workload (made from the body's corpus). A good `guess`
-    (the simulator's capacity with a profile of this body) and a small `step` save runs."""
+    (the simulator's capacity with a profile of this body) and a small `step` save runs. Each
+    run's items are priced by `costs` too: how fast the machine ran (`Capacity.run_speed`)."""
+    from calibration.validate import retimed_items, run_speed
+
     duration = duration_s or min_duration_s(slo_p95_s, tolerance)
     measure = _measure("real", choice, template, duration, slo_p95_s,
-                       lambda reqs: run_real(body, reqs, choice, costs, timeline=False), progress)
-    return search(measure, guess, tolerance=tolerance, step=step, slo_p95_s=slo_p95_s, duration_s=duration)
+                       lambda reqs: run_real(body, reqs, choice, costs, timeline=True), progress,
+                       lambda run: run_speed(retimed_items(run.result.timeline, costs)))
+    return search(measure, guess, tolerance=tolerance, step=step, max_rps=max_rps, slo_p95_s=slo_p95_s,
+                  duration_s=duration)

@@ -107,6 +107,12 @@ def predicted_s(latency: LatencyModel, rows: Sequence[Row]) -> list[float]:
 SPEED_KINDS = ("engine_step", "search_call")  # what `Profile.at_speed` scales, each on its own
 
 
+def at_measured_speed(profile: Profile, speed: dict[str, float | None]) -> Profile:
+    """`profile` for the machine at a measured `speed` (per `SPEED_KINDS`, a probe's or a real
+    run's; a kind not measured stays at 1.0)."""
+    return profile.at_speed(speed.get("engine_step") or 1.0, speed.get("search_call") or 1.0)
+
+
 def measured_over_priced(items: Iterable[tuple[str, float, float]]) -> dict[str, float | None]:
     """Per `SPEED_KINDS`: the items' measured seconds over their priced seconds, each summed, from
     (kind, measured, priced) triples (None: no item of that kind). The probe's speed and a

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calibration.staleness import check_profile, measured_over_priced
+from calibration.staleness import at_measured_speed, check_profile, measured_over_priced
 from calibration.workload import at_rate, corpus_requests
 from hwmodel.latency import AfterPrefill, LatencyModel, contended_s
 from hwmodel.profile import Profile
@@ -158,8 +158,8 @@ def validate_case(body: RealBackend, profile: Profile, case: Case, policy: Polic
 
     def at(speeds: dict[str, float | None]) -> dict[str, float | None]:
         """The simulator's percentiles and errors with every item `speeds` times its price."""
-        figures = _body_figures(simulate(case.requests, policy, profile.at_speed(
-            speeds["engine_step"] or 1.0, speeds["search_call"] or 1.0), timeline=False, kv_policy=kv).summary)
+        figures = _body_figures(simulate(case.requests, policy, at_measured_speed(profile, speeds), timeline=False,
+                                         kv_policy=kv).summary)
         return {**{p: figures[p] for p in PERCENTILES},  # type: ignore[misc]
                 **{f"{p}_error": rel_error(figures[p], r[p]) for p in PERCENTILES}}  # type: ignore[arg-type]
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from calibration.capacity import Trial, min_duration_s, search, sim_capacity
+from calibration.capacity import Capacity, Trial, min_duration_s, search, sim_capacity
 from calibration.workload import Template, generated_requests
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 from ragraph.graph import Op
@@ -89,3 +89,18 @@ def test_capacity_command_refuses_bad_options(tmp_path, args):
     base.update({args[0]: args[1]})
     flat = [x for kv in base.items() for x in kv]
     assert_usage_error(hedra("capacity", *flat, "--out", tmp_path / "o"), tmp_path / "o")
+
+
+def test_run_speed_is_the_median_over_the_full_length_runs_and_none_on_the_simulator():
+    def trial(rate, duration, speed):
+        return Trial(rate, 10, 10, 1.0, True, 0.0, duration, speed)
+
+    runs = (trial(1.0, 25.0, {"engine_step": 3.0, "search_call": 3.0}),  # a screening run: left out
+            trial(1.0, 100.0, {"engine_step": 1.1, "search_call": None}),
+            trial(1.2, 100.0, {"engine_step": 1.3, "search_call": 0.9}),
+            trial(1.4, 100.0, {"engine_step": 1.2, "search_call": 1.1}))
+    found = Capacity(1.4, 1.4, math.inf, 10.0, 0.05, 100.0, runs)
+    assert found.run_speed() == {"engine_step": pytest.approx(1.2), "search_call": pytest.approx(1.0)}
+    assert json.loads(json.dumps(found.to_json()))["run_speed"] == found.run_speed()
+    untimed = Capacity(1.4, 1.4, math.inf, 10.0, 0.05, 100.0, tuple(trial(1.0, 100.0, None) for _ in range(2)))
+    assert untimed.run_speed() is None

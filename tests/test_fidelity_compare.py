@@ -86,3 +86,18 @@ def test_the_capacity_table_says_whether_the_two_searches_brackets_overlap() -> 
     line = fidelity().capacity_lines([{"workflow": "irg", "policy": SimpleNamespace(spec="hedra"), "sim": same,
                                        "real": same}])[2]
     assert line.endswith("| - | - | 0 |")
+
+
+def test_the_capacity_table_at_the_machines_speed() -> None:
+    """With --capacity-at-speed: the simulator's capacity at a probe's speed and at the real
+    search's own speed, each with its error against the real capacity."""
+    def cap(rps, speed=None):
+        return SimpleNamespace(rps=rps, low=rps, high=1.05 * rps, trials=(1,), run_speed=lambda: speed)
+
+    real = cap(8.0, {"engine_step": 1.19, "search_call": 1.46})
+    row = {"workflow": "irg", "policy": SimpleNamespace(spec="hedra"), "sim": cap(10.0), "real": real,
+           "sim_at_probe": cap(8.4), "sim_at_run": cap(7.8)}
+    lines = fidelity().capacity_lines([row, {**row, "sim_at_probe": None, "real": cap(8.0)}])
+    assert "sim at probe speed" in lines[0] and lines[1].count("|") == lines[0].count("|")
+    assert lines[2].endswith("| +25.0% | no | 1 | 8.40 (+5.0%) | 1.19x, 1.46x | 7.80 (-2.5%) |")
+    assert lines[3].endswith("| - | -, - | 7.80 (-2.5%) |")  # no probe; a real body that did not time its items

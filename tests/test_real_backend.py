@@ -344,3 +344,23 @@ def test_the_stale_profile_probe_times_only_its_own_slice_of_the_grid(backend):
     assert {r["cell"] for r in engine} == {f"B{b}-P{p}" for b, p in PROBE_ENGINE}
     assert len(engine) < 100
     assert len([r for r in rows if r["kind"] == "search_call"]) >= len(PROBE_SEARCH)
+
+
+def test_a_real_capacity_search_says_how_fast_its_runs_ran(backend, costs):
+    """Each real run of a capacity search prices its own engine steps and search calls with the
+    profile (`Trial.speed`), and the search's `run_speed` is their median over its full-length
+    runs: what the simulator's capacity at the machine's speed is computed at."""
+    from calibration.capacity import real_capacity
+    from calibration.workload import Template, corpus_requests
+
+    template = Template(lambda n: corpus_requests(backend, "one-shot", n, seed=3))
+    found = real_capacity(backend, template, parse_policy("flashrag"), costs, slo_p95_s=1e6, duration_s=4.0,
+                          guess=0.5, max_rps=1.0)  # every rate passes: 0.5 and 1.0 req/s, screened then in full
+    assert found.note.startswith("every rate passed") and found.rps == 1.0
+    full = [t for t in found.trials if t.duration_s == found.duration_s]
+    assert len(full) == 2 and all(t.speed is not None for t in full)
+    for kind in ("engine_step", "search_call"):
+        speeds = [t.speed[kind] for t in full]
+        assert all(0.2 < s < 5 for s in speeds), speeds  # the profile was measured on this body
+        assert found.run_speed()[kind] == pytest.approx(sorted(speeds)[0] / 2 + sorted(speeds)[1] / 2)
+    assert found.to_json()["run_speed"] == found.run_speed()
