@@ -23,7 +23,7 @@ steps and CPU search calls, measured over their price in the body's profile (`Tr
 as validation's `run_speed`), and their median over the search's full-length runs
 (`Capacity.run_speed`). A CPU VM drifts by 0.7-1.5x within the hour, and a search near the
 SLO takes minutes per run: the simulator's capacity with the profile at that speed
-(`staleness.at_measured_speed`) separates the model's error from the machine's drift.
+(`sim_capacity_at_run_speed`) separates the model's error from the machine's drift.
 """
 
 from __future__ import annotations
@@ -227,3 +227,18 @@ def real_capacity(body: RealBackend, template: Template, choice: PolicyChoice, c
                        lambda run: run_speed(retimed_items(run.result.timeline, costs)))
     return search(measure, guess, tolerance=tolerance, step=step, max_rps=max_rps, slo_p95_s=slo_p95_s,
                   duration_s=duration)
+
+
+def sim_capacity_at_run_speed(template: Template, choice: PolicyChoice, profile: Profile, real: Capacity, *,
+                              slo_p95_s: float = SLO_P95_S, tolerance: float = TOLERANCE,
+                              duration_s: float | None = None) -> Capacity | None:
+    """The simulator's capacity with `profile` at the speed a real search's runs ran
+    (`real.run_speed`, `staleness.at_measured_speed`): the real capacity's gap to it is the
+    model's error, the machine's drift taken out; None when the real search timed no items."""
+    from calibration.staleness import at_measured_speed
+
+    speed = real.run_speed()
+    if speed is None:
+        return None
+    return sim_capacity(template, choice, at_measured_speed(profile, speed), slo_p95_s=slo_p95_s,
+                        tolerance=tolerance, duration_s=duration_s, guess=real.rps or 1.0)

@@ -25,11 +25,10 @@ FAILED with a reason, and appears once in `finished()`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Container, Sequence
-from itertools import filterfalse
+from collections.abc import Callable
 from math import ceil
-from typing import Any
 
+from ragraph import cluster_order
 from ragraph.graph import Generate, NodeKey, PrefixId, Request, Retrieve, query_prefix
 from ragraph.kvpolicy import DEFAULT_KV_POLICY, KVPolicy, prefix_steps
 from ragraph.policies.base import Policy
@@ -235,6 +234,11 @@ class Scheduler:
 
     # --- actions for policies ---------------------------------------------------------------
 
+    # the order of a retrieval's clusters not yet dispatched: the node's alone (`ragraph.cluster_order`)
+    reorder = staticmethod(cluster_order.reorder)
+    sort_remaining = staticmethod(cluster_order.sort_remaining)
+    partition_remaining = staticmethod(cluster_order.partition_remaining)
+
     def take_clusters(self, node: NodeRun, count: int) -> ScanTask:
         """Dispatch the next `count` clusters of a waiting Retrieve node as one scan.
 
@@ -266,65 +270,6 @@ class Scheduler:
     def _query_text(self, node: NodeRun) -> str:
         """A Retrieve node's query text: its own `query`, else its request's `question`."""
         return retrieve_spec(node).query or self.requests[node.key[0]].request.question
-
-    def reorder(self, node: NodeRun, remaining: list[int], seed: tuple[int, ...] = ()) -> None:
-        """Replace the not-yet-dispatched clusters of `node` with a permutation of them
-        (`node.order` becomes a new tuple, so caches keyed on it see the change); `seed`:
-        candidate ids for its heap before the first scan (only before that scan)."""
-        rest = node.order[node.next_pos:]
-        distinct = set(rest)
-        if len(remaining) != len(rest) or set(remaining) != distinct or \
-                (len(distinct) != len(rest) and sorted(remaining) != sorted(rest)):  # (sorted: lists repeat)
-            raise SchedulerError(f"{node.key}: reorder must permute the remaining clusters")
-        if seed and node.next_pos:
-            raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
-        node.order = node.order[:node.next_pos] + tuple(remaining)
-        if seed:
-            node.seed = tuple(seed)
-
-    def sort_remaining(self, node: NodeRun, key: Callable[[int], Any], *, reverse: bool = False,
-                       seed: tuple[int, ...] = ()) -> None:
-        """Reorder the not-yet-dispatched clusters of `node` by `key`, stably (equal keys keep their
-        order, `reverse` too): `reorder` with a permutation the core makes itself, so it needs no
-        check (a technique's regrouping, e.g. by cache residency, at a fraction of the cost).
-        `node.order` is replaced only when it changes; `seed` as in `reorder`."""
-        if seed and node.next_pos:
-            raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
-        pos = node.next_pos
-        rest = node.order[pos:]
-        new = tuple(sorted(rest, key=key, reverse=reverse))
-        if new != rest:
-            node.order = node.order[:pos] + new if pos else new
-        if seed:
-            node.seed = tuple(seed)
-
-    def partition_remaining(self, node: NodeRun, groups: Sequence[Container[int]], *,
-                            seed: tuple[int, ...] = ()) -> None:
-        """Reorder the not-yet-dispatched clusters of `node`: those in `groups[0]` first, then
-        those in `groups[1]`, ..., then the others, each group in its current order. The same as
-        `sort_remaining` with the key "index of the first group holding the cluster" (len(groups)
-        where none does), in a few C-level passes instead of a call per cluster; `node.order` is
-        replaced only when it changes; `seed` as in `reorder`."""
-        if seed and node.next_pos:
-            raise SchedulerError(f"{node.key}: a seed must be given before the first scan")
-        pos = node.next_pos
-        rest = node.order[pos:]
-        new: list[int] = []
-        tail: tuple[int, ...] | list[int] = rest
-        for group in groups:
-            has = group.__contains__
-            n = len(new)
-            new += filter(has, tail)
-            if len(new) > n:
-                tail = list(filterfalse(has, tail))
-        if len(new) < len(rest):
-            new += tail
-        if len(tail) < len(rest):  # (some cluster joined a group: the order may have changed)
-            moved = tuple(new)
-            if moved != rest:
-                node.order = node.order[:pos] + moved if pos else moved
-        if seed:
-            node.seed = tuple(seed)
 
     def speculate(self, node: NodeRun, now: float) -> None:
         """Start a BLOCKED Generate node early on partial inputs (edge addition)."""

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from calibration.capacity import Capacity, Trial, min_duration_s, search, sim_capacity
+from calibration.capacity import Capacity, Trial, min_duration_s, search, sim_capacity, sim_capacity_at_run_speed
 from calibration.workload import Template, generated_requests
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 from ragraph.graph import Op
@@ -42,19 +42,25 @@ def test_search_says_when_the_bracket_is_open():
     assert json.dumps(none.to_json())  # inf bounds become null
 
 
-def test_sim_capacity_finds_the_service_rate_of_a_single_queue():
-    """One search per request, one call at a time (langchain, retrieval alone), arrivals evenly
-    spaced: the known capacity is the lane's service rate, measured as the throughput of a burst
-    (every request at once). The search's stated tolerance: at its default duration for the SLO,
-    the rate it finds is within a factor (1 + tolerance) of that."""
-    prof = load_profile(DEFAULT_CPU_PROFILE)
+def single_queue(prof):
+    """Requests of one search each (retrieval alone), arrivals evenly spaced, and langchain (one
+    call at a time): a single FIFO lane, whose capacity is its service rate."""
     registry = WorkflowRegistry([RETRIEVAL_ONLY])
 
     def make(n: int):
         reqs = generated_requests("retrieval-only", n, prof.index.nlist, seed=3, nprobe=32, registry=registry)
         return [replace(r, arrival_s=float(i)) for i, r in enumerate(reqs)]
 
-    choice = parse_policy("langchain")
+    return make, parse_policy("langchain")
+
+
+def test_sim_capacity_finds_the_service_rate_of_a_single_queue():
+    """One search per request, one call at a time (langchain, retrieval alone), arrivals evenly
+    spaced: the known capacity is the lane's service rate, measured as the throughput of a burst
+    (every request at once). The search's stated tolerance: at its default duration for the SLO,
+    the rate it finds is within a factor (1 + tolerance) of that."""
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    make, choice = single_queue(prof)
     burst = make(1000)
     known = len(burst) / simulate([replace(r, arrival_s=0.0) for r in burst], choice, prof,
                                   timeline=False).result.sim_s
@@ -104,3 +110,17 @@ def test_run_speed_is_the_median_over_the_full_length_runs_and_none_on_the_simul
     assert json.loads(json.dumps(found.to_json()))["run_speed"] == found.run_speed()
     untimed = Capacity(1.4, 1.4, math.inf, 10.0, 0.05, 100.0, tuple(trial(1.0, 100.0, None) for _ in range(2)))
     assert untimed.run_speed() is None
+
+
+def test_the_simulator_at_a_real_searchs_speed_finds_the_capacity_of_a_machine_that_slow():
+    """A real search whose search calls ran 2x their price: the simulator at that speed finds
+    half the single lane's capacity (within the tolerance); a search with no timed items, none."""
+    prof = load_profile(DEFAULT_CPU_PROFILE)
+    make, choice = single_queue(prof)
+    tol, slo = 0.05, 0.5
+    base = sim_capacity(Template(make), choice, prof, slo_p95_s=slo, tolerance=tol)
+    slow = Trial(base.rps, 10, 10, 1.0, True, 0.0, base.duration_s, {"engine_step": 1.0, "search_call": 2.0})
+    real = replace(base, trials=(slow,))
+    half = sim_capacity_at_run_speed(Template(make), choice, prof, real, slo_p95_s=slo, tolerance=tol)
+    assert base.rps / 2 / (1 + tol) ** 2 <= half.rps <= base.rps / 2 * (1 + tol) ** 2
+    assert sim_capacity_at_run_speed(Template(make), choice, prof, base, slo_p95_s=slo, tolerance=tol) is None
