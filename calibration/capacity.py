@@ -91,7 +91,7 @@ class Capacity:
         for kind in runs[0]:
             values = [v for r in runs if (v := r.get(kind)) is not None]
             out[kind] = float(np.median(values)) if values else None
-        return out
+        return out if any(v is not None for v in out.values()) else None  # (runs with no items: none)
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
