@@ -97,7 +97,7 @@ class SchedulerView:
         # Retrieve nodes started speculatively on a partial generation, not yet dispatched
         self.retr_speculative: Mapping[NodeKey, NodeRun] = MappingProxyType(core.retr_speculative)
         self.gpu_cache: Set[int] = core.gpu_cache  # clusters resident in the GPU index cache (live)
-        # queries and actions: the core's bound methods
+        # queries and actions: the core's methods (the cluster-order ones are `ragraph.cluster_order`'s functions)
         self.busy = core.busy
         self.query_tokens = core.query_tokens
         self.take_clusters = core.take_clusters
