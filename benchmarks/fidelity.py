@@ -40,8 +40,8 @@ GOALS = {"p50": 0.05, "p99": 0.10, "item": 0.05}
 
 def capacities(body, prof, wf: str, policies, args, say) -> tuple[object, list[dict]]:
     """The workload of `wf` (a growing template) and each policy's capacity for it on both bodies."""
-    from calibration.capacity import real_capacity, sim_capacity, sim_capacity_at_run_speed
-    from calibration.staleness import at_measured_speed, check_profile
+    from calibration.capacity import real_capacity, sim_capacity, sim_capacity_at_speed
+    from calibration.staleness import check_profile
     from calibration.workload import Template, corpus_requests
     from hwmodel.latency import LatencyModel
 
@@ -57,14 +57,15 @@ def capacities(body, prof, wf: str, policies, args, say) -> tuple[object, list[d
             if args.capacity_at_speed:
                 say(f"{choice.spec}: probing the machine's speed before the real search")
                 entry["probe_speed"] = speed = check_profile(body, prof).speed
-                entry["sim_at_probe"] = sim_capacity(template, choice, at_measured_speed(prof, speed),
-                                                     guess=sim.rps or 1.0, **opts)
+                entry["sim_at_probe"] = sim_capacity_at_speed(template, choice, prof, speed, guess=sim.rps or 1.0,
+                                                              **opts)
                 say(f"{choice.spec}: the simulator's capacity at the probe's speed {entry['sim_at_probe'].rps:.2f}"
                     f" req/s")
             entry["real"] = real = real_capacity(body, template, choice, LatencyModel(prof), guess=sim.rps or 1.0,
                                                  step=1.25, progress=say, **opts)
             say(f"{choice.spec}: the real body's capacity {real.rps:.2f} req/s")
-            if args.capacity_at_speed and (at_run := sim_capacity_at_run_speed(template, choice, prof, real, **opts)):
+            if args.capacity_at_speed and (at_run := sim_capacity_at_speed(template, choice, prof, real.run_speed(),
+                                                                            guess=real.rps or 1.0, **opts)):
                 entry["sim_at_run"] = at_run
                 say(f"{choice.spec}: the simulator's capacity at the real search's speed {at_run.rps:.2f} req/s")
         found.append(entry)

@@ -23,7 +23,7 @@ steps and CPU search calls, measured over their price in the body's profile (`Tr
 as validation's `run_speed`), and their median over the search's full-length runs
 (`Capacity.run_speed`). A CPU VM drifts by 0.7-1.5x within the hour, and a search near the
 SLO takes minutes per run: the simulator's capacity with the profile at that speed
-(`sim_capacity_at_run_speed`) separates the model's error from the machine's drift.
+(`sim_capacity_at_speed`) separates the model's error from the machine's drift.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def _measure(body: str, choice: PolicyChoice, template: Template, duration: floa
         done = sum(r.status == "completed" for r in records)
         speed = speed_of(done_run) if speed_of is not None else None
         out = Trial(rate, len(records), done, p95, p95 <= slo_p95_s, time.perf_counter() - t0, seconds, speed)
-        at = "".join(f", {kind} {v:.2f}x" for kind, v in (speed or {}).items() if v is not None)
+        at = speed_text(speed)
+        at = f", {at}" if at else ""
         progress(f"{body} {choice.spec} at {rate:.3g} req/s, {seconds:.0f} s: P95 {p95:.3g} s"
                  f" ({'passes' if out.sustained else 'fails'}; {out.wall_s:.0f} s{at})")
         return out
@@ -229,16 +230,20 @@ def real_capacity(body: RealBackend, template: Template, choice: PolicyChoice, c
                   duration_s=duration)
 
 
-def sim_capacity_at_run_speed(template: Template, choice: PolicyChoice, profile: Profile, real: Capacity, *,
-                              slo_p95_s: float = SLO_P95_S, tolerance: float = TOLERANCE,
-                              duration_s: float | None = None) -> Capacity | None:
-    """The simulator's capacity with `profile` at the speed a real search's runs ran
-    (`real.run_speed`, `staleness.at_measured_speed`): the real capacity's gap to it is the
-    model's error, the machine's drift taken out; None when the real search timed no items."""
+def sim_capacity_at_speed(template: Template, choice: PolicyChoice, profile: Profile,
+                          speed: dict[str, float | None] | None, *, guess: float = 1.0, slo_p95_s: float = SLO_P95_S,
+                          tolerance: float = TOLERANCE, duration_s: float | None = None) -> Capacity | None:
+    """The simulator's capacity with `profile` at a measured `speed` (`staleness.at_measured_speed`):
+    a probe's, or a real search's (`Capacity.run_speed`), whose capacity's gap to this one is the
+    model's error, the machine's drift taken out; None when nothing was measured."""
     from calibration.staleness import at_measured_speed
 
-    speed = real.run_speed()
     if speed is None:
         return None
     return sim_capacity(template, choice, at_measured_speed(profile, speed), slo_p95_s=slo_p95_s,
-                        tolerance=tolerance, duration_s=duration_s, guess=real.rps or 1.0)
+                        tolerance=tolerance, duration_s=duration_s, guess=guess)
+
+
+def speed_text(speed: dict[str, float | None] | None) -> str:
+    """A measured speed in a line: "engine_step 0.97x, search_call 1.03x" ("" for none)."""
+    return ", ".join(f"{kind} {v:.2f}x" for kind, v in (speed or {}).items() if v is not None)

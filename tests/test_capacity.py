@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from calibration.capacity import Capacity, Trial, min_duration_s, search, sim_capacity, sim_capacity_at_run_speed
+from calibration.capacity import Capacity, Trial, min_duration_s, search, sim_capacity, sim_capacity_at_speed
 from calibration.workload import Template, generated_requests
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 from ragraph.graph import Op
@@ -121,6 +121,7 @@ def test_the_simulator_at_a_real_searchs_speed_finds_the_capacity_of_a_machine_t
     base = sim_capacity(Template(make), choice, prof, slo_p95_s=slo, tolerance=tol)
     slow = Trial(base.rps, 10, 10, 1.0, True, 0.0, base.duration_s, {"engine_step": 1.0, "search_call": 2.0})
     real = replace(base, trials=(slow,))
-    half = sim_capacity_at_run_speed(Template(make), choice, prof, real, slo_p95_s=slo, tolerance=tol)
+    half = sim_capacity_at_speed(Template(make), choice, prof, real.run_speed(), guess=real.rps, slo_p95_s=slo,
+                                 tolerance=tol)
     assert base.rps / 2 / (1 + tol) ** 2 <= half.rps <= base.rps / 2 * (1 + tol) ** 2
-    assert sim_capacity_at_run_speed(Template(make), choice, prof, base, slo_p95_s=slo, tolerance=tol) is None
+    assert sim_capacity_at_speed(Template(make), choice, prof, base.run_speed(), slo_p95_s=slo, tolerance=tol) is None

@@ -61,7 +61,7 @@ def capacity(
     """Find a policy's sustainable rate (P95 latency under --slo-p95) by bisection on the body named."""
     from rich.console import Console
 
-    from calibration.capacity import min_duration_s, real_capacity, sim_capacity, sim_capacity_at_run_speed
+    from calibration.capacity import min_duration_s, real_capacity, sim_capacity, sim_capacity_at_speed, speed_text
     from calibration.workload import Template, corpus_requests, generated_requests
     from hwmodel.latency import LatencyModel
 
@@ -116,13 +116,11 @@ def capacity(
                                       tolerance=tolerance, duration_s=seconds, guess=guess.rps or 1.0, step=1.25,
                                       progress=say)
                 meta["simulated"] = guess.to_json()
-                at_run = sim_capacity_at_run_speed(template, choice, prof, found, slo_p95_s=slo_p95,
-                                                   tolerance=tolerance, duration_s=seconds)
+                at_run = sim_capacity_at_speed(template, choice, prof, found.run_speed(), guess=found.rps or 1.0,
+                                               slo_p95_s=slo_p95, tolerance=tolerance, duration_s=seconds)
                 if at_run is not None:
-                    speed = ", ".join(f"{kind} {v:.2f}x" for kind, v in (found.run_speed() or {}).items()
-                                      if v is not None)
-                    say(f"its runs' items took {speed} their price; the simulator at that speed finds"
-                        f" {at_run.rps:.3g} req/s")
+                    say(f"its runs' items took {speed_text(found.run_speed())} their price; the simulator at that"
+                        f" speed finds {at_run.rps:.3g} req/s")
                     meta["simulated_at_run_speed"] = at_run.to_json()
                 meta["backend"] = real.describe()
             finally:
