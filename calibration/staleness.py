@@ -5,12 +5,18 @@ Before a real run, validation or a benchmark uses a measured profile, `check_pro
 small slice of the calibration grid (`calibration.profiler`: engine steps of four batch
 shapes, search calls of four sizes, about 70 items, a few seconds on the CPU rig) on the
 body's own cores, prices every item with the profile's latency functions, and takes the
-median signed relative error (predicted - measured) / measured per kind (engine steps,
-search calls that embed their queries, search calls that only scan). Beyond `TOLERANCE`
-on either kind it returns one line saying so, with the command that recalibrates. The CPU
-model string cannot tell VMs of one kind apart, and the same VM drifts by 10-20% between
-runs (`.ci/run`); 25% lies above that drift and below what made validation wrong on another
-VM (engine steps 32% off, issue 16).
+signed relative error of the priced time against the measured, each summed per kind
+(prefill steps, decode steps, search calls that embed their queries, search calls that only
+scan). Beyond `TOLERANCE` on any kind it returns one line saying so, with the command that
+recalibrates. Summed, not a median over items: half the probe's decode steps are of one
+and four sequences, whose fixed cost swings 1.0-2.4x within a minute on this VM (stop 34:
+three probes in a row, 1.65 ms steps taking 2.2-4.0 ms), and a median over them once said a
+profile a minute old was 1.4x off; a sum weights each item by its time, as a run does.
+Prefill and decode steps apart, as the embedding and the scan are: in a probe the prefills
+take most of the engine's time, and a sum over both would let them hide decode steps off by
+2x. The CPU model string cannot tell VMs of one kind apart, and the same VM drifts by 10-20%
+between runs (`.ci/run`); 25% lies above that drift and below what made validation wrong on
+another VM (engine steps 32% off, issue 16).
 
 The same probe also says how fast the machine runs now against the calibration's minute
 (`Staleness.speed`: measured over priced time per kind, divided by what the probe measured
@@ -25,8 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from calibration.cpu import cpu_id
 from calibration.profiler import Row, profile_engine, profile_search
 from hwmodel.latency import AfterPrefill, LatencyModel
@@ -35,7 +39,7 @@ from hwmodel.profile import ProbeReference, Profile
 if TYPE_CHECKING:
     from backends.real import RealBackend
 
-TOLERANCE = 0.25  # median |predicted / measured - 1| of a kind beyond which the profile is stale
+TOLERANCE = 0.25  # |priced / measured - 1| of a kind (each summed) beyond which the profile is stale
 # a measured profile's `probe` reference was taken on these shapes: changing them calls for a recalibration
 # (sequences, prompt tokens): prefill chunks, then decode steps; one and four sequences as most of a replay's
 # steps are (stop 27: the two larger shapes alone said little about them)
@@ -44,15 +48,15 @@ PROBE_OUTPUT = 12  # output tokens per sequence
 PROBE_SEARCH = ((1, 8), (4, 16), (8, 8), (32, 4))  # (queries per call, lists per query)
 PROBE_TEXT = (60, 350)  # query text lengths (characters)
 # what the probe compares, each on its own: a profile whose query embedding is off by 2x while its
-# scans are right is stale, and a median over both kinds of search call hides it (it did, issue 16)
-KINDS = {"engine_step": "engine steps", "search_embed": "search calls that embed queries",
-         "search_scan": "search calls that only scan"}
+# scans are right is stale, and a median over both kinds of search call hid it (it did, issue 16)
+KINDS = {"prefill_step": "engine steps that prefill", "decode_step": "engine steps that only decode",
+         "search_embed": "search calls that embed queries", "search_scan": "search calls that only scan"}
 
 
 def probe_kind(row: Row) -> str:
     """The `KINDS` key of a profiler row."""
     if row["kind"] == "engine_step":
-        return "engine_step"
+        return "prefill_step" if int(row["prefill_tokens"]) else "decode_step"
     return "search_embed" if row["new_queries"] else "search_scan"
 
 
@@ -61,7 +65,7 @@ class Staleness:
     """How far the body at hand is from its profile."""
 
     profile: str
-    errors: dict[str, float | None]  # per kind: median (predicted - measured) / measured (None: no items)
+    errors: dict[str, float | None]  # per kind: (priced - measured) / measured, each summed (None: no items)
     items: dict[str, int]  # per kind: items measured
     tolerance: float
     probe_s: float  # seconds the probe took
@@ -70,7 +74,7 @@ class Staleness:
     other_cpu: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"profile": self.profile, "stale": self.stale, "median_rel_error": self.errors, "items": self.items,
+        return {"profile": self.profile, "stale": self.stale, "rel_error": self.errors, "items": self.items,
                 "tolerance": self.tolerance, "probe_s": self.probe_s, "speed": self.speed,
                 "other_cpu": list(self.other_cpu) if self.other_cpu else None}
 
@@ -113,16 +117,17 @@ def at_measured_speed(profile: Profile, speed: dict[str, float | None]) -> Profi
     return profile.at_speed(speed.get("engine_step") or 1.0, speed.get("search_call") or 1.0)
 
 
-def measured_over_priced(items: Iterable[tuple[str, float, float]]) -> dict[str, float | None]:
-    """Per `SPEED_KINDS`: the items' measured seconds over their priced seconds, each summed, from
-    (kind, measured, priced) triples (None: no item of that kind). The probe's speed and a
-    validation run's (`calibration.validate.run_speed`)."""
-    measured, priced = dict.fromkeys(SPEED_KINDS, 0.0), dict.fromkeys(SPEED_KINDS, 0.0)
+def measured_over_priced(items: Iterable[tuple[str, float, float]],
+                         kinds: Iterable[str] = SPEED_KINDS) -> dict[str, float | None]:
+    """Per kind of `kinds`: the items' measured seconds over their priced seconds, each summed,
+    from (kind, measured, priced) triples (None: no item of that kind). The probe's speed and
+    verdict, and a validation run's speed (`calibration.validate.run_speed`)."""
+    measured, priced = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0.0)
     for kind, seconds, price in items:
         if kind in priced:
             measured[kind] += seconds
             priced[kind] += price
-    return {kind: measured[kind] / priced[kind] if priced[kind] > 0 else None for kind in SPEED_KINDS}
+    return {kind: measured[kind] / priced[kind] if priced[kind] > 0 else None for kind in priced}
 
 
 def _probe_speed(rows: Sequence[Row], prices: Sequence[float]) -> dict[str, float | None]:
@@ -145,16 +150,14 @@ def speed(profile: Profile, rows: Sequence[Row], prices: Sequence[float]) -> dic
 
 
 def compare(profile: Profile, rows: Sequence[Row], tolerance: float = TOLERANCE, probe_s: float = 0.0) -> Staleness:
-    """The median signed error of the profile's prediction per kind, over measured `rows`, and the
-    machine's speed against the calibration's."""
+    """The signed error of the profile's prediction per kind (priced over measured time, each
+    summed, minus one) over measured `rows`, and the machine's speed against the calibration's."""
     prices = predicted_s(LatencyModel(profile), rows)
-    errors: dict[str, float | None] = {}
-    items: dict[str, int] = {}
-    for kind in KINDS:
-        rel = [price / float(r["seconds"]) - 1 for price, r in zip(prices, rows, strict=True)
-               if probe_kind(r) == kind and float(r["seconds"]) > 0]
-        errors[kind] = float(np.median(rel)) if rel else None
-        items[kind] = len(rel)
+    kinds = [probe_kind(r) for r in rows]
+    ratio = measured_over_priced(((kind, float(r["seconds"]), price)
+                                  for kind, r, price in zip(kinds, rows, prices, strict=True)), KINDS)
+    errors = {kind: None if not v else 1 / v - 1 for kind, v in ratio.items()}
+    items = {kind: kinds.count(kind) for kind in KINDS}
     return Staleness(profile.name, errors, items, tolerance, probe_s, speed(profile, rows, prices))
 
 
