@@ -73,7 +73,7 @@ def test_validate_writes_every_key(tmp_path, calibrated_profile_path, tiny_model
             assert items["items"] > 0 and items["median_abs_rel_error"] >= 0
     assert {c["policy"] for c in result["cells"]} == {"flashrag", "hedra"}
     check = result["profile_check"]  # the stale-profile probe ran on the body before the replays
-    assert all(check["items"][kind] > 0 for kind in ("engine_step", "search_embed", "search_scan"))
+    assert all(check["items"][kind] > 0 for kind in ("prefill_step", "decode_step", "search_embed", "search_scan"))
     assert (check["stale"] is True) == ("does not describe this machine" in proc.stderr)
     assert (out / "report.md").read_text().count("| one-shot |") == 2
     assert (out / "cdf-one-shot.png").stat().st_size > 0 and (out / "error-vs-load.png").stat().st_size > 0
