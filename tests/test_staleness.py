@@ -7,7 +7,15 @@ import statistics
 
 import pytest
 
-from calibration.staleness import SPEED_KINDS, TOLERANCE, compare, predicted_s, recalibrate_command, reference
+from calibration.staleness import (
+    SPEED_KINDS,
+    TOLERANCE,
+    compare,
+    predicted_s,
+    probe_kind,
+    recalibrate_command,
+    reference,
+)
 from hwmodel.latency import LatencyModel
 from hwmodel.profile import DEFAULT_CPU_PROFILE, load_profile
 
@@ -63,7 +71,7 @@ def test_an_embedding_priced_twice_too_slow_is_flagged_though_the_scans_are_righ
 def test_decode_steps_off_twice_are_flagged_though_the_prefills_take_most_of_the_time():
     """Apart from the prefills, whose time would hide them in one sum over the engine's steps."""
     prof, rows = measured_rows()
-    slower = [{**r, "seconds": r["seconds"] * (2.0 if r["kind"] == "engine_step" and not r["prefill_tokens"] else 1.0)}
+    slower = [{**r, "seconds": r["seconds"] * (2.0 if probe_kind(r) == "decode_step" else 1.0)}
               for r in rows]
     found = compare(prof, slower)
     assert found.stale and found.errors["decode_step"] < -0.4 and abs(found.errors["prefill_step"]) < 0.1
@@ -74,15 +82,15 @@ def test_the_shorter_half_of_the_decode_steps_far_off_does_not_make_a_profile_st
     price (one- and four-sequence steps on a drifting VM, stop 34) moves it by less than the
     tolerance, where a median over the items (the verdict until stop 35) reads 1.8x."""
     prof, rows = measured_rows()
-    decode = sorted(float(r["seconds"]) for r in rows if r["kind"] == "engine_step" and not r["prefill_tokens"])
+    decode = sorted(float(r["seconds"]) for r in rows if probe_kind(r) == "decode_step")
     short = decode[len(decode) // 2 + 1]
-    slower = [{**r, "seconds": r["seconds"] * (1.8 if r["kind"] == "engine_step" and not r["prefill_tokens"]
+    slower = [{**r, "seconds": r["seconds"] * (1.8 if probe_kind(r) == "decode_step"
                                                and r["seconds"] <= short else 1.0)} for r in rows]
     found = compare(prof, slower)
     assert not found.stale and -TOLERANCE < found.errors["decode_step"] < -0.1
     prices = predicted_s(LatencyModel(prof), slower)
     per_item = [p / r["seconds"] - 1 for r, p in zip(slower, prices, strict=True)
-                if r["kind"] == "engine_step" and not r["prefill_tokens"]]
+                if probe_kind(r) == "decode_step"]
     assert statistics.median(per_item) < -TOLERANCE
 
 
